@@ -1,0 +1,117 @@
+"""Declarative per-model configuration (in the spirit of Optimum's ``OnnxConfig``).
+
+A config says how to build a model, which input it takes, how raw images are
+preprocessed for it, and where its default weights live.  Export, ``layers`` and
+verification all read the same config.  Three kinds exist:
+
+* ``resnet50``: the seed's CIFAR-100 ResNet-50 (weiaicunzai/pytorch-cifar100 layout);
+* ``torchvision:NAME``: any torchvision classification model, weights from a file;
+* ``package.module:function``: a user's function returning an ``nn.Module``.
+"""
+import importlib
+import os
+from typing import Callable, Optional, Sequence, Tuple
+
+from torch import nn
+
+from ..errors import ExportError
+
+CIFAR100_MEAN = (0.5071, 0.4867, 0.4408)
+CIFAR100_STD = (0.2675, 0.2565, 0.2761)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ModelConfig:
+    """What the exporter needs to know about one model."""
+
+    def __init__(self, model_id: str, source: str, builder: Callable[[], nn.Module],
+                 input_shape: Tuple[int, ...], mean: Optional[Sequence[float]] = None,
+                 std: Optional[Sequence[float]] = None, resize: Optional[int] = None,
+                 default_weights: Optional[str] = None, notes: str = ""):
+        self.model_id = model_id
+        self.source = source
+        self.builder = builder
+        self.input_shape = tuple(input_shape)
+        self.mean = tuple(mean) if mean is not None else None
+        self.std = tuple(std) if std is not None else None
+        self.resize = resize
+        self.default_weights = default_weights
+        self.notes = notes
+
+    def build(self) -> nn.Module:
+        model = self.builder()
+        if not isinstance(model, nn.Module):
+            raise ExportError("{} returned {}, not a torch.nn.Module".format(self.source, type(model).__name__))
+        return model.eval()
+
+    def preprocess_spec(self) -> dict:
+        """How the runtime turns a uint8 HxWxC RGB image into this model's input (recorded in the manifest)."""
+        _, height, width = self.input_shape
+        return {
+            "layout": "NCHW",
+            "channel_order": "RGB",
+            # resize the shorter side to `resize`, then centre-crop to `crop`; null = the image is used as it is
+            "resize": self.resize,
+            "crop": [height, width] if self.resize else None,
+            "scale": 1.0 / 255.0,
+            "mean": list(self.mean) if self.mean else None,
+            "std": list(self.std) if self.std else None,
+        }
+
+
+def _seed_resnet50() -> ModelConfig:
+    from .cifar_resnet import resnet50
+    return ModelConfig(
+        "resnet50", "seed:resnet50 (weiaicunzai/pytorch-cifar100)", resnet50, (3, 32, 32),
+        CIFAR100_MEAN, CIFAR100_STD, resize=None, default_weights=os.path.join("weights", "resnet50-best.pth"),
+        notes="the seed's CIFAR-100 ResNet-50; split points 0..22 as in the seed")
+
+
+def _torchvision(name: str, input_shape: Optional[Tuple[int, ...]]) -> ModelConfig:
+    import torchvision.models as tvm
+    classification = set(tvm.list_models(module=tvm))
+    if name not in classification:
+        raise ExportError("unknown torchvision classification model {!r}; known: {}".format(
+            name, ", ".join(sorted(classification))))
+    shape = input_shape or (3, 224, 224)
+    resize = int(round(shape[1] / 0.875))
+    return ModelConfig(
+        "torchvision-" + name, "torchvision:" + name, lambda: tvm.get_model(name, weights=None), shape,
+        IMAGENET_MEAN, IMAGENET_STD, resize=resize,
+        notes="torchvision {}; weights from --weights (nothing is downloaded)".format(name))
+
+
+def _import_path(spec: str, input_shape: Optional[Tuple[int, ...]]) -> ModelConfig:
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ExportError("cannot import {!r} for --model {} ({}); is it on PYTHONPATH?".format(
+            module_name, spec, exc))
+    builder = getattr(module, attr, None)
+    if not callable(builder):
+        raise ExportError("{} has no function {!r}; --model wants package.module:function".format(module_name, attr))
+    shape = input_shape or getattr(builder, "input_shape", None)
+    if shape is None:
+        raise ExportError("--model {} needs --input-shape C,H,W (or an `input_shape` attribute on {})".format(
+            spec, attr))
+    model_id = spec.replace(":", "-").replace(".", "-")
+    return ModelConfig(model_id, spec, builder, tuple(shape), getattr(builder, "mean", None),
+                       getattr(builder, "std", None), resize=getattr(builder, "resize", None),
+                       notes="user model {}".format(spec))
+
+
+def resolve(spec: str, input_shape: Optional[Tuple[int, ...]] = None) -> ModelConfig:
+    """Turn a --model value into its config; raise ExportError for an unknown one."""
+    if spec == "resnet50":
+        config = _seed_resnet50()
+        if input_shape and tuple(input_shape) != config.input_shape:
+            config.input_shape = tuple(input_shape)
+        return config
+    if spec.startswith("torchvision:"):
+        return _torchvision(spec.split(":", 1)[1], input_shape)
+    if ":" in spec:
+        return _import_path(spec, input_shape)
+    raise ExportError("unknown model {!r}; use resnet50 (the seed's), torchvision:NAME, "
+                      "or package.module:function".format(spec))

@@ -1,0 +1,75 @@
+"""What the exporter's commands print: the split-point table and the export summary (rich)."""
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+
+def make_console() -> Console:
+    """A console for stdout; wide enough not to wrap tables and hashes when piped to a file."""
+    return Console() if sys.stdout.isatty() else Console(width=160)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return "{:.0f} {}".format(n, unit) if unit == "B" else "{:.1f} {}".format(n, unit)
+        n /= 1024.0
+    return str(n)
+
+
+def _count(n: int) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= scale:
+            return "{:.2f}{}".format(n / scale, unit)
+    return str(n)
+
+
+def print_points(config, points, highlight=None, console=None) -> None:
+    console = console or make_console()
+    table = Table(title="{}: split points for input {}".format(config.model_id, "x".join(map(str, config.input_shape))))
+    for col in ("split", "after", "boundary shape", "bytes/sample (fp32)", "head params", "head FLOPs"):
+        table.add_column(col, justify="left" if col in ("after", "boundary shape") else "right")
+    last = len(points) - 1
+    for p in points:
+        name = p["name"]
+        if p["index"] == 0:
+            name = "input (all on cloud)"
+        elif p["index"] == last:
+            name = "{} (all on edge)".format(name)
+        table.add_row(str(p["index"]), name, "x".join(map(str, p["shape"])), _size(p["bytes_per_sample"]),
+                      _count(p["head_params"]), _count(p["head_flops"]),
+                      style="bold" if p["index"] == highlight else None)
+    console.print(table)
+
+
+def print_export(path: str, manifest: dict, console=None) -> None:
+    console = console or make_console()
+    split = manifest["split"]
+    weights = manifest["model"]["weights"]
+    console.print("bundle {} -> {}".format(manifest["bundle_id"], path))
+    console.print("  model {} split {} ({}), boundary {} ({} bytes/sample)".format(
+        manifest["model"]["id"], split["index"], split["name"], "x".join(map(str, manifest["boundary"]["shape"][1:])),
+        manifest["boundary"]["bytes_per_sample"]))
+    if weights["random_init"]:
+        console.print("  weights: RANDOM INIT (seed {}): predictions are at chance level".format(
+            weights["random_seed"]), style="bold yellow")
+    else:
+        console.print("  weights: {} (sha256 {})".format(weights["path"], weights["sha256"]))
+    for part in ("head", "tail"):
+        entry = manifest["parts"][part]
+        if entry is None:
+            console.print("  {}: none (split {} puts the whole model on the {})".format(
+                part, split["index"], "cloud" if part == "head" else "edge"))
+            continue
+        for fmt, f in sorted(entry["files"].items()):
+            extra = " opset {} IR {}".format(f["opset"], f["ir_version"]) if fmt == "onnx" else ""
+            console.print("  {} {:<11} {:<9} {:>10}  sha256 {}...{}".format(
+                part, fmt, f["file"], _size(f["bytes"]), f["sha256"][:16], extra))
+    ver = manifest["verification"]
+    worst = {}
+    for r in ver["results"]:
+        worst[r["format"]] = max(worst.get(r["format"], 0.0), r["max_abs_diff"])
+    console.print("  verified against the unsplit model (batches {}, atol {}, rtol {}): {}".format(
+        ",".join(map(str, ver["batch_sizes"])), ver["atol"], ver["rtol"],
+        ", ".join("{} max |diff| {:.2e}".format(k, v) for k, v in sorted(worst.items()))))

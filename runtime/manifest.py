@@ -1,0 +1,170 @@
+"""The contract between exporter and runtime: ``manifest.json`` of a bundle.
+
+A bundle is a directory ``<model>-s<split>/`` holding ``manifest.json`` and the
+compiled head and tail files it lists.  The exporter writes it with
+:func:`write_manifest`; the edge and cloud runtimes read it with
+:func:`load_manifest` and never import the exporter.  The fields are described in
+docs/ARCHITECTURE.md ("The manifest").
+
+Python 3.6 syntax: this module runs on the Jetson.
+"""
+import hashlib
+import json
+import os
+
+from .errors import ManifestError
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+FORMATS = ("onnx", "torchscript")
+PARTS = ("head", "tail")
+# File name of each part in each format, inside the bundle directory.
+FILE_NAMES = {
+    ("head", "onnx"): "head.onnx",
+    ("tail", "onnx"): "tail.onnx",
+    ("head", "torchscript"): "head.pt",
+    ("tail", "torchscript"): "tail.pt",
+}
+_REQUIRED = ("schema_version", "bundle_id", "model", "split", "input", "boundary", "output", "parts")
+
+
+def sha256_file(path, chunk_size=1 << 20):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk_size), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_entry(path, **extra):
+    """Describe one artifact file: its name, size and sha256, plus format-specific keys."""
+    entry = {"file": os.path.basename(path), "bytes": os.path.getsize(path), "sha256": sha256_file(path)}
+    entry.update(extra)
+    return entry
+
+
+def bundle_id(model_id, weights_sha256, split_index, file_hashes):
+    """A short id naming what a bundle computes: the same model, weights, split and files give the same id.
+
+    Edge and cloud compare it in the handshake, so a head is never paired with a
+    tail cut from other weights or at another split.
+    """
+    digest = hashlib.sha256()
+    for part in [model_id, weights_sha256 or "random-init", str(split_index)] + sorted(file_hashes):
+        digest.update(part.encode("utf-8"))
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+def bundle_dir_name(model_id, split_index):
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model_id)
+    return "{}-s{}".format(safe, split_index)
+
+
+def write_manifest(directory, manifest):
+    path = os.path.join(directory, MANIFEST_NAME)
+    with open(path, "w") as f:
+        json.dump(manifest, f, indent=2, sort_keys=False)
+        f.write("\n")
+    return path
+
+
+class Manifest(object):
+    """A validated manifest, with helpers to find and check its files."""
+
+    def __init__(self, directory, data):
+        self.directory = directory
+        self.data = data
+
+    def __getitem__(self, key):
+        return self.data[key]
+
+    @property
+    def bundle_id(self):
+        return self.data["bundle_id"]
+
+    @property
+    def model_id(self):
+        return self.data["model"]["id"]
+
+    @property
+    def split_index(self):
+        return self.data["split"]["index"]
+
+    def part(self, name):
+        """The entry of ``head`` or ``tail``, or None when the split puts everything on the other side."""
+        return self.data["parts"].get(name)
+
+    def formats(self, part):
+        entry = self.part(part)
+        return sorted(entry["files"]) if entry else []
+
+    def file_path(self, part, fmt):
+        entry = self.part(part)
+        if entry is None:
+            raise ManifestError("bundle {} has no {} (split {} puts the whole model on the other side)".format(
+                self.directory, part, self.split_index))
+        if fmt not in entry["files"]:
+            raise ManifestError("bundle {} has no {} {} file; it holds {}; re-export with --formats {}".format(
+                self.directory, part, fmt, ", ".join(sorted(entry["files"])) or "none", fmt))
+        return os.path.join(self.directory, entry["files"][fmt]["file"])
+
+    def iter_files(self):
+        for part in PARTS:
+            entry = self.part(part)
+            if entry:
+                for fmt in sorted(entry["files"]):
+                    yield part, fmt, entry["files"][fmt]
+
+    def verify_files(self, parts=PARTS):
+        """Check every listed file of the given parts against its sha256 and size; raise on the first mismatch."""
+        for part, fmt, entry in self.iter_files():
+            if part not in parts:
+                continue
+            path = os.path.join(self.directory, entry["file"])
+            if not os.path.isfile(path):
+                raise ManifestError("bundle {}: {} is missing; re-export or re-push the bundle".format(
+                    self.directory, entry["file"]))
+            actual = sha256_file(path)
+            if actual != entry["sha256"]:
+                raise ManifestError("bundle {}: {} is corrupt: sha256 {} but the manifest says {}; "
+                                    "re-export or re-push the bundle".format(
+                                        self.directory, entry["file"], actual, entry["sha256"]))
+
+
+def load_manifest(directory):
+    """Read and validate ``directory/manifest.json``; raise ManifestError naming what is wrong."""
+    path = os.path.join(directory, MANIFEST_NAME)
+    if not os.path.isfile(path):
+        raise ManifestError("no bundle at {}: {} not found; run `cli.py export` first".format(directory, MANIFEST_NAME))
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ManifestError("{} is not valid JSON ({}); re-export the bundle".format(path, exc))
+    if not isinstance(data, dict):
+        raise ManifestError("{} is not a JSON object; re-export the bundle".format(path))
+    missing = [k for k in _REQUIRED if k not in data]
+    if missing:
+        raise ManifestError("{} lacks {}; re-export the bundle".format(path, ", ".join(missing)))
+    if data["schema_version"] != SCHEMA_VERSION:
+        raise ManifestError("{} has schema version {}, this runtime reads version {}; "
+                            "re-export with this version of the tool".format(path, data["schema_version"], SCHEMA_VERSION))
+    parts = data["parts"]
+    if not isinstance(parts, dict) or set(parts) - set(PARTS):
+        raise ManifestError("{}: 'parts' must map head/tail to their files".format(path))
+    for part in PARTS:
+        entry = parts.get(part)
+        if entry is None:
+            continue
+        files = entry.get("files") if isinstance(entry, dict) else None
+        if not isinstance(files, dict) or set(files) - set(FORMATS):
+            raise ManifestError("{}: {} must list its files by format ({})".format(path, part, ", ".join(FORMATS)))
+        for fmt, fentry in files.items():
+            for key in ("file", "sha256", "bytes"):
+                if key not in fentry:
+                    raise ManifestError("{}: {} {} entry lacks '{}'; re-export the bundle".format(path, part, fmt, key))
+            if os.path.basename(fentry["file"]) != fentry["file"]:
+                raise ManifestError("{}: {} {} file name {!r} must not contain a path".format(
+                    path, part, fmt, fentry["file"]))
+    return Manifest(directory, data)
