@@ -42,32 +42,43 @@ def handle_errors(fn):
     return wrapper
 
 
-def parse_ints(text, what, count=None):
+def _split_values(value, convert, example, param, count=None):
+    """Click callback body: parse 'a,b,c' into a tuple, or raise BadParameter naming the option."""
+    if value is None:
+        return None
     try:
-        values = tuple(int(v) for v in text.split(","))
+        values = tuple(convert(v) for v in value.split(","))
     except ValueError:
-        raise click.BadParameter("{} must be integers separated by commas, e.g. 3,32,32".format(what))
-    if count is not None and len(values) != count or any(v <= 0 for v in values):
-        raise click.BadParameter("{} must be {} positive integers, e.g. 3,32,32".format(what, count))
+        raise click.BadParameter("expected numbers separated by commas, e.g. {}".format(example), param=param)
+    if count is not None and len(values) != count:
+        raise click.BadParameter("expected {} values, e.g. {}".format(count, example), param=param)
     return values
 
 
-def parse_floats(text, what):
-    if text is None:
-        return None
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise click.BadParameter("{} must be numbers separated by commas, e.g. 0.5,0.5,0.5".format(what))
+def shape_option(ctx, param, value):
+    shape = _split_values(value, int, "3,32,32", param, count=3)
+    if shape is not None and any(v <= 0 for v in shape):
+        raise click.BadParameter("dimensions must be positive, e.g. 3,32,32", param=param)
+    return shape
 
 
-def parse_formats(text):
-    formats = [f.strip() for f in text.split(",") if f.strip()]
+def floats_option(ctx, param, value):
+    return _split_values(value, float, "0.5,0.5,0.5", param)
+
+
+def formats_option(ctx, param, value):
+    formats = [f.strip() for f in value.split(",") if f.strip()]
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise click.BadParameter("unknown format {}; choose from {}".format(
-            ", ".join(unknown) or "(none)", ",".join(FORMATS)))
+            ", ".join(unknown) or "(none)", ",".join(FORMATS)), param=param)
     return formats
+
+
+def positive_option(ctx, param, value):
+    if value is not None and value < 0:
+        raise click.BadParameter("must be >= 0", param=param)
+    return value
 
 
 MODEL_HELP = "resnet50 (the seed's CIFAR-100 ResNet-50), torchvision:NAME, or package.module:function"
@@ -81,15 +92,15 @@ def main(debug):
 
 @main.command()
 @click.option("--model", default="resnet50", show_default=True, help=MODEL_HELP)
-@click.option("--input-shape", default=None, help="C,H,W of one input (default: the model's own).")
+@click.option("--input-shape", default=None, callback=shape_option,
+              help="C,H,W of one input (default: the model's own).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @handle_errors
 def layers(model, input_shape, as_json):
     """List the valid split points of a model."""
     from exporter.bundle import describe_points
     from exporter.report import print_points
-    shape = parse_ints(input_shape, "--input-shape", 3) if input_shape else None
-    config, points = describe_points(model, shape)
+    config, points = describe_points(model, input_shape)
     if as_json:
         click.echo(json.dumps({"model": config.model_id, "input_shape": list(config.input_shape),
                                "points": points}, indent=2))
@@ -102,25 +113,28 @@ def layers(model, input_shape, as_json):
 @click.option("--split", required=True, help="Split point: an index from `layers`, or its name.")
 @click.option("--weights", default=None, help="State-dict file (resnet50 default: weights/resnet50-best.pth).")
 @click.option("--random-init", is_flag=True, help="Export untrained weights (chance-level accuracy).")
-@click.option("--formats", default="onnx,torchscript", show_default=True, help="Comma-separated: onnx, torchscript.")
+@click.option("--formats", default="onnx,torchscript", show_default=True, callback=formats_option,
+              help="Comma-separated: onnx, torchscript.")
 @click.option("--opset", default=15, show_default=True, type=int,
               help="ONNX opset; 15 loads in onnxruntime 1.10 on JetPack 4.6.")
-@click.option("--input-shape", default=None, help="C,H,W of one input (default: the model's own).")
-@click.option("--mean", default=None, help="Per-channel normalisation mean, e.g. 0.5,0.5,0.5.")
-@click.option("--std", default=None, help="Per-channel normalisation std.")
+@click.option("--input-shape", default=None, callback=shape_option,
+              help="C,H,W of one input (default: the model's own).")
+@click.option("--mean", default=None, callback=floats_option, help="Per-channel normalisation mean, e.g. 0.5,0.5,0.5.")
+@click.option("--std", default=None, callback=floats_option, help="Per-channel normalisation std.")
 @click.option("--out", default="artifacts", show_default=True, help="Directory that receives the bundle.")
-@click.option("--atol", default=None, type=float, help="Verification absolute tolerance [default: 1e-4].")
-@click.option("--rtol", default=None, type=float, help="Verification relative tolerance [default: 1e-3].")
+@click.option("--atol", default=None, type=float, callback=positive_option,
+              help="Verification absolute tolerance [default: 1e-4].")
+@click.option("--rtol", default=None, type=float, callback=positive_option,
+              help="Verification relative tolerance [default: 1e-3].")
 @handle_errors
 def export(model, split, weights, random_init, formats, opset, input_shape, mean, std, out, atol, rtol):
     """Cut a model at a split point and write a verified head/tail bundle."""
     from exporter.bundle import export_bundle
     from exporter.report import print_export
     from exporter.verify import DEFAULT_ATOL, DEFAULT_RTOL
-    shape = parse_ints(input_shape, "--input-shape", 3) if input_shape else None
     path, manifest = export_bundle(
-        model, split, weights=weights, random_init=random_init, formats=parse_formats(formats), opset=opset,
-        out_dir=out, input_shape=shape, mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"),
+        model, split, weights=weights, random_init=random_init, formats=formats, opset=opset,
+        out_dir=out, input_shape=input_shape, mean=mean, std=std,
         atol=DEFAULT_ATOL if atol is None else atol, rtol=DEFAULT_RTOL if rtol is None else rtol)
     print_export(path, manifest)
 

@@ -1,0 +1,28 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "tests", "fixtures"))
+
+
+def run_cli(*args, cwd=None, env=None, timeout=600):
+    """Run `python cli.py ARGS` as a real subprocess; return the CompletedProcess (text)."""
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = os.pathsep.join([REPO, os.path.join(REPO, "tests", "fixtures")])
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, os.path.join(REPO, "cli.py")] + [str(a) for a in args],
+                          cwd=cwd or REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def seed_weights(tmp_path_factory):
+    """A weights file in the seed's layout, made by the tests' own independent code."""
+    from seed_reference import make_state_dict
+    import torch
+    path = tmp_path_factory.mktemp("weights") / "resnet50-best.pth"
+    torch.save(make_state_dict(seed=1234), str(path))
+    return str(path)
