@@ -119,7 +119,6 @@ def export_bundle(model_spec: str, split: str, weights: Optional[str] = None, ra
 
 def _build(tmp, config, traced, point, head, tail, formats, opset, weights_path, weights_sha, random_init, steps):
     last = len(traced.points) - 1
-    boundary_example = None
     example = torch.randn((2,) + config.input_shape, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         boundary_example = head(example) if head is not None else example

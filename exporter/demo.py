@@ -1,5 +1,6 @@
 """The README's main command for now: export the seed's ResNet-50 and show where it can be cut."""
-from .bundle import describe_points, export_bundle, find_default_weights
+from .bundle import describe_points, export_bundle
+from .weights import find_default_weights
 from .models.configs import resolve
 from .report import make_console, print_export, print_points
 
