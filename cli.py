@@ -139,15 +139,68 @@ def export(model, split, weights, random_init, formats, opset, input_shape, mean
     print_export(path, manifest)
 
 
+BACKEND_CHOICE = click.Choice(["onnx", "torchscript"])
+DEVICE_CHOICE = click.Choice(["auto", "cpu", "cuda"])
+
+
+@main.command("serve-cloud")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: all).")
+@click.option("--port", default=9999, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port.")
+@click.option("--artifacts", default="artifacts", show_default=True, help="Directory of bundles to serve.")
+@click.option("--backend", default="onnx", show_default=True, type=BACKEND_CHOICE)
+@click.option("--device", default="auto", show_default=True, type=DEVICE_CHOICE)
+@click.option("--max-frame-mb", default=64.0, show_default=True, type=click.FloatRange(0.001, 4096),
+              help="Largest tensor payload accepted.")
+@click.option("--threads", default=0, type=click.IntRange(0, 256), help="Compute threads per tail (0: library default).")
+@handle_errors
+def serve_cloud(host, port, artifacts, backend, device, max_frame_mb, threads):
+    """Serve the tails of the bundles in --artifacts to edges (until SIGINT/SIGTERM)."""
+    from runtime.server import serve_cloud as serve
+    serve(host, port, artifacts, backend, device, max_frame_mb, threads)
+
+
+@main.command("run-edge")
+@click.option("--cloud", required=True, help="HOST:PORT of serve-cloud.")
+@click.option("--model", default="resnet50", show_default=True, help="Model id of the bundle (see its manifest).")
+@click.option("--split", required=True, type=click.IntRange(0, None), help="Split point of the bundle.")
+@click.option("--artifacts", default="artifacts", show_default=True, help="Directory holding the bundle.")
+@click.option("--backend", default="onnx", show_default=True, type=BACKEND_CHOICE)
+@click.option("--device", default="auto", show_default=True, type=DEVICE_CHOICE)
+@click.option("--dataset", default="cifar100", show_default=True,
+              help="cifar100, cifar10, npz:PATH, folder:PATH or synthetic.")
+@click.option("--data-dir", default="data", show_default=True, help="Where CIFAR archives are kept.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, None), help="Samples to run.")
+@click.option("--batch-size", default=1, show_default=True, type=click.IntRange(1, None))
+@click.option("--shuffle", is_flag=True, help="Shuffle the samples (with --seed).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--warmup", default=3, show_default=True, type=click.IntRange(0, None),
+              help="Requests before measuring (excluded).")
+@click.option("--verbose", is_flag=True, help="Print Prediction / Ground Truth per sample.")
+@click.option("--report", default=None, help="Write the full report as JSON to this file.")
+@click.option("--timeout", default=30.0, show_default=True, type=float, help="Seconds to wait for the cloud.")
+@click.option("--threads", default=0, type=click.IntRange(0, 256), help="Compute threads for the head.")
+@handle_errors
+def run_edge(cloud, model, split, artifacts, backend, device, dataset, data_dir, limit, batch_size, shuffle, seed,
+             warmup, verbose, report, timeout, threads):
+    """Run the head here, the tail on the cloud, and print the seed's report."""
+    from runtime.edge import run_edge as run
+    run(cloud, model, split, artifacts, backend, device, dataset, data_dir, limit, batch_size, shuffle, seed,
+        warmup, verbose, report, timeout, threads)
+
+
 @main.command()
 @click.option("--split", default="20", show_default=True, help="Split point of the seed's ResNet-50.")
 @click.option("--weights", default=None, help="Weights file (default: weights/resnet50-best.pth if present).")
-@click.option("--out", default="artifacts", show_default=True, help="Directory that receives the bundle.")
+@click.option("--dataset", default=None, help="Default: cifar100 if it is in --data-dir, else synthetic.")
+@click.option("--data-dir", default="data", show_default=True)
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, None))
+@click.option("--backend", default="onnx", show_default=True, type=BACKEND_CHOICE)
+@click.option("--artifacts", default="artifacts", show_default=True, help="Directory of bundles.")
 @handle_errors
-def demo(split, weights, out):
-    """Export the seed's ResNet-50 (random weights unless trained ones exist) and show its split table."""
-    from exporter.demo import run_demo
-    run_demo(split, weights, out)
+def demo(split, weights, dataset, data_dir, limit, backend, artifacts):
+    """Export the seed's ResNet-50 if needed, serve its tail locally, run the edge, print the report."""
+    from runtime.demo import run_demo
+    run_demo(split, weights, dataset, artifacts, data_dir, limit, backend)
 
 
 if __name__ == "__main__":

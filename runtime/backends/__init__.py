@@ -1,0 +1,39 @@
+"""Backends run one compiled part (head or tail) of a bundle: a small interface and a registry.
+
+Every backend has ``run(x) -> y`` on numpy arrays (blocking until the result is on
+the host, so timers around it are honest on CUDA too), ``name`` and ``provider``
+(what actually executes it, e.g. ``CUDAExecutionProvider`` or ``cuda:0``).
+
+Python 3.6 syntax.  torch is imported only by the TorchScript backend, when used.
+"""
+from ..errors import UserError
+
+BACKENDS = ("onnx", "torchscript")
+DEVICES = ("auto", "cpu", "cuda")
+_FORMAT = {"onnx": "onnx", "torchscript": "torchscript"}
+
+
+class PassThrough(object):
+    """Stands in for the part a split leaves empty (no head at split 0, no tail at the last split)."""
+
+    name = "none"
+    provider = "none"
+
+    def run(self, x):
+        return x
+
+
+def load_part(manifest, part, backend="onnx", device="auto", threads=0):
+    """Load the ``part`` ('head' or 'tail') of a bundle with the chosen backend, or a PassThrough."""
+    if backend not in BACKENDS:
+        raise UserError("unknown backend {!r}; choose from {}".format(backend, ", ".join(BACKENDS)))
+    if device not in DEVICES:
+        raise UserError("unknown device {!r}; choose from {}".format(device, ", ".join(DEVICES)))
+    if manifest.part(part) is None:
+        return PassThrough()
+    path = manifest.file_path(part, _FORMAT[backend])
+    if backend == "onnx":
+        from .ort import OnnxBackend
+        return OnnxBackend(path, device, threads, cache_dir=manifest.directory)
+    from .torchscript import TorchScriptBackend
+    return TorchScriptBackend(path, device, threads)

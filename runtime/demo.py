@@ -1,0 +1,89 @@
+"""demo: the whole workflow on one machine, with nothing to download.
+
+It scripts what a user does: ``cli.py export`` (only when the bundle is missing or
+was made from other weights), ``cli.py serve-cloud`` on a free local port in a
+subprocess, then ``run-edge`` against it, then SIGTERM to the server.
+Python 3.6 syntax; it imports no exporter code (export runs as a subprocess).
+"""
+import os
+import signal
+import subprocess
+import sys
+
+from .errors import UserError
+from .manifest import bundle_dir_name, load_manifest, sha256_file, ManifestError
+
+CLI = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cli.py")
+DEFAULT_WEIGHTS = os.path.join("weights", "resnet50-best.pth")
+
+
+def _cli(*args):
+    return [sys.executable, CLI] + [str(a) for a in args]
+
+
+def _bundle_is_current(directory, weights):
+    try:
+        manifest = load_manifest(directory)
+        manifest.verify_files()
+    except ManifestError:
+        return False
+    recorded = manifest["model"]["weights"]
+    if weights is None:
+        return bool(recorded["random_init"])
+    return recorded["sha256"] == sha256_file(weights)
+
+
+def ensure_bundle(split, weights, artifacts):
+    directory = os.path.join(artifacts, bundle_dir_name("resnet50", split))
+    if _bundle_is_current(directory, weights):
+        print("demo: using {} ({})".format(directory, "random weights" if weights is None else weights))
+        return
+    args = ["export", "--split", split, "--out", artifacts]
+    args += ["--weights", weights] if weights else ["--random-init"]
+    print("demo: exporting the seed's ResNet-50 at split {} ({})".format(
+        split, "RANDOM weights: accuracy will be at chance level" if weights is None else weights), flush=True)
+    if subprocess.call(_cli(*args)) != 0:
+        raise UserError("demo: the export failed (see above)")
+
+
+def start_server(artifacts, backend="onnx"):
+    """Start serve-cloud on a free loopback port; return (process, 'host:port')."""
+    proc = subprocess.Popen(_cli("serve-cloud", "--host", "127.0.0.1", "--port", 0, "--artifacts", artifacts,
+                                 "--backend", backend), stdout=subprocess.PIPE, universal_newlines=True)
+    line = proc.stdout.readline()
+    if not line.startswith("serve-cloud listening on "):
+        proc.kill()
+        raise UserError("demo: serve-cloud did not start (see above)")
+    return proc, line.rsplit(" ", 1)[1].strip()
+
+
+def stop_server(proc):
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def run_demo(split="20", weights=None, dataset=None, artifacts="artifacts", data_dir="data", limit=100,
+             backend="onnx"):
+    from .edge import run_edge
+    if weights is None and os.path.isfile(DEFAULT_WEIGHTS):
+        weights = DEFAULT_WEIGHTS
+    if weights is not None and not os.path.isfile(weights):
+        raise UserError("weights file {} not found".format(weights))
+    if weights is None:
+        print("demo: no {} here, so the model gets RANDOM weights (accuracy at chance level)".format(DEFAULT_WEIGHTS))
+    ensure_bundle(str(split), weights, artifacts)
+    if dataset is None:
+        present = os.path.isfile(os.path.join(data_dir, "cifar-100-binary", "test.bin")) or os.path.isfile(
+            os.path.join(data_dir, "cifar-100-binary.tar.gz"))
+        dataset = "cifar100" if present else "synthetic"
+        print("demo: dataset {}{}".format(dataset, "" if present else " (CIFAR-100 not in {}/)".format(data_dir)))
+    proc, address = start_server(artifacts, backend)
+    print("demo: serve-cloud is up at {}; running the edge".format(address), flush=True)
+    try:
+        return run_edge(address, "resnet50", int(split), artifacts, backend=backend, dataset=dataset,
+                        data_dir=data_dir, limit=limit)
+    finally:
+        stop_server(proc)

@@ -1,0 +1,93 @@
+"""The run report: the seed's four lines, percentiles, throughput, and the JSON file.
+
+Figures, per request (one batch; at ``--batch-size 1``, per sample as in the seed):
+
+* edge         = head compute on the edge (the backend's run(), which waits for the device);
+* cloud        = tail compute, measured by the server around its run() and sent back in the reply;
+* transmission = wall time from sending the request to having the reply, minus cloud:
+                 both directions, framing, (de)serialisation and queueing;
+* end-to-end   = edge + transmission + cloud, i.e. head start to reply received.
+
+Python 3.6 syntax.
+"""
+import json
+import os
+
+import numpy as np
+
+FIGURES = ("edge_ms", "transmission_ms", "cloud_ms", "end_to_end_ms")
+SEED_LINES = (("edge_ms", "Avg edge inference latency"), ("transmission_ms", "Avg transmission latency"),
+              ("cloud_ms", "Avg cloud inference latency"))
+
+
+class RunRecorder(object):
+    """Collects one record per measured request; warm-up requests are only counted."""
+
+    def __init__(self):
+        self.records = {f: [] for f in FIGURES}
+        self.predictions = []
+        self.labels = []
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.warmup_requests = 0
+        self.wall_s = 0.0
+
+    def add(self, edge_ms, roundtrip_ms, cloud_ms, predictions, labels, bytes_sent, bytes_received):
+        self.records["edge_ms"].append(edge_ms)
+        self.records["cloud_ms"].append(cloud_ms)
+        self.records["transmission_ms"].append(max(roundtrip_ms - cloud_ms, 0.0))
+        self.records["end_to_end_ms"].append(edge_ms + roundtrip_ms)
+        self.predictions.extend(int(p) for p in predictions)
+        self.labels.extend(int(l) for l in labels)
+        self.bytes_sent += bytes_sent
+        self.bytes_received += bytes_received
+
+    @property
+    def samples(self):
+        return len(self.predictions)
+
+    def summary(self):
+        out = {}
+        for f in FIGURES:
+            values = np.asarray(self.records[f], dtype=np.float64)
+            out[f] = {"mean": float(values.mean()) if values.size else 0.0,
+                      "p50": float(np.percentile(values, 50)) if values.size else 0.0,
+                      "p99": float(np.percentile(values, 99)) if values.size else 0.0}
+        n = self.samples
+        correct = sum(1 for p, l in zip(self.predictions, self.labels) if p == l)
+        out["accuracy"] = correct / float(n) if n else 0.0
+        out["throughput_samples_per_s"] = n / self.wall_s if self.wall_s > 0 else 0.0
+        out["bytes_sent_per_sample"] = self.bytes_sent / float(n) if n else 0.0
+        out["bytes_received_per_sample"] = self.bytes_received / float(n) if n else 0.0
+        return out
+
+
+def format_report(summary, samples, requests, warmup):
+    """The seed's four lines, exactly, then the figures it did not have."""
+    lines = ["Accuracy: {:.2f}%".format(100.0 * summary["accuracy"])]
+    for key, label in SEED_LINES:
+        lines.append("{}: {:.3f} ms".format(label, summary[key]["mean"]))
+    lines.append("Avg end-to-end latency: {:.3f} ms".format(summary["end_to_end_ms"]["mean"]))
+    for key, label in (("edge_ms", "Edge"), ("transmission_ms", "Transmission"), ("cloud_ms", "Cloud"),
+                       ("end_to_end_ms", "End-to-end")):
+        lines.append("{:<13} p50 {:8.3f} ms   p99 {:8.3f} ms".format(label, summary[key]["p50"], summary[key]["p99"]))
+    lines.append("Throughput: {:.1f} samples/s ({} samples in {} requests; {} warm-up requests excluded)".format(
+        summary["throughput_samples_per_s"], samples, requests, warmup))
+    lines.append("Bytes sent per sample: {:.0f}".format(summary["bytes_sent_per_sample"]))
+    return "\n".join(lines)
+
+
+def write_report(path, info, recorder):
+    data = dict(info)
+    data.update(recorder.summary())
+    data["n"] = recorder.samples
+    data["warmup_requests"] = recorder.warmup_requests
+    data["wall_s"] = recorder.wall_s
+    data["predictions"] = recorder.predictions
+    data["labels"] = recorder.labels
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+    return data

@@ -1,0 +1,39 @@
+"""A local directory of bundles (``artifacts/``): find one by model and split, or by bundle id.
+
+Python 3.6 syntax.
+"""
+import os
+
+from .errors import UserError
+from .manifest import MANIFEST_NAME, ManifestError, bundle_dir_name, load_manifest
+
+
+class BundleStore(object):
+    def __init__(self, root):
+        self.root = root
+
+    def _dirs(self):
+        if not os.path.isdir(self.root):
+            return []
+        return sorted(os.path.join(self.root, d) for d in os.listdir(self.root)
+                      if not d.startswith(".") and os.path.isfile(os.path.join(self.root, d, MANIFEST_NAME)))
+
+    def scan(self):
+        """Every readable bundle, and (directory, error) for those that are not."""
+        good, bad = [], []
+        for d in self._dirs():
+            try:
+                good.append(load_manifest(d))
+            except ManifestError as exc:
+                bad.append((d, str(exc)))
+        return good, bad
+
+    def find(self, model_id, split_index):
+        """The bundle for a model and split, or a UserError that says how to make it."""
+        directory = os.path.join(self.root, bundle_dir_name(model_id, split_index))
+        if not os.path.isfile(os.path.join(directory, MANIFEST_NAME)):
+            held = ", ".join(os.path.basename(d) for d in self._dirs()) or "none"
+            raise UserError("no bundle for {} split {} in {} (holds: {}); run `cli.py export --model {} --split {}` "
+                            "and copy {} here".format(model_id, split_index, self.root, held, model_id, split_index,
+                                                      os.path.basename(directory)))
+        return load_manifest(directory)
