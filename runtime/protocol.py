@@ -122,13 +122,17 @@ def send_frame(sock, type_, request_id, meta, array=None):
         if name not in DTYPES:
             raise ProtocolError("bad_dtype", "dtype {} cannot be sent".format(name))
         meta = dict(meta, dtype=name, shape=list(array.shape))
-        payload = memoryview(array).cast("B")
-        buffers.append(payload)
+        buffers.append(_byte_view(array))
     meta_bytes = encode_meta(meta)
     payload_len = sum(len(b) for b in buffers)
     header = HEADER.pack(MAGIC, VERSION, type_, 0, request_id, len(meta_bytes), payload_len)
     _sendmsg_all(sock, [header, meta_bytes] + buffers)
     return HEADER_SIZE + len(meta_bytes) + payload_len
+
+
+def _byte_view(array):
+    """The bytes of a C-contiguous array, without a copy."""
+    return memoryview(array.reshape(-1).view(np.uint8))
 
 
 def _sendmsg_all(sock, buffers):
@@ -220,7 +224,7 @@ class FrameReader(object):
             if tensor_check is not None:
                 tensor_check(type_, dtype, shape)
             array = np.empty(shape, dtype=DTYPES[dtype])
-            if payload_len and recv_into_exact(self.sock, memoryview(array).cast("B")) == 0:
+            if payload_len and recv_into_exact(self.sock, _byte_view(array)) == 0:
                 raise ProtocolError("truncated", "connection closed before the frame's tensor")
         self.bytes_received += HEADER_SIZE + meta_len + payload_len
         return Frame(type_, request_id, meta, array)
