@@ -26,3 +26,17 @@ def seed_weights(tmp_path_factory):
     path = tmp_path_factory.mktemp("weights") / "resnet50-best.pth"
     torch.save(make_state_dict(seed=1234), str(path))
     return str(path)
+
+
+SEED_SPLITS = list(range(23))
+
+
+@pytest.fixture(scope="session")
+def seed_bundles(tmp_path_factory, seed_weights):
+    """Bundles of the seed's ResNet-50 at every split point, exported once from ``seed_weights``."""
+    from exporter.bundle import export_bundle
+    root = tmp_path_factory.mktemp("seed-artifacts")
+    manifests = {}
+    for split in SEED_SPLITS:
+        _, manifests[split] = export_bundle("resnet50", str(split), weights=seed_weights, out_dir=str(root))
+    return root, manifests
