@@ -13,6 +13,8 @@ import click
 
 from runtime.errors import UserError
 
+TOKEN_ENV = "EDGESPLIT_ADMIN_TOKEN"
+
 FORMATS = ("onnx", "torchscript")
 
 
@@ -146,24 +148,39 @@ DEVICE_CHOICE = click.Choice(["auto", "cpu", "cuda"])
 @main.command("serve-cloud")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: all).")
 @click.option("--port", default=9999, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port.")
-@click.option("--artifacts", default="artifacts", show_default=True, help="Directory of bundles to serve.")
+@click.option("--artifacts", default="artifacts", show_default=True, help="Directory of bundles to serve (the store).")
 @click.option("--backend", default="onnx", show_default=True, type=BACKEND_CHOICE)
 @click.option("--device", default="auto", show_default=True, type=DEVICE_CHOICE)
 @click.option("--max-frame-mb", default=64.0, show_default=True, type=click.FloatRange(0.001, 4096),
               help="Largest tensor payload accepted.")
 @click.option("--threads", default=0, type=click.IntRange(0, 256), help="Compute threads per tail (0: library default).")
+@click.option("--allow-push", is_flag=True, help="Accept bundles pushed with the admin token.")
+@click.option("--admin-token", default=None, envvar=TOKEN_ENV, help="Admin token for pushes [env {}].".format(TOKEN_ENV))
+@click.option("--model", "export_model", default=None,
+              help="Export splits of this model on demand when an edge asks for one not held (needs the exporter).")
+@click.option("--weights", "export_weights", default=None, help="Weights for on-demand exports.")
+@click.option("--random-init", "export_random_init", is_flag=True, help="On-demand exports with random weights.")
 @handle_errors
-def serve_cloud(host, port, artifacts, backend, device, max_frame_mb, threads):
+def serve_cloud(host, port, artifacts, backend, device, max_frame_mb, threads, allow_push, admin_token, export_model,
+                export_weights, export_random_init):
     """Serve the tails of the bundles in --artifacts to edges (until SIGINT/SIGTERM)."""
     from runtime.server import serve_cloud as serve
-    serve(host, port, artifacts, backend, device, max_frame_mb, threads)
+    if allow_push and not admin_token:
+        raise UserError("--allow-push needs an admin token: --admin-token TOKEN or ${}".format(TOKEN_ENV))
+    serve(host, port, artifacts, backend, device, max_frame_mb, threads, admin_token if allow_push else None,
+          export_model, export_weights, export_random_init)
 
 
 @main.command("run-edge")
 @click.option("--cloud", required=True, help="HOST:PORT of serve-cloud.")
 @click.option("--model", default="resnet50", show_default=True, help="Model id of the bundle (see its manifest).")
-@click.option("--split", required=True, type=click.IntRange(0, None), help="Split point of the bundle.")
-@click.option("--artifacts", default="artifacts", show_default=True, help="Directory holding the bundle.")
+@click.option("--split", default=None, type=click.IntRange(0, None),
+              help="Split point; default: the bundle active on the cloud.")
+@click.option("--cache", "--artifacts", "cache", default="artifacts", show_default=True,
+              help="The edge's bundle cache; heads missing here are fetched from the cloud.")
+@click.option("--cache-keep", default=8, show_default=True, type=click.IntRange(1, None),
+              help="Bundles kept in the cache (least recently used go first).")
+@click.option("--no-follow", is_flag=True, help="Do not switch when the cloud activates another bundle.")
 @click.option("--backend", default="onnx", show_default=True, type=BACKEND_CHOICE)
 @click.option("--device", default="auto", show_default=True, type=DEVICE_CHOICE)
 @click.option("--dataset", default="cifar100", show_default=True,
@@ -180,12 +197,35 @@ def serve_cloud(host, port, artifacts, backend, device, max_frame_mb, threads):
 @click.option("--timeout", default=30.0, show_default=True, type=float, help="Seconds to wait for the cloud.")
 @click.option("--threads", default=0, type=click.IntRange(0, 256), help="Compute threads for the head.")
 @handle_errors
-def run_edge(cloud, model, split, artifacts, backend, device, dataset, data_dir, limit, batch_size, shuffle, seed,
-             warmup, verbose, report, timeout, threads):
+def run_edge(cloud, model, split, cache, cache_keep, no_follow, backend, device, dataset, data_dir, limit,
+             batch_size, shuffle, seed, warmup, verbose, report, timeout, threads):
     """Run the head here, the tail on the cloud, and print the seed's report."""
     from runtime.edge import run_edge as run
-    run(cloud, model, split, artifacts, backend, device, dataset, data_dir, limit, batch_size, shuffle, seed,
-        warmup, verbose, report, timeout, threads)
+    run(cloud, model, split, cache, backend, device, dataset, data_dir, limit, batch_size, shuffle, seed,
+        warmup, verbose, report, timeout, threads, cache_keep, not no_follow)
+
+
+@main.command()
+@click.argument("bundle")
+@click.option("--cloud", default=None, help="HOST:PORT of serve-cloud (started with --allow-push).")
+@click.option("--to", "to_dir", default=None, help="Copy into this directory instead (an SD card, a mounted disk).")
+@click.option("--activate", is_flag=True, help="Make it the bundle edges of this model use (they switch).")
+@click.option("--admin-token", default=None, envvar=TOKEN_ENV, help="The server's admin token [env {}].".format(
+    TOKEN_ENV))
+@click.option("--timeout", default=120.0, show_default=True, type=float)
+@handle_errors
+def push(bundle, cloud, to_dir, activate, admin_token, timeout):
+    """Deploy a bundle: upload it to the cloud (--cloud) or copy it (--to), verified."""
+    from runtime.deploy import copy_bundle, push_to_cloud
+    if bool(cloud) == bool(to_dir):
+        raise click.UsageError("give exactly one of --cloud HOST:PORT or --to DIR")
+    if to_dir:
+        click.echo("copied to {}".format(copy_bundle(bundle, to_dir)))
+        return
+    done = push_to_cloud(bundle, cloud, admin_token, activate, timeout)
+    click.echo("pushed {} to {}{}{}".format(done["bundle_id"], cloud, "" if done.get("uploaded") else
+                                            " (already there, nothing uploaded)",
+                                            ", active" if done.get("activated") else ""))
 
 
 @main.command()

@@ -110,7 +110,7 @@ def export_bundle(model_spec: str, split: str, weights: Optional[str] = None, ra
                                          progress=lambda: steps.advance("verified")),
             }
             mf.write_manifest(tmp, manifest)
-            _replace_dir(tmp, destination)
+            mf.install_dir(tmp, destination)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -165,17 +165,6 @@ def _build(tmp, config, traced, point, head, tail, formats, opset, weights_path,
         "parts": parts,
         "toolchain": _toolchain(),
     }
-
-
-def _replace_dir(tmp: str, destination: str) -> None:
-    """Move the finished bundle into place; an existing bundle is swapped out, never half-overwritten."""
-    old = None
-    if os.path.exists(destination):
-        old = tempfile.mkdtemp(prefix=".old-", dir=os.path.dirname(destination) or ".")
-        os.rename(destination, os.path.join(old, "bundle"))
-    os.rename(tmp, destination)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def describe_points(model_spec: str, input_shape: Optional[Tuple[int, ...]] = None):

@@ -1,5 +1,10 @@
 """run-edge: run the head on this device, the tail on the cloud, and report as the seed did.
 
+The edge asks the cloud which bundle to use (the one for ``--split``, or the one
+active for its model), takes its head from the local cache or fetches it over the
+same connection, and follows activations of other bundles at batch boundaries
+(hot swap, ``EdgeSession.switch_to``).
+
 Needs numpy and onnxruntime only (torch for ``--backend torchscript``).
 Python 3.6 syntax: this module runs on the Jetson.
 """
@@ -7,14 +12,20 @@ import socket
 import sys
 import time
 
-import numpy as np
-
 from . import protocol as p
 from .backends import load_part
 from .data import batches, open_dataset, preprocess_batch
+from .deploy import BundleCache
 from .errors import UserError
+from .manifest import validate
 from .report import RunRecorder, format_report, write_report
-from .store import BundleStore
+
+FORMAT_OF_BACKEND = {"onnx": "onnx", "torchscript": "torchscript"}
+
+
+def _say(message):
+    sys.stderr.write("run-edge: {}\n".format(message))
+    sys.stderr.flush()
 
 
 class CloudConnection(object):
@@ -23,6 +34,7 @@ class CloudConnection(object):
     def __init__(self, address, timeout=30.0, max_frame_bytes=p.DEFAULT_MAX_FRAME_BYTES):
         host, port = p.parse_address(address)
         self.address = address
+        self.timeout = timeout
         try:
             self.sock = socket.create_connection((host, port), timeout=timeout)
         except OSError as exc:
@@ -30,48 +42,58 @@ class CloudConnection(object):
                 address, exc.strerror or exc))
         self.sock.settimeout(timeout)
         p.tune_socket(self.sock)
-        self.reader = p.FrameReader(self.sock, max_frame_bytes, allowed_types=(p.WELCOME, p.RESULT, p.ERROR))
+        self.reader = p.FrameReader(self.sock, max_frame_bytes, allowed_types=p.FROM_CLOUD)
         self._next_id = 1
 
-    def _receive(self, request_id):
-        try:
-            frame = self.reader.read()
-        except p.PeerClosed:
-            raise UserError("the cloud at {} closed the connection".format(self.address))
-        except socket.timeout:
-            raise UserError("no reply from the cloud at {} within {:.0f} s".format(
-                self.address, self.sock.gettimeout()))
-        if frame.type == p.ERROR:
-            raise p.RemoteError(frame.meta.get("code", "error"), "cloud: {}".format(frame.meta.get("message", "")))
-        if frame.request_id != request_id:
+    def send(self, type_, meta, array=None):
+        request_id = self._next_id
+        self._next_id += 1
+        sent = p.send_frame(self.sock, type_, request_id, meta, array)
+        return request_id, sent
+
+    def receive(self, tensor_check=None):
+        """The next frame; NOTICE frames (the cloud explaining a wait) are shown and waited past."""
+        while True:
+            try:
+                frame = self.reader.read(tensor_check)
+            except p.PeerClosed:
+                raise UserError("the cloud at {} closed the connection".format(self.address))
+            except socket.timeout:
+                raise UserError("no reply from the cloud at {} within {:.0f} s".format(
+                    self.address, self.sock.gettimeout()))
+            finally:
+                self.sock.settimeout(self.timeout)
+            if frame.type == p.ERROR:
+                raise p.RemoteError(frame.meta.get("code", "error"), "cloud: {}".format(frame.meta.get("message", "")))
+            if frame.type != p.NOTICE:
+                return frame
+            _say("cloud: {}".format(frame.meta.get("message", "")))
+            self.sock.settimeout(max(self.timeout, float(frame.meta.get("wait_s", 0))))
+
+    def expect(self, type_, request_id=None):
+        frame = self.receive()
+        if frame.type != type_:
+            raise p.ProtocolError("bad_reply", "expected {}, got {}".format(p.TYPE_NAMES[type_], frame.type_name))
+        if request_id is not None and frame.request_id != request_id:
             raise p.ProtocolError("bad_reply", "reply to request {} while waiting for {}".format(
                 frame.request_id, request_id))
         return frame
 
-    def hello(self, manifest):
-        request_id = self._take_id()
-        p.send_frame(self.sock, p.HELLO, request_id, {
-            "model": manifest.model_id, "split": manifest.split_index, "bundle_id": manifest.bundle_id,
-            "protocol": p.VERSION})
-        frame = self._receive(request_id)
-        if frame.type != p.WELCOME:
-            raise p.ProtocolError("bad_reply", "expected WELCOME, got {}".format(frame.type_name))
-        return frame.meta
+    def hello(self, meta):
+        request_id, _ = self.send(p.HELLO, dict(meta, protocol=p.VERSION))
+        return self.expect(p.WELCOME, request_id).meta
 
     def infer(self, array):
-        """Send one activation, wait for its result; return (result, cloud_ms, bytes sent, bytes received)."""
-        request_id = self._take_id()
+        """Send one activation, wait for its result; return (RESULT frame, bytes sent, bytes received)."""
         before = self.reader.bytes_received
-        sent = p.send_frame(self.sock, p.INFER, request_id, {}, array)
-        frame = self._receive(request_id)
-        if frame.type != p.RESULT:
-            raise p.ProtocolError("bad_reply", "expected RESULT, got {}".format(frame.type_name))
-        return frame.array, float(frame.meta.get("cloud_ms", 0.0)), sent, self.reader.bytes_received - before
+        request_id, sent = self.send(p.INFER, {}, array)
+        frame = self.expect(p.RESULT, request_id)
+        return frame, sent, self.reader.bytes_received - before
 
-    def _take_id(self):
-        request_id = self._next_id
-        self._next_id += 1
-        return request_id
+    def fetch(self, bundle_id, formats, directory, entries):
+        from .deploy import receive_files
+        self.send(p.FETCH, {"bundle_id": bundle_id, "part": "head", "formats": list(formats)})
+        return receive_files(self.reader, directory, entries, what="fetch of {}".format(bundle_id))
 
     def close(self):
         try:
@@ -79,6 +101,66 @@ class CloudConnection(object):
         except OSError:
             pass
         self.sock.close()
+
+
+class EdgeSession(object):
+    """The edge's side of a run: connection, cache, the bundle in use and its loaded head.
+
+    ``switch_to`` is the hot-swap mechanism: at a batch boundary, bind the
+    connection to another bundle of the same model (by id, or by split), fetch and
+    verify its head if it is not cached, load it, and go on.
+    """
+
+    def __init__(self, cloud, model, cache, cache_keep=8, backend="onnx", device="auto", threads=0, timeout=30.0):
+        if backend not in FORMAT_OF_BACKEND:
+            raise UserError("unknown backend {!r}".format(backend))
+        self.model = model
+        self.backend, self.device, self.threads = backend, device, threads
+        self.formats = (FORMAT_OF_BACKEND[backend],)
+        self.cache = BundleCache(cache, cache_keep, log=_say)
+        self.conn = CloudConnection(cloud, timeout)
+        self.manifest = None
+        self.head = None
+        self.welcome = None
+        self.fetches = []
+
+    def switch_to(self, bundle_id=None, split=None):
+        """Use the cloud's bundle ``bundle_id`` (or its bundle for ``split``; neither: the active one)."""
+        welcome = self.conn.hello({"role": "edge", "model": self.model, "split": split, "bundle_id": bundle_id})
+        data = validate(welcome.get("manifest"), "the cloud's manifest")
+        if data["bundle_id"] != welcome.get("bundle_id") or (bundle_id and data["bundle_id"] != bundle_id):
+            raise p.ProtocolError("bad_reply", "the cloud answered with bundle {} for {}".format(
+                data["bundle_id"], bundle_id or "split {}".format(split)))
+        manifest = self.cache.lookup(data, self.formats)
+        if manifest is None:
+            size = sum(f["bytes"] for f in _head_files(data, self.formats))
+            _say("fetching the head of {} ({} split {}, {:.1f} MiB) from the cloud".format(
+                data["bundle_id"], data["model"]["id"], data["split"]["index"], size / 1048576.0))
+            manifest, received, seconds = self.cache.fetch(self.conn, data, self.formats)
+            self.fetches.append({"bundle_id": data["bundle_id"], "split": data["split"]["index"],
+                                 "bytes": received, "seconds": seconds})
+            _say("fetched and verified {} in {:.2f} s".format(data["bundle_id"], seconds))
+        self.head = load_part(manifest, "head", self.backend, self.device, self.threads)
+        self.manifest, self.welcome = manifest, welcome
+        return manifest
+
+    def infer(self, x):
+        """Head here, tail there: (output, edge_ms, roundtrip_ms, cloud_ms, bytes sent, bytes received, meta)."""
+        t0 = time.perf_counter()
+        boundary = self.head.run(x)
+        t1 = time.perf_counter()
+        frame, sent, received = self.conn.infer(boundary)
+        t2 = time.perf_counter()
+        return (frame.array, (t1 - t0) * 1000.0, (t2 - t1) * 1000.0, float(frame.meta.get("cloud_ms", 0.0)),
+                sent, received, frame.meta)
+
+    def close(self):
+        self.conn.close()
+
+
+def _head_files(data, formats):
+    head = data["parts"].get("head")
+    return [f for fmt, f in head["files"].items() if fmt in formats] if head else []
 
 
 def _progress(total, enabled):
@@ -92,60 +174,68 @@ def _progress(total, enabled):
     return None
 
 
-def run_edge(cloud, model="resnet50", split=20, artifacts="artifacts", backend="onnx", device="auto",
+def run_edge(cloud, model="resnet50", split=None, cache="artifacts", backend="onnx", device="auto",
              dataset="cifar100", data_dir="data", limit=100, batch_size=1, shuffle=False, seed=0, warmup=3,
-             verbose=False, report=None, timeout=30.0, threads=0, out=None):
+             verbose=False, report=None, timeout=30.0, threads=0, cache_keep=8, follow=True, out=None):
     """The run-edge command.  Returns the report dict; prints the seed's report to ``out``."""
     out = out or sys.stdout
     if batch_size < 1:
         raise UserError("--batch-size must be at least 1")
-    manifest = BundleStore(artifacts).find(model, split)
-    manifest.verify_files(parts=("head",))
-    head = load_part(manifest, "head", backend, device, threads)
-    num_classes = manifest["output"]["shape"][-1]
-    data = open_dataset(dataset, manifest["input"], num_classes, limit=limit, seed=seed, data_dir=data_dir)
-    plan = batches(data, batch_size, limit, shuffle, seed)
-    if not plan:
-        raise UserError("the dataset {} is empty".format(dataset))
-    preprocess = manifest["input"].get("preprocess") or {}
-
-    conn = CloudConnection(cloud, timeout)
+    session = EdgeSession(cloud, model, cache, cache_keep, backend, device, threads, timeout)
     try:
-        welcome = conn.hello(manifest)
+        manifest = session.switch_to(split=split)
+        num_classes = manifest["output"]["shape"][-1]
+        data = open_dataset(dataset, manifest["input"], num_classes, limit=limit, seed=seed, data_dir=data_dir)
+        plan = batches(data, batch_size, limit, shuffle, seed)
+        if not plan:
+            raise UserError("the dataset {} is empty".format(dataset))
+        preprocess = manifest["input"].get("preprocess") or {}
         recorder = RunRecorder()
         first = preprocess_batch(data.images(plan[0]), preprocess)
         for _ in range(warmup):  # excluded from every figure, counted in the report
-            conn.infer(head.run(first))
+            session.infer(first)
             recorder.warmup_requests += 1
         bar = _progress(sum(len(b) for b in plan), not verbose and sys.stderr.isatty())
         started = time.perf_counter()
         for indices in plan:
             x = preprocess_batch(data.images(indices), preprocess)
-            t0 = time.perf_counter()
-            boundary = head.run(x)
-            t1 = time.perf_counter()
-            result, cloud_ms, sent, received = conn.infer(boundary)
-            t2 = time.perf_counter()
+            result, edge_ms, roundtrip_ms, cloud_ms, sent, received, meta = session.infer(x)
             predictions = result.reshape(len(indices), -1).argmax(axis=1)
             labels = data.labels[indices]
-            recorder.add((t1 - t0) * 1000.0, (t2 - t1) * 1000.0, cloud_ms, predictions, labels, sent, received)
+            recorder.add(edge_ms, roundtrip_ms, cloud_ms, predictions, labels, sent, received,
+                         session.manifest.bundle_id)
             if verbose:
                 for pred, label in zip(predictions, labels):
                     out.write("Prediction: {} / Ground Truth: {}\n".format(int(pred), int(label)))
             if bar is not None:
                 bar.update(len(indices))
+            active = meta.get("active")
+            if follow and active and active != session.manifest.bundle_id:  # hot swap at the batch boundary
+                old = session.manifest
+                session.switch_to(bundle_id=active)
+                recorder.switches.append({"after_samples": recorder.samples, "time_s": time.perf_counter() - started,
+                                          "from": old.bundle_id, "from_split": old.split_index, "to": active,
+                                          "to_split": session.manifest.split_index,
+                                          "reason": "bundle {} activated on the cloud".format(active)})
+                _say("switched from split {} to split {} (bundle {} activated on the cloud)".format(
+                    old.split_index, session.manifest.split_index, active))
         recorder.wall_s = time.perf_counter() - started
         if bar is not None:
             bar.close()
     finally:
-        conn.close()
+        session.close()
 
     summary = recorder.summary()
     out.write(format_report(summary, recorder.samples, len(plan), recorder.warmup_requests) + "\n")
+    if recorder.switches:
+        out.write("Switches: {}\n".format(", ".join("split {} -> {} after {} samples".format(
+            s["from_split"], s["to_split"], s["after_samples"]) for s in recorder.switches)))
+    welcome = session.welcome
     info = {"model": manifest.model_id, "split": manifest.split_index, "bundle_id": manifest.bundle_id,
-            "backend": head.name if manifest.part("head") else backend, "provider": head.provider,
+            "backend": session.head.name, "provider": session.head.provider,
             "cloud_backend": welcome.get("backend"), "cloud_provider": welcome.get("provider"),
-            "dataset": data.name, "batch_size": batch_size, "random_init": manifest["model"]["weights"]["random_init"]}
+            "dataset": data.name, "batch_size": batch_size, "random_init": manifest["model"]["weights"]["random_init"],
+            "fetches": session.fetches, "switches": recorder.switches}
     if report:
         return write_report(report, info, recorder)
     info.update(summary)

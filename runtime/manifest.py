@@ -11,6 +11,8 @@ Python 3.6 syntax: this module runs on the Jetson.
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 
 from .errors import ManifestError
 
@@ -95,10 +97,6 @@ class Manifest(object):
         """The entry of ``head`` or ``tail``, or None when the split puts everything on the other side."""
         return self.data["parts"].get(name)
 
-    def formats(self, part):
-        entry = self.part(part)
-        return sorted(entry["files"]) if entry else []
-
     def file_path(self, part, fmt):
         entry = self.part(part)
         if entry is None:
@@ -116,10 +114,10 @@ class Manifest(object):
                 for fmt in sorted(entry["files"]):
                     yield part, fmt, entry["files"][fmt]
 
-    def verify_files(self, parts=PARTS):
-        """Check every listed file of the given parts against its sha256 and size; raise on the first mismatch."""
+    def verify_files(self, parts=PARTS, formats=FORMATS):
+        """Check every listed file of the given parts and formats against its sha256; raise on the first mismatch."""
         for part, fmt, entry in self.iter_files():
-            if part not in parts:
+            if part not in parts or fmt not in formats:
                 continue
             path = os.path.join(self.directory, entry["file"])
             if not os.path.isfile(path):
@@ -142,29 +140,62 @@ def load_manifest(directory):
             data = json.load(f)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ManifestError("{} is not valid JSON ({}); re-export the bundle".format(path, exc))
+    return Manifest(directory, validate(data, path))
+
+
+def validate(data, where):
+    """Check a manifest's structure (from a file or from the network); return it or raise ManifestError."""
     if not isinstance(data, dict):
-        raise ManifestError("{} is not a JSON object; re-export the bundle".format(path))
+        raise ManifestError("{} is not a JSON object; re-export the bundle".format(where))
     missing = [k for k in _REQUIRED if k not in data]
     if missing:
-        raise ManifestError("{} lacks {}; re-export the bundle".format(path, ", ".join(missing)))
+        raise ManifestError("{} lacks {}; re-export the bundle".format(where, ", ".join(missing)))
     if data["schema_version"] != SCHEMA_VERSION:
         raise ManifestError("{} has schema version {}, this runtime reads version {}; "
-                            "re-export with this version of the tool".format(path, data["schema_version"], SCHEMA_VERSION))
+                            "re-export with this version of the tool".format(where, data["schema_version"],
+                                                                             SCHEMA_VERSION))
+    try:
+        model_id, split = str(data["model"]["id"]), int(data["split"]["index"])
+        boundary = data["boundary"]["shape"]
+    except (KeyError, TypeError, ValueError):
+        raise ManifestError("{}: model.id, split.index and boundary.shape are required".format(where))
+    if bundle_dir_name(model_id, split) != "{}-s{}".format(model_id, split) or not isinstance(boundary, list):
+        raise ManifestError("{}: model id {!r} must be letters, digits, '-', '_' or '.'".format(where, model_id))
     parts = data["parts"]
     if not isinstance(parts, dict) or set(parts) - set(PARTS):
-        raise ManifestError("{}: 'parts' must map head/tail to their files".format(path))
+        raise ManifestError("{}: 'parts' must map head/tail to their files".format(where))
     for part in PARTS:
         entry = parts.get(part)
         if entry is None:
             continue
         files = entry.get("files") if isinstance(entry, dict) else None
         if not isinstance(files, dict) or set(files) - set(FORMATS):
-            raise ManifestError("{}: {} must list its files by format ({})".format(path, part, ", ".join(FORMATS)))
+            raise ManifestError("{}: {} must list its files by format ({})".format(where, part, ", ".join(FORMATS)))
         for fmt, fentry in files.items():
             for key in ("file", "sha256", "bytes"):
-                if key not in fentry:
-                    raise ManifestError("{}: {} {} entry lacks '{}'; re-export the bundle".format(path, part, fmt, key))
-            if os.path.basename(fentry["file"]) != fentry["file"]:
-                raise ManifestError("{}: {} {} file name {!r} must not contain a path".format(
-                    path, part, fmt, fentry["file"]))
-    return Manifest(directory, data)
+                if not isinstance(fentry, dict) or key not in fentry:
+                    raise ManifestError("{}: {} {} entry lacks '{}'; re-export the bundle".format(where, part, fmt, key))
+            if fentry["file"] != FILE_NAMES[(part, fmt)]:
+                raise ManifestError("{}: {} {} file must be named {}, not {!r}".format(
+                    where, part, fmt, FILE_NAMES[(part, fmt)], fentry["file"]))
+    if data["bundle_id"] != expected_bundle_id(data):
+        raise ManifestError("{}: bundle id {} does not match its contents ({}); the manifest was edited".format(
+            where, data["bundle_id"], expected_bundle_id(data)))
+    return data
+
+
+def expected_bundle_id(data):
+    hashes = [f["sha256"] for p in data["parts"].values() if p for f in p["files"].values()]
+    return bundle_id(data["model"]["id"], data["model"].get("weights", {}).get("sha256"), data["split"]["index"], hashes)
+
+
+def install_dir(tmp, destination):
+    """Move a finished bundle directory into place; an existing one is swapped out, never half-overwritten."""
+    os.chmod(tmp, 0o755)  # temporary directories are private; a bundle is readable like any other directory
+    old = None
+    if os.path.exists(destination):
+        old = tempfile.mkdtemp(prefix=".old-", dir=os.path.dirname(destination) or ".")
+        os.rename(destination, os.path.join(old, "bundle"))
+    os.rename(tmp, destination)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)

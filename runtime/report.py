@@ -27,18 +27,21 @@ class RunRecorder(object):
         self.records = {f: [] for f in FIGURES}
         self.predictions = []
         self.labels = []
+        self.bundles = []   # per sample: the bundle id that served it
+        self.switches = []
         self.bytes_sent = 0
         self.bytes_received = 0
         self.warmup_requests = 0
         self.wall_s = 0.0
 
-    def add(self, edge_ms, roundtrip_ms, cloud_ms, predictions, labels, bytes_sent, bytes_received):
+    def add(self, edge_ms, roundtrip_ms, cloud_ms, predictions, labels, bytes_sent, bytes_received, bundle_id=None):
         self.records["edge_ms"].append(edge_ms)
         self.records["cloud_ms"].append(cloud_ms)
         self.records["transmission_ms"].append(max(roundtrip_ms - cloud_ms, 0.0))
         self.records["end_to_end_ms"].append(edge_ms + roundtrip_ms)
         self.predictions.extend(int(p) for p in predictions)
         self.labels.extend(int(l) for l in labels)
+        self.bundles.extend([bundle_id] * len(labels))
         self.bytes_sent += bytes_sent
         self.bytes_received += bytes_received
 
@@ -85,6 +88,7 @@ def write_report(path, info, recorder):
     data["wall_s"] = recorder.wall_s
     data["predictions"] = recorder.predictions
     data["labels"] = recorder.labels
+    data["bundles"] = recorder.bundles
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(data, f, indent=1)

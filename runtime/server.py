@@ -4,75 +4,197 @@ Threads, one per connection (see docs/ARCHITECTURE.md for why not asyncio): the
 tail's compute runs in onnxruntime or torch, which release the GIL, so connections
 really run in parallel; blocking sockets let each frame be received straight into
 its numpy array.  Each tail is loaded once, on first use, and shared by all
-connections.  SIGINT/SIGTERM stop accepting, let in-flight requests finish and be
-answered, then print a summary and exit 0.
+connections.  The same connections carry deployment: edges fetch heads, an admin
+pushes bundles (with the admin token), and a cloud started with ``--model`` exports
+a split on demand.  SIGINT/SIGTERM stop accepting, let in-flight requests finish
+and be answered, then print a summary and exit 0.
 
 Python 3.6 syntax.
 """
 import collections
+import hmac
 import logging
+import os
 import select
+import shutil
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
+import uuid
 
 from . import protocol as p
 from .backends import load_part
-from .errors import UserError
+from .deploy import file_entries, receive_files, remove_stale_temp_dirs, send_files, temp_dir, token_proof
+from .errors import ManifestError, UserError
+from .manifest import bundle_dir_name, install_dir, load_manifest, validate, write_manifest
 from .store import BundleStore
 
 log = logging.getLogger("edgesplit.server")
 POLL_S = 0.2
 DRAIN_S = 5.0  # after SIGTERM, requests already sent are answered for at most this long
-
-
-class TailRegistry(object):
-    """Bundles of a store by id; each tail loaded once (under a lock) and shared."""
-
-    def __init__(self, store, backend="onnx", device="auto", threads=0):
-        self.store = store
-        self.backend = backend
-        self.device = device
-        self.threads = threads
-        self._lock = threading.Lock()
-        self._loaded = {}  # bundle_id -> (manifest, runner)
-
-    def describe(self):
-        good, bad = self.store.scan()
-        return good, bad
-
-    def resolve(self, model, split, bundle_id):
-        """The (manifest, tail runner) an edge asks for, or a UserError with code telling why not."""
-        with self._lock:
-            if bundle_id in self._loaded:
-                return self._loaded[bundle_id]
-            good, _ = self.store.scan()  # rescan: bundles exported since start-up are found too
-            by_id = {m.bundle_id: m for m in good}
-            manifest = by_id.get(bundle_id)
-            if manifest is None:
-                same = [m for m in good if m.model_id == model and m.split_index == split]
-                if same:
-                    raise HandshakeError("bundle_mismatch", "the edge's bundle {} for {} split {} is not the cloud's "
-                                         "({}): head and tail come from different exports; copy one bundle to "
-                                         "both".format(bundle_id, model, split,
-                                                       ", ".join(m.bundle_id for m in same)))
-                raise HandshakeError("unknown_bundle", "the cloud holds no bundle for {} split {} (it holds: {}); "
-                                     "export it on the cloud".format(model, split, ", ".join(
-                                         "{}-s{}".format(m.model_id, m.split_index) for m in good) or "none"))
-            manifest.verify_files(parts=("tail",))
-            runner = load_part(manifest, "tail", self.backend, self.device, self.threads)
-            log.info("loaded tail of %s (%s split %s) with %s on %s", manifest.bundle_id, manifest.model_id,
-                     manifest.split_index, runner.name, runner.provider)
-            self._loaded[bundle_id] = (manifest, runner)
-            return manifest, runner
+EXPORT_TIMEOUT_S = 1800
+CLI = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cli.py")
 
 
 class HandshakeError(UserError):
     def __init__(self, code, message):
         UserError.__init__(self, message)
         self.code = code
+
+
+class OnDemandExporter(object):
+    """Exports a missing split of one model by running ``cli.py export`` (the runtime never imports the exporter)."""
+
+    def __init__(self, model, weights=None, random_init=False, input_shape=None):
+        self.model = model
+        self.weights = weights
+        self.random_init = random_init
+        self.input_shape = input_shape
+
+    def export(self, split, out_dir):
+        args = [sys.executable, CLI, "export", "--model", self.model, "--split", str(split), "--out", out_dir]
+        args += ["--weights", self.weights] if self.weights else (["--random-init"] if self.random_init else [])
+        if self.input_shape:
+            args += ["--input-shape", self.input_shape]
+        proc = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                              timeout=EXPORT_TIMEOUT_S)
+        if proc.returncode != 0:
+            lines = [l for l in proc.stderr.splitlines() if l.strip()]
+            raise HandshakeError("export_failed", "export of {} split {} on the cloud failed: {}".format(
+                self.model, split, lines[-1] if lines else "exit {}".format(proc.returncode)))
+
+
+class TailRegistry(object):
+    """The server's bundles: found on disk by id, each tail loaded once and shared, one active per model."""
+
+    def __init__(self, store, backend="onnx", device="auto", threads=0, exporter=None):
+        self.store = store
+        self.backend = backend
+        self.device = device
+        self.threads = threads
+        self.exporter = exporter
+        self.active = {}     # model id -> bundle id
+        self._lock = threading.Lock()
+        self._loaded = {}    # bundle id -> (manifest, runner)
+        self._loading = {}   # bundle id -> lock, so each tail is loaded once
+        self._exports = {}   # (model, split) -> threading.Event while an export runs
+
+    def _by_id(self, bundle_id):
+        for m in self.store.scan()[0]:
+            if m.bundle_id == bundle_id:
+                return m
+        return None
+
+    def manifest(self, bundle_id):
+        """A held bundle's manifest (for fetches), or a HandshakeError."""
+        with self._lock:
+            if bundle_id in self._loaded:
+                return self._loaded[bundle_id][0]
+        manifest = self._by_id(bundle_id)
+        if manifest is None:
+            raise HandshakeError("unknown_bundle", "the cloud holds no bundle {}".format(bundle_id))
+        return manifest
+
+    def load(self, manifest):
+        """The tail runner of a bundle, loaded on first use only (concurrent first uses wait for one load)."""
+        with self._lock:
+            if manifest.bundle_id in self._loaded:
+                return self._loaded[manifest.bundle_id]
+            lock = self._loading.setdefault(manifest.bundle_id, threading.Lock())
+        with lock:
+            with self._lock:
+                if manifest.bundle_id in self._loaded:
+                    return self._loaded[manifest.bundle_id]
+            manifest.verify_files(parts=("tail",))
+            runner = load_part(manifest, "tail", self.backend, self.device, self.threads)
+            log.info("loaded tail of %s (%s split %s) with %s on %s", manifest.bundle_id, manifest.model_id,
+                     manifest.split_index, runner.name, runner.provider)
+            with self._lock:
+                self._loaded[manifest.bundle_id] = (manifest, runner)
+            return manifest, runner
+
+    def resolve(self, model, split, bundle_id, notify):
+        """The (manifest, runner) an edge asks for: by id, by split (exported on demand), or the active one."""
+        if bundle_id:
+            with self._lock:
+                if bundle_id in self._loaded:
+                    return self._loaded[bundle_id]
+            manifest = self._by_id(bundle_id)
+            if manifest is None:
+                same = [m for m in self.store.scan()[0] if m.model_id == model and m.split_index == split]
+                if same:
+                    raise HandshakeError("bundle_mismatch", "the edge's bundle {} for {} split {} is not the cloud's "
+                                         "({}): head and tail come from different exports; copy one bundle to "
+                                         "both".format(bundle_id, model, split,
+                                                       ", ".join(m.bundle_id for m in same)))
+                raise HandshakeError("unknown_bundle", "the cloud holds no bundle {} ({} split {}); push it with "
+                                     "`cli.py push`".format(bundle_id, model, split))
+            return self.load(manifest)
+        if split is None:
+            with self._lock:
+                active = self.active.get(model)
+            if active is None:
+                held = sorted(m.split_index for m in self.store.scan()[0] if m.model_id == model)
+                raise HandshakeError("no_active", "no bundle is active for {} on the cloud; give --split ({}) or "
+                                     "push one with --activate".format(model, ", ".join(map(str, held)) or
+                                                                         "none held"))
+            return self.load(self.manifest(active))
+        return self.load(self._for_split(model, split, notify))
+
+    def _for_split(self, model, split, notify):
+        while True:
+            for m in self.store.scan()[0]:
+                if m.model_id == model and m.split_index == split:
+                    return m
+            if self.exporter is None or self.exporter.model != model:
+                held = ["{}-s{}".format(m.model_id, m.split_index) for m in self.store.scan()[0]]
+                raise HandshakeError("unknown_bundle", "the cloud holds no bundle for {} split {} (it holds: {}); "
+                                     "export it on the cloud, or start serve-cloud with --model {}".format(
+                                         model, split, ", ".join(held) or "none", model))
+            with self._lock:
+                event = self._exports.get((model, split))
+                mine = event is None
+                if mine:
+                    event = self._exports[(model, split)] = threading.Event()
+            notify("the cloud is exporting {} split {} for this edge; this takes a minute".format(model, split))
+            if not mine:
+                event.wait(EXPORT_TIMEOUT_S)
+                continue
+            try:
+                log.info("exporting %s split %s on demand", model, split)
+                self.exporter.export(split, self.store.root)
+                log.info("exported %s split %s", model, split)
+            finally:
+                with self._lock:
+                    del self._exports[(model, split)]
+                event.set()
+            for m in self.store.scan()[0]:
+                if m.model_id == model and m.split_index == split:
+                    return m
+            raise HandshakeError("export_failed", "the export of {} split {} wrote no bundle".format(model, split))
+
+    def install(self, tmp, data, activate):
+        """Make a pushed bundle (files verified in ``tmp``) visible, load its tail, maybe activate it."""
+        write_manifest(tmp, data)
+        target = os.path.join(self.store.root, bundle_dir_name(data["model"]["id"], data["split"]["index"]))
+        install_dir(tmp, target)
+        manifest, _ = self.load(load_manifest(target))
+        if activate:
+            self.activate(manifest)
+        return manifest
+
+    def activate(self, manifest):
+        with self._lock:
+            self.active[manifest.model_id] = manifest.bundle_id
+        log.info("active bundle for %s is now %s (split %s)", manifest.model_id, manifest.bundle_id,
+                 manifest.split_index)
+
+    def active_for(self, model):
+        with self._lock:
+            return self.active.get(model)
 
 
 class Stats(object):
@@ -84,6 +206,8 @@ class Stats(object):
         self.samples = 0
         self.bytes_in = 0
         self.bytes_out = 0
+        self.pushes = 0
+        self.fetches = 0
         self.errors = collections.Counter()
 
     def add(self, **counts):
@@ -97,17 +221,31 @@ class Stats(object):
 
     def line(self):
         errors = ", ".join("{} {}".format(k, v) for k, v in sorted(self.errors.items())) or "none"
-        return ("summary: {} connections, {} requests, {} samples, {:.1f} MiB in, {:.1f} MiB out, errors: {}".format(
-            self.connections, self.requests, self.samples, self.bytes_in / 1048576.0, self.bytes_out / 1048576.0,
-            errors))
+        return ("summary: {} connections, {} requests, {} samples, {} pushes, {} fetches, {:.1f} MiB in, "
+                "{:.1f} MiB out, errors: {}".format(self.connections, self.requests, self.samples, self.pushes,
+                                                    self.fetches, self.bytes_in / 1048576.0,
+                                                    self.bytes_out / 1048576.0, errors))
+
+
+class Session(object):
+    """What one connection is bound to."""
+
+    def __init__(self, peer):
+        self.peer = peer
+        self.role = None
+        self.manifest = None
+        self.runner = None
+        self.nonce = None
+        self.requests = 0
 
 
 class CloudServer(object):
     def __init__(self, registry, host="127.0.0.1", port=9999, max_frame_bytes=p.DEFAULT_MAX_FRAME_BYTES,
-                 read_timeout=30.0):
+                 read_timeout=30.0, admin_token=None):
         self.registry = registry
-        self.max_frame_bytes = max_frame_bytes
+        self.max_frame_bytes = max(max_frame_bytes, p.CHUNK_BYTES)
         self.read_timeout = read_timeout
+        self.admin_token = admin_token
         self.stats = Stats()
         self._stop = threading.Event()
         self._stop_at = None
@@ -146,11 +284,10 @@ class CloudServer(object):
             t.join(self.read_timeout + 5)
 
     def _serve_connection(self, conn, peer):
-        peer_s = "{}:{}".format(peer[0], peer[1])
+        session = Session("{}:{}".format(peer[0], peer[1]))
         self.stats.add(connections=1, active=1)
-        log.info("connect %s", peer_s)
-        reader = p.FrameReader(conn, self.max_frame_bytes, allowed_types=(p.HELLO, p.INFER, p.BYE))
-        session = {"manifest": None, "runner": None, "requests": 0}
+        log.info("connect %s", session.peer)
+        reader = p.FrameReader(conn, self.max_frame_bytes, allowed_types=p.FROM_EDGE)
         reason = "closed by edge"
         try:
             p.tune_socket(conn)
@@ -168,61 +305,138 @@ class CloudServer(object):
                         break
                     continue
                 conn.settimeout(self.read_timeout)
-                frame = reader.read(tensor_check=lambda t, dtype, shape: _check_tensor(session, dtype, shape))
+                frame = reader.read(tensor_check=lambda t, dtype, shape: _check_tensor(session, t, dtype, shape))
                 conn.settimeout(None)
                 if frame.type == p.BYE:
                     break
-                sent = self._handle(conn, frame, session)
+                sent = self._handle(conn, reader, frame, session)
                 self.stats.add(bytes_out=sent)
         except p.PeerClosed:
             pass
         except (p.ProtocolError, HandshakeError) as exc:
             reason = "error {}: {}".format(exc.code, exc)
             self.stats.error(exc.code)
-            log.warning("%s %s: %s", peer_s, exc.code, exc)
+            log.warning("%s %s: %s", session.peer, exc.code, exc)
             p.send_error(conn, 0, exc.code, str(exc))
         except socket.timeout:
             reason = "read timeout"
             self.stats.error("timeout")
-            log.warning("%s timeout: no complete frame within %.0f s", peer_s, self.read_timeout)
+            log.warning("%s timeout: no complete frame within %.0f s", session.peer, self.read_timeout)
         except (OSError, UserError) as exc:
             reason = "error: {}".format(exc)
             self.stats.error("io" if isinstance(exc, OSError) else "server")
-            log.warning("%s %s", peer_s, exc)
+            log.warning("%s %s", session.peer, exc)
             p.send_error(conn, 0, "server", str(exc))
         except Exception as exc:  # a bug: keep serving everyone else
             reason = "internal error"
             self.stats.error("internal")
-            log.exception("%s internal error", peer_s)
+            log.exception("%s internal error", session.peer)
             p.send_error(conn, 0, "internal", "internal server error: {}".format(type(exc).__name__))
         finally:
             self.stats.add(active=-1, bytes_in=reader.bytes_received)
             conn.close()
-            log.info("disconnect %s after %d requests (%s)", peer_s, session["requests"], reason)
+            log.info("disconnect %s after %d requests (%s)", session.peer, session.requests, reason)
 
-    def _handle(self, conn, frame, session):
+    def _handle(self, conn, reader, frame, session):
         if frame.type == p.HELLO:
-            meta = frame.meta
+            return self._hello(conn, frame, session)
+        if frame.type == p.INFER:  # _check_tensor has required a bound bundle
+            start = time.perf_counter()
+            out = session.runner.run(frame.array)
+            cloud_ms = (time.perf_counter() - start) * 1000.0
+            session.requests += 1
+            self.stats.add(requests=1, samples=int(frame.array.shape[0]))
+            meta = {"cloud_ms": cloud_ms}
+            active = self.registry.active_for(session.manifest.model_id)
+            if active and active != session.manifest.bundle_id:
+                meta["active"] = active  # the edge switches at its next batch boundary
+            return p.send_frame(conn, p.RESULT, frame.request_id, meta, out)
+        if frame.type == p.FETCH:
+            return self._fetch(conn, frame, session)
+        if frame.type == p.PUSH:
+            return self._push(conn, reader, frame, session)
+        raise p.ProtocolError("bad_type", "{} outside a transfer".format(frame.type_name))
+
+    def _hello(self, conn, frame, session):
+        meta = frame.meta
+        if meta.get("role") == "admin":
+            session.role, session.nonce = "admin", uuid.uuid4().hex
+            return p.send_frame(conn, p.WELCOME, frame.request_id, {"nonce": session.nonce, "protocol": p.VERSION})
+        try:
+            model = str(meta["model"])
+            split = None if meta.get("split") is None else int(meta["split"])
+            bundle_id = None if meta.get("bundle_id") is None else str(meta["bundle_id"])
+        except (KeyError, TypeError, ValueError):
+            raise p.ProtocolError("bad_meta", "HELLO needs model, and split or bundle_id (or neither)")
+
+        def notify(message):
+            p.send_frame(conn, p.NOTICE, frame.request_id, {"message": message, "wait_s": EXPORT_TIMEOUT_S})
+
+        manifest, runner = self.registry.resolve(model, split, bundle_id, notify)
+        session.role, session.manifest, session.runner = "edge", manifest, runner
+        log.info("%s uses bundle %s (%s split %s)", session.peer, manifest.bundle_id, manifest.model_id,
+                 manifest.split_index)
+        return p.send_frame(conn, p.WELCOME, frame.request_id, {
+            "bundle_id": manifest.bundle_id, "manifest": manifest.data, "backend": runner.name,
+            "provider": runner.provider, "max_frame_bytes": self.max_frame_bytes, "protocol": p.VERSION,
+            "active": self.registry.active_for(model)})
+
+    def _fetch(self, conn, frame, session):
+        manifest = self.registry.manifest(str(frame.meta.get("bundle_id")))
+        part, formats = frame.meta.get("part"), frame.meta.get("formats")
+        if part not in ("head", "tail") or not isinstance(formats, list) or not formats:
+            raise p.ProtocolError("bad_meta", "FETCH needs bundle_id, part (head/tail) and formats")
+        entry = manifest.part(part)
+        missing = [f for f in formats if entry is not None and f not in entry["files"]]
+        if missing:
+            raise HandshakeError("unknown_format", "bundle {} has no {} in {}; re-export it with --formats {}".format(
+                manifest.bundle_id, part, ", ".join(missing), ",".join(missing)))
+        manifest.verify_files(parts=(part,), formats=formats)  # never serve a file that changed on disk
+        sent = send_files(conn, manifest.directory, file_entries(manifest.data, (part,), formats))
+        self.stats.add(fetches=1)
+        log.info("%s fetched the %s of %s (%d bytes)", session.peer, part, manifest.bundle_id, sent)
+        return sent
+
+    def _push(self, conn, reader, frame, session):
+        if session.role != "admin":
+            raise p.ProtocolError("no_hello", "PUSH needs an admin HELLO first")
+        if not self.admin_token:
+            raise HandshakeError("push_disabled", "this cloud does not accept pushes; start serve-cloud with "
+                                 "--allow-push and an admin token")
+        proof = str(frame.meta.get("proof", ""))
+        if not hmac.compare_digest(proof, token_proof(self.admin_token, session.nonce)):
+            raise HandshakeError("bad_token", "wrong admin token; push refused")
+        try:
+            data = validate(frame.meta.get("manifest"), "the pushed manifest")
+        except ManifestError as exc:
+            raise p.ProtocolError("bad_manifest", str(exc))
+        activate = bool(frame.meta.get("activate"))
+        held = self.registry._by_id(data["bundle_id"])
+        p.send_frame(conn, p.READY, frame.request_id, {"have": held is not None})
+        if held is not None:
+            manifest, _ = self.registry.load(held)
+            if activate:
+                self.registry.activate(manifest)
+        else:
+            remove_stale_temp_dirs(self.registry.store.root)
+            tmp = temp_dir(self.registry.store.root, "push")
             try:
-                model, split, bundle_id = str(meta["model"]), int(meta["split"]), str(meta["bundle_id"])
-            except (KeyError, TypeError, ValueError):
-                raise p.ProtocolError("bad_meta", "HELLO needs model, split and bundle_id")
-            manifest, runner = self.registry.resolve(model, split, bundle_id)
-            session["manifest"], session["runner"] = manifest, runner
-            return p.send_frame(conn, p.WELCOME, frame.request_id, {
-                "bundle_id": manifest.bundle_id, "backend": runner.name, "provider": runner.provider,
-                "max_frame_bytes": self.max_frame_bytes, "protocol": p.VERSION})
-        # INFER (the reader allows nothing else); _check_tensor has required a HELLO
-        start = time.perf_counter()
-        out = session["runner"].run(frame.array)
-        cloud_ms = (time.perf_counter() - start) * 1000.0
-        session["requests"] += 1
-        self.stats.add(requests=1, samples=int(frame.array.shape[0]))
-        return p.send_frame(conn, p.RESULT, frame.request_id, {"cloud_ms": cloud_ms}, out)
+                receive_files(reader, tmp, file_entries(data), what="push of {}".format(data["bundle_id"]))
+                manifest = self.registry.install(tmp, data, activate)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+        self.stats.add(pushes=1)
+        log.info("%s pushed %s (%s split %s)%s", session.peer, manifest.bundle_id, manifest.model_id,
+                 manifest.split_index, ", activated" if activate else "")
+        return p.send_frame(conn, p.DONE, frame.request_id, {"bundle_id": manifest.bundle_id, "activated": activate,
+                                                             "uploaded": held is None})
 
 
-def _check_tensor(session, dtype, shape):
-    manifest = session["manifest"]
+def _check_tensor(session, type_, dtype, shape):
+    if type_ == p.CHUNK:  # during a push, receive_files reads the chunks with its own check
+        raise p.ProtocolError("bad_type", "CHUNK outside a push")
+    manifest = session.manifest
     if manifest is None:
         raise p.ProtocolError("no_hello", "INFER before HELLO: the edge must name its bundle first")
     spec = manifest["boundary"]
@@ -235,19 +449,28 @@ def _check_tensor(session, dtype, shape):
             list(shape), manifest.bundle_id, ", ".join(str(d) for d in expected)))
 
 
-def serve_cloud(host, port, artifacts, backend="onnx", device="auto", max_frame_mb=64.0, threads=0):
+def serve_cloud(host, port, artifacts, backend="onnx", device="auto", max_frame_mb=64.0, threads=0,
+                admin_token=None, export_model=None, export_weights=None, export_random_init=False,
+                export_input_shape=None):
     """The serve-cloud command: run until SIGINT/SIGTERM, then drain and print the summary."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s serve-cloud %(levelname)s %(message)s")
-    registry = TailRegistry(BundleStore(artifacts), backend, device, threads)
-    good, bad = registry.describe()
+    os.makedirs(artifacts, exist_ok=True)
+    exporter = OnDemandExporter(export_model, export_weights, export_random_init, export_input_shape) \
+        if export_model else None
+    registry = TailRegistry(BundleStore(artifacts), backend, device, threads, exporter)
+    good, bad = registry.store.scan()
     for directory, error in bad:
         log.warning("skipping %s: %s", directory, error)
-    server = CloudServer(registry, host, port, int(max_frame_mb * 1024 * 1024))
+    server = CloudServer(registry, host, port, int(max_frame_mb * 1024 * 1024), admin_token=admin_token)
     signal.signal(signal.SIGTERM, server.request_stop)
     signal.signal(signal.SIGINT, server.request_stop)
     log.info("%d bundles in %s: %s", len(good), artifacts,
              ", ".join("{}-s{} ({})".format(m.model_id, m.split_index, m.bundle_id) for m in good) or "none")
+    if admin_token:
+        log.info("pushes accepted with the admin token")
+    if exporter:
+        log.info("missing splits of %s are exported on demand", export_model)
     if host not in ("127.0.0.1", "::1", "localhost"):
         log.warning("listening on %s without TLS or authentication: use only on a trusted network", host)
     print("serve-cloud listening on {}:{}".format(server.address[0], server.address[1]), flush=True)

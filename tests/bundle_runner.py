@@ -1,7 +1,6 @@
 """Runs a written bundle's head then tail straight from its files, for the tests."""
 import os
 
-import numpy as np
 import onnxruntime as ort
 import torch
 

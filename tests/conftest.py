@@ -40,3 +40,25 @@ def seed_bundles(tmp_path_factory, seed_weights):
     for split in SEED_SPLITS:
         _, manifests[split] = export_bundle("resnet50", str(split), weights=seed_weights, out_dir=str(root))
     return root, manifests
+
+
+@pytest.fixture(scope="session")
+def labelled_npz(tmp_path_factory, seed_weights):
+    """500 raw images labelled by the tests' independent copy of the model: a correct run scores 100%."""
+    import numpy as np
+    import torch
+    from runtime.data import preprocess_batch
+    from seed_reference import forward
+    from exporter.models.configs import CIFAR100_MEAN, CIFAR100_STD
+    rng = np.random.RandomState(11)
+    x = rng.randint(0, 256, size=(560, 32, 32, 3)).astype(np.uint8)
+    pp = {"scale": 1 / 255.0, "mean": list(CIFAR100_MEAN), "std": list(CIFAR100_STD)}
+    with torch.no_grad():
+        logits = forward(torch.load(seed_weights), torch.from_numpy(preprocess_batch(x, pp))).numpy()
+    top2 = np.sort(logits, axis=1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) > 1e-4  # drop near-ties, so every label is unambiguous
+    x, labels = x[clear][:500], logits.argmax(1)[clear][:500]
+    assert len(x) == 500
+    path = tmp_path_factory.mktemp("data") / "labelled.npz"
+    np.savez(str(path), x=x, y=labels)
+    return str(path), labels

@@ -1,5 +1,4 @@
 """Datasets and preprocessing of the edge, on real files the tests write."""
-import os
 import socket
 
 import numpy as np

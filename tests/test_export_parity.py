@@ -7,8 +7,7 @@ import torchvision.models as tvm
 from bundle_runner import run_bundle
 from exporter.bundle import export_bundle
 from exporter.cutpoints import TracedModel
-from runtime.manifest import load_manifest
-from seed_reference import forward, make_state_dict
+from seed_reference import forward
 
 
 @pytest.fixture(scope="module")

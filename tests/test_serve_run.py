@@ -8,13 +8,10 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
 from cloud_server import ServerProcess
 from conftest import REPO, run_cli
 from exporter.bundle import export_bundle
-from runtime.data import preprocess_batch
-from seed_reference import forward
 
 SPLITS = [0, 3, 10, 16, 20, 22]  # the seed's table
 SEED_REPORT = re.compile(r"Accuracy: (\d+\.\d\d)%\nAvg edge inference latency: \d+\.\d{3} ms\n"
@@ -24,22 +21,6 @@ SEED_REPORT = re.compile(r"Accuracy: (\d+\.\d\d)%\nAvg edge inference latency: \
 @pytest.fixture(scope="module")
 def artifacts(seed_bundles):
     return seed_bundles[0]
-
-
-@pytest.fixture(scope="module")
-def labelled_npz(tmp_path_factory, seed_weights, artifacts):
-    """Raw images labelled by the tests' independent copy of the model: every correct run scores 100%."""
-    rng = np.random.RandomState(11)
-    x = rng.randint(0, 256, size=(24, 32, 32, 3)).astype(np.uint8)
-    manifest = json.load(open(str(artifacts / "resnet50-s20" / "manifest.json")))
-    inputs = torch.from_numpy(preprocess_batch(x, manifest["input"]["preprocess"]))
-    with torch.no_grad():
-        logits = forward(torch.load(seed_weights), inputs).numpy()
-    top2 = np.sort(logits, axis=1)[:, -2:]
-    assert (top2[:, 1] - top2[:, 0]).min() > 1e-3  # no near-ties, so the labels are unambiguous
-    path = tmp_path_factory.mktemp("data") / "labelled.npz"
-    np.savez(str(path), x=x, y=logits.argmax(1))
-    return str(path), logits.argmax(1)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +38,7 @@ def run_edge(server, artifacts, *args, **kwargs):
 @pytest.mark.parametrize("split,backend", [(s, b) for s in range(23) for b in ("onnx", "torchscript")
                                            if b == "onnx" or s in SPLITS])
 def test_every_prediction_matches_the_unsplit_model(split, backend, server, artifacts, labelled_npz, tmp_path):
-    data, labels = labelled_npz
+    data, labels = labelled_npz[0], labelled_npz[1][:24]
     report = tmp_path / "r.json"
     proc = run_edge(server, artifacts, "--split", split, "--backend", backend, "--dataset", "npz:" + data,
                     "--limit", 24, "--batch-size", 4 if split % 2 else 1, "--report", report)
@@ -86,7 +67,7 @@ def test_verbose_prints_prediction_and_ground_truth(server, artifacts, labelled_
 
 
 def test_eight_edges_at_once_each_get_their_own_replies(server, artifacts, labelled_npz, tmp_path):
-    data, labels = labelled_npz
+    data = labelled_npz[0]
     procs = []
     for i in range(8):
         report = tmp_path / "r{}.json".format(i)
@@ -98,9 +79,9 @@ def test_eight_edges_at_once_each_get_their_own_replies(server, artifacts, label
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
         r = json.loads(report.read_text())
-        order = np.arange(24)
+        order = np.arange(len(labelled_npz[1]))
         np.random.RandomState(i).shuffle(order)
-        assert r["labels"] == labels[order].tolist()  # each edge's own sample order
+        assert r["labels"] == labelled_npz[1][order[:24]].tolist()  # each edge's own sample order
         assert r["predictions"] == r["labels"]
 
 
@@ -109,36 +90,31 @@ def test_server_loads_each_tail_once(server):
     assert len(loaded) == len(set(loaded)) and len(loaded) <= 23
 
 
-def test_a_head_from_another_export_is_refused(server, artifacts, tmp_path):
-    other = tmp_path / "edge-artifacts"
-    export_bundle("resnet50", "20", random_init=True, out_dir=str(other), formats=["onnx"])
-    proc = run_edge(server, other, "--split", 20, "--dataset", "synthetic", "--limit", 2)
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert "different exports" in proc.stderr and proc.stderr.count("\n") == 1
+def test_a_cached_head_from_another_export_is_never_paired_with_the_cloud_tail(server, labelled_npz, tmp_path):
+    cache = tmp_path / "edge-cache"
+    foreign, _ = export_bundle("resnet50", "20", random_init=True, out_dir=str(cache), formats=["onnx"])
+    data, labels = labelled_npz
+    report = tmp_path / "r.json"
+    proc = run_edge(server, cache, "--split", 20, "--dataset", "npz:" + data, "--limit", 8, "--report", report)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(report.read_text())
+    assert r["predictions"] == labels[:8].tolist()  # the cloud's head was fetched in place of the foreign one
+    assert len(r["fetches"]) == 1 and r["bundle_id"] != json.load(open(foreign + "/manifest.json"))["bundle_id"]
 
 
 def test_a_split_the_cloud_does_not_hold_is_refused(server, tmp_path):
-    edge = tmp_path / "edge-artifacts"
-    export_bundle("tiny_models:build", "1", random_init=True, out_dir=str(edge), formats=["onnx"])
-    proc = run_edge(server, edge, "--model", "tiny_models-build", "--split", 1, "--dataset", "synthetic",
+    proc = run_edge(server, tmp_path, "--model", "tiny_models-build", "--split", 1, "--dataset", "synthetic",
                     "--limit", 2)
     assert proc.returncode != 0 and "holds no bundle for tiny_models-build split 1" in proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
 
 
-def test_missing_bundle_unreachable_cloud_and_corrupt_head_are_one_line_errors(server, artifacts, tmp_path):
-    proc = run_edge(server, tmp_path, "--split", 20, "--dataset", "synthetic")
-    assert proc.returncode != 0 and "no bundle for resnet50 split 20" in proc.stderr and "cli.py export" in proc.stderr
-    proc = run_cli("run-edge", "--cloud", "127.0.0.1:1", "--artifacts", artifacts, "--split", 20,
+def test_unreachable_cloud_and_no_active_bundle_are_one_line_errors(server, artifacts, tmp_path):
+    proc = run_cli("run-edge", "--cloud", "127.0.0.1:1", "--cache", tmp_path, "--split", 20,
                    "--dataset", "synthetic")
     assert proc.returncode != 0 and "cannot connect to the cloud at 127.0.0.1:1" in proc.stderr
-    import shutil
-    copy = tmp_path / "copy"
-    shutil.copytree(str(artifacts / "resnet50-s20"), str(copy / "resnet50-s20"))
-    with open(str(copy / "resnet50-s20" / "head.onnx"), "r+b") as f:
-        f.seek(1000)
-        f.write(b"\0\1\2\3")
-    proc = run_edge(server, copy, "--split", 20, "--dataset", "synthetic")
-    assert proc.returncode != 0 and "head.onnx is corrupt: sha256" in proc.stderr
+    proc = run_edge(server, tmp_path, "--dataset", "synthetic")
+    assert proc.returncode != 0 and "no bundle is active for resnet50" in proc.stderr and "--split" in proc.stderr
     for p in (proc,):
         assert "Traceback" not in p.stderr
 

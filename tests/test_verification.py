@@ -1,7 +1,6 @@
 """Verification fails loudly on a wrong weight or a wrong split, with the max difference."""
 import shutil
 
-import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
