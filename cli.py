@@ -34,6 +34,8 @@ def handle_errors(fn):
             if debug:
                 raise
             _fail(str(exc), exc.exit_code)
+        except click.ClickException:
+            raise  # usage errors: click prints them and exits 2
         except KeyboardInterrupt:
             _fail("interrupted", 130)
         except Exception as exc:

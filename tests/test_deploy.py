@@ -1,0 +1,259 @@
+"""push, fetch, export on demand and hot swap, with real server and edge processes over loopback."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cloud_server import ServerProcess
+from conftest import REPO, run_cli
+from slow_proxy import SlowProxy
+
+TOKEN = "test-admin-token"
+
+
+def cli_args(*args):
+    return [sys.executable, os.path.join(REPO, "cli.py")] + [str(a) for a in args]
+
+
+@pytest.fixture()
+def cloud(tmp_path):
+    """A server with an empty store that accepts pushes."""
+    srv = ServerProcess(tmp_path / "store", "--allow-push", "--admin-token", TOKEN)
+    yield srv
+    assert srv.stop() == 0, srv.log_text()
+
+
+def bundle(seed_bundles, split):
+    return seed_bundles[0] / "resnet50-s{}".format(split)
+
+
+def push(srv, path, *extra, **kw):
+    return run_cli("push", path, "--cloud", srv.address, "--admin-token", TOKEN, *extra, **kw)
+
+
+def run_edge(srv, cache, *args):
+    return run_cli("run-edge", "--cloud", srv.address, "--cache", cache, *args)
+
+
+def bundle_id(path):
+    return json.load(open(os.path.join(str(path), "manifest.json")))["bundle_id"]
+
+
+def test_empty_store_push_then_an_empty_cache_fetches_verifies_and_runs(cloud, seed_bundles, labelled_npz, tmp_path):
+    src = bundle(seed_bundles, 20)
+    proc = push(cloud, src, "--activate")
+    assert proc.returncode == 0, proc.stderr
+    assert "pushed {}".format(bundle_id(src)) in proc.stdout and "active" in proc.stdout
+    data, labels = labelled_npz
+    cache = tmp_path / "edge-cache"
+    first = run_edge(cloud, cache, "--dataset", "npz:" + data, "--limit", 16, "--report", tmp_path / "r1.json")
+    assert first.returncode == 0, first.stderr
+    r1 = json.loads((tmp_path / "r1.json").read_text())
+    assert r1["predictions"] == labels[:16].tolist() and r1["split"] == 20
+    head = os.path.getsize(str(src / "head.onnx"))
+    assert len(r1["fetches"]) == 1 and head <= r1["fetches"][0]["bytes"] < head * 1.01
+    assert sorted(os.listdir(str(cache / "resnet50-s20"))) == ["head.onnx", "manifest.json"]  # the head only
+    second = run_edge(cloud, cache, "--dataset", "npz:" + data, "--limit", 16, "--report", tmp_path / "r2.json")
+    assert second.returncode == 0, second.stderr
+    r2 = json.loads((tmp_path / "r2.json").read_text())
+    assert r2["fetches"] == [] and r2["predictions"] == r1["predictions"]  # started from the cache
+    assert sum("fetched the head" in l for l in cloud.log) == 1
+
+
+def test_pushing_the_same_bundle_again_uploads_nothing(cloud, seed_bundles):
+    src = bundle(seed_bundles, 16)
+    assert push(cloud, src).returncode == 0
+    again = push(cloud, src)
+    assert again.returncode == 0 and "already there, nothing uploaded" in again.stdout
+
+
+def test_push_without_or_with_a_wrong_token_is_refused(seed_bundles, tmp_path):
+    src = bundle(seed_bundles, 20)
+    closed = ServerProcess(tmp_path / "closed")
+    try:
+        proc = push(closed, src)
+        assert proc.returncode != 0 and "does not accept pushes" in proc.stderr
+    finally:
+        assert closed.stop() == 0
+    srv = ServerProcess(tmp_path / "store", "--allow-push", "--admin-token", TOKEN)
+    try:
+        proc = run_cli("push", src, "--cloud", srv.address, env={"EDGESPLIT_ADMIN_TOKEN": ""})
+        assert proc.returncode != 0 and "admin token" in proc.stderr
+        proc = run_cli("push", src, "--cloud", srv.address, "--admin-token", "guess")
+        assert proc.returncode != 0 and "wrong admin token" in proc.stderr
+        proc = run_cli("push", src, "--cloud", srv.address, env={"EDGESPLIT_ADMIN_TOKEN": TOKEN})
+        assert proc.returncode == 0, proc.stderr  # the environment variable works too
+    finally:
+        assert srv.stop() == 0
+    assert "bad_token" in srv.log_text() and TOKEN not in srv.log_text()
+
+
+def _tampered_copy(src, dest, name="tail.onnx"):
+    shutil.copytree(str(src), str(dest))
+    with open(str(dest / name), "r+b") as f:
+        f.seek(5000)
+        f.write(b"tampered")
+    return dest
+
+
+def test_a_tampered_file_is_refused_at_push_by_the_client_and_by_the_server(cloud, seed_bundles, tmp_path):
+    bad = _tampered_copy(bundle(seed_bundles, 20), tmp_path / "resnet50-s20")
+    proc = push(cloud, bad)
+    assert proc.returncode != 0 and "tail.onnx is corrupt: sha256" in proc.stderr and "manifest says" in proc.stderr
+    # the server checks too: send the tampered bytes under the genuine manifest, bypassing the client's check
+    from runtime import protocol as p
+    from runtime.deploy import file_entries, send_files, token_proof
+    from runtime.edge import CloudConnection
+    manifest = json.load(open(str(bad / "manifest.json")))
+    conn = CloudConnection(cloud.address)
+    nonce = conn.hello({"role": "admin"})["nonce"]
+    conn.send(p.PUSH, {"manifest": manifest, "activate": True, "proof": token_proof(TOKEN, nonce)})
+    assert conn.expect(p.READY).meta["have"] is False
+    send_files(conn.sock, str(bad), file_entries(manifest))
+    with pytest.raises(p.RemoteError, match=r"tail.onnx has sha256 \w+ but the manifest says \w+"):
+        conn.expect(p.DONE)
+    conn.sock.close()
+    store = tmp_path / "store"
+    assert os.listdir(str(store)) == []  # nothing visible, no temporary directory left
+
+
+def test_a_file_that_changed_in_the_cloud_store_is_refused_at_fetch(cloud, seed_bundles, tmp_path):
+    assert push(cloud, bundle(seed_bundles, 10), "--activate").returncode == 0
+    with open(str(tmp_path / "store" / "resnet50-s10" / "head.onnx"), "r+b") as f:
+        f.seek(100)
+        f.write(b"bitrot")
+    proc = run_edge(cloud, tmp_path / "cache", "--dataset", "synthetic", "--limit", 2)
+    assert proc.returncode != 0 and "head.onnx is corrupt: sha256" in proc.stderr
+    assert not os.path.exists(str(tmp_path / "cache" / "resnet50-s10"))
+
+
+def test_a_corrupt_cache_entry_is_deleted_and_fetched_again(cloud, seed_bundles, labelled_npz, tmp_path):
+    assert push(cloud, bundle(seed_bundles, 3), "--activate").returncode == 0
+    cache = tmp_path / "cache"
+    data, labels = labelled_npz
+    assert run_edge(cloud, cache, "--dataset", "npz:" + data, "--limit", 4).returncode == 0
+    with open(str(cache / "resnet50-s3" / "head.onnx"), "r+b") as f:
+        f.seek(200)
+        f.write(b"\0\0\0\0")
+    proc = run_edge(cloud, cache, "--dataset", "npz:" + data, "--limit", 4, "--report", tmp_path / "r.json")
+    assert proc.returncode == 0, proc.stderr
+    assert "head.onnx is corrupt" in proc.stderr and "fetching again" in proc.stderr
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert len(r["fetches"]) == 1 and r["predictions"] == labels[:4].tolist()
+
+
+def test_a_fetch_killed_half_way_leaves_nothing_and_the_next_run_succeeds(cloud, seed_bundles, tmp_path):
+    assert push(cloud, bundle(seed_bundles, 20), "--activate").returncode == 0
+    proxy = SlowProxy(cloud.host, cloud.port, bytes_per_s=20 * 1024 * 1024)  # the 90 MiB head takes ~4.5 s
+    cache = tmp_path / "cache"
+    try:
+        edge = subprocess.Popen(cli_args("run-edge", "--cloud", proxy.address, "--cache", cache,
+                                         "--dataset", "synthetic", "--limit", 2),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.time() + 60
+        while proxy.forwarded < 20 * 1024 * 1024 and time.time() < deadline:
+            time.sleep(0.05)
+        assert proxy.forwarded >= 20 * 1024 * 1024
+        edge.send_signal(signal.SIGKILL)
+        edge.wait(30)
+    finally:
+        proxy.close()
+    assert [d for d in os.listdir(str(cache)) if not d.startswith(".tmp-fetch-")] == []  # no partial bundle
+    proc = run_edge(cloud, cache, "--dataset", "synthetic", "--limit", 2)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(os.listdir(str(cache))) == ["resnet50-s20"]  # the dead fetch's temp dir was cleaned up
+
+
+def test_a_full_disk_is_one_clear_line_and_leaves_nothing(cloud, seed_bundles, tmp_path):
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    if subprocess.call(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
+                       stderr=subprocess.DEVNULL) != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root and CAP_SYS_ADMIN)")
+    try:
+        assert push(cloud, bundle(seed_bundles, 20), "--activate").returncode == 0
+        proc = run_edge(cloud, mount, "--dataset", "synthetic", "--limit", 2)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr
+        assert "No space left on device" in proc.stderr and "head.onnx" in proc.stderr
+        assert os.listdir(str(mount)) == []
+    finally:
+        subprocess.call(["umount", str(mount)])
+
+
+def test_export_on_demand_once_for_two_waiting_edges(tmp_path):
+    srv = ServerProcess(tmp_path / "store", "--model", "resnet50", "--random-init")
+    try:
+        edges = [subprocess.Popen(cli_args("run-edge", "--cloud", srv.address, "--cache", tmp_path / "cache{}".format(i),
+                                           "--split", 7, "--dataset", "synthetic", "--limit", 3, "--timeout", 20),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+        for edge in edges:
+            out, err = edge.communicate(timeout=600)
+            assert edge.returncode == 0, err
+            assert "the cloud is exporting resnet50 split 7" in err and "Accuracy:" in out
+    finally:
+        assert srv.stop() == 0
+    assert srv.log_text().count("exporting resnet50 split 7 on demand") == 1
+    assert os.listdir(str(tmp_path / "store")) == ["resnet50-s7"]
+
+
+def test_hot_swap_20_to_10_and_back_loses_and_repeats_no_sample(cloud, seed_bundles, labelled_npz, tmp_path):
+    s20, s10 = bundle(seed_bundles, 20), bundle(seed_bundles, 10)
+    id20, id10 = bundle_id(s20), bundle_id(s10)
+    assert push(cloud, s20, "--activate").returncode == 0
+    assert push(cloud, s10).returncode == 0
+    data, labels = labelled_npz
+    report = tmp_path / "r.json"
+    edge = subprocess.Popen(cli_args("run-edge", "--cloud", cloud.address, "--cache", tmp_path / "cache",
+                                     "--dataset", "npz:" + data, "--limit", 500, "--report", report),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def wait_for(text, after=0):
+        deadline = time.time() + 120
+        while sum(text in l for l in cloud.log) <= after and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)  # let some samples run on it
+
+    wait_for("uses bundle " + id20)
+    assert push(cloud, s10, "--activate").returncode == 0
+    wait_for("uses bundle " + id10)
+    assert push(cloud, s20, "--activate").returncode == 0
+    out, err = edge.communicate(timeout=300)
+    assert edge.returncode == 0, err
+    r = json.loads(report.read_text())
+    assert r["n"] == 500 and r["labels"] == labels.tolist()
+    assert r["predictions"] == labels.tolist()  # every sample answered once, and correctly
+    assert [(s["from_split"], s["to_split"]) for s in r["switches"]] == [(20, 10), (10, 20)]
+    served = r["bundles"]
+    first, second = r["switches"][0]["after_samples"], r["switches"][1]["after_samples"]
+    assert 0 < first < second < 500
+    assert set(served[:first]) == {id20} and set(served[first:second]) == {id10} and set(served[second:]) == {id20}
+    assert "Switches: split 20 -> 10" in out
+
+
+def test_push_to_a_directory_copies_verified_and_atomically(seed_bundles, tmp_path):
+    src = bundle(seed_bundles, 16)
+    proc = run_cli("push", src, "--to", tmp_path / "sdcard")
+    assert proc.returncode == 0, proc.stderr
+    from runtime.manifest import load_manifest
+    load_manifest(str(tmp_path / "sdcard" / "resnet50-s16")).verify_files()
+    bad = _tampered_copy(src, tmp_path / "bad" / "resnet50-s16", "head.pt")
+    proc = run_cli("push", bad, "--to", tmp_path / "sdcard2")
+    assert proc.returncode != 0 and "head.pt is corrupt" in proc.stderr
+    assert not os.path.exists(str(tmp_path / "sdcard2")) or os.listdir(str(tmp_path / "sdcard2")) == []
+    proc = run_cli("push", src)
+    assert proc.returncode == 2 and "exactly one of --cloud" in proc.stderr
+
+
+def test_the_cache_keeps_the_newest_bundles(cloud, seed_bundles, tmp_path):
+    for split in (20, 22):
+        assert push(cloud, bundle(seed_bundles, split)).returncode == 0
+    cache = tmp_path / "cache"
+    for split in (20, 22):
+        proc = run_edge(cloud, cache, "--split", split, "--dataset", "synthetic", "--limit", 2, "--cache-keep", 1)
+        assert proc.returncode == 0, proc.stderr
+    assert os.listdir(str(cache)) == ["resnet50-s22"]
