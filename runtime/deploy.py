@@ -119,22 +119,23 @@ def receive_files(reader, directory, entries, what="transfer"):
     return reader.bytes_received - start
 
 
+TEMP_KINDS = ("fetch", "push", "copy")
+
+
 def temp_dir(root, kind):
-    """A hidden temporary directory in ``root`` that names its owner's pid (so stale ones can be removed)."""
+    """A hidden temporary directory ``.tmp-KIND-PID-*`` in ``root`` (its pid lets a stale one be removed)."""
     os.makedirs(root, exist_ok=True)
     return tempfile.mkdtemp(prefix=".tmp-{}-{}-".format(kind, os.getpid()), dir=root)
 
 
 def remove_stale_temp_dirs(root):
-    """Delete temporary directories left by processes that died mid-transfer."""
+    """Delete the transfer directories of processes that died mid-transfer (nothing else: an export may be running)."""
     if not os.path.isdir(root):
         return
     for name in os.listdir(root):
-        if not name.startswith(".tmp-"):
-            continue
         parts = name.split("-")
-        pid = int(parts[2]) if len(parts) > 3 and parts[2].isdigit() else None
-        if pid is None or not _alive(pid):
+        if len(parts) > 3 and parts[0] == ".tmp" and parts[1] in TEMP_KINDS and parts[2].isdigit() \
+                and not _alive(int(parts[2])):
             shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
 

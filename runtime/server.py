@@ -82,7 +82,8 @@ class TailRegistry(object):
         self._loading = {}   # bundle id -> lock, so each tail is loaded once
         self._exports = {}   # (model, split) -> threading.Event while an export runs
 
-    def _by_id(self, bundle_id):
+    def held(self, bundle_id):
+        """The bundle with this id in the store, or None."""
         for m in self.store.scan()[0]:
             if m.bundle_id == bundle_id:
                 return m
@@ -93,7 +94,7 @@ class TailRegistry(object):
         with self._lock:
             if bundle_id in self._loaded:
                 return self._loaded[bundle_id][0]
-        manifest = self._by_id(bundle_id)
+        manifest = self.held(bundle_id)
         if manifest is None:
             raise HandshakeError("unknown_bundle", "the cloud holds no bundle {}".format(bundle_id))
         return manifest
@@ -122,7 +123,7 @@ class TailRegistry(object):
             with self._lock:
                 if bundle_id in self._loaded:
                     return self._loaded[bundle_id]
-            manifest = self._by_id(bundle_id)
+            manifest = self.held(bundle_id)
             if manifest is None:
                 same = [m for m in self.store.scan()[0] if m.model_id == model and m.split_index == split]
                 if same:
@@ -411,7 +412,7 @@ class CloudServer(object):
         except ManifestError as exc:
             raise p.ProtocolError("bad_manifest", str(exc))
         activate = bool(frame.meta.get("activate"))
-        held = self.registry._by_id(data["bundle_id"])
+        held = self.registry.held(data["bundle_id"])
         p.send_frame(conn, p.READY, frame.request_id, {"have": held is not None})
         if held is not None:
             manifest, _ = self.registry.load(held)

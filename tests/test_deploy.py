@@ -257,3 +257,15 @@ def test_the_cache_keeps_the_newest_bundles(cloud, seed_bundles, tmp_path):
         proc = run_edge(cloud, cache, "--split", split, "--dataset", "synthetic", "--limit", 2, "--cache-keep", 1)
         assert proc.returncode == 0, proc.stderr
     assert os.listdir(str(cache)) == ["resnet50-s22"]
+
+
+def test_only_transfer_directories_of_dead_processes_are_cleaned(tmp_path):
+    from runtime.deploy import remove_stale_temp_dirs
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    names = [".tmp-fetch-{}-a".format(dead.pid), ".tmp-push-{}-b".format(os.getpid()),
+             ".tmp-resnet50-s20-c", "resnet50-s3"]
+    for name in names:
+        (tmp_path / name).mkdir()
+    remove_stale_temp_dirs(str(tmp_path))
+    assert sorted(os.listdir(str(tmp_path))) == sorted(names[1:])  # a live push and an export in progress stay
