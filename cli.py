@@ -114,7 +114,8 @@ def layers(model, input_shape, as_json):
 
 @main.command()
 @click.option("--model", default="resnet50", show_default=True, help=MODEL_HELP)
-@click.option("--split", required=True, help="Split point: an index from `layers`, or its name.")
+@click.option("--split", default=None, help="Split point: an index from `layers`, or its name.")
+@click.option("--segments", is_flag=True, help="Instead of one split, export every segment (for profiling).")
 @click.option("--weights", default=None, help="State-dict file (resnet50 default: weights/resnet50-best.pth).")
 @click.option("--random-init", is_flag=True, help="Export untrained weights (chance-level accuracy).")
 @click.option("--formats", default="onnx,torchscript", show_default=True, callback=formats_option,
@@ -131,11 +132,21 @@ def layers(model, input_shape, as_json):
 @click.option("--rtol", default=None, type=float, callback=positive_option,
               help="Verification relative tolerance [default: 1e-3].")
 @handle_errors
-def export(model, split, weights, random_init, formats, opset, input_shape, mean, std, out, atol, rtol):
+def export(model, split, segments, weights, random_init, formats, opset, input_shape, mean, std, out, atol, rtol):
     """Cut a model at a split point and write a verified head/tail bundle."""
     from exporter.bundle import export_bundle
     from exporter.report import print_export
     from exporter.verify import DEFAULT_ATOL, DEFAULT_RTOL
+    if (split is None) == (not segments):
+        raise click.UsageError("give --split K (one bundle) or --segments (every segment, for profiling)")
+    if segments:
+        from exporter.segments import export_segments
+        path, manifest = export_segments(model, weights, random_init, formats, opset, out, input_shape,
+                                         DEFAULT_ATOL if atol is None else atol, DEFAULT_RTOL if rtol is None else rtol)
+        click.echo("segments {} -> {} ({} segments, verified: {})".format(
+            manifest["bundle_id"], path, len(manifest["segments"]), ", ".join(
+                "{} max |diff| {:.2e}".format(r["format"], r["max_abs_diff"]) for r in manifest["verification"]["results"])))
+        return
     path, manifest = export_bundle(
         model, split, weights=weights, random_init=random_init, formats=formats, opset=opset,
         out_dir=out, input_shape=input_shape, mean=mean, std=std,
@@ -144,6 +155,19 @@ def export(model, split, weights, random_init, formats, opset, input_shape, mean
 
 
 BACKEND_CHOICE = click.Choice(["onnx", "torchscript"])
+OBJECTIVE_CHOICE = click.Choice(["latency", "throughput"])
+
+
+def split_option(ctx, param, value):
+    if value is None or value == "auto":
+        return value
+    try:
+        split = int(value)
+    except ValueError:
+        split = -1
+    if split < 0:
+        raise click.BadParameter("expected a split index (0, 1, ...) or 'auto'", param=param)
+    return split
 DEVICE_CHOICE = click.Choice(["auto", "cpu", "cuda"])
 
 
@@ -176,8 +200,13 @@ def serve_cloud(host, port, artifacts, backend, device, max_frame_mb, threads, a
 @main.command("run-edge")
 @click.option("--cloud", required=True, help="HOST:PORT of serve-cloud.")
 @click.option("--model", default="resnet50", show_default=True, help="Model id of the bundle (see its manifest).")
-@click.option("--split", default=None, type=click.IntRange(0, None),
-              help="Split point; default: the bundle active on the cloud.")
+@click.option("--split", default=None, callback=split_option,
+              help="Split point, or 'auto' (planned from profiles); default: the bundle active on the cloud.")
+@click.option("--objective", default="latency", show_default=True, type=OBJECTIVE_CHOICE,
+              help="What --split auto optimises.")
+@click.option("--bandwidth", default=None, type=click.FloatRange(0.001, None),
+              help="Plan for this bandwidth (Mbit/s) instead of the measured one.")
+@click.option("--rtt", default=None, type=click.FloatRange(0, None), help="Plan for this round-trip time (ms).")
 @click.option("--cache", "--artifacts", "cache", default="artifacts", show_default=True,
               help="The edge's bundle cache; heads missing here are fetched from the cloud.")
 @click.option("--cache-keep", default=8, show_default=True, type=click.IntRange(1, None),
@@ -199,12 +228,82 @@ def serve_cloud(host, port, artifacts, backend, device, max_frame_mb, threads, a
 @click.option("--timeout", default=30.0, show_default=True, type=float, help="Seconds to wait for the cloud.")
 @click.option("--threads", default=0, type=click.IntRange(0, 256), help="Compute threads for the head.")
 @handle_errors
-def run_edge(cloud, model, split, cache, cache_keep, no_follow, backend, device, dataset, data_dir, limit,
-             batch_size, shuffle, seed, warmup, verbose, report, timeout, threads):
+def run_edge(cloud, model, split, objective, bandwidth, rtt, cache, cache_keep, no_follow, backend, device, dataset,
+             data_dir, limit, batch_size, shuffle, seed, warmup, verbose, report, timeout, threads):
     """Run the head here, the tail on the cloud, and print the seed's report."""
     from runtime.edge import run_edge as run
     run(cloud, model, split, cache, backend, device, dataset, data_dir, limit, batch_size, shuffle, seed,
-        warmup, verbose, report, timeout, threads, cache_keep, not no_follow)
+        warmup, verbose, report, timeout, threads, cache_keep, not no_follow,
+        plan_options={"objective": objective, "bandwidth": bandwidth, "rtt": rtt})
+
+
+@main.command()
+@click.option("--cloud", required=True, help="HOST:PORT of serve-cloud.")
+@click.option("--model", default="resnet50", show_default=True)
+@click.option("--cache", "--artifacts", "cache", default="artifacts", show_default=True)
+@click.option("--backend", default="onnx", show_default=True, type=BACKEND_CHOICE)
+@click.option("--device", default="auto", show_default=True, type=DEVICE_CHOICE)
+@click.option("--batch-size", default=1, show_default=True, type=click.IntRange(1, 1024))
+@click.option("--bandwidth", default=None, type=click.FloatRange(0.001, None),
+              help="Plan for this bandwidth (Mbit/s) instead of the measured one.")
+@click.option("--rtt", default=None, type=click.FloatRange(0, None), help="Plan for this round-trip time (ms).")
+@click.option("--objective", default="latency", show_default=True, type=OBJECTIVE_CHOICE)
+@click.option("--edge-profile", default=None, help="Use this edge profile (from `profile --out`).")
+@click.option("--cloud-profile", default=None, help="Use this cloud profile instead of asking the cloud.")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--timeout", default=600.0, show_default=True, type=float)
+@handle_errors
+def plan(cloud, model, cache, backend, device, batch_size, bandwidth, rtt, objective, edge_profile, cloud_profile,
+         as_json, timeout):
+    """Predict the latency of every split from measured profiles and the network, and choose one."""
+    from runtime.plan import run_plan
+    run_plan(cloud, model, cache, backend, device, batch_size, bandwidth, rtt, objective, edge_profile,
+             cloud_profile, as_json, timeout)
+
+
+@main.command()
+@click.option("--cloud", required=True, help="HOST:PORT of serve-cloud.")
+@click.option("--splits", default="0,3,10,16,20,22", show_default=True, help="Comma-separated split points.")
+@click.option("--model", default="resnet50", show_default=True)
+@click.option("--cache", "--artifacts", "cache", default="artifacts", show_default=True)
+@click.option("--backend", default="onnx", show_default=True, type=BACKEND_CHOICE)
+@click.option("--device", default="auto", show_default=True, type=DEVICE_CHOICE)
+@click.option("--dataset", default="cifar100", show_default=True)
+@click.option("--data-dir", default="data", show_default=True)
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, None))
+@click.option("--batch-size", default=1, show_default=True, type=click.IntRange(1, None))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--warmup", default=3, show_default=True, type=click.IntRange(0, None))
+@click.option("--csv", "csv_path", default=None, help="Write the table as CSV here.")
+@click.option("--png", "png_path", default=None, help="Write the chart (stacked bars + predictions) here.")
+@click.option("--bandwidth", default=None, type=click.FloatRange(0.001, None), help="Predict for this Mbit/s.")
+@click.option("--rtt", default=None, type=click.FloatRange(0, None), help="Predict for this round trip (ms).")
+@click.option("--timeout", default=600.0, show_default=True, type=float)
+@handle_errors
+def sweep(cloud, splits, model, cache, backend, device, dataset, data_dir, limit, batch_size, seed, warmup, csv_path,
+          png_path, bandwidth, rtt, timeout):
+    """Measure every split in --splits on the same samples: the seed's table, a CSV and a chart."""
+    from runtime.sweep import run_sweep
+    points = _split_values(splits, int, "0,3,10,16,20,22", None)
+    run_sweep(cloud, list(points), model, cache, backend, device, dataset, data_dir, limit, batch_size, seed, warmup,
+              csv_path, png_path, bandwidth, rtt, timeout)
+
+
+@main.command()
+@click.option("--out", required=True, help="Write the profile (JSON) here.")
+@click.option("--cloud", default=None, help="Fetch the segments from this serve-cloud.")
+@click.option("--segments", "segments_dir", default=None, help="...or profile this local segments bundle.")
+@click.option("--model", default="resnet50", show_default=True)
+@click.option("--cache", "--artifacts", "cache", default="artifacts", show_default=True)
+@click.option("--backend", default="onnx", show_default=True, type=BACKEND_CHOICE)
+@click.option("--device", default="auto", show_default=True, type=DEVICE_CHOICE)
+@click.option("--batch-size", default=1, show_default=True, type=click.IntRange(1, 1024))
+@click.option("--timeout", default=600.0, show_default=True, type=float)
+@handle_errors
+def profile(out, cloud, segments_dir, model, cache, backend, device, batch_size, timeout):
+    """Measure this side's latency of every segment of a model; write it as JSON for `plan --edge-profile`."""
+    from runtime.plan import run_profile
+    run_profile(out, cloud, segments_dir, model, cache, backend, device, batch_size, timeout=timeout)
 
 
 @main.command()

@@ -181,9 +181,17 @@ class TracedModel:
     def _node(self, name: str) -> fx.Node:
         return next(n for n in self.nodes if n.name == name)
 
-    def _subgraph(self, start: fx.Node, start_name: str, stop: fx.Node, body: List[fx.Node]) -> fx.GraphModule:
+    def between(self, first: int, last: int, input_name: str = "boundary") -> Optional[fx.GraphModule]:
+        """The graph from point ``first`` to point ``last`` as a module; None when they are the same point."""
+        if not 0 <= first <= last < len(self.points):
+            raise ExportError("no part of the model lies between points {} and {}".format(first, last))
+        if first == last:
+            return None
+        start = self._input if first == 0 else self._node(self.points[first].node)
+        stop = self._node(self.points[last].node)
+        body = self.nodes[self.nodes.index(start) + 1:self.nodes.index(stop) + 1]
         graph = fx.Graph()
-        env: Dict[fx.Node, fx.Node] = {start: graph.placeholder(start_name)}
+        env: Dict[fx.Node, fx.Node] = {start: graph.placeholder(input_name)}
 
         def lookup(n: fx.Node) -> fx.Node:
             if n not in env:
@@ -193,30 +201,22 @@ class TracedModel:
             return env[n]
 
         for node in body:
-            if node.op == "get_attr":
-                continue  # copied on first use
-            env[node] = graph.node_copy(node, lookup)
+            if node.op != "get_attr":  # weights are copied on first use
+                env[node] = graph.node_copy(node, lookup)
         graph.output(lookup(stop))
-        gm = fx.GraphModule(self.gm, graph)
-        return gm.eval()
+        return fx.GraphModule(self.gm, graph).eval()
 
     def head(self, index: int) -> Optional[fx.GraphModule]:
         """The part that runs on the edge: input -> boundary tensor; None at split 0."""
-        point = self.point(index)
-        if index == 0:
-            return None
-        stop = self._node(point.node)
-        body = self.nodes[1:self.nodes.index(stop) + 1]
-        return self._subgraph(self._input, "input", stop, [n for n in body if n.op != "placeholder"])
+        return self.between(0, self.point(index).index, "input")
 
     def tail(self, index: int) -> Optional[fx.GraphModule]:
         """The part that runs on the cloud: boundary tensor -> output; None at the last split."""
-        point = self.point(index)
-        if index == len(self.points) - 1:
-            return None
-        start = self._node(point.node)
-        body = self.nodes[self.nodes.index(start) + 1:-1]
-        return self._subgraph(start, "boundary", self._output.args[0], body)
+        return self.between(self.point(index).index, len(self.points) - 1)
+
+    def segment(self, index: int) -> fx.GraphModule:
+        """Segment ``index``: from point ``index`` to point ``index + 1`` (what profiles time)."""
+        return self.between(index, index + 1, "input" if index == 0 else "boundary")
 
 
 def getattr_path(obj, target: str):

@@ -24,8 +24,8 @@ import numpy as np
 
 from . import protocol as p
 from .errors import UserError
-from .manifest import (MANIFEST_NAME, ManifestError, bundle_dir_name, install_dir, load_manifest, validate,
-                       write_manifest)
+from .manifest import (MANIFEST_NAME, ManifestError, directory_name, install_dir, iter_file_entries,
+                       load_manifest, validate, write_manifest)
 
 TOKEN_ENV = "EDGESPLIT_ADMIN_TOKEN"
 
@@ -35,13 +35,8 @@ def token_proof(token, nonce):
     return hmac.new(token.encode("utf-8"), nonce.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
-def file_entries(manifest_data, parts=("head", "tail"), formats=("onnx", "torchscript")):
-    entries = []
-    for part in parts:
-        entry = manifest_data["parts"].get(part)
-        if entry:
-            entries += [f for fmt, f in sorted(entry["files"].items()) if fmt in formats]
-    return entries
+def file_entries(manifest_data, parts=("head", "tail", "segments"), formats=("onnx", "torchscript")):
+    return [f for part, fmt, f in iter_file_entries(manifest_data) if part in parts and fmt in formats]
 
 
 # ---------------------------------------------------------------- transfer
@@ -161,10 +156,10 @@ class BundleCache(object):
         remove_stale_temp_dirs(root)
 
     def directory(self, manifest_data):
-        return os.path.join(self.root, bundle_dir_name(manifest_data["model"]["id"], manifest_data["split"]["index"]))
+        return os.path.join(self.root, directory_name(manifest_data))
 
-    def lookup(self, manifest_data, formats):
-        """The cached bundle with this id and a verified head, or None (a corrupt entry is deleted)."""
+    def lookup(self, manifest_data, formats, part="head"):
+        """The cached bundle with this id and a verified ``part``, or None (a corrupt entry is deleted)."""
         directory = self.directory(manifest_data)
         try:
             cached = load_manifest(directory)
@@ -173,7 +168,7 @@ class BundleCache(object):
         if cached.bundle_id != manifest_data["bundle_id"]:
             return None
         try:
-            cached.verify_files(parts=("head",), formats=formats)
+            cached.verify_files(parts=(part,), formats=formats)
         except ManifestError as exc:
             self.log("cache: {}; deleting it and fetching again".format(exc))
             shutil.rmtree(directory, ignore_errors=True)
@@ -181,13 +176,13 @@ class BundleCache(object):
         os.utime(directory, None)  # most recently used
         return cached
 
-    def fetch(self, conn, manifest_data, formats):
-        """Download the head files of a bundle over ``conn``, verify, store atomically; return (Manifest, bytes, s)."""
-        entries = file_entries(manifest_data, ("head",), formats)
+    def fetch(self, conn, manifest_data, formats, part="head"):
+        """Download the ``part`` files of a bundle over ``conn``, verify, store atomically; return (Manifest, bytes, s)."""
+        entries = file_entries(manifest_data, (part,), formats)
         tmp = temp_dir(self.root, "fetch")
         started = time.perf_counter()
         try:
-            received = conn.fetch(manifest_data["bundle_id"], formats, tmp, entries)
+            received = conn.fetch(manifest_data["bundle_id"], formats, tmp, entries, part)
             write_manifest(tmp, manifest_data)
             install_dir(tmp, self.directory(manifest_data))
         except BaseException:
@@ -249,7 +244,7 @@ def copy_bundle(bundle, destination_root):
         with open(os.path.join(tmp, MANIFEST_NAME), "w") as f:
             json.dump(validate(manifest.data, bundle), f, indent=2)
         load_manifest(tmp).verify_files()
-        target = os.path.join(destination_root, bundle_dir_name(manifest.model_id, manifest.split_index))
+        target = os.path.join(destination_root, directory_name(manifest.data))
         install_dir(tmp, target)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -90,9 +90,9 @@ class CloudConnection(object):
         frame = self.expect(p.RESULT, request_id)
         return frame, sent, self.reader.bytes_received - before
 
-    def fetch(self, bundle_id, formats, directory, entries):
+    def fetch(self, bundle_id, formats, directory, entries, part="head"):
         from .deploy import receive_files
-        self.send(p.FETCH, {"bundle_id": bundle_id, "part": "head", "formats": list(formats)})
+        self.send(p.FETCH, {"bundle_id": bundle_id, "part": part, "formats": list(formats)})
         return receive_files(self.reader, directory, entries, what="fetch of {}".format(bundle_id))
 
     def close(self):
@@ -174,54 +174,76 @@ def _progress(total, enabled):
     return None
 
 
+def measure(session, data, plan, warmup=3, follow=True, verbose=False, out=None):
+    """Run every batch of ``plan`` through the session, timing each request; return the RunRecorder.
+
+    The first batch is first sent ``warmup`` times (excluded).  With ``follow``, a
+    bundle activated on the cloud is switched to at the next batch boundary.
+    """
+    out = out or sys.stdout
+    preprocess = session.manifest["input"].get("preprocess") or {}
+    recorder = RunRecorder()
+    first = preprocess_batch(data.images(plan[0]), preprocess)
+    for _ in range(warmup):  # excluded from every figure, counted in the report
+        session.infer(first)
+        recorder.warmup_requests += 1
+    bar = _progress(sum(len(b) for b in plan), not verbose and sys.stderr.isatty())
+    started = time.perf_counter()
+    for indices in plan:
+        x = preprocess_batch(data.images(indices), preprocess)
+        result, edge_ms, roundtrip_ms, cloud_ms, sent, received, meta = session.infer(x)
+        predictions = result.reshape(len(indices), -1).argmax(axis=1)
+        labels = data.labels[indices]
+        recorder.add(edge_ms, roundtrip_ms, cloud_ms, predictions, labels, sent, received,
+                     session.manifest.bundle_id)
+        if verbose:
+            for pred, label in zip(predictions, labels):
+                out.write("Prediction: {} / Ground Truth: {}\n".format(int(pred), int(label)))
+        if bar is not None:
+            bar.update(len(indices))
+        active = meta.get("active")
+        if follow and active and active != session.manifest.bundle_id:  # hot swap at the batch boundary
+            old = session.manifest
+            session.switch_to(bundle_id=active)
+            recorder.switches.append({"after_samples": recorder.samples, "time_s": time.perf_counter() - started,
+                                      "from": old.bundle_id, "from_split": old.split_index, "to": active,
+                                      "to_split": session.manifest.split_index,
+                                      "reason": "bundle {} activated on the cloud".format(active)})
+            _say("switched from split {} to split {} (bundle {} activated on the cloud)".format(
+                old.split_index, session.manifest.split_index, active))
+    recorder.wall_s = time.perf_counter() - started
+    if bar is not None:
+        bar.close()
+    return recorder
+
+
 def run_edge(cloud, model="resnet50", split=None, cache="artifacts", backend="onnx", device="auto",
              dataset="cifar100", data_dir="data", limit=100, batch_size=1, shuffle=False, seed=0, warmup=3,
-             verbose=False, report=None, timeout=30.0, threads=0, cache_keep=8, follow=True, out=None):
+             verbose=False, report=None, timeout=30.0, threads=0, cache_keep=8, follow=True, out=None,
+             plan_options=None):
     """The run-edge command.  Returns the report dict; prints the seed's report to ``out``."""
     out = out or sys.stdout
     if batch_size < 1:
         raise UserError("--batch-size must be at least 1")
     session = EdgeSession(cloud, model, cache, cache_keep, backend, device, threads, timeout)
+    planned = None
     try:
+        if split == "auto":
+            from .plan import make_plan
+            plan_options = plan_options or {}
+            rows, choice, network = make_plan(session, batch_size, plan_options.get("bandwidth"),
+                                              plan_options.get("rtt"), plan_options.get("objective", "latency"))
+            planned = {"choice": choice, "network": network, "objective": plan_options.get("objective", "latency")}
+            split = choice["split"]
+            _say("planned split {} ({}): predicted {:.3f} ms at {:.1f} Mbit/s, rtt {:.3f} ms".format(
+                split, choice["name"], choice["latency_ms"], network["bandwidth_mbps"], network["rtt_ms"]))
         manifest = session.switch_to(split=split)
         num_classes = manifest["output"]["shape"][-1]
         data = open_dataset(dataset, manifest["input"], num_classes, limit=limit, seed=seed, data_dir=data_dir)
         plan = batches(data, batch_size, limit, shuffle, seed)
         if not plan:
             raise UserError("the dataset {} is empty".format(dataset))
-        preprocess = manifest["input"].get("preprocess") or {}
-        recorder = RunRecorder()
-        first = preprocess_batch(data.images(plan[0]), preprocess)
-        for _ in range(warmup):  # excluded from every figure, counted in the report
-            session.infer(first)
-            recorder.warmup_requests += 1
-        bar = _progress(sum(len(b) for b in plan), not verbose and sys.stderr.isatty())
-        started = time.perf_counter()
-        for indices in plan:
-            x = preprocess_batch(data.images(indices), preprocess)
-            result, edge_ms, roundtrip_ms, cloud_ms, sent, received, meta = session.infer(x)
-            predictions = result.reshape(len(indices), -1).argmax(axis=1)
-            labels = data.labels[indices]
-            recorder.add(edge_ms, roundtrip_ms, cloud_ms, predictions, labels, sent, received,
-                         session.manifest.bundle_id)
-            if verbose:
-                for pred, label in zip(predictions, labels):
-                    out.write("Prediction: {} / Ground Truth: {}\n".format(int(pred), int(label)))
-            if bar is not None:
-                bar.update(len(indices))
-            active = meta.get("active")
-            if follow and active and active != session.manifest.bundle_id:  # hot swap at the batch boundary
-                old = session.manifest
-                session.switch_to(bundle_id=active)
-                recorder.switches.append({"after_samples": recorder.samples, "time_s": time.perf_counter() - started,
-                                          "from": old.bundle_id, "from_split": old.split_index, "to": active,
-                                          "to_split": session.manifest.split_index,
-                                          "reason": "bundle {} activated on the cloud".format(active)})
-                _say("switched from split {} to split {} (bundle {} activated on the cloud)".format(
-                    old.split_index, session.manifest.split_index, active))
-        recorder.wall_s = time.perf_counter() - started
-        if bar is not None:
-            bar.close()
+        recorder = measure(session, data, plan, warmup, follow, verbose, out)
     finally:
         session.close()
 
@@ -235,7 +257,7 @@ def run_edge(cloud, model="resnet50", split=None, cache="artifacts", backend="on
             "backend": session.head.name, "provider": session.head.provider,
             "cloud_backend": welcome.get("backend"), "cloud_provider": welcome.get("provider"),
             "dataset": data.name, "batch_size": batch_size, "random_init": manifest["model"]["weights"]["random_init"],
-            "fetches": session.fetches, "switches": recorder.switches}
+            "fetches": session.fetches, "switches": recorder.switches, "plan": planned}
     if report:
         return write_report(report, info, recorder)
     info.update(summary)

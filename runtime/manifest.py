@@ -28,6 +28,28 @@ FILE_NAMES = {
     ("tail", "torchscript"): "tail.pt",
 }
 _REQUIRED = ("schema_version", "bundle_id", "model", "split", "input", "boundary", "output", "parts")
+# A "segments" bundle holds the model cut at every point, segment by segment, for profiling.
+KIND_SPLIT, KIND_SEGMENTS = "split", "segments"
+_REQUIRED_SEGMENTS = ("schema_version", "bundle_id", "model", "input", "output", "points", "segments")
+SEGMENTS_DIR_SUFFIX = "-segments"
+
+
+def segment_file_name(index, fmt):
+    return "seg{:03d}.{}".format(index, "onnx" if fmt == "onnx" else "pt")
+
+
+def iter_file_entries(data):
+    """(part, format, file entry) of every file a manifest lists; segment files have part 'segments'."""
+    if data.get("kind", KIND_SPLIT) == KIND_SEGMENTS:
+        for seg in data["segments"]:
+            for fmt in sorted(seg["files"]):
+                yield "segments", fmt, seg["files"][fmt]
+        return
+    for part in PARTS:
+        entry = data["parts"].get(part)
+        if entry:
+            for fmt in sorted(entry["files"]):
+                yield part, fmt, entry["files"][fmt]
 
 
 def sha256_file(path, chunk_size=1 << 20):
@@ -63,6 +85,17 @@ def bundle_dir_name(model_id, split_index):
     return "{}-s{}".format(safe, split_index)
 
 
+def segments_dir_name(model_id):
+    return bundle_dir_name(model_id, 0).rsplit("-s0", 1)[0] + SEGMENTS_DIR_SUFFIX
+
+
+def directory_name(data):
+    """The directory a bundle lives in: ``<model>-s<split>``, or ``<model>-segments``."""
+    if data.get("kind", KIND_SPLIT) == KIND_SEGMENTS:
+        return segments_dir_name(data["model"]["id"])
+    return bundle_dir_name(data["model"]["id"], data["split"]["index"])
+
+
 def write_manifest(directory, manifest):
     path = os.path.join(directory, MANIFEST_NAME)
     with open(path, "w") as f:
@@ -86,16 +119,20 @@ class Manifest(object):
         return self.data["bundle_id"]
 
     @property
+    def kind(self):
+        return self.data.get("kind", KIND_SPLIT)
+
+    @property
     def model_id(self):
         return self.data["model"]["id"]
 
     @property
     def split_index(self):
-        return self.data["split"]["index"]
+        return self.data["split"]["index"] if self.kind == KIND_SPLIT else None
 
     def part(self, name):
         """The entry of ``head`` or ``tail``, or None when the split puts everything on the other side."""
-        return self.data["parts"].get(name)
+        return self.data["parts"].get(name) if self.kind == KIND_SPLIT else None
 
     def file_path(self, part, fmt):
         entry = self.part(part)
@@ -108,11 +145,7 @@ class Manifest(object):
         return os.path.join(self.directory, entry["files"][fmt]["file"])
 
     def iter_files(self):
-        for part in PARTS:
-            entry = self.part(part)
-            if entry:
-                for fmt in sorted(entry["files"]):
-                    yield part, fmt, entry["files"][fmt]
+        return iter_file_entries(self.data)
 
     def verify_files(self, parts=PARTS, formats=FORMATS):
         """Check every listed file of the given parts and formats against its sha256; raise on the first mismatch."""
@@ -147,6 +180,10 @@ def validate(data, where):
     """Check a manifest's structure (from a file or from the network); return it or raise ManifestError."""
     if not isinstance(data, dict):
         raise ManifestError("{} is not a JSON object; re-export the bundle".format(where))
+    if data.get("kind", KIND_SPLIT) == KIND_SEGMENTS:
+        return _validate_segments(data, where)
+    if data.get("kind", KIND_SPLIT) != KIND_SPLIT:
+        raise ManifestError("{}: unknown bundle kind {!r}".format(where, data.get("kind")))
     missing = [k for k in _REQUIRED if k not in data]
     if missing:
         raise ManifestError("{} lacks {}; re-export the bundle".format(where, ", ".join(missing)))
@@ -184,9 +221,34 @@ def validate(data, where):
     return data
 
 
+def _validate_segments(data, where):
+    missing = [k for k in _REQUIRED_SEGMENTS if k not in data]
+    if missing:
+        raise ManifestError("{} lacks {}; re-export the segments".format(where, ", ".join(missing)))
+    if data["schema_version"] != SCHEMA_VERSION:
+        raise ManifestError("{} has schema version {}, this runtime reads version {}".format(
+            where, data["schema_version"], SCHEMA_VERSION))
+    points, segments = data["points"], data["segments"]
+    if not isinstance(points, list) or not isinstance(segments, list) or len(segments) != len(points) - 1:
+        raise ManifestError("{}: a segments bundle has one segment between each pair of points".format(where))
+    for i, seg in enumerate(segments):
+        files = seg.get("files") if isinstance(seg, dict) else None
+        if seg.get("index") != i or not isinstance(files, dict) or set(files) - set(FORMATS):
+            raise ManifestError("{}: segment {} is malformed".format(where, i))
+        for fmt, fentry in files.items():
+            if not isinstance(fentry, dict) or fentry.get("file") != segment_file_name(i, fmt) or \
+                    "sha256" not in fentry or "bytes" not in fentry:
+                raise ManifestError("{}: segment {} {} file entry is malformed".format(where, i, fmt))
+    if data["bundle_id"] != expected_bundle_id(data):
+        raise ManifestError("{}: bundle id {} does not match its contents; the manifest was edited".format(
+            where, data["bundle_id"]))
+    return data
+
+
 def expected_bundle_id(data):
-    hashes = [f["sha256"] for p in data["parts"].values() if p for f in p["files"].values()]
-    return bundle_id(data["model"]["id"], data["model"].get("weights", {}).get("sha256"), data["split"]["index"], hashes)
+    hashes = [f["sha256"] for _, _, f in iter_file_entries(data)]
+    split = data["split"]["index"] if data.get("kind", KIND_SPLIT) == KIND_SPLIT else KIND_SEGMENTS
+    return bundle_id(data["model"]["id"], data["model"].get("weights", {}).get("sha256"), split, hashes)
 
 
 def install_dir(tmp, destination):

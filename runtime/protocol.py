@@ -31,15 +31,17 @@ HEADER_SIZE = HEADER.size  # 28
 # message types
 HELLO, WELCOME, INFER, RESULT, ERROR, BYE = 1, 2, 3, 4, 5, 6
 PUSH, READY, CHUNK, DONE, FETCH, NOTICE = 7, 8, 9, 10, 11, 12
+ECHO, PROFILE = 13, 14
 TYPE_NAMES = {HELLO: "HELLO", WELCOME: "WELCOME", INFER: "INFER", RESULT: "RESULT", ERROR: "ERROR", BYE: "BYE",
-              PUSH: "PUSH", READY: "READY", CHUNK: "CHUNK", DONE: "DONE", FETCH: "FETCH", NOTICE: "NOTICE"}
-TENSOR_TYPES = (INFER, RESULT, CHUNK)
+              PUSH: "PUSH", READY: "READY", CHUNK: "CHUNK", DONE: "DONE", FETCH: "FETCH", NOTICE: "NOTICE",
+              ECHO: "ECHO", PROFILE: "PROFILE"}
+TENSOR_TYPES = (INFER, RESULT, CHUNK, ECHO)
 # what each side may receive
-FROM_EDGE = (HELLO, INFER, BYE, PUSH, CHUNK, DONE, FETCH)
+FROM_EDGE = (HELLO, INFER, BYE, PUSH, CHUNK, DONE, FETCH, ECHO, PROFILE)
 FROM_CLOUD = (WELCOME, RESULT, ERROR, READY, CHUNK, DONE, NOTICE)
 CHUNK_BYTES = 1 << 20  # files move in frames of at most 1 MiB
 
-MAX_META_BYTES = 64 * 1024
+MAX_META_BYTES = 1024 * 1024  # manifests of models with many split points travel in metadata
 DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
 # dtypes that may cross the wire, by their name in the metadata
 DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2"), "int8": np.dtype("i1"),

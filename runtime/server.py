@@ -29,7 +29,8 @@ from . import protocol as p
 from .backends import load_part
 from .deploy import file_entries, receive_files, remove_stale_temp_dirs, send_files, temp_dir, token_proof
 from .errors import ManifestError, UserError
-from .manifest import bundle_dir_name, install_dir, load_manifest, validate, write_manifest
+from .profile import profile_segments
+from .manifest import KIND_SEGMENTS, KIND_SPLIT, directory_name, install_dir, load_manifest, validate, write_manifest
 from .store import BundleStore
 
 log = logging.getLogger("edgesplit.server")
@@ -55,7 +56,9 @@ class OnDemandExporter(object):
         self.input_shape = input_shape
 
     def export(self, split, out_dir):
-        args = [sys.executable, CLI, "export", "--model", self.model, "--split", str(split), "--out", out_dir]
+        """Export one split (``split`` an int) or the profiling segments (``split`` None)."""
+        where = ["--split", str(split)] if split is not None else ["--segments"]
+        args = [sys.executable, CLI, "export", "--model", self.model] + where + ["--out", out_dir]
         args += ["--weights", self.weights] if self.weights else (["--random-init"] if self.random_init else [])
         if self.input_shape:
             args += ["--input-shape", self.input_shape]
@@ -63,8 +66,9 @@ class OnDemandExporter(object):
                               timeout=EXPORT_TIMEOUT_S)
         if proc.returncode != 0:
             lines = [l for l in proc.stderr.splitlines() if l.strip()]
-            raise HandshakeError("export_failed", "export of {} split {} on the cloud failed: {}".format(
-                self.model, split, lines[-1] if lines else "exit {}".format(proc.returncode)))
+            raise HandshakeError("export_failed", "export of {} {} on the cloud failed: {}".format(
+                self.model, "split {}".format(split) if split is not None else "segments",
+                lines[-1] if lines else "exit {}".format(proc.returncode)))
 
 
 class TailRegistry(object):
@@ -81,9 +85,15 @@ class TailRegistry(object):
         self._loaded = {}    # bundle id -> (manifest, runner)
         self._loading = {}   # bundle id -> lock, so each tail is loaded once
         self._exports = {}   # (model, split) -> threading.Event while an export runs
+        self._profile_lock = threading.Lock()
+        self._profiles = {}  # (segments bundle id, batch size) -> profile
+
+    def bundles(self):
+        """The split bundles in the store (what inference can use)."""
+        return self.store.scan(KIND_SPLIT)[0]
 
     def held(self, bundle_id):
-        """The bundle with this id in the store, or None."""
+        """The bundle (of any kind) with this id in the store, or None."""
         for m in self.store.scan()[0]:
             if m.bundle_id == bundle_id:
                 return m
@@ -124,8 +134,11 @@ class TailRegistry(object):
                 if bundle_id in self._loaded:
                     return self._loaded[bundle_id]
             manifest = self.held(bundle_id)
+            if manifest is not None and manifest.kind != KIND_SPLIT:
+                raise HandshakeError("unknown_bundle", "bundle {} holds profiling segments, not a split".format(
+                    bundle_id))
             if manifest is None:
-                same = [m for m in self.store.scan()[0] if m.model_id == model and m.split_index == split]
+                same = [m for m in self.bundles() if m.model_id == model and m.split_index == split]
                 if same:
                     raise HandshakeError("bundle_mismatch", "the edge's bundle {} for {} split {} is not the cloud's "
                                          "({}): head and tail come from different exports; copy one bundle to "
@@ -138,7 +151,7 @@ class TailRegistry(object):
             with self._lock:
                 active = self.active.get(model)
             if active is None:
-                held = sorted(m.split_index for m in self.store.scan()[0] if m.model_id == model)
+                held = sorted(m.split_index for m in self.bundles() if m.model_id == model)
                 raise HandshakeError("no_active", "no bundle is active for {} on the cloud; give --split ({}) or "
                                      "push one with --activate".format(model, ", ".join(map(str, held)) or
                                                                          "none held"))
@@ -147,11 +160,11 @@ class TailRegistry(object):
 
     def _for_split(self, model, split, notify):
         while True:
-            for m in self.store.scan()[0]:
+            for m in self.bundles():
                 if m.model_id == model and m.split_index == split:
                     return m
             if self.exporter is None or self.exporter.model != model:
-                held = ["{}-s{}".format(m.model_id, m.split_index) for m in self.store.scan()[0]]
+                held = ["{}-s{}".format(m.model_id, m.split_index) for m in self.bundles()]
                 raise HandshakeError("unknown_bundle", "the cloud holds no bundle for {} split {} (it holds: {}); "
                                      "export it on the cloud, or start serve-cloud with --model {}".format(
                                          model, split, ", ".join(held) or "none", model))
@@ -172,19 +185,54 @@ class TailRegistry(object):
                 with self._lock:
                     del self._exports[(model, split)]
                 event.set()
-            for m in self.store.scan()[0]:
+            for m in self.bundles():
                 if m.model_id == model and m.split_index == split:
                     return m
             raise HandshakeError("export_failed", "the export of {} split {} wrote no bundle".format(model, split))
 
+    def segments(self, model, notify):
+        """The segments bundle of a model (exported on demand when the server can)."""
+        for m in self.store.scan(KIND_SEGMENTS)[0]:
+            if m.model_id == model:
+                return m
+        if self.exporter is None or self.exporter.model != model:
+            raise HandshakeError("no_segments", "the cloud holds no segments bundle for {}; run `cli.py export "
+                                 "--model {} --segments` on the cloud, or start serve-cloud with --model {}".format(
+                                     model, model, model))
+        with self._profile_lock:
+            for m in self.store.scan(KIND_SEGMENTS)[0]:
+                if m.model_id == model:
+                    return m
+            notify("the cloud is exporting the segments of {} for profiling; this takes a minute".format(model))
+            self.exporter.export(None, self.store.root)
+        for m in self.store.scan(KIND_SEGMENTS)[0]:
+            if m.model_id == model:
+                return m
+        raise HandshakeError("export_failed", "the export of {} segments wrote no bundle".format(model))
+
+    def profile(self, model, batch_size, notify):
+        """The server's own profile of a model's segments (measured once per batch size, then kept)."""
+        manifest = self.segments(model, notify)
+        with self._profile_lock:
+            key = (manifest.bundle_id, batch_size)
+            if key not in self._profiles:
+                manifest.verify_files(parts=("segments",))
+                notify("the cloud is profiling {} at batch size {}".format(model, batch_size))
+                self._profiles[key] = profile_segments(manifest, self.backend, self.device, batch_size, self.threads)
+                log.info("profiled %s segments at batch %d: %.3f ms in all", model, batch_size,
+                         sum(self._profiles[key]["segment_ms"]))
+            return manifest, self._profiles[key]
+
     def install(self, tmp, data, activate):
         """Make a pushed bundle (files verified in ``tmp``) visible, load its tail, maybe activate it."""
         write_manifest(tmp, data)
-        target = os.path.join(self.store.root, bundle_dir_name(data["model"]["id"], data["split"]["index"]))
+        target = os.path.join(self.store.root, directory_name(data))
         install_dir(tmp, target)
-        manifest, _ = self.load(load_manifest(target))
-        if activate:
-            self.activate(manifest)
+        manifest = load_manifest(target)
+        if manifest.kind == KIND_SPLIT:
+            self.load(manifest)
+            if activate:
+                self.activate(manifest)
         return manifest
 
     def activate(self, manifest):
@@ -352,6 +400,10 @@ class CloudServer(object):
             if active and active != session.manifest.bundle_id:
                 meta["active"] = active  # the edge switches at its next batch boundary
             return p.send_frame(conn, p.RESULT, frame.request_id, meta, out)
+        if frame.type == p.ECHO:  # network probe: the payload goes straight back
+            return p.send_frame(conn, p.RESULT, frame.request_id, {"cloud_ms": 0.0}, frame.array)
+        if frame.type == p.PROFILE:
+            return self._profile(conn, frame)
         if frame.type == p.FETCH:
             return self._fetch(conn, frame, session)
         if frame.type == p.PUSH:
@@ -382,13 +434,27 @@ class CloudServer(object):
             "provider": runner.provider, "max_frame_bytes": self.max_frame_bytes, "protocol": p.VERSION,
             "active": self.registry.active_for(model)})
 
+    def _profile(self, conn, frame):
+        try:
+            model, batch_size = str(frame.meta["model"]), int(frame.meta.get("batch_size", 1))
+        except (KeyError, TypeError, ValueError):
+            raise p.ProtocolError("bad_meta", "PROFILE needs model and batch_size")
+        if not 1 <= batch_size <= 1024:
+            raise p.ProtocolError("bad_meta", "PROFILE batch_size must be 1..1024")
+
+        def notify(message):
+            p.send_frame(conn, p.NOTICE, frame.request_id, {"message": message, "wait_s": EXPORT_TIMEOUT_S})
+
+        manifest, profile = self.registry.profile(model, batch_size, notify)
+        return p.send_frame(conn, p.DONE, frame.request_id, {"manifest": manifest.data, "profile": profile})
+
     def _fetch(self, conn, frame, session):
         manifest = self.registry.manifest(str(frame.meta.get("bundle_id")))
         part, formats = frame.meta.get("part"), frame.meta.get("formats")
-        if part not in ("head", "tail") or not isinstance(formats, list) or not formats:
-            raise p.ProtocolError("bad_meta", "FETCH needs bundle_id, part (head/tail) and formats")
-        entry = manifest.part(part)
-        missing = [f for f in formats if entry is not None and f not in entry["files"]]
+        if part not in ("head", "tail", "segments") or not isinstance(formats, list) or not formats:
+            raise p.ProtocolError("bad_meta", "FETCH needs bundle_id, part (head, tail or segments) and formats")
+        available = {fmt for prt, fmt, _ in manifest.iter_files() if prt == part}
+        missing = [f for f in formats if available and f not in available]
         if missing:
             raise HandshakeError("unknown_format", "bundle {} has no {} in {}; re-export it with --formats {}".format(
                 manifest.bundle_id, part, ", ".join(missing), ",".join(missing)))
@@ -415,9 +481,9 @@ class CloudServer(object):
         held = self.registry.held(data["bundle_id"])
         p.send_frame(conn, p.READY, frame.request_id, {"have": held is not None})
         if held is not None:
-            manifest, _ = self.registry.load(held)
-            if activate:
-                self.registry.activate(manifest)
+            manifest = held
+            if activate and held.kind == KIND_SPLIT:
+                self.registry.activate(self.registry.load(held)[0])
         else:
             remove_stale_temp_dirs(self.registry.store.root)
             tmp = temp_dir(self.registry.store.root, "push")
@@ -437,6 +503,10 @@ class CloudServer(object):
 def _check_tensor(session, type_, dtype, shape):
     if type_ == p.CHUNK:  # during a push, receive_files reads the chunks with its own check
         raise p.ProtocolError("bad_type", "CHUNK outside a push")
+    if type_ == p.ECHO:
+        if dtype != "uint8" or len(shape) != 1:
+            raise p.ProtocolError("bad_shape", "ECHO carries 1-D uint8 bytes")
+        return
     manifest = session.manifest
     if manifest is None:
         raise p.ProtocolError("no_hello", "INFER before HELLO: the edge must name its bundle first")

@@ -18,14 +18,17 @@ class BundleStore(object):
         return sorted(os.path.join(self.root, d) for d in os.listdir(self.root)
                       if not d.startswith(".") and os.path.isfile(os.path.join(self.root, d, MANIFEST_NAME)))
 
-    def scan(self):
-        """Every readable bundle, and (directory, error) for those that are not."""
+    def scan(self, kind=None):
+        """Every readable bundle (of ``kind``, if given), and (directory, error) for those that are not."""
         good, bad = [], []
         for d in self._dirs():
             try:
-                good.append(load_manifest(d))
+                manifest = load_manifest(d)
             except ManifestError as exc:
                 bad.append((d, str(exc)))
+                continue
+            if kind is None or manifest.kind == kind:
+                good.append(manifest)
         return good, bad
 
     def find(self, model_id, split_index):

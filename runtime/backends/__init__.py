@@ -31,9 +31,13 @@ def load_part(manifest, part, backend="onnx", device="auto", threads=0):
         raise UserError("unknown device {!r}; choose from {}".format(device, ", ".join(DEVICES)))
     if manifest.part(part) is None:
         return PassThrough()
-    path = manifest.file_path(part, _FORMAT[backend])
+    return load_file(manifest.file_path(part, _FORMAT[backend]), backend, device, threads, manifest.directory)
+
+
+def load_file(path, backend="onnx", device="auto", threads=0, cache_dir="."):
+    """Load one compiled file (a head, a tail, or a profiling segment) with the chosen backend."""
     if backend == "onnx":
         from .ort import OnnxBackend
-        return OnnxBackend(path, device, threads, cache_dir=manifest.directory)
+        return OnnxBackend(path, device, threads, cache_dir=cache_dir)
     from .torchscript import TorchScriptBackend
     return TorchScriptBackend(path, device, threads)

@@ -1,0 +1,119 @@
+"""Export a model cut at every valid point, segment by segment: what edge and cloud profile.
+
+``<model>-segments/`` holds segment ``i`` (point ``i`` to point ``i + 1``) as
+``seg{i:03d}.onnx`` / ``.pt`` and a manifest of kind ``segments`` with every point's
+boundary spec.  Each side times each segment with the runtime and device it will
+really use; the planner adds them up (head = segments before the split, tail =
+segments after it).  Chained together the segments must reproduce the unsplit
+model, which is verified as for a split bundle.
+"""
+import datetime
+import os
+import shutil
+import tempfile
+import warnings
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from runtime import manifest as mf
+
+from . import compile as compiler
+from .bundle import INPUT_NAME, RANDOM_INIT_SEED, _tensor_spec, _toolchain, prepare_model
+from .cutpoints import TracedModel
+from .errors import ExportError, VerificationError
+from .models.configs import resolve
+from .progress import Steps
+from .verify import DEFAULT_ATOL, DEFAULT_RTOL, compare
+
+SEGMENT_NAME = "x"
+
+
+def _run_chain(directory: str, segments, fmt: str, x: np.ndarray) -> np.ndarray:
+    if fmt == "onnx":
+        import onnxruntime as ort
+        for seg in segments:
+            session = ort.InferenceSession(os.path.join(directory, seg["files"]["onnx"]["file"]),
+                                           providers=["CPUExecutionProvider"])
+            x = session.run(None, {session.get_inputs()[0].name: x})[0]
+        return x
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.load's deprecation notice
+        for seg in segments:
+            x = torch.jit.load(os.path.join(directory, seg["files"]["torchscript"]["file"]))(torch.from_numpy(x)).numpy()
+    return x
+
+
+def export_segments(model_spec: str, weights: Optional[str] = None, random_init: bool = False,
+                    formats: Sequence[str] = mf.FORMATS, opset: int = compiler.JETSON_OPSET,
+                    out_dir: str = "artifacts", input_shape: Optional[Tuple[int, ...]] = None,
+                    atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL) -> Tuple[str, dict]:
+    formats = [f for f in mf.FORMATS if f in set(formats)]
+    config = resolve(model_spec, input_shape)
+    model, weights_path, weights_sha = prepare_model(config, weights, random_init)
+    traced = TracedModel(model, config.input_shape)
+    n = len(traced.points) - 1
+    destination = os.path.join(out_dir, mf.segments_dir_name(config.model_id))
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".tmp-segments-", dir=out_dir)
+    except OSError as exc:
+        raise ExportError("cannot write to output directory {} ({}); choose another with --out".format(
+            out_dir, exc.strerror or exc))
+    try:
+        x = torch.randn((2,) + config.input_shape, generator=torch.Generator().manual_seed(1))
+        segments = []
+        with Steps("export {} segments".format(config.model_id), n * len(formats) + 1) as steps:
+            for i in range(n):
+                module = traced.segment(i)
+                files = {}
+                for fmt in formats:
+                    path = os.path.join(tmp, mf.segment_file_name(i, fmt))
+                    steps.advance("segment {} -> {}".format(i, fmt))
+                    extra = compiler.export_onnx(module, x, path, opset, SEGMENT_NAME, SEGMENT_NAME + "_out") \
+                        if fmt == "onnx" else compiler.export_torchscript(module, x, path)
+                    files[fmt] = mf.file_entry(path, format=fmt, **extra)
+                with torch.no_grad():
+                    y = module(x)
+                segments.append({"index": i, "from": i, "to": i + 1, "name": traced.points[i + 1].name,
+                                 "input": {"shape": [None] + list(x.shape[1:])},
+                                 "output": {"shape": [None] + list(y.shape[1:])},
+                                 "params": sum(p.numel() for p in module.parameters()), "files": files})
+                x = y
+            hashes = [f["sha256"] for seg in segments for f in seg["files"].values()]
+            manifest = {
+                "schema_version": mf.SCHEMA_VERSION, "kind": mf.KIND_SEGMENTS,
+                "bundle_id": mf.bundle_id(config.model_id, weights_sha, mf.KIND_SEGMENTS, hashes),
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "model": {"id": config.model_id, "source": config.source, "notes": config.notes,
+                          "weights": {"path": weights_path, "sha256": weights_sha,
+                                      "random_init": weights_path is None,
+                                      "random_seed": RANDOM_INIT_SEED if weights_path is None else None},
+                          "num_split_points": len(traced.points)},
+                "input": dict(_tensor_spec(INPUT_NAME, config.input_shape), preprocess=config.preprocess_spec()),
+                "output": _tensor_spec("output", traced.points[-1].shape),
+                "points": [p.as_dict() for p in traced.points],
+                "segments": segments,
+                "toolchain": _toolchain(),
+            }
+            steps.advance("verify the chain")
+            sample = torch.randn((3,) + config.input_shape, generator=torch.Generator().manual_seed(2))
+            with torch.no_grad():
+                ref = model(sample).numpy()
+            results = []
+            for fmt in formats:
+                result = dict(format=fmt, batch_size=3, tensor="output",
+                              **compare(_run_chain(tmp, segments, fmt, sample.numpy()), ref, atol, rtol))
+                results.append(result)
+                if not result["passed"]:
+                    raise VerificationError("verification failed: the chained {} segments differ from the unsplit "
+                                            "model (max abs diff {}); nothing was written".format(
+                                                fmt, result["max_abs_diff"]))
+            manifest["verification"] = {"atol": atol, "rtol": rtol, "results": results}
+            mf.write_manifest(tmp, manifest)
+            mf.install_dir(tmp, destination)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return destination, manifest

@@ -1,0 +1,116 @@
+"""`profile` and `plan`, and `run-edge --split auto`: measure both sides and the network, then choose a split.
+
+Python 3.6 syntax: this module runs on the Jetson.
+"""
+import os
+import sys
+
+from . import protocol as p
+from .backends import load_file
+from .errors import UserError
+from .manifest import load_manifest, validate
+from .planner import check_profiles, choose, format_plan, predict
+from .profile import ProfileCache, probe_network, profile_key, profile_segments, read_profile, write_profile
+
+
+def _say(message):
+    sys.stderr.write("plan: {}\n".format(message))
+    sys.stderr.flush()
+
+
+def cloud_profile(conn, model, batch_size):
+    """The cloud's segments manifest and its own profile of them (PROFILE)."""
+    request_id, _ = conn.send(p.PROFILE, {"model": model, "batch_size": batch_size})
+    done = conn.expect(p.DONE, request_id).meta
+    return validate(done.get("manifest"), "the cloud's segments manifest"), done.get("profile")
+
+
+def edge_profile(session, segments_data, batch_size):
+    """This side's profile of the segments: from the profile cache, or measured now (fetching the segments)."""
+    cache = session.cache
+    formats = session.formats
+    profiles = ProfileCache(os.path.join(cache.root, ".profiles"))
+    manifest = cache.lookup(segments_data, formats, part="segments")
+    if manifest is None:
+        _say("fetching the segments of {} for profiling".format(segments_data["model"]["id"]))
+        manifest, _, _ = cache.fetch(session.conn, segments_data, formats, part="segments")
+    first = manifest["segments"][0]["files"][formats[0]]["file"]
+    provider = load_file(os.path.join(manifest.directory, first), session.backend, session.device, session.threads,
+                         manifest.directory).provider
+    hit = profiles.get(profile_key(manifest, session.backend, provider, session.device, batch_size))
+    if hit:
+        return hit
+    _say("profiling {} segments here ({} backend)".format(len(manifest["segments"]), session.backend))
+    profile = profile_segments(manifest, session.backend, session.device, batch_size, session.threads)
+    profiles.put(profile)
+    return profile
+
+
+def measure_network(conn, bandwidth=None, rtt=None):
+    if bandwidth is not None and rtt is not None:
+        return {"rtt_ms": rtt, "bandwidth_mbps": bandwidth, "source": "given"}
+    net = probe_network(conn)
+    if bandwidth is not None:
+        net["bandwidth_mbps"], net["source"] = bandwidth, "bandwidth given, rtt probed"
+    if rtt is not None:
+        net["rtt_ms"], net["source"] = rtt, "rtt given, bandwidth probed"
+    return net
+
+
+def make_plan(session, batch_size=1, bandwidth=None, rtt=None, objective="latency", edge_file=None,
+              cloud_file=None):
+    """Profiles of both sides + the network -> (rows, choice, network)."""
+    segments_data, cloud = cloud_profile(session.conn, session.model, batch_size)
+    if cloud_file:
+        cloud = read_profile(cloud_file)
+    edge = read_profile(edge_file) if edge_file else edge_profile(session, segments_data, batch_size)
+    check_profiles(edge, cloud)
+    network = measure_network(session.conn, bandwidth, rtt)
+    rows = predict(edge["points"], edge["segment_ms"], cloud["segment_ms"], network["rtt_ms"],
+                   network["bandwidth_mbps"], batch_size, edge.get("output_bytes_per_sample", 0))
+    return rows, choose(rows, objective), network
+
+
+def run_plan(cloud, model="resnet50", cache="artifacts", backend="onnx", device="auto", batch_size=1,
+             bandwidth=None, rtt=None, objective="latency", edge_profile_file=None, cloud_profile_file=None,
+             as_json=False, timeout=600.0, threads=0, out=None):
+    """The plan command: print the predicted table and the choice."""
+    import json
+    from .edge import EdgeSession
+    out = out or sys.stdout
+    session = EdgeSession(cloud, model, cache, backend=backend, device=device, threads=threads, timeout=timeout)
+    try:
+        rows, choice, network = make_plan(session, batch_size, bandwidth, rtt, objective, edge_profile_file,
+                                          cloud_profile_file)
+    finally:
+        session.close()
+    if as_json:
+        out.write(json.dumps({"network": network, "objective": objective, "batch_size": batch_size,
+                              "choice": choice, "rows": rows}, indent=1) + "\n")
+    else:
+        out.write(format_plan(rows, choice, network, objective) + "\n")
+    return rows, choice, network
+
+
+def run_profile(out_path, cloud=None, segments_dir=None, model="resnet50", cache="artifacts", backend="onnx",
+                device="auto", batch_size=1, threads=0, timeout=600.0):
+    """The profile command: this side's profile, from a local segments bundle or one fetched from the cloud."""
+    if bool(cloud) == bool(segments_dir):
+        raise UserError("give --cloud HOST:PORT (fetch the segments) or --segments DIR (a local segments bundle)")
+    if segments_dir:
+        manifest = load_manifest(segments_dir)
+        manifest.verify_files(formats=("onnx" if backend == "onnx" else "torchscript",))
+        profile = profile_segments(manifest, backend, device, batch_size, threads)
+    else:
+        from .edge import EdgeSession
+        session = EdgeSession(cloud, model, cache, backend=backend, device=device, threads=threads, timeout=timeout)
+        try:
+            segments_data, _ = cloud_profile(session.conn, model, batch_size)
+            profile = edge_profile(session, segments_data, batch_size)
+        finally:
+            session.close()
+    write_profile(out_path, profile)
+    sys.stdout.write("profile of {} ({} segments, {:.3f} ms in all, {} {} batch {}) -> {}\n".format(
+        profile["key"]["model"], len(profile["segment_ms"]), sum(profile["segment_ms"]), profile["key"]["backend"],
+        profile["key"]["provider"], batch_size, out_path))
+    return profile

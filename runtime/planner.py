@@ -1,0 +1,72 @@
+"""The planner: predicted end-to-end latency (or throughput) of every split, from measured profiles.
+
+For split ``k`` at batch size ``B`` (figures per request):
+
+    edge(k)     = sum of the edge's segment times before point k
+    cloud(k)    = sum of the cloud's segment times from point k on
+    network(k)  = rtt + (B * bytes(k) + frame) / bandwidth + (B * output bytes + frame) / bandwidth
+    latency(k)  = edge(k) + network(k) + cloud(k)
+    throughput  = B / max(edge(k), network(k), cloud(k))   (the three stages pipelined)
+
+It works on any model's valid cut points: a model's points are those of its
+segments bundle, whatever its graph looks like between them.
+
+Python 3.6 syntax.
+"""
+from .errors import UserError
+from .protocol import HEADER_SIZE
+
+FRAME_BYTES = HEADER_SIZE + 48  # header and typical metadata of an INFER or RESULT frame
+OBJECTIVES = ("latency", "throughput")
+
+
+def check_profiles(edge, cloud):
+    if len(edge["segment_ms"]) != len(cloud["segment_ms"]) or \
+            [p["bytes_per_sample"] for p in edge["points"]] != [p["bytes_per_sample"] for p in cloud["points"]]:
+        raise UserError("the edge and cloud profiles are of different models or exports; profile both from the "
+                        "same segments bundle")
+
+
+def predict(points, edge_ms, cloud_ms, rtt_ms, bandwidth_mbps, batch_size=1, output_bytes=0, splits=None):
+    """Predicted figures for each split (all points, or ``splits``)."""
+    if len(edge_ms) != len(points) - 1 or len(cloud_ms) != len(points) - 1:
+        raise UserError("profiles must have one time per segment ({} points)".format(len(points)))
+    if bandwidth_mbps <= 0:
+        raise UserError("bandwidth must be positive")
+    ms_per_byte = 8.0 / (bandwidth_mbps * 1e6) * 1000.0
+    rows = []
+    for k in (range(len(points)) if splits is None else splits):
+        edge = float(sum(edge_ms[:k]))
+        cloud = float(sum(cloud_ms[k:]))
+        up = batch_size * points[k]["bytes_per_sample"] + FRAME_BYTES
+        down = batch_size * output_bytes + FRAME_BYTES
+        network = rtt_ms + (up + down) * ms_per_byte
+        slowest = max(edge, network, cloud)
+        rows.append({"split": k, "name": points[k]["name"], "bytes_per_sample": points[k]["bytes_per_sample"],
+                     "edge_ms": edge, "network_ms": network, "cloud_ms": cloud,
+                     "latency_ms": edge + network + cloud,
+                     "throughput_samples_per_s": batch_size * 1000.0 / slowest if slowest > 0 else float("inf")})
+    return rows
+
+
+def choose(rows, objective="latency"):
+    if objective not in OBJECTIVES:
+        raise UserError("unknown objective {!r}; choose from {}".format(objective, ", ".join(OBJECTIVES)))
+    if objective == "latency":
+        return min(rows, key=lambda r: (r["latency_ms"], r["split"]))
+    return max(rows, key=lambda r: (r["throughput_samples_per_s"], -r["split"]))
+
+
+def format_plan(rows, choice, network, objective):
+    lines = ["network: rtt {:.3f} ms, bandwidth {:.1f} Mbit/s ({})".format(
+        network["rtt_ms"], network["bandwidth_mbps"], network.get("source", "given")),
+        "| split | after | bytes/sample | edge ms | network ms | cloud ms | latency ms | samples/s |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        mark = " **<-**" if r["split"] == choice["split"] else ""
+        lines.append("| {} | {} | {} | {:.3f} | {:.3f} | {:.3f} | {:.3f} | {:.1f} |{}".format(
+            r["split"], r["name"], r["bytes_per_sample"], r["edge_ms"], r["network_ms"], r["cloud_ms"],
+            r["latency_ms"], r["throughput_samples_per_s"], mark))
+    lines.append("choice ({}): split {} ({}), predicted latency {:.3f} ms, {:.1f} samples/s".format(
+        objective, choice["split"], choice["name"], choice["latency_ms"], choice["throughput_samples_per_s"]))
+    return "\n".join(lines)

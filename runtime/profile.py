@@ -1,0 +1,118 @@
+"""Profiles: measured latency of every segment on this side, and the network between the sides.
+
+A profile is the median time of each segment of a model's ``segments`` bundle
+(point ``i`` to ``i + 1``), measured with the backend, provider and device that
+will really run it, at one batch size, after warm-up runs.  It is kept as JSON,
+keyed by (segments bundle id, backend, provider, device, batch size), so a
+Jetson's profile made once is reused.  The network is probed on the live
+connection: ECHO frames of a few sizes, fitted as ``t = rtt + bytes / bandwidth``.
+
+Python 3.6 syntax: this module runs on the Jetson.
+"""
+import hashlib
+import json
+import os
+import time
+
+import numpy as np
+
+from . import protocol as p
+from .backends import load_file
+from .errors import UserError
+
+RUNS = 10
+WARMUP = 3
+PROBE_SIZES = (1024, 64 * 1024, 256 * 1024, 1024 * 1024)
+PROBE_REPEATS = 5
+
+
+def profile_key(manifest, backend, provider, device, batch_size):
+    return {"segments": manifest.bundle_id, "model": manifest.model_id, "backend": backend, "provider": provider,
+            "device": device, "batch_size": batch_size}
+
+
+def profile_segments(manifest, backend="onnx", device="auto", batch_size=1, threads=0, runs=RUNS, warmup=WARMUP):
+    """Time every segment of a segments bundle here; return the profile (a JSON-able dict)."""
+    fmt = "onnx" if backend == "onnx" else "torchscript"
+    rng = np.random.RandomState(0)
+    segment_ms, provider = [], None
+    for seg in manifest["segments"]:
+        if fmt not in seg["files"]:
+            raise UserError("segments bundle {} has no {} files; re-export with --segments --formats {}".format(
+                manifest.bundle_id, fmt, fmt))
+        runner = load_file(os.path.join(manifest.directory, seg["files"][fmt]["file"]), backend, device, threads,
+                           manifest.directory)
+        provider = runner.provider
+        x = rng.standard_normal([batch_size] + seg["input"]["shape"][1:]).astype(np.float32)
+        for _ in range(warmup):
+            runner.run(x)
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            runner.run(x)
+            times.append((time.perf_counter() - t0) * 1000.0)
+        segment_ms.append(float(np.median(times)))
+    return {"key": profile_key(manifest, backend, provider, device, batch_size), "segment_ms": segment_ms,
+            "points": manifest["points"], "output_bytes_per_sample": manifest["output"]["bytes_per_sample"],
+            "runs": runs, "warmup": warmup, "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+class ProfileCache(object):
+    """Profiles as JSON files under ``root``, one per key."""
+
+    def __init__(self, root):
+        self.root = root
+
+    def _path(self, key):
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()[:20]
+        return os.path.join(self.root, "{}.json".format(digest))
+
+    def get(self, key):
+        path = self._path(key)
+        if os.path.isfile(path):
+            profile = read_profile(path)
+            if profile.get("key") == key:
+                return profile
+        return None
+
+    def put(self, profile):
+        os.makedirs(self.root, exist_ok=True)
+        write_profile(self._path(profile["key"]), profile)
+
+
+def write_profile(path, profile):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(profile, f, indent=1)
+    os.replace(tmp, path)
+
+
+def read_profile(path):
+    try:
+        with open(path) as f:
+            profile = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise UserError("cannot read profile {} ({})".format(path, exc))
+    if not isinstance(profile, dict) or not isinstance(profile.get("segment_ms"), list) or "points" not in profile:
+        raise UserError("{} is not a profile written by `cli.py profile`".format(path))
+    return profile
+
+
+def probe_network(conn, sizes=PROBE_SIZES, repeats=PROBE_REPEATS):
+    """Echo a few payload sizes over ``conn``; fit round trip = rtt + 2 * bytes / bandwidth (both directions)."""
+    samples = []
+    for size in sizes:
+        payload = np.zeros(size, dtype=np.uint8)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            request_id, _ = conn.send(p.ECHO, {}, payload)
+            conn.expect(p.RESULT, request_id)
+            times.append((time.perf_counter() - t0) * 1000.0)
+        samples.append((size, float(np.median(times))))
+    sizes_arr = np.array([s for s, _ in samples], dtype=np.float64)
+    times_arr = np.array([t for _, t in samples], dtype=np.float64)
+    slope, intercept = np.polyfit(2 * sizes_arr, times_arr, 1)  # ms per byte, both directions
+    slope = max(slope, 1e-9)
+    return {"rtt_ms": max(float(intercept), 0.0), "bandwidth_mbps": 8.0 / (slope * 1000.0),
+            "samples": [{"bytes": s, "ms": t} for s, t in samples], "source": "probe"}
