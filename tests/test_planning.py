@@ -1,0 +1,142 @@
+"""Profiles, the network probe, the planner, plan/profile/sweep and --split auto, on real processes."""
+import csv
+import json
+import os
+
+import pytest
+
+from cloud_server import ServerProcess
+from conftest import run_cli
+from exporter.bundle import export_bundle
+from exporter.segments import export_segments
+from runtime.errors import UserError
+from runtime.manifest import load_manifest
+from runtime.planner import choose, predict
+from runtime.profile import ProfileCache, profile_segments
+
+MODEL = "tiny_models:build"
+MODEL_ID = "tiny_models-build"
+
+# 5 points: the activation shrinks along the model, the edge is 10x slower than the cloud.
+POINTS = [{"index": i, "name": "p{}".format(i), "bytes_per_sample": b}
+          for i, b in enumerate([600000, 200000, 20000, 2000, 40])]
+EDGE_MS = [2.0, 2.0, 4.0, 4.0]
+CLOUD_MS = [0.2, 0.2, 0.4, 0.4]
+
+
+def test_planner_moves_the_split_later_as_bandwidth_drops():
+    def best(mbps):
+        return choose(predict(POINTS, EDGE_MS, CLOUD_MS, rtt_ms=1.0, bandwidth_mbps=mbps, output_bytes=40))["split"]
+    assert best(10000) == 0      # fast network: ship the input, the cloud is 10x faster
+    assert best(50) == 2         # slower: compute until the activation is small
+    assert best(1) == 4          # very slow: everything on the edge
+    row = predict(POINTS, EDGE_MS, CLOUD_MS, 1.0, 8.0, output_bytes=40, splits=[2])[0]
+    assert row["edge_ms"] == 4.0 and row["cloud_ms"] == pytest.approx(0.8)
+    frame = 28 + 48
+    assert row["network_ms"] == pytest.approx(1.0 + (20000 + frame + 40 + frame) / 1000.0)  # 8 Mbit/s = 1 byte/us
+    assert row["latency_ms"] == row["edge_ms"] + row["network_ms"] + row["cloud_ms"]
+
+
+def test_throughput_objective_takes_the_slowest_stage():
+    rows = predict(POINTS, EDGE_MS, CLOUD_MS, 1.0, 100.0, batch_size=4, output_bytes=40)
+    for r in rows:
+        assert r["throughput_samples_per_s"] == pytest.approx(4000.0 / max(r["edge_ms"], r["network_ms"], r["cloud_ms"]))
+    assert choose(rows, "throughput") == max(rows, key=lambda r: r["throughput_samples_per_s"])
+    with pytest.raises(UserError):
+        choose(rows, "energy")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A cloud store with every split and the segments of a model whose graph is not a chain (a skip connection)."""
+    root = tmp_path_factory.mktemp("store")
+    path, manifest = export_segments(MODEL, random_init=True, out_dir=str(root))
+    for split in range(len(manifest["points"])):
+        export_bundle(MODEL, str(split), random_init=True, out_dir=str(root))
+    return root, load_manifest(path)
+
+
+def test_segments_profile_and_its_cache(store, tmp_path):
+    _, segments = store
+    assert segments.kind == "segments" and len(segments["segments"]) == len(segments["points"]) - 1
+    profile = profile_segments(segments, "onnx", "cpu", batch_size=2, runs=5, warmup=1)
+    assert len(profile["segment_ms"]) == len(segments["segments"]) and all(t > 0 for t in profile["segment_ms"])
+    assert profile["key"]["provider"] == "CPUExecutionProvider" and profile["key"]["batch_size"] == 2
+    cache = ProfileCache(str(tmp_path))
+    assert cache.get(profile["key"]) is None
+    cache.put(profile)
+    assert cache.get(profile["key"]) == profile
+    rows = predict(profile["points"], profile["segment_ms"], profile["segment_ms"], 0.1, 100.0)
+    assert [r["split"] for r in rows] == list(range(len(profile["points"])))
+
+
+@pytest.fixture(scope="module")
+def server(store):
+    srv = ServerProcess(store[0])
+    yield srv
+    assert srv.stop() == 0, srv.log_text()
+
+
+def test_plan_measures_both_sides_and_the_network(server, tmp_path):
+    proc = run_cli("plan", "--cloud", server.address, "--model", MODEL_ID, "--cache", tmp_path, "--json")
+    assert proc.returncode == 0, proc.stderr
+    plan = json.loads(proc.stdout)
+    assert plan["network"]["source"] == "probe" and plan["network"]["bandwidth_mbps"] > 10
+    assert plan["choice"] == min(plan["rows"], key=lambda r: (r["latency_ms"], r["split"]))
+    slow = json.loads(run_cli("plan", "--cloud", server.address, "--model", MODEL_ID, "--cache", tmp_path,
+                              "--bandwidth", "0.01", "--rtt", "5", "--json").stdout)
+    assert slow["network"]["source"] == "given"
+    assert slow["choice"]["split"] == len(slow["rows"]) - 1  # 10 kbit/s: send the 5 logits, not a feature map
+    assert "profiling" not in run_cli("plan", "--cloud", server.address, "--model", MODEL_ID, "--cache",
+                                      tmp_path).stderr  # the edge profile came from the cache
+
+
+def test_profile_writes_json_that_plan_reuses(server, store, tmp_path):
+    out = tmp_path / "edge.json"
+    proc = run_cli("profile", "--segments", os.path.join(str(store[0]), MODEL_ID + "-segments"), "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    profile = json.loads(out.read_text())
+    assert len(profile["segment_ms"]) == len(profile["points"]) - 1
+    proc = run_cli("plan", "--cloud", server.address, "--model", MODEL_ID, "--cache", tmp_path / "c",
+                   "--edge-profile", out, "--bandwidth", "100", "--rtt", "1")
+    assert proc.returncode == 0 and "choice (latency): split" in proc.stdout
+    assert not os.path.exists(str(tmp_path / "c" / (MODEL_ID + "-segments")))  # nothing fetched: the file was used
+
+
+def test_run_edge_split_auto_runs_the_planned_split(server, tmp_path):
+    report = tmp_path / "r.json"
+    proc = run_cli("run-edge", "--cloud", server.address, "--model", MODEL_ID, "--cache", tmp_path, "--split",
+                   "auto", "--bandwidth", "0.01", "--rtt", "5", "--dataset", "synthetic", "--limit", 5,
+                   "--report", report)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(report.read_text())
+    assert r["plan"]["choice"]["split"] == r["split"] == r["plan"]["choice"]["split"]
+    assert "planned split" in proc.stderr
+
+
+def test_sweep_measures_each_split_on_the_same_samples(server, store, tmp_path):
+    n_points = len(store[1]["points"])
+    splits = ",".join(str(s) for s in range(n_points))
+    proc = run_cli("sweep", "--cloud", server.address, "--model", MODEL_ID, "--cache", tmp_path, "--splits", splits,
+                   "--dataset", "synthetic", "--limit", 12, "--csv", tmp_path / "s.csv", "--png", tmp_path / "s.png")
+    assert proc.returncode == 0, proc.stderr
+    table = [l for l in proc.stdout.splitlines() if l.startswith("| ") and l[2].isdigit()]
+    assert len(table) == n_points
+    rows = list(csv.DictReader(open(str(tmp_path / "s.csv"))))
+    assert [int(r["split"]) for r in rows] == list(range(n_points))
+    assert len({r["accuracy"] for r in rows}) == 1  # the same samples give the same predictions at every split
+    assert all(r["predicted_ms"] not in ("", None) for r in rows)
+    assert float(rows[0]["edge_ms_mean"]) < float(rows[-1]["edge_ms_mean"])  # all on cloud vs all on edge
+    png = (tmp_path / "s.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_plan_without_segments_says_how_to_make_them(tmp_path):
+    root = tmp_path / "store"
+    export_bundle(MODEL, "1", random_init=True, out_dir=str(root))
+    srv = ServerProcess(root)
+    try:
+        proc = run_cli("plan", "--cloud", srv.address, "--model", MODEL_ID, "--cache", tmp_path / "c")
+        assert proc.returncode != 0 and "--segments" in proc.stderr and "Traceback" not in proc.stderr
+    finally:
+        assert srv.stop() == 0
