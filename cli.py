@@ -212,6 +212,8 @@ def serve_cloud(host, port, artifacts, backend, device, max_frame_mb, threads, a
 @click.option("--cache-keep", default=8, show_default=True, type=click.IntRange(1, None),
               help="Bundles kept in the cache (least recently used go first).")
 @click.option("--no-follow", is_flag=True, help="Do not switch when the cloud activates another bundle.")
+@click.option("--adaptive", is_flag=True, help="Re-plan from the bandwidth seen during the run; switch split "
+              "when another is predicted better by 15%.")
 @click.option("--backend", default="onnx", show_default=True, type=BACKEND_CHOICE)
 @click.option("--device", default="auto", show_default=True, type=DEVICE_CHOICE)
 @click.option("--dataset", default="cifar100", show_default=True,
@@ -228,13 +230,13 @@ def serve_cloud(host, port, artifacts, backend, device, max_frame_mb, threads, a
 @click.option("--timeout", default=30.0, show_default=True, type=float, help="Seconds to wait for the cloud.")
 @click.option("--threads", default=0, type=click.IntRange(0, 256), help="Compute threads for the head.")
 @handle_errors
-def run_edge(cloud, model, split, objective, bandwidth, rtt, cache, cache_keep, no_follow, backend, device, dataset,
-             data_dir, limit, batch_size, shuffle, seed, warmup, verbose, report, timeout, threads):
+def run_edge(cloud, model, split, objective, bandwidth, rtt, cache, cache_keep, no_follow, adaptive, backend, device,
+             dataset, data_dir, limit, batch_size, shuffle, seed, warmup, verbose, report, timeout, threads):
     """Run the head here, the tail on the cloud, and print the seed's report."""
     from runtime.edge import run_edge as run
     run(cloud, model, split, cache, backend, device, dataset, data_dir, limit, batch_size, shuffle, seed,
         warmup, verbose, report, timeout, threads, cache_keep, not no_follow,
-        plan_options={"objective": objective, "bandwidth": bandwidth, "rtt": rtt})
+        plan_options={"objective": objective, "bandwidth": bandwidth, "rtt": rtt}, adaptive=adaptive)
 
 
 @main.command()

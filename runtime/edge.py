@@ -174,11 +174,13 @@ def _progress(total, enabled):
     return None
 
 
-def measure(session, data, plan, warmup=3, follow=True, verbose=False, out=None):
+def measure(session, data, plan, warmup=3, follow=True, verbose=False, out=None, adaptive=None):
     """Run every batch of ``plan`` through the session, timing each request; return the RunRecorder.
 
     The first batch is first sent ``warmup`` times (excluded).  With ``follow``, a
-    bundle activated on the cloud is switched to at the next batch boundary.
+    bundle activated on the cloud is switched to at the next batch boundary; with
+    ``adaptive`` (an AdaptivePlanner), a split predicted better for the bandwidth
+    seen so far is.
     """
     out = out or sys.stdout
     preprocess = session.manifest["input"].get("preprocess") or {}
@@ -201,16 +203,21 @@ def measure(session, data, plan, warmup=3, follow=True, verbose=False, out=None)
                 out.write("Prediction: {} / Ground Truth: {}\n".format(int(pred), int(label)))
         if bar is not None:
             bar.update(len(indices))
-        active = meta.get("active")
-        if follow and active and active != session.manifest.bundle_id:  # hot swap at the batch boundary
+        active, reason, new_split = meta.get("active"), None, None
+        if follow and active and active != session.manifest.bundle_id:
+            reason = "bundle {} activated on the cloud".format(active)
+        elif adaptive is not None:
+            adaptive.observe(sent, received, roundtrip_ms - cloud_ms)
+            new_split, reason = adaptive.decide(session.manifest.split_index)
+        if reason:  # hot swap at the batch boundary
             old = session.manifest
-            session.switch_to(bundle_id=active)
+            session.switch_to(bundle_id=None if new_split is not None else active, split=new_split)
             recorder.switches.append({"after_samples": recorder.samples, "time_s": time.perf_counter() - started,
-                                      "from": old.bundle_id, "from_split": old.split_index, "to": active,
-                                      "to_split": session.manifest.split_index,
-                                      "reason": "bundle {} activated on the cloud".format(active)})
-            _say("switched from split {} to split {} (bundle {} activated on the cloud)".format(
-                old.split_index, session.manifest.split_index, active))
+                                      "from": old.bundle_id, "from_split": old.split_index,
+                                      "to": session.manifest.bundle_id, "to_split": session.manifest.split_index,
+                                      "reason": reason})
+            _say("switched from split {} to split {} ({})".format(old.split_index, session.manifest.split_index,
+                                                                 reason))
     recorder.wall_s = time.perf_counter() - started
     if bar is not None:
         bar.close()
@@ -220,38 +227,44 @@ def measure(session, data, plan, warmup=3, follow=True, verbose=False, out=None)
 def run_edge(cloud, model="resnet50", split=None, cache="artifacts", backend="onnx", device="auto",
              dataset="cifar100", data_dir="data", limit=100, batch_size=1, shuffle=False, seed=0, warmup=3,
              verbose=False, report=None, timeout=30.0, threads=0, cache_keep=8, follow=True, out=None,
-             plan_options=None):
+             plan_options=None, adaptive=False):
     """The run-edge command.  Returns the report dict; prints the seed's report to ``out``."""
     out = out or sys.stdout
     if batch_size < 1:
         raise UserError("--batch-size must be at least 1")
     session = EdgeSession(cloud, model, cache, cache_keep, backend, device, threads, timeout)
-    planned = None
+    planned, adapter = None, None
     try:
-        if split == "auto":
+        if split == "auto" or adaptive:
+            from .adaptive import AdaptivePlanner
             from .plan import make_plan
             plan_options = plan_options or {}
+            objective = plan_options.get("objective", "latency")
+            profiles = {}
             rows, choice, network = make_plan(session, batch_size, plan_options.get("bandwidth"),
-                                              plan_options.get("rtt"), plan_options.get("objective", "latency"))
-            planned = {"choice": choice, "network": network, "objective": plan_options.get("objective", "latency")}
-            split = choice["split"]
-            _say("planned split {} ({}): predicted {:.3f} ms at {:.1f} Mbit/s, rtt {:.3f} ms".format(
-                split, choice["name"], choice["latency_ms"], network["bandwidth_mbps"], network["rtt_ms"]))
+                                              plan_options.get("rtt"), objective, profiles=profiles)
+            planned = {"choice": choice, "network": network, "objective": objective}
+            if split == "auto":
+                split = choice["split"]
+                _say("planned split {} ({}): predicted {:.3f} ms at {:.1f} Mbit/s, rtt {:.3f} ms".format(
+                    split, choice["name"], choice["latency_ms"], network["bandwidth_mbps"], network["rtt_ms"]))
+            if adaptive:
+                adapter = AdaptivePlanner(profiles["edge"], profiles["cloud"], network, batch_size, objective)
         manifest = session.switch_to(split=split)
         num_classes = manifest["output"]["shape"][-1]
         data = open_dataset(dataset, manifest["input"], num_classes, limit=limit, seed=seed, data_dir=data_dir)
         plan = batches(data, batch_size, limit, shuffle, seed)
         if not plan:
             raise UserError("the dataset {} is empty".format(dataset))
-        recorder = measure(session, data, plan, warmup, follow, verbose, out)
+        recorder = measure(session, data, plan, warmup, follow, verbose, out, adapter)
     finally:
         session.close()
 
     summary = recorder.summary()
     out.write(format_report(summary, recorder.samples, len(plan), recorder.warmup_requests) + "\n")
     if recorder.switches:
-        out.write("Switches: {}\n".format(", ".join("split {} -> {} after {} samples".format(
-            s["from_split"], s["to_split"], s["after_samples"]) for s in recorder.switches)))
+        out.write("Switches: {}\n".format(", ".join("split {} -> {} after {} samples ({:.2f} s)".format(
+            s["from_split"], s["to_split"], s["after_samples"], s["time_s"]) for s in recorder.switches)))
     welcome = session.welcome
     info = {"model": manifest.model_id, "split": manifest.split_index, "bundle_id": manifest.bundle_id,
             "backend": session.head.name, "provider": session.head.provider,

@@ -58,13 +58,15 @@ def measure_network(conn, bandwidth=None, rtt=None):
 
 
 def make_plan(session, batch_size=1, bandwidth=None, rtt=None, objective="latency", edge_file=None,
-              cloud_file=None):
-    """Profiles of both sides + the network -> (rows, choice, network)."""
+              cloud_file=None, profiles=None):
+    """Profiles of both sides + the network -> (rows, choice, network); ``profiles`` (a dict) receives both."""
     segments_data, cloud = cloud_profile(session.conn, session.model, batch_size)
     if cloud_file:
         cloud = read_profile(cloud_file)
     edge = read_profile(edge_file) if edge_file else edge_profile(session, segments_data, batch_size)
     check_profiles(edge, cloud)
+    if profiles is not None:
+        profiles.update(edge=edge, cloud=cloud)
     network = measure_network(session.conn, bandwidth, rtt)
     rows = predict(edge["points"], edge["segment_ms"], cloud["segment_ms"], network["rtt_ms"],
                    network["bandwidth_mbps"], batch_size, edge.get("output_bytes_per_sample", 0))

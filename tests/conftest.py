@@ -43,6 +43,14 @@ def seed_bundles(tmp_path_factory, seed_weights):
 
 
 @pytest.fixture(scope="session")
+def seed_segments(seed_bundles, seed_weights):
+    """The seed model's profiling segments, beside its split bundles."""
+    from exporter.segments import export_segments
+    export_segments("resnet50", weights=seed_weights, out_dir=str(seed_bundles[0]))
+    return seed_bundles[0]
+
+
+@pytest.fixture(scope="session")
 def labelled_npz(tmp_path_factory, seed_weights):
     """500 raw images labelled by the tests' independent copy of the model: a correct run scores 100%."""
     import numpy as np

@@ -1,13 +1,13 @@
-"""A user-space TCP proxy on loopback that throttles the cloud-to-edge direction, for transfer tests."""
+"""A user-space TCP proxy on loopback that throttles both directions; the rate may change while it runs."""
 import socket
 import threading
 import time
 
 
 class SlowProxy(object):
-    def __init__(self, target_host, target_port, bytes_per_s):
+    def __init__(self, target_host, target_port, bytes_per_s=None):
         self.target = (target_host, target_port)
-        self.rate = bytes_per_s
+        self.rate = bytes_per_s  # None: no limit
         self.forwarded = 0  # cloud -> edge bytes so far
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
@@ -24,19 +24,23 @@ class SlowProxy(object):
                 client, _ = self.listener.accept()
             except socket.timeout:
                 continue
+            except OSError:  # closed
+                break
             upstream = socket.create_connection(self.target)
-            threading.Thread(target=self._pipe, args=(client, upstream, None), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, self.rate), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, True), daemon=True).start()
 
-    def _pipe(self, src, dst, rate):
+    def _pipe(self, src, dst, downstream):
         try:
             while not self._stop.is_set():
                 data = src.recv(16384)
                 if not data:
                     break
                 dst.sendall(data)
-                if rate:
+                if downstream:
                     self.forwarded += len(data)
+                rate = self.rate
+                if rate:
                     time.sleep(len(data) / float(rate))
         except OSError:
             pass

@@ -140,3 +140,40 @@ def test_plan_without_segments_says_how_to_make_them(tmp_path):
         assert proc.returncode != 0 and "--segments" in proc.stderr and "Traceback" not in proc.stderr
     finally:
         assert srv.stop() == 0
+
+
+def test_adaptive_mode_moves_to_a_later_split_when_the_bandwidth_drops(seed_segments, labelled_npz, tmp_path):
+    import subprocess
+    import sys
+    import time
+    from conftest import REPO
+    from slow_proxy import SlowProxy
+    srv = ServerProcess(seed_segments)
+    proxy = SlowProxy(srv.host, srv.port)  # no limit at first
+    report = tmp_path / "r.json"
+    data, labels = labelled_npz
+    try:
+        edge = subprocess.Popen([sys.executable, os.path.join(REPO, "cli.py"), "run-edge", "--cloud", proxy.address,
+                                 "--cache", str(tmp_path / "cache"), "--split", "3", "--adaptive", "--rtt", "0.3",
+                                 "--bandwidth", "5000", "--dataset", "npz:" + data, "--limit", "300",
+                                 "--report", str(report)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 120
+        while not any("uses bundle" in l for l in srv.log) and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.5)
+        proxy.rate = 256 * 1024  # 2 Mbit/s: an input (12 KiB) takes ~50 ms a request, the logits 2 ms
+        dropped = time.time()
+        out, err = edge.communicate(timeout=600)
+        assert edge.returncode == 0, err
+    finally:
+        proxy.close()
+        assert srv.stop() == 0
+    r = json.loads(report.read_text())
+    assert r["predictions"] == labels[:300].tolist() and r["n"] == 300  # every sample, once, correct
+    switches = r["switches"]  # the profiles may move it early on too; the drop must end it at a late split
+    assert switches and switches[-1]["to_split"] >= 17 and "bandwidth now" in switches[-1]["reason"], switches
+    assert all(s["from_split"] != s["to_split"] for s in switches) and len(switches) <= 4  # no flapping
+    last = switches[-1]["after_samples"]
+    assert 0 < last < 300 and len(set(r["bundles"][last:])) == 1
+    assert "Switches: split 3 -> " in out
+    assert time.time() - dropped < 120
