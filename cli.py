@@ -254,13 +254,14 @@ def run_edge(cloud, model, split, objective, bandwidth, rtt, cache, cache_keep, 
 @click.option("--cloud-profile", default=None, help="Use this cloud profile instead of asking the cloud.")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--timeout", default=600.0, show_default=True, type=float)
+@click.option("--threads", default=0, type=click.IntRange(0, 256), help="Compute threads for the edge's profile.")
 @handle_errors
 def plan(cloud, model, cache, backend, device, batch_size, bandwidth, rtt, objective, edge_profile, cloud_profile,
-         as_json, timeout):
+         as_json, timeout, threads):
     """Predict the latency of every split from measured profiles and the network, and choose one."""
     from runtime.plan import run_plan
     run_plan(cloud, model, cache, backend, device, batch_size, bandwidth, rtt, objective, edge_profile,
-             cloud_profile, as_json, timeout)
+             cloud_profile, as_json, timeout, threads)
 
 
 @main.command()
@@ -281,14 +282,15 @@ def plan(cloud, model, cache, backend, device, batch_size, bandwidth, rtt, objec
 @click.option("--bandwidth", default=None, type=click.FloatRange(0.001, None), help="Predict for this Mbit/s.")
 @click.option("--rtt", default=None, type=click.FloatRange(0, None), help="Predict for this round trip (ms).")
 @click.option("--timeout", default=600.0, show_default=True, type=float)
+@click.option("--threads", default=0, type=click.IntRange(0, 256), help="Compute threads for the head.")
 @handle_errors
 def sweep(cloud, splits, model, cache, backend, device, dataset, data_dir, limit, batch_size, seed, warmup, csv_path,
-          png_path, bandwidth, rtt, timeout):
+          png_path, bandwidth, rtt, timeout, threads):
     """Measure every split in --splits on the same samples: the seed's table, a CSV and a chart."""
     from runtime.sweep import run_sweep
     points = _split_values(splits, int, "0,3,10,16,20,22", None)
     run_sweep(cloud, list(points), model, cache, backend, device, dataset, data_dir, limit, batch_size, seed, warmup,
-              csv_path, png_path, bandwidth, rtt, timeout)
+              csv_path, png_path, bandwidth, rtt, timeout, threads)
 
 
 @main.command()
@@ -301,11 +303,12 @@ def sweep(cloud, splits, model, cache, backend, device, dataset, data_dir, limit
 @click.option("--device", default="auto", show_default=True, type=DEVICE_CHOICE)
 @click.option("--batch-size", default=1, show_default=True, type=click.IntRange(1, 1024))
 @click.option("--timeout", default=600.0, show_default=True, type=float)
+@click.option("--threads", default=0, type=click.IntRange(0, 256), help="Compute threads (0: library default).")
 @handle_errors
-def profile(out, cloud, segments_dir, model, cache, backend, device, batch_size, timeout):
+def profile(out, cloud, segments_dir, model, cache, backend, device, batch_size, timeout, threads):
     """Measure this side's latency of every segment of a model; write it as JSON for `plan --edge-profile`."""
     from runtime.plan import run_profile
-    run_profile(out, cloud, segments_dir, model, cache, backend, device, batch_size, timeout=timeout)
+    run_profile(out, cloud, segments_dir, model, cache, backend, device, batch_size, threads, timeout)
 
 
 @main.command()

@@ -37,7 +37,7 @@ def edge_profile(session, segments_data, batch_size):
     first = manifest["segments"][0]["files"][formats[0]]["file"]
     provider = load_file(os.path.join(manifest.directory, first), session.backend, session.device, session.threads,
                          manifest.directory).provider
-    hit = profiles.get(profile_key(manifest, session.backend, provider, session.device, batch_size))
+    hit = profiles.get(profile_key(manifest, session.backend, provider, session.device, batch_size, session.threads))
     if hit:
         return hit
     _say("profiling {} segments here ({} backend)".format(len(manifest["segments"]), session.backend))

@@ -26,33 +26,40 @@ PROBE_SIZES = (1024, 64 * 1024, 256 * 1024, 1024 * 1024)
 PROBE_REPEATS = 5
 
 
-def profile_key(manifest, backend, provider, device, batch_size):
+def profile_key(manifest, backend, provider, device, batch_size, threads=0):
     return {"segments": manifest.bundle_id, "model": manifest.model_id, "backend": backend, "provider": provider,
-            "device": device, "batch_size": batch_size}
+            "device": device, "batch_size": batch_size, "threads": threads}
 
 
 def profile_segments(manifest, backend="onnx", device="auto", batch_size=1, threads=0, runs=RUNS, warmup=WARMUP):
-    """Time every segment of a segments bundle here; return the profile (a JSON-able dict)."""
+    """Time every segment of a segments bundle here; return the profile (a JSON-able dict).
+
+    The segments run as a chain, each on the previous one's output, and every run
+    times each of them: a segment meets the caches as the model's forward pass
+    leaves them (timing one small segment over and over would keep its weights hot
+    and flatter it).
+    """
     fmt = "onnx" if backend == "onnx" else "torchscript"
-    rng = np.random.RandomState(0)
-    segment_ms, provider = [], None
+    runners = []
     for seg in manifest["segments"]:
         if fmt not in seg["files"]:
             raise UserError("segments bundle {} has no {} files; re-export with --segments --formats {}".format(
                 manifest.bundle_id, fmt, fmt))
-        runner = load_file(os.path.join(manifest.directory, seg["files"][fmt]["file"]), backend, device, threads,
-                           manifest.directory)
-        provider = runner.provider
-        x = rng.standard_normal([batch_size] + seg["input"]["shape"][1:]).astype(np.float32)
-        for _ in range(warmup):
-            runner.run(x)
-        times = []
-        for _ in range(runs):
+        runners.append(load_file(os.path.join(manifest.directory, seg["files"][fmt]["file"]), backend, device,
+                                 threads, manifest.directory))
+    shape = [batch_size] + manifest["segments"][0]["input"]["shape"][1:]
+    x0 = np.random.RandomState(0).standard_normal(shape).astype(np.float32)
+    times = [[] for _ in runners]
+    for r in range(warmup + runs):
+        x = x0
+        for i, runner in enumerate(runners):
             t0 = time.perf_counter()
-            runner.run(x)
-            times.append((time.perf_counter() - t0) * 1000.0)
-        segment_ms.append(float(np.median(times)))
-    return {"key": profile_key(manifest, backend, provider, device, batch_size), "segment_ms": segment_ms,
+            x = runner.run(x)
+            if r >= warmup:
+                times[i].append((time.perf_counter() - t0) * 1000.0)
+    segment_ms = [float(np.median(t)) for t in times]
+    provider = runners[0].provider if runners else "none"
+    return {"key": profile_key(manifest, backend, provider, device, batch_size, threads), "segment_ms": segment_ms,
             "points": manifest["points"], "output_bytes_per_sample": manifest["output"]["bytes_per_sample"],
             "runs": runs, "warmup": warmup, "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
