@@ -24,14 +24,14 @@ def work(tmp_path_factory, seed_bundles):
     return root
 
 
-@pytest.mark.parametrize("rate", [1000, 1])
-def test_planner_choice_is_within_10_percent_of_the_measured_best(rate, work, seed_weights):
+@pytest.mark.parametrize("rate,best", [(1000, 0), (20, 0), (1, 22)])
+def test_planner_choice_is_within_10_percent_of_the_measured_best(rate, best, work, seed_weights):
     row = emulate.check_planner(rate, 0.5, str(work / "store"), str(work / "edge"), [0, 20, 22], limit=8,
                                 export_args=("--model", "resnet50", "--weights", seed_weights),
                                 out_dir=str(work))
     assert row["ratio"] <= 1.10, emulate.format_rows([row]) + "\n" + str(row["measured"])
-    # a fast network ships the input to the cloud; a 1 Mbit/s one keeps the work on the edge
-    assert (row["best_measured"] == 0) == (rate == 1000), row["measured"]
+    # a fast network ships the input to the cloud (12 KiB); at 1 Mbit/s the edge (half a core) does it all
+    assert row["best_measured"] == best, row["measured"]
 
 
 def test_the_link_really_is_rate_limited(work):
