@@ -18,6 +18,7 @@ ALPHA = 0.3        # weight of a new bandwidth sample
 MARGIN = 0.15      # switch only for a predicted gain of 15% or more
 HOLD = 5           # batches to stay on a split after switching
 MIN_WIRE_MS = 0.2  # transfers shorter than this say too little about bandwidth
+MIN_SAMPLE_BYTES = 4096  # nor do tiny ones: a token bucket or a socket buffer lets them through at line rate
 
 
 class AdaptivePlanner(object):
@@ -35,7 +36,7 @@ class AdaptivePlanner(object):
         """Fold one request's transfer into the bandwidth estimate."""
         self._since_switch += 1
         wire_ms = transmission_ms - self.rtt_ms
-        if wire_ms < MIN_WIRE_MS:
+        if wire_ms < MIN_WIRE_MS or bytes_sent + bytes_received < MIN_SAMPLE_BYTES:
             return
         us_per_bit = wire_ms * 1000.0 / ((bytes_sent + bytes_received) * 8.0)
         smoothed = (1 - ALPHA) / self.bandwidth_mbps + ALPHA * us_per_bit  # 1 / Mbit/s = microseconds per bit

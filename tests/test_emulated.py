@@ -55,3 +55,4 @@ def test_the_link_really_is_rate_limited(work):
     mbit = received * 8 / seconds / 1e6
     assert 5 < mbit < 9, mbit  # 8 Mbit/s asked, minus startup
     del socket
+
