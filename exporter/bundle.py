@@ -5,6 +5,7 @@ The bundle is first built in a hidden temporary directory beside its destination
 Only when all of that succeeded is it renamed into place, so a failed or
 interrupted export leaves no bundle behind and never damages an existing one.
 """
+import contextlib
 import datetime
 import os
 import platform
@@ -27,6 +28,24 @@ from .weights import find_default_weights, load_weights
 
 INPUT_NAME, BOUNDARY_NAME, OUTPUT_NAME = "input", "boundary", "output"
 RANDOM_INIT_SEED = 0
+
+
+@contextlib.contextmanager
+def staged(destination: str):
+    """A hidden temporary directory beside ``destination``; renamed into place if the block succeeds, else removed."""
+    out_dir = os.path.dirname(destination) or "."
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".tmp-{}-".format(os.path.basename(destination)), dir=out_dir)
+    except OSError as exc:
+        raise ExportError("cannot write to output directory {} ({}); choose another with --out".format(
+            out_dir, exc.strerror or exc))
+    try:
+        yield tmp
+        mf.install_dir(tmp, destination)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def prepare_model(config: ModelConfig, weights: Optional[str], random_init: bool):
@@ -93,15 +112,8 @@ def export_bundle(model_spec: str, split: str, weights: Optional[str] = None, ra
         point = select_point(traced, split)
         steps.advance("traced: {} split points".format(len(traced.points)))
         head, tail = traced.head(point.index), traced.tail(point.index)
-        final = mf.bundle_dir_name(config.model_id, point.index)
-        destination = os.path.join(out_dir, final)
-        try:
-            os.makedirs(out_dir, exist_ok=True)
-            tmp = tempfile.mkdtemp(prefix=".tmp-{}-".format(final), dir=out_dir)
-        except OSError as exc:
-            raise ExportError("cannot write to output directory {} ({}); choose another with --out".format(
-                out_dir, exc.strerror or exc))
-        try:
+        destination = os.path.join(out_dir, mf.bundle_dir_name(config.model_id, point.index))
+        with staged(destination) as tmp:
             manifest = _build(tmp, config, traced, point, head, tail, formats, opset, weights_path,
                               weights_sha, random_init or weights_path is None, steps)
             manifest["verification"] = {
@@ -110,10 +122,6 @@ def export_bundle(model_spec: str, split: str, weights: Optional[str] = None, ra
                                          progress=lambda: steps.advance("verified")),
             }
             mf.write_manifest(tmp, manifest)
-            mf.install_dir(tmp, destination)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     return destination, manifest
 
 

@@ -9,8 +9,6 @@ model, which is verified as for a split bundle.
 """
 import datetime
 import os
-import shutil
-import tempfile
 import warnings
 from typing import Optional, Sequence, Tuple
 
@@ -20,9 +18,9 @@ import torch
 from runtime import manifest as mf
 
 from . import compile as compiler
-from .bundle import INPUT_NAME, RANDOM_INIT_SEED, _tensor_spec, _toolchain, prepare_model
+from .bundle import INPUT_NAME, RANDOM_INIT_SEED, _tensor_spec, _toolchain, prepare_model, staged
 from .cutpoints import TracedModel
-from .errors import ExportError, VerificationError
+from .errors import VerificationError
 from .models.configs import resolve
 from .progress import Steps
 from .verify import DEFAULT_ATOL, DEFAULT_RTOL, compare
@@ -55,13 +53,7 @@ def export_segments(model_spec: str, weights: Optional[str] = None, random_init:
     traced = TracedModel(model, config.input_shape)
     n = len(traced.points) - 1
     destination = os.path.join(out_dir, mf.segments_dir_name(config.model_id))
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=".tmp-segments-", dir=out_dir)
-    except OSError as exc:
-        raise ExportError("cannot write to output directory {} ({}); choose another with --out".format(
-            out_dir, exc.strerror or exc))
-    try:
+    with staged(destination) as tmp:
         x = torch.randn((2,) + config.input_shape, generator=torch.Generator().manual_seed(1))
         segments = []
         with Steps("export {} segments".format(config.model_id), n * len(formats) + 1) as steps:
@@ -112,8 +104,4 @@ def export_segments(model_spec: str, weights: Optional[str] = None, random_init:
                                                 fmt, result["max_abs_diff"]))
             manifest["verification"] = {"atol": atol, "rtol": rtol, "results": results}
             mf.write_manifest(tmp, manifest)
-            mf.install_dir(tmp, destination)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return destination, manifest
