@@ -8,17 +8,12 @@ Python 3.6 syntax; it imports no exporter code (export runs as a subprocess).
 import os
 import signal
 import subprocess
-import sys
 
+from .commands import cli_command
 from .errors import UserError
 from .manifest import bundle_dir_name, load_manifest, sha256_file, ManifestError
 
-CLI = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cli.py")
 DEFAULT_WEIGHTS = os.path.join("weights", "resnet50-best.pth")
-
-
-def _cli(*args):
-    return [sys.executable, CLI] + [str(a) for a in args]
 
 
 def _bundle_is_current(directory, weights):
@@ -42,13 +37,13 @@ def ensure_bundle(split, weights, artifacts):
     args += ["--weights", weights] if weights else ["--random-init"]
     print("demo: exporting the seed's ResNet-50 at split {} ({})".format(
         split, "RANDOM weights: accuracy will be at chance level" if weights is None else weights), flush=True)
-    if subprocess.call(_cli(*args)) != 0:
+    if subprocess.call(cli_command(*args)) != 0:
         raise UserError("demo: the export failed (see above)")
 
 
 def start_server(artifacts, backend="onnx"):
     """Start serve-cloud on a free loopback port; return (process, 'host:port')."""
-    proc = subprocess.Popen(_cli("serve-cloud", "--host", "127.0.0.1", "--port", 0, "--artifacts", artifacts,
+    proc = subprocess.Popen(cli_command("serve-cloud", "--host", "127.0.0.1", "--port", 0, "--artifacts", artifacts,
                                  "--backend", backend), stdout=subprocess.PIPE, universal_newlines=True)
     line = proc.stdout.readline()
     if not line.startswith("serve-cloud listening on "):

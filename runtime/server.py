@@ -27,6 +27,7 @@ import uuid
 
 from . import protocol as p
 from .backends import load_part
+from .commands import cli_command
 from .deploy import file_entries, receive_files, remove_stale_temp_dirs, send_files, temp_dir, token_proof
 from .errors import ManifestError, UserError
 from .profile import profile_segments
@@ -37,7 +38,6 @@ log = logging.getLogger("edgesplit.server")
 POLL_S = 0.2
 DRAIN_S = 5.0  # after SIGTERM, requests already sent are answered for at most this long
 EXPORT_TIMEOUT_S = 1800
-CLI = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cli.py")
 
 
 class HandshakeError(UserError):
@@ -58,7 +58,7 @@ class OnDemandExporter(object):
     def export(self, split, out_dir):
         """Export one split (``split`` an int) or the profiling segments (``split`` None)."""
         where = ["--split", str(split)] if split is not None else ["--segments"]
-        args = [sys.executable, CLI, "export", "--model", self.model] + where + ["--out", out_dir]
+        args = cli_command("export", "--model", self.model, *where) + ["--out", out_dir]
         args += ["--weights", self.weights] if self.weights else (["--random-init"] if self.random_init else [])
         if self.input_shape:
             args += ["--input-shape", self.input_shape]
@@ -91,6 +91,14 @@ class TailRegistry(object):
     def bundles(self):
         """The split bundles in the store (what inference can use)."""
         return self.store.scan(KIND_SPLIT)[0]
+
+    def find(self, model, split=None):
+        """The split bundle of ``model`` at ``split`` in the store (split None: its segments bundle), or None."""
+        kind = KIND_SEGMENTS if split is None else KIND_SPLIT
+        for m in self.store.scan(kind)[0]:
+            if m.model_id == model and (split is None or m.split_index == split):
+                return m
+        return None
 
     def held(self, bundle_id):
         """The bundle (of any kind) with this id in the store, or None."""
@@ -160,9 +168,9 @@ class TailRegistry(object):
 
     def _for_split(self, model, split, notify):
         while True:
-            for m in self.bundles():
-                if m.model_id == model and m.split_index == split:
-                    return m
+            found = self.find(model, split)
+            if found is not None:
+                return found
             if self.exporter is None or self.exporter.model != model:
                 held = ["{}-s{}".format(m.model_id, m.split_index) for m in self.bundles()]
                 raise HandshakeError("unknown_bundle", "the cloud holds no bundle for {} split {} (it holds: {}); "
@@ -185,29 +193,29 @@ class TailRegistry(object):
                 with self._lock:
                     del self._exports[(model, split)]
                 event.set()
-            for m in self.bundles():
-                if m.model_id == model and m.split_index == split:
-                    return m
+            found = self.find(model, split)
+            if found is not None:
+                return found
             raise HandshakeError("export_failed", "the export of {} split {} wrote no bundle".format(model, split))
 
     def segments(self, model, notify):
         """The segments bundle of a model (exported on demand when the server can)."""
-        for m in self.store.scan(KIND_SEGMENTS)[0]:
-            if m.model_id == model:
-                return m
+        found = self.find(model)
+        if found is not None:
+            return found
         if self.exporter is None or self.exporter.model != model:
             raise HandshakeError("no_segments", "the cloud holds no segments bundle for {}; run `cli.py export "
                                  "--model {} --segments` on the cloud, or start serve-cloud with --model {}".format(
                                      model, model, model))
         with self._profile_lock:
-            for m in self.store.scan(KIND_SEGMENTS)[0]:
-                if m.model_id == model:
-                    return m
+            found = self.find(model)
+            if found is not None:
+                return found
             notify("the cloud is exporting the segments of {} for profiling; this takes a minute".format(model))
             self.exporter.export(None, self.store.root)
-        for m in self.store.scan(KIND_SEGMENTS)[0]:
-            if m.model_id == model:
-                return m
+        found = self.find(model)
+        if found is not None:
+            return found
         raise HandshakeError("export_failed", "the export of {} segments wrote no bundle".format(model))
 
     def profile(self, model, batch_size, notify):
