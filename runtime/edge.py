@@ -18,6 +18,7 @@ from .data import batches, open_dataset, preprocess_batch
 from .deploy import BundleCache
 from .errors import UserError
 from .manifest import validate
+from .profile import echo_once
 from .report import RunRecorder, format_report, write_report
 
 FORMAT_OF_BACKEND = {"onnx": "onnx", "torchscript": "torchscript"}
@@ -123,15 +124,34 @@ class EdgeSession(object):
         self.head = None
         self.welcome = None
         self.fetches = []
+        self.segments = None  # a SegmentLoader once the segments bundle is here (adaptive mode)
+        self.chained = []     # switches served by a chain of cached segments instead of a fetch
 
-    def switch_to(self, bundle_id=None, split=None):
-        """Use the cloud's bundle ``bundle_id`` (or its bundle for ``split``; neither: the active one)."""
+    def use_segments(self, manifest):
+        """Let switches to uncached splits run the head as a chain of this segments bundle's pieces."""
+        from .backends.chain import SegmentLoader
+        self.segments = SegmentLoader(manifest, self.backend, self.device, self.threads)
+
+    def switch_to(self, bundle_id=None, split=None, chain_ok=False):
+        """Use the cloud's bundle ``bundle_id`` (or its bundle for ``split``; neither: the active one).
+
+        With ``chain_ok``, a head that is not cached is run as a chain of the cached
+        segments (same weights) rather than fetched: adaptive switches happen when the
+        link has just slowed down, the worst moment to download a head over it.
+        """
         welcome = self.conn.hello({"role": "edge", "model": self.model, "split": split, "bundle_id": bundle_id})
         data = validate(welcome.get("manifest"), "the cloud's manifest")
         if data["bundle_id"] != welcome.get("bundle_id") or (bundle_id and data["bundle_id"] != bundle_id):
             raise p.ProtocolError("bad_reply", "the cloud answered with bundle {} for {}".format(
                 data["bundle_id"], bundle_id or "split {}".format(split)))
         manifest = self.cache.lookup(data, self.formats)
+        if manifest is None and chain_ok and self._segments_match(data):
+            self.head = self.segments.head(data["split"]["index"])
+            self.manifest, self.welcome = _Remote(data), welcome
+            self.chained.append({"bundle_id": data["bundle_id"], "split": data["split"]["index"]})
+            _say("split {}: head not cached, running it as a chain of {} cached segments (nothing fetched)".format(
+                data["split"]["index"], data["split"]["index"]))
+            return self.manifest
         if manifest is None:
             size = sum(f["bytes"] for f in _head_files(data, self.formats))
             _say("fetching the head of {} ({} split {}, {:.1f} MiB) from the cloud".format(
@@ -143,6 +163,17 @@ class EdgeSession(object):
         self.head = load_part(manifest, "head", self.backend, self.device, self.threads)
         self.manifest, self.welcome = manifest, welcome
         return manifest
+
+    def _segments_match(self, data):
+        if self.segments is None:
+            return False
+        seg = self.segments.manifest
+        k = data["split"]["index"]
+        same = ("sha256", "random_init", "random_seed")
+        return (seg.model_id == data["model"]["id"] and 0 <= k < len(seg["points"])
+                and all(seg["model"]["weights"].get(f) == data["model"]["weights"].get(f) for f in same)
+                and seg["points"][k]["name"] == data["split"]["name"]
+                and list(seg["points"][k]["shape"]) == list(data["boundary"]["shape"][1:]))
 
     def infer(self, x):
         """Head here, tail there: (output, edge_ms, roundtrip_ms, cloud_ms, bytes sent, bytes received, meta)."""
@@ -156,6 +187,21 @@ class EdgeSession(object):
 
     def close(self):
         self.conn.close()
+
+
+class _Remote(object):
+    """A split bundle's manifest known from the cloud's WELCOME (its head runs as a segment chain)."""
+
+    def __init__(self, data):
+        self.data = data
+        self.directory = None
+
+    def __getitem__(self, key):
+        return self.data[key]
+
+    bundle_id = property(lambda self: self.data["bundle_id"])
+    model_id = property(lambda self: self.data["model"]["id"])
+    split_index = property(lambda self: self.data["split"]["index"])
 
 
 def _head_files(data, formats):
@@ -208,14 +254,18 @@ def measure(session, data, plan, warmup=3, follow=True, verbose=False, out=None,
             reason = "bundle {} activated on the cloud".format(active)
         elif adaptive is not None:
             adaptive.observe(sent, received, roundtrip_ms - cloud_ms)
+            probe = adaptive.probe_size()
+            if probe:
+                adaptive.observe(probe, probe, echo_once(session.conn, probe), probe=True)
             new_split, reason = adaptive.decide(session.manifest.split_index)
         if reason:  # hot swap at the batch boundary
             old = session.manifest
-            session.switch_to(bundle_id=None if new_split is not None else active, split=new_split)
+            session.switch_to(bundle_id=None if new_split is not None else active, split=new_split,
+                              chain_ok=new_split is not None)
             recorder.switches.append({"after_samples": recorder.samples, "time_s": time.perf_counter() - started,
                                       "from": old.bundle_id, "from_split": old.split_index,
                                       "to": session.manifest.bundle_id, "to_split": session.manifest.split_index,
-                                      "reason": reason})
+                                      "head": session.head.name, "reason": reason})
             _say("switched from split {} to split {} ({})".format(old.split_index, session.manifest.split_index,
                                                                  reason))
     recorder.wall_s = time.perf_counter() - started
@@ -270,7 +320,8 @@ def run_edge(cloud, model="resnet50", split=None, cache="artifacts", backend="on
             "backend": session.head.name, "provider": session.head.provider,
             "cloud_backend": welcome.get("backend"), "cloud_provider": welcome.get("provider"),
             "dataset": data.name, "batch_size": batch_size, "random_init": manifest["model"]["weights"]["random_init"],
-            "fetches": session.fetches, "switches": recorder.switches, "plan": planned}
+            "fetches": session.fetches, "chained_heads": session.chained, "switches": recorder.switches,
+            "plan": planned, "probes": adapter.probes if adapter is not None else 0}
     if report:
         return write_report(report, info, recorder)
     info.update(summary)

@@ -34,6 +34,7 @@ def edge_profile(session, segments_data, batch_size):
     if manifest is None:
         _say("fetching the segments of {} for profiling".format(segments_data["model"]["id"]))
         manifest, _, _ = cache.fetch(session.conn, segments_data, formats, part="segments")
+    session.use_segments(manifest)
     first = manifest["segments"][0]["files"][formats[0]]["file"]
     provider = load_file(os.path.join(manifest.directory, first), session.backend, session.device, session.threads,
                          manifest.directory).provider

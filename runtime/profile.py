@@ -119,17 +119,20 @@ def read_profile(path):
     return profile
 
 
+def echo_once(conn, size):
+    """Milliseconds for ``size`` bytes to go to the cloud and come back (one ECHO)."""
+    payload = np.zeros(size, dtype=np.uint8)
+    t0 = time.perf_counter()
+    request_id, _ = conn.send(p.ECHO, {}, payload)
+    conn.expect(p.RESULT, request_id)
+    return (time.perf_counter() - t0) * 1000.0
+
+
 def probe_network(conn, sizes=PROBE_SIZES, repeats=PROBE_REPEATS):
     """Echo a few payload sizes over ``conn``; fit round trip = rtt + 2 * bytes / bandwidth (both directions)."""
     samples = []
     for size in sizes:
-        payload = np.zeros(size, dtype=np.uint8)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            request_id, _ = conn.send(p.ECHO, {}, payload)
-            conn.expect(p.RESULT, request_id)
-            times.append((time.perf_counter() - t0) * 1000.0)
+        times = [echo_once(conn, size) for _ in range(repeats)]
         samples.append((size, float(np.median(times))))
         if samples[-1][1] > PROBE_ENOUGH_MS and len(samples) >= 2:
             break

@@ -56,3 +56,59 @@ def test_the_link_really_is_rate_limited(work):
     assert 5 < mbit < 9, mbit  # 8 Mbit/s asked, minus startup
     del socket
 
+
+
+def test_adaptive_edge_moves_to_a_late_split_when_the_link_slows(seed_segments, labelled_npz, tmp_path):
+    """1000 Mbit/s, then 1 Mbit/s mid-run: the edge moves to a late split within seconds; back at 1000 Mbit/s,
+    its probes see the link recover and it moves back.  Every sample once, correct."""
+    import json
+    import subprocess
+    import threading
+    import time
+    store = tmp_path / "store"
+    store.mkdir()
+    for entry in os.listdir(str(seed_segments)):  # every split and the segments, read in place
+        if entry.startswith("resnet50-"):
+            os.symlink(str(seed_segments / entry), str(store / entry))
+    data, labels = labelled_npz
+    report = tmp_path / "r.json"
+    with emulate.EmulatedLink(rate_mbit=1000, edge_cpu=0.5, tag="adapt") as link:
+        server, address = emulate.start_server(link, str(store), "--threads", "1")
+        edge = link.edge([sys.executable, emulate.CLI, "run-edge", "--cloud", address, "--cache", str(tmp_path / "edge"),
+                          "--threads", "1", "--split", "auto", "--adaptive", "--dataset", "npz:" + data,
+                          "--limit", "500", "--report", str(report)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+        lines = []
+        reader = threading.Thread(target=lambda: [lines.append((time.time(), l)) for l in edge.stderr])
+        reader.start()
+        deadline = time.time() + 300
+        while not any("planned split" in l for _, l in lines) and edge.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(3)  # the planned head is loaded and some samples run at full rate
+        link.set_rate(1)
+        dropped = time.time()
+        while not any("switched from split 0" in l for _, l in lines) and edge.poll() is None \
+                and time.time() < dropped + 30:
+            time.sleep(0.05)
+        time.sleep(1)
+        link.set_rate(1000)
+        restored = time.time()
+        out = edge.stdout.read()  # stderr is the reader thread's
+        edge.wait(600)
+        reader.join()
+        server.terminate()
+        server.wait(60)
+    log = "".join(l for _, l in lines)
+    assert edge.returncode == 0, log
+    r = json.loads(report.read_text())
+    assert r["n"] == 500 and r["predictions"] == labels.tolist(), log  # every sample once, correct
+    assert r["plan"]["choice"]["split"] == 0, log  # a fast link ships the input to the cloud
+    late = [s for s in r["switches"] if s["to_split"] >= 20]
+    assert late and "bandwidth now" in late[0]["reason"], log
+    switched = [t for t, l in lines if "switched from split 0 to split" in l]
+    assert switched and switched[0] - dropped < 5, log
+    back = [t for t, l in lines if "switched from split 2" in l and t > restored]
+    assert back and back[0] - restored < 15 and r["switches"][-1]["to_split"] <= 3, log  # found by probes
+    assert r["probes"] >= 1 and len(r["switches"]) <= 4, log  # no flapping
+    assert not [f for f in r["fetches"] if f["split"] >= 20], log  # chained from the cached segments, not fetched
+    assert "Switches: split 0 -> " in out

@@ -149,14 +149,14 @@ def test_adaptive_mode_moves_to_a_later_split_when_the_bandwidth_drops(seed_segm
     from conftest import REPO
     from slow_proxy import SlowProxy
     srv = ServerProcess(seed_segments)
-    # the edge's cache already holds every head (it shares the cloud's store), so a switch fetches nothing;
-    # fetching a 90 MiB head over the slowed link would dwarf the run
+    # the edge's cache starts empty: it fetches the segments to profile, and a switch runs the new head as a
+    # chain of those segments instead of fetching a 90 MiB head over the slowed link
     proxy = SlowProxy(srv.host, srv.port)  # no limit at first
     report = tmp_path / "r.json"
     data, labels = labelled_npz
     try:
         edge = subprocess.Popen([sys.executable, os.path.join(REPO, "cli.py"), "run-edge", "--cloud", proxy.address,
-                                 "--cache", str(seed_segments), "--split", "3", "--adaptive", "--rtt", "0.3",
+                                 "--cache", str(tmp_path / "cache"), "--split", "3", "--adaptive", "--rtt", "0.3",
                                  "--bandwidth", "5000", "--dataset", "npz:" + data, "--limit", "300",
                                  "--report", str(report)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 120
@@ -178,4 +178,6 @@ def test_adaptive_mode_moves_to_a_later_split_when_the_bandwidth_drops(seed_segm
     last = switches[-1]["after_samples"]
     assert 0 < last < 300 and len(set(r["bundles"][last:])) == 1
     assert "Switches: split 3 -> " in out
+    assert [f["split"] for f in r["fetches"]] == [3]  # only the starting head; later ones are segment chains
+    assert switches[-1]["head"] == "segment-chain"
     assert time.time() - dropped < 120
