@@ -186,15 +186,19 @@ DEVICE_CHOICE = click.Choice(["auto", "cpu", "cuda"])
               help="Export splits of this model on demand when an edge asks for one not held (needs the exporter).")
 @click.option("--weights", "export_weights", default=None, help="Weights for on-demand exports.")
 @click.option("--random-init", "export_random_init", is_flag=True, help="On-demand exports with random weights.")
+@click.option("--max-batch", default=1, show_default=True, type=click.IntRange(1, 1024),
+              help="Dynamic batching: run up to this many samples of one tail together, across edges (1: off).")
+@click.option("--max-delay-ms", default=2.0, show_default=True, type=click.FloatRange(0, 1000),
+              help="Dynamic batching: how long a request may wait for others to join its batch.")
 @handle_errors
 def serve_cloud(host, port, artifacts, backend, device, max_frame_mb, threads, allow_push, admin_token, export_model,
-                export_weights, export_random_init):
+                export_weights, export_random_init, max_batch, max_delay_ms):
     """Serve the tails of the bundles in --artifacts to edges (until SIGINT/SIGTERM)."""
     from runtime.server import serve_cloud as serve
     if allow_push and not admin_token:
         raise UserError("--allow-push needs an admin token: --admin-token TOKEN or ${}".format(TOKEN_ENV))
     serve(host, port, artifacts, backend, device, max_frame_mb, threads, admin_token if allow_push else None,
-          export_model, export_weights, export_random_init)
+          export_model, export_weights, export_random_init, max_batch=max_batch, max_delay_ms=max_delay_ms)
 
 
 @main.command("run-edge")
@@ -229,14 +233,18 @@ def serve_cloud(host, port, artifacts, backend, device, max_frame_mb, threads, a
 @click.option("--report", default=None, help="Write the full report as JSON to this file.")
 @click.option("--timeout", default=30.0, show_default=True, type=float, help="Seconds to wait for the cloud.")
 @click.option("--threads", default=0, type=click.IntRange(0, 256), help="Compute threads for the head.")
+@click.option("--inflight", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Requests in flight at once: >1 overlaps the next head with the transfer and tail of earlier "
+                   "ones (throughput); 1 keeps every latency figure free of waiting.")
 @handle_errors
 def run_edge(cloud, model, split, objective, bandwidth, rtt, cache, cache_keep, no_follow, adaptive, backend, device,
-             dataset, data_dir, limit, batch_size, shuffle, seed, warmup, verbose, report, timeout, threads):
+             dataset, data_dir, limit, batch_size, shuffle, seed, warmup, verbose, report, timeout, threads, inflight):
     """Run the head here, the tail on the cloud, and print the seed's report."""
     from runtime.edge import run_edge as run
     run(cloud, model, split, cache, backend, device, dataset, data_dir, limit, batch_size, shuffle, seed,
         warmup, verbose, report, timeout, threads, cache_keep, not no_follow,
-        plan_options={"objective": objective, "bandwidth": bandwidth, "rtt": rtt}, adaptive=adaptive)
+        plan_options={"objective": objective, "bandwidth": bandwidth, "rtt": rtt}, adaptive=adaptive,
+        inflight=inflight)
 
 
 @main.command()

@@ -8,9 +8,13 @@ same connection, and follows activations of other bundles at batch boundaries
 Needs numpy and onnxruntime only (torch for ``--backend torchscript``).
 Python 3.6 syntax: this module runs on the Jetson.
 """
+import collections
 import socket
 import sys
+import threading
 import time
+
+import queue
 
 from . import protocol as p
 from .backends import load_part
@@ -220,13 +224,84 @@ def _progress(total, enabled):
     return None
 
 
-def measure(session, data, plan, warmup=3, follow=True, verbose=False, out=None, adaptive=None):
+class _Sequential(object):
+    """One request at a time (``--inflight 1``): send, wait for the reply, time the round trip."""
+
+    def __init__(self, conn):
+        self.conn = conn
+        self.pending = collections.deque()
+
+    def full(self):
+        return bool(self.pending)
+
+    def send(self, array, context):
+        t0 = time.perf_counter()
+        frame, sent, received = self.conn.infer(array)
+        self.pending.append((frame, (time.perf_counter() - t0) * 1000.0, sent, received, context))
+
+    def next(self):
+        return self.pending.popleft()
+
+    def close(self):
+        pass
+
+
+class _Pipelined(object):
+    """Up to ``depth`` requests in flight on one connection (``--inflight N``).
+
+    The main thread runs heads and sends; a receiver thread reads one reply per
+    request sent (it is handed a ticket for each, so it never waits on a frame that
+    is not coming) and timestamps it on arrival.  Replies are matched to requests by
+    id and handed back in the order sent.
+    """
+
+    def __init__(self, conn, depth):
+        self.conn, self.depth = conn, depth
+        self.pending = collections.deque()
+        self._tickets, self._replies = queue.Queue(), queue.Queue()
+        self._thread = threading.Thread(target=self._receive, name="edge-receiver", daemon=True)
+        self._thread.start()
+
+    def _receive(self):
+        for request_id in iter(self._tickets.get, None):
+            before = self.conn.reader.bytes_received
+            try:
+                frame = self.conn.expect(p.RESULT, request_id)
+            except Exception as exc:  # handed to the main thread, which raises it
+                self._replies.put((None, 0.0, 0, exc))
+                return
+            self._replies.put((frame, time.perf_counter(), self.conn.reader.bytes_received - before, None))
+
+    def full(self):
+        return len(self.pending) >= self.depth
+
+    def send(self, array, context):
+        t0 = time.perf_counter()
+        request_id, sent = self.conn.send(p.INFER, {}, array)
+        self.pending.append((request_id, t0, sent, context))
+        self._tickets.put(request_id)
+
+    def next(self):
+        frame, arrived, received, error = self._replies.get()
+        if error is not None:
+            raise error
+        request_id, t0, sent, context = self.pending.popleft()
+        return frame, (arrived - t0) * 1000.0, sent, received, context
+
+    def close(self):
+        self._tickets.put(None)
+        self._thread.join()
+
+
+def measure(session, data, plan, warmup=3, follow=True, verbose=False, out=None, adaptive=None, inflight=1):
     """Run every batch of ``plan`` through the session, timing each request; return the RunRecorder.
 
-    The first batch is first sent ``warmup`` times (excluded).  With ``follow``, a
-    bundle activated on the cloud is switched to at the next batch boundary; with
-    ``adaptive`` (an AdaptivePlanner), a split predicted better for the bandwidth
-    seen so far is.
+    The first batch is first sent ``warmup`` times (excluded).  With ``inflight`` > 1
+    up to that many requests are in flight (head of the next batch overlapping the
+    transfer and tail of the previous ones); results are recorded in input order.
+    With ``follow``, a bundle activated on the cloud is switched to at the next batch
+    boundary (after the requests in flight are answered); with ``adaptive`` (an
+    AdaptivePlanner), a split predicted better for the bandwidth seen so far is.
     """
     out = out or sys.stdout
     preprocess = session.manifest["input"].get("preprocess") or {}
@@ -236,38 +311,60 @@ def measure(session, data, plan, warmup=3, follow=True, verbose=False, out=None,
         session.infer(first)
         recorder.warmup_requests += 1
     bar = _progress(sum(len(b) for b in plan), not verbose and sys.stderr.isatty())
+    make_pipe = (lambda: _Pipelined(session.conn, inflight)) if inflight > 1 else (lambda: _Sequential(session.conn))
+    pipe = make_pipe()
+    switch = None  # (reason, new split, active bundle) once decided; done when nothing is in flight
     started = time.perf_counter()
-    for indices in plan:
-        x = preprocess_batch(data.images(indices), preprocess)
-        result, edge_ms, roundtrip_ms, cloud_ms, sent, received, meta = session.infer(x)
-        predictions = result.reshape(len(indices), -1).argmax(axis=1)
-        labels = data.labels[indices]
-        recorder.add(edge_ms, roundtrip_ms, cloud_ms, predictions, labels, sent, received,
-                     session.manifest.bundle_id)
-        if verbose:
-            for pred, label in zip(predictions, labels):
-                out.write("Prediction: {} / Ground Truth: {}\n".format(int(pred), int(label)))
-        if bar is not None:
-            bar.update(len(indices))
-        active, reason, new_split = meta.get("active"), None, None
-        if follow and active and active != session.manifest.bundle_id:
-            reason = "bundle {} activated on the cloud".format(active)
-        elif adaptive is not None:
-            adaptive.observe(sent, received, roundtrip_ms - cloud_ms)
-            probe = adaptive.probe_size()
-            if probe:
-                adaptive.observe(probe, probe, echo_once(session.conn, probe), probe=True)
-            new_split, reason = adaptive.decide(session.manifest.split_index)
-        if reason:  # hot swap at the batch boundary
-            old = session.manifest
-            session.switch_to(bundle_id=None if new_split is not None else active, split=new_split,
-                              chain_ok=new_split is not None)
-            recorder.switches.append({"after_samples": recorder.samples, "time_s": time.perf_counter() - started,
-                                      "from": old.bundle_id, "from_split": old.split_index,
-                                      "to": session.manifest.bundle_id, "to_split": session.manifest.split_index,
-                                      "head": session.head.name, "reason": reason})
-            _say("switched from split {} to split {} ({})".format(old.split_index, session.manifest.split_index,
-                                                                 reason))
+    position = 0
+    try:
+        while position < len(plan) or pipe.pending:
+            if position < len(plan) and switch is None and not pipe.full():
+                indices = plan[position]
+                position += 1
+                x = preprocess_batch(data.images(indices), preprocess)
+                t0 = time.perf_counter()
+                boundary = session.head.run(x)
+                pipe.send(boundary, (indices, (time.perf_counter() - t0) * 1000.0, session.manifest.bundle_id))
+                continue
+            frame, roundtrip_ms, sent, received, (indices, edge_ms, bundle_id) = pipe.next()
+            meta = frame.meta
+            cloud_ms, queue_ms = float(meta.get("cloud_ms", 0.0)), float(meta.get("queue_ms", 0.0))
+            predictions = frame.array.reshape(len(indices), -1).argmax(axis=1)
+            labels = data.labels[indices]
+            recorder.add(edge_ms, roundtrip_ms, cloud_ms, predictions, labels, sent, received, bundle_id, queue_ms)
+            if verbose:
+                for pred, label in zip(predictions, labels):
+                    out.write("Prediction: {} / Ground Truth: {}\n".format(int(pred), int(label)))
+            if bar is not None:
+                bar.update(len(indices))
+            active = meta.get("active")
+            if switch is None and follow and active and active != session.manifest.bundle_id:
+                switch = ("bundle {} activated on the cloud".format(active), None, active)
+            elif switch is None and adaptive is not None:
+                adaptive.observe(sent, received, roundtrip_ms - cloud_ms - queue_ms)
+                probe = adaptive.probe_size()
+                if probe:
+                    adaptive.observe(probe, probe, echo_once(session.conn, probe), probe=True)
+                new_split, reason = adaptive.decide(session.manifest.split_index)
+                if reason:
+                    switch = (reason, new_split, None)
+            if switch is not None and position >= len(plan):
+                switch = None  # nothing left to run on another split
+            if switch is not None and not pipe.pending:  # hot swap at the batch boundary
+                reason, new_split, active = switch
+                switch = None
+                pipe.close()
+                old = session.manifest
+                session.switch_to(bundle_id=active, split=new_split, chain_ok=new_split is not None)
+                pipe = make_pipe()
+                recorder.switches.append({"after_samples": recorder.samples, "time_s": time.perf_counter() - started,
+                                          "from": old.bundle_id, "from_split": old.split_index,
+                                          "to": session.manifest.bundle_id, "to_split": session.manifest.split_index,
+                                          "head": session.head.name, "reason": reason})
+                _say("switched from split {} to split {} ({})".format(old.split_index, session.manifest.split_index,
+                                                                     reason))
+    finally:
+        pipe.close()
     recorder.wall_s = time.perf_counter() - started
     if bar is not None:
         bar.close()
@@ -277,11 +374,16 @@ def measure(session, data, plan, warmup=3, follow=True, verbose=False, out=None,
 def run_edge(cloud, model="resnet50", split=None, cache="artifacts", backend="onnx", device="auto",
              dataset="cifar100", data_dir="data", limit=100, batch_size=1, shuffle=False, seed=0, warmup=3,
              verbose=False, report=None, timeout=30.0, threads=0, cache_keep=8, follow=True, out=None,
-             plan_options=None, adaptive=False):
+             plan_options=None, adaptive=False, inflight=1):
     """The run-edge command.  Returns the report dict; prints the seed's report to ``out``."""
     out = out or sys.stdout
     if batch_size < 1:
         raise UserError("--batch-size must be at least 1")
+    if inflight < 1:
+        raise UserError("--inflight must be at least 1")
+    if adaptive and inflight > 1:
+        raise UserError("--adaptive needs --inflight 1: pipelined round trips include the wait behind earlier "
+                        "requests, which would read as a slow link")
     session = EdgeSession(cloud, model, cache, cache_keep, backend, device, threads, timeout)
     planned, adapter = None, None
     try:
@@ -306,7 +408,7 @@ def run_edge(cloud, model="resnet50", split=None, cache="artifacts", backend="on
         plan = batches(data, batch_size, limit, shuffle, seed)
         if not plan:
             raise UserError("the dataset {} is empty".format(dataset))
-        recorder = measure(session, data, plan, warmup, follow, verbose, out, adapter)
+        recorder = measure(session, data, plan, warmup, follow, verbose, out, adapter, inflight)
     finally:
         session.close()
 
@@ -319,7 +421,7 @@ def run_edge(cloud, model="resnet50", split=None, cache="artifacts", backend="on
     info = {"model": manifest.model_id, "split": manifest.split_index, "bundle_id": manifest.bundle_id,
             "backend": session.head.name, "provider": session.head.provider,
             "cloud_backend": welcome.get("backend"), "cloud_provider": welcome.get("provider"),
-            "dataset": data.name, "batch_size": batch_size, "random_init": manifest["model"]["weights"]["random_init"],
+            "dataset": data.name, "batch_size": batch_size, "inflight": inflight, "random_init": manifest["model"]["weights"]["random_init"],
             "fetches": session.fetches, "chained_heads": session.chained, "switches": recorder.switches,
             "plan": planned, "probes": adapter.probes if adapter is not None else 0}
     if report:

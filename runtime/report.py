@@ -4,8 +4,11 @@ Figures, per request (one batch; at ``--batch-size 1``, per sample as in the see
 
 * edge         = head compute on the edge (the backend's run(), which waits for the device);
 * cloud        = tail compute, measured by the server around its run() and sent back in the reply;
-* transmission = wall time from sending the request to having the reply, minus cloud:
-                 both directions, framing, (de)serialisation and queueing;
+* queue        = time the request waited on the cloud for its batch to start (``serve-cloud
+                 --max-batch``; 0 without dynamic batching), measured by the server;
+* transmission = wall time from sending the request to having the reply, minus cloud and
+                 queue: both directions, framing, (de)serialisation, and with
+                 ``--inflight N`` > 1 the wait behind the requests sent before it;
 * end-to-end   = edge + transmission + cloud, i.e. head start to reply received.
 
 Python 3.6 syntax.
@@ -15,7 +18,7 @@ import os
 
 import numpy as np
 
-FIGURES = ("edge_ms", "transmission_ms", "cloud_ms", "end_to_end_ms")
+FIGURES = ("edge_ms", "transmission_ms", "cloud_ms", "queue_ms", "end_to_end_ms")
 SEED_LINES = (("edge_ms", "Avg edge inference latency"), ("transmission_ms", "Avg transmission latency"),
               ("cloud_ms", "Avg cloud inference latency"))
 
@@ -34,10 +37,12 @@ class RunRecorder(object):
         self.warmup_requests = 0
         self.wall_s = 0.0
 
-    def add(self, edge_ms, roundtrip_ms, cloud_ms, predictions, labels, bytes_sent, bytes_received, bundle_id=None):
+    def add(self, edge_ms, roundtrip_ms, cloud_ms, predictions, labels, bytes_sent, bytes_received, bundle_id=None,
+            queue_ms=0.0):
         self.records["edge_ms"].append(edge_ms)
         self.records["cloud_ms"].append(cloud_ms)
-        self.records["transmission_ms"].append(max(roundtrip_ms - cloud_ms, 0.0))
+        self.records["queue_ms"].append(queue_ms)
+        self.records["transmission_ms"].append(max(roundtrip_ms - cloud_ms - queue_ms, 0.0))
         self.records["end_to_end_ms"].append(edge_ms + roundtrip_ms)
         self.predictions.extend(int(p) for p in predictions)
         self.labels.extend(int(l) for l in labels)
@@ -71,8 +76,10 @@ def format_report(summary, samples, requests, warmup):
     for key, label in SEED_LINES:
         lines.append("{}: {:.3f} ms".format(label, summary[key]["mean"]))
     lines.append("Avg end-to-end latency: {:.3f} ms".format(summary["end_to_end_ms"]["mean"]))
-    for key, label in (("edge_ms", "Edge"), ("transmission_ms", "Transmission"), ("cloud_ms", "Cloud"),
-                       ("end_to_end_ms", "End-to-end")):
+    rows = [("edge_ms", "Edge"), ("transmission_ms", "Transmission"), ("cloud_ms", "Cloud")]
+    if summary["queue_ms"]["p99"] > 0:
+        rows.append(("queue_ms", "Cloud queue"))
+    for key, label in rows + [("end_to_end_ms", "End-to-end")]:
         lines.append("{:<13} p50 {:8.3f} ms   p99 {:8.3f} ms".format(label, summary[key]["p50"], summary[key]["p99"]))
     lines.append("Throughput: {:.1f} samples/s ({} samples in {} requests; {} warm-up requests excluded)".format(
         summary["throughput_samples_per_s"], samples, requests, warmup))

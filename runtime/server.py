@@ -37,6 +37,7 @@ from .store import BundleStore
 log = logging.getLogger("edgesplit.server")
 POLL_S = 0.2
 DRAIN_S = 5.0  # after SIGTERM, requests already sent are answered for at most this long
+MAX_QUEUED_PER_CONNECTION = 64  # with batching: an edge with this many requests queued is not read from
 EXPORT_TIMEOUT_S = 1800
 
 
@@ -294,12 +295,33 @@ class Session(object):
         self.runner = None
         self.nonce = None
         self.requests = 0
+        self.send_lock = threading.Lock()  # batched results are sent from the batcher's thread
+        self._pending = 0
+        self._idle = threading.Condition()
+
+    def begin(self):
+        with self._idle:
+            self._pending += 1
+
+    def end(self):
+        with self._idle:
+            self._pending -= 1
+            self._idle.notify_all()
+
+    def wait_pending(self, below=1, timeout=None):
+        """Wait until fewer than ``below`` requests of this connection are queued in a batcher."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._pending < below, timeout)
 
 
 class CloudServer(object):
     def __init__(self, registry, host="127.0.0.1", port=9999, max_frame_bytes=p.DEFAULT_MAX_FRAME_BYTES,
-                 read_timeout=30.0, admin_token=None):
+                 read_timeout=30.0, admin_token=None, max_batch=1, max_delay_ms=0.0):
         self.registry = registry
+        self.max_batch, self.max_delay_ms = max_batch, max_delay_ms
+        self._batchers = {}
+        self._batchers_lock = threading.Lock()
+        self._bound = collections.Counter()  # bundle id -> connections bound to it (for the batchers)
         self.max_frame_bytes = max(max_frame_bytes, p.CHUNK_BYTES)
         self.read_timeout = read_timeout
         self.admin_token = admin_token
@@ -339,6 +361,21 @@ class CloudServer(object):
         self.listener.close()
         for t in self._threads:  # drain: each finishes the request it is in, then closes
             t.join(self.read_timeout + 5)
+        for batcher in self._batchers.values():
+            batcher.close()
+            log.info("batcher %s: %d batches, %d samples", batcher.name, batcher.batches, batcher.samples)
+
+    def _batcher(self, session):
+        """The dynamic batcher of the session's tail (None without --max-batch > 1)."""
+        if self.max_batch <= 1:
+            return None
+        key = session.manifest.bundle_id
+        with self._batchers_lock:
+            if key not in self._batchers:
+                from .batching import DynamicBatcher
+                self._batchers[key] = DynamicBatcher(session.runner, self.max_batch, self.max_delay_ms, key,
+                                                     sources=lambda: self._bound.get(key, 0))
+            return self._batchers[key]
 
     def _serve_connection(self, conn, peer):
         session = Session("{}:{}".format(peer[0], peer[1]))
@@ -352,18 +389,21 @@ class CloudServer(object):
                 stopping = self._stop.is_set()
                 if stopping and time.monotonic() - self._stop_at > DRAIN_S:
                     reason = "server shut down (drain time over)"
-                    p.send_error(conn, 0, "shutting_down", "the cloud server is shutting down")
+                    self._error(conn, session, "shutting_down", "the cloud server is shutting down")
                     break
                 ready, _, _ = select.select([conn], [], [], 0 if stopping else POLL_S)
                 if not ready:
                     if stopping:  # nothing in flight: tell the edge why and close
                         reason = "server shutting down"
-                        p.send_error(conn, 0, "shutting_down", "the cloud server is shutting down")
+                        self._error(conn, session, "shutting_down", "the cloud server is shutting down")
                         break
                     continue
+                session.wait_pending(MAX_QUEUED_PER_CONNECTION)  # backpressure: stop reading this edge
                 conn.settimeout(self.read_timeout)
                 frame = reader.read(tensor_check=lambda t, dtype, shape: _check_tensor(session, t, dtype, shape))
                 conn.settimeout(None)
+                if frame.type != p.INFER:  # everything else is answered after the batched requests before it
+                    session.wait_pending()
                 if frame.type == p.BYE:
                     break
                 sent = self._handle(conn, reader, frame, session)
@@ -374,7 +414,7 @@ class CloudServer(object):
             reason = "error {}: {}".format(exc.code, exc)
             self.stats.error(exc.code)
             log.warning("%s %s: %s", session.peer, exc.code, exc)
-            p.send_error(conn, 0, exc.code, str(exc))
+            self._error(conn, session, exc.code, str(exc))
         except socket.timeout:
             reason = "read timeout"
             self.stats.error("timeout")
@@ -383,31 +423,62 @@ class CloudServer(object):
             reason = "error: {}".format(exc)
             self.stats.error("io" if isinstance(exc, OSError) else "server")
             log.warning("%s %s", session.peer, exc)
-            p.send_error(conn, 0, "server", str(exc))
+            self._error(conn, session, "server", str(exc))
         except Exception as exc:  # a bug: keep serving everyone else
             reason = "internal error"
             self.stats.error("internal")
             log.exception("%s internal error", session.peer)
-            p.send_error(conn, 0, "internal", "internal server error: {}".format(type(exc).__name__))
+            self._error(conn, session, "internal", "internal server error: {}".format(type(exc).__name__))
         finally:
+            session.wait_pending(timeout=DRAIN_S)  # answer what is queued before closing
+            self._bind(session, None)
             self.stats.add(active=-1, bytes_in=reader.bytes_received)
             conn.close()
             log.info("disconnect %s after %d requests (%s)", session.peer, session.requests, reason)
+
+    def _bind(self, session, manifest):
+        with self._batchers_lock:
+            if session.manifest is not None:
+                self._bound[session.manifest.bundle_id] -= 1
+            if manifest is not None:
+                self._bound[manifest.bundle_id] += 1
+
+    def _error(self, conn, session, code, message):
+        """An ERROR frame from the connection's thread, after the batched results it would overtake."""
+        session.wait_pending(timeout=DRAIN_S)
+        with session.send_lock:
+            p.send_error(conn, 0, code, message)
 
     def _handle(self, conn, reader, frame, session):
         if frame.type == p.HELLO:
             return self._hello(conn, frame, session)
         if frame.type == p.INFER:  # _check_tensor has required a bound bundle
-            start = time.perf_counter()
-            out = session.runner.run(frame.array)
-            cloud_ms = (time.perf_counter() - start) * 1000.0
+            x = frame.array
             session.requests += 1
-            self.stats.add(requests=1, samples=int(frame.array.shape[0]))
-            meta = {"cloud_ms": cloud_ms}
-            active = self.registry.active_for(session.manifest.model_id)
-            if active and active != session.manifest.bundle_id:
-                meta["active"] = active  # the edge switches at its next batch boundary
-            return p.send_frame(conn, p.RESULT, frame.request_id, meta, out)
+            self.stats.add(requests=1, samples=int(x.shape[0]))
+            batcher = self._batcher(session)
+            if batcher is None:
+                start = time.perf_counter()
+                out = session.runner.run(x)
+                return self._result(conn, session, frame.request_id, out, (time.perf_counter() - start) * 1000.0)
+            request_id = frame.request_id
+
+            def done(out, queue_ms, compute_ms, batch, error):
+                try:
+                    if error is not None:
+                        self.stats.error("internal")
+                        with session.send_lock:
+                            p.send_error(conn, request_id, "internal", "tail failed: {}".format(type(error).__name__))
+                        return
+                    self.stats.add(bytes_out=self._result(conn, session, request_id, out, compute_ms, queue_ms, batch))
+                except OSError:
+                    pass  # the edge has gone; its connection thread notices
+                finally:
+                    session.end()
+
+            session.begin()
+            batcher.submit(x, done, session)
+            return 0
         if frame.type == p.ECHO:  # network probe: the payload goes straight back
             return p.send_frame(conn, p.RESULT, frame.request_id, {"cloud_ms": 0.0}, frame.array)
         if frame.type == p.PROFILE:
@@ -417,6 +488,16 @@ class CloudServer(object):
         if frame.type == p.PUSH:
             return self._push(conn, reader, frame, session)
         raise p.ProtocolError("bad_type", "{} outside a transfer".format(frame.type_name))
+
+    def _result(self, conn, session, request_id, out, cloud_ms, queue_ms=0.0, batch=None):
+        meta = {"cloud_ms": cloud_ms}
+        if batch is not None:
+            meta.update(queue_ms=queue_ms, batch=batch)
+        active = self.registry.active_for(session.manifest.model_id)
+        if active and active != session.manifest.bundle_id:
+            meta["active"] = active  # the edge switches at its next batch boundary
+        with session.send_lock:
+            return p.send_frame(conn, p.RESULT, request_id, meta, out)
 
     def _hello(self, conn, frame, session):
         meta = frame.meta
@@ -434,6 +515,7 @@ class CloudServer(object):
             p.send_frame(conn, p.NOTICE, frame.request_id, {"message": message, "wait_s": EXPORT_TIMEOUT_S})
 
         manifest, runner = self.registry.resolve(model, split, bundle_id, notify)
+        self._bind(session, manifest)
         session.role, session.manifest, session.runner = "edge", manifest, runner
         log.info("%s uses bundle %s (%s split %s)", session.peer, manifest.bundle_id, manifest.model_id,
                  manifest.split_index)
@@ -530,7 +612,7 @@ def _check_tensor(session, type_, dtype, shape):
 
 def serve_cloud(host, port, artifacts, backend="onnx", device="auto", max_frame_mb=64.0, threads=0,
                 admin_token=None, export_model=None, export_weights=None, export_random_init=False,
-                export_input_shape=None):
+                export_input_shape=None, max_batch=1, max_delay_ms=2.0):
     """The serve-cloud command: run until SIGINT/SIGTERM, then drain and print the summary."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s serve-cloud %(levelname)s %(message)s")
@@ -541,13 +623,16 @@ def serve_cloud(host, port, artifacts, backend="onnx", device="auto", max_frame_
     good, bad = registry.store.scan()
     for directory, error in bad:
         log.warning("skipping %s: %s", directory, error)
-    server = CloudServer(registry, host, port, int(max_frame_mb * 1024 * 1024), admin_token=admin_token)
+    server = CloudServer(registry, host, port, int(max_frame_mb * 1024 * 1024), admin_token=admin_token,
+                         max_batch=max_batch, max_delay_ms=max_delay_ms)
     signal.signal(signal.SIGTERM, server.request_stop)
     signal.signal(signal.SIGINT, server.request_stop)
     log.info("%d bundles in %s: %s", len(good), artifacts,
              ", ".join("{}-s{} ({})".format(m.model_id, m.split_index, m.bundle_id) for m in good) or "none")
     if admin_token:
         log.info("pushes accepted with the admin token")
+    if max_batch > 1:
+        log.info("dynamic batching: up to %d samples per tail run, waiting at most %.1f ms", max_batch, max_delay_ms)
     if exporter:
         log.info("missing splits of %s are exported on demand", export_model)
     if host not in ("127.0.0.1", "::1", "localhost"):

@@ -1,0 +1,103 @@
+"""Pipelining (--inflight), dynamic batching (--max-batch) and their correctness, with real processes and tails."""
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from cloud_server import ServerProcess
+from conftest import REPO, run_cli
+
+
+@pytest.fixture(scope="module")
+def artifacts(seed_bundles):
+    return seed_bundles[0]
+
+
+def test_pipelined_run_gives_every_prediction_once_in_input_order(artifacts, labelled_npz, tmp_path):
+    srv = ServerProcess(artifacts)
+    try:
+        report = tmp_path / "r.json"
+        proc = run_cli("run-edge", "--cloud", srv.address, "--artifacts", artifacts, "--split", "10", "--inflight", "4",
+                       "--dataset", "npz:" + labelled_npz[0], "--limit", "60", "--report", report)
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        assert srv.stop() == 0
+    r = json.loads(report.read_text())
+    assert r["inflight"] == 4 and r["n"] == 60
+    assert r["labels"] == labelled_npz[1][:60].tolist() and r["predictions"] == r["labels"]
+
+
+def test_batcher_splits_a_batch_back_to_each_request(artifacts):
+    """Many threads submit different activations to one real tail; each gets exactly its own rows back."""
+    from runtime.backends import load_part
+    from runtime.batching import DynamicBatcher
+    from runtime.manifest import load_manifest
+    manifest = load_manifest(str(artifacts / "resnet50-s16"))
+    tail = load_part(manifest, "tail", threads=1)
+    batcher = DynamicBatcher(tail, max_batch=8, max_delay_ms=20)
+    rng = np.random.RandomState(0)
+    inputs = [rng.rand(1 + i % 3, 1024, 8, 8).astype(np.float32) for i in range(24)]
+    results, batch_sizes = {}, []
+
+    def submit(i):
+        done = threading.Event()
+
+        def deliver(out, queue_ms, compute_ms, batch, error):
+            assert error is None
+            results[i] = out.copy()
+            batch_sizes.append(batch)
+            done.set()
+        batcher.submit(inputs[i], deliver, source=i)
+        assert done.wait(60)
+
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(24)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    batcher.close()
+    for i, x in enumerate(inputs):
+        np.testing.assert_allclose(results[i], tail.run(x), rtol=1e-4, atol=1e-4)
+    assert max(batch_sizes) > 3 and max(batch_sizes) <= 8  # requests really were batched, never past the cap
+    assert batcher.samples == sum(len(x) for x in inputs) and batcher.batches < len(inputs)
+
+
+def test_dynamic_batching_across_eight_pipelined_edges_never_mixes_replies(artifacts, labelled_npz, tmp_path):
+    srv = ServerProcess(artifacts, "--max-batch", "8", "--max-delay-ms", "20", "--threads", "1")
+    procs = []
+    try:
+        for i in range(8):
+            report = tmp_path / "r{}.json".format(i)
+            cmd = [sys.executable, os.path.join(REPO, "cli.py"), "run-edge", "--cloud", srv.address, "--artifacts",
+                   str(artifacts), "--split", "16", "--inflight", "2", "--dataset", "npz:" + labelled_npz[0],
+                   "--limit", "30", "--shuffle", "--seed", str(i), "--warmup", "0", "--threads", "1",
+                   "--report", str(report)]
+            procs.append((subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), report, i))
+        reports = []
+        for proc, report, i in procs:
+            _, err = proc.communicate(timeout=300)
+            assert proc.returncode == 0, err
+            r = json.loads(report.read_text())
+            order = np.arange(len(labelled_npz[1]))
+            np.random.RandomState(i).shuffle(order)
+            assert r["labels"] == labelled_npz[1][order[:30]].tolist()  # each edge's own samples, in its order
+            assert r["predictions"] == r["labels"]
+            reports.append(r)
+    finally:
+        assert srv.stop() == 0, srv.log_text()
+    stats = re.search(r"batcher \w+: (\d+) batches, (\d+) samples", srv.log_text())
+    assert stats, srv.log_text()
+    batches, samples = int(stats.group(1)), int(stats.group(2))
+    assert samples == 8 * 30 and batches < samples  # edges' requests shared tail runs
+    assert all(r["queue_ms"]["p99"] > 0 for r in reports)  # queue time reported apart from compute
+
+
+def test_adaptive_with_pipelining_is_refused_in_one_line(tmp_path):
+    proc = run_cli("run-edge", "--cloud", "127.0.0.1:9", "--adaptive", "--inflight", "2", "--cache", tmp_path)
+    assert proc.returncode != 0 and "--adaptive needs --inflight 1" in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
