@@ -2,11 +2,13 @@
 """Raw-socket floor: what the same bytes cost over a bare TCP socket, with no serialisation.
 
 Framing (the least that lets one server answer any size): every request is a
-16-byte header ``struct.pack("!QQ", up, down)`` followed by ``up`` bytes; the
-server reads exactly that, then answers with exactly ``down`` bytes (zeros).  Both
+24-byte header ``struct.pack("!QQQ", up, down, busy_us)`` followed by ``up`` bytes;
+the server reads exactly that, keeps its CPU busy for ``busy_us`` microseconds (a
+stand-in for the tail's compute, so the floor is measured in a run's cadence), then
+answers with exactly ``down`` bytes (zeros).  Both
 ends set TCP_NODELAY, use preallocated buffers, ``recv_into`` and ``sendall``; the
 client sends header and payload in one ``sendall``.  So ``measure(addr, up, down)``
-moves ``16 + up`` bytes up and ``down`` bytes down per round trip.
+moves ``24 + up`` bytes up and ``down`` bytes down per round trip.
 
 The server handles each connection in its own thread.  ``start_server(process=True)``
 runs it in a separate process (``python raw_floor.py serve``), like the product's
@@ -31,7 +33,7 @@ import sys
 import threading
 import time
 
-HEADER = struct.Struct("!QQ")
+HEADER = struct.Struct("!QQQ")
 MAX_BYTES = 1 << 31  # refuse absurd sizes (a garbled header)
 
 
@@ -54,7 +56,7 @@ def _handle(conn):
     outbox = memoryview(bytearray(0))
     try:
         while _recv_exactly(conn, header_view):
-            up, down = HEADER.unpack(header)
+            up, down, busy_us = HEADER.unpack(header)
             if up > MAX_BYTES or down > MAX_BYTES:
                 return
             if len(inbox) < up:
@@ -63,6 +65,10 @@ def _handle(conn):
                 outbox = memoryview(bytearray(down))
             if not _recv_exactly(conn, inbox[:up]):
                 return
+            if busy_us:
+                end = time.perf_counter() + busy_us / 1e6
+                while time.perf_counter() < end:
+                    pass
             conn.sendall(outbox[:down])
     except OSError:
         pass
@@ -159,22 +165,30 @@ def _address(address):
     return address[0], int(address[1])
 
 
-def measure(address, up_bytes, down_bytes, n=200, warmup=20):
-    """Round-trip milliseconds of ``n`` requests (``up_bytes`` up, ``down_bytes`` down), after ``warmup``."""
+def measure(address, up_bytes, down_bytes, n=200, warmup=20, between=None, busy_ms=0.0):
+    """Round-trip milliseconds of ``n`` requests (``up_bytes`` up, ``down_bytes`` down), after ``warmup``,
+    minus ``busy_ms``, the time the server spends busy before answering each (the tail's compute).
+
+    ``between`` (a callable) runs before each request, untimed: e.g. the edge's real
+    head, so the floor is measured in the same cadence as a run (a process that has
+    just computed for 20 ms, or slept, pays more per request than one in a tight loop).
+    """
     sock = socket.create_connection(_address(address))
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         request = bytearray(HEADER.size + up_bytes)
-        HEADER.pack_into(request, 0, up_bytes, down_bytes)
+        HEADER.pack_into(request, 0, up_bytes, down_bytes, int(busy_ms * 1000))
         request_view = memoryview(request)
         reply_view = memoryview(bytearray(down_bytes))
         times = []
         for i in range(warmup + n):
+            if between is not None:
+                between()
             start = time.perf_counter()
             sock.sendall(request_view)
             if not _recv_exactly(sock, reply_view):
                 raise ConnectionError("raw-floor server closed the connection")
-            elapsed = (time.perf_counter() - start) * 1000.0
+            elapsed = (time.perf_counter() - start) * 1000.0 - busy_ms
             if i >= warmup:
                 times.append(elapsed)
         return times

@@ -94,14 +94,39 @@ def recv_msg(sock):
 
 # ---------------------------------------------------------------- model (the project's own)
 
+class SeedSplit(object):
+    """The seed's chain expansion: ``get_layers`` walks ``named_children()`` and recurses into nn.Sequential only,
+    with a flatten before ``fc``; split k is ``Sequential(*layers[:k])`` / ``Sequential(*layers[k:])``."""
+
+    def __init__(self, model):
+        self.model = model.eval()
+        self.layers = []
+        self._expand(self.model)
+
+    def _expand(self, module):
+        for name, child in module.named_children():
+            if isinstance(child, torch.nn.Sequential):
+                self._expand(child)
+            else:
+                if name == "fc":
+                    self.layers.append(torch.nn.Flatten(1))
+                self.layers.append(child)
+
+    def head(self, k):
+        return torch.nn.Sequential(*self.layers[:k]).eval() if k else None
+
+    def tail(self, k):
+        return torch.nn.Sequential(*self.layers[k:]).eval() if k < len(self.layers) else None
+
+
 def build_traced(model="resnet50", weights=None, random_init=True):
-    """The model as ``export_bundle`` builds it, traced; ``random_init`` is ignored when ``weights`` is given."""
+    """The model as ``export_bundle`` builds it (same weights), cut as the seed cut it (SeedSplit);
+    ``random_init`` is ignored when ``weights`` is given."""
     from exporter.bundle import prepare_model
-    from exporter.cutpoints import TracedModel
     from exporter.models.configs import resolve
     config = resolve(model)
     net, _, _ = prepare_model(config, weights, bool(random_init) and not weights)
-    return TracedModel(net, config.input_shape)
+    return SeedSplit(net)
 
 
 def _identity(x):

@@ -41,7 +41,7 @@ def test_raw_floor_echoes_exact_sizes(process):
     with raw_floor.start_server(process=process) as server:
         with socket.create_connection(server.address, timeout=10) as sock:
             for up, down in ((0, 1), (70000, 3), (5, 200000)):
-                sock.sendall(struct.pack("!QQ", up, down) + b"x" * up)
+                sock.sendall(struct.pack("!QQQ", up, down, 0) + b"x" * up)
                 reply = bytearray()
                 while len(reply) < down:
                     chunk = sock.recv(down - len(reply))
