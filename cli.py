@@ -236,15 +236,20 @@ def serve_cloud(host, port, artifacts, backend, device, max_frame_mb, threads, a
 @click.option("--inflight", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Requests in flight at once: >1 overlaps the next head with the transfer and tail of earlier "
                    "ones (throughput); 1 keeps every latency figure free of waiting.")
+@click.option("--compress", default="none", show_default=True, type=click.Choice(["none", "fp16", "int8"]),
+              help="Lossy compression of the activation sent (int8: per-channel scale from its range).")
+@click.option("--codec", default="none", show_default=True, type=click.Choice(["none", "zstd", "lz4"]),
+              help="Lossless codec after --compress (needs the zstandard / lz4 package on both sides).")
 @handle_errors
 def run_edge(cloud, model, split, objective, bandwidth, rtt, cache, cache_keep, no_follow, adaptive, backend, device,
-             dataset, data_dir, limit, batch_size, shuffle, seed, warmup, verbose, report, timeout, threads, inflight):
+             dataset, data_dir, limit, batch_size, shuffle, seed, warmup, verbose, report, timeout, threads, inflight,
+             compress, codec):
     """Run the head here, the tail on the cloud, and print the seed's report."""
     from runtime.edge import run_edge as run
     run(cloud, model, split, cache, backend, device, dataset, data_dir, limit, batch_size, shuffle, seed,
         warmup, verbose, report, timeout, threads, cache_keep, not no_follow,
         plan_options={"objective": objective, "bandwidth": bandwidth, "rtt": rtt}, adaptive=adaptive,
-        inflight=inflight)
+        inflight=inflight, compress=compress, codec=codec)
 
 
 @main.command()

@@ -60,7 +60,7 @@ def send_files(sock, directory, entries):
     return sent + p.send_frame(sock, p.DONE, 0, {"files": len(entries)})
 
 
-def _chunk_check(type_, dtype, shape):
+def _chunk_check(type_, dtype, shape, meta=None):
     if type_ == p.CHUNK and (dtype != "uint8" or len(shape) != 1 or shape[0] > p.CHUNK_BYTES):
         raise p.ProtocolError("bad_chunk", "file chunks are 1-D uint8 of at most {} bytes".format(p.CHUNK_BYTES))
 

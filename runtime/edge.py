@@ -45,9 +45,10 @@ class CloudConnection(object):
         except OSError as exc:
             raise UserError("cannot connect to the cloud at {} ({}); is `cli.py serve-cloud` running there?".format(
                 address, exc.strerror or exc))
-        self.sock.settimeout(timeout)
+        p.set_timeouts(self.sock, timeout)
         p.tune_socket(self.sock)
         self.reader = p.FrameReader(self.sock, max_frame_bytes, allowed_types=p.FROM_CLOUD)
+        self._waiting = timeout
         self._next_id = 1
 
     def send(self, type_, meta, array=None):
@@ -64,16 +65,18 @@ class CloudConnection(object):
             except p.PeerClosed:
                 raise UserError("the cloud at {} closed the connection".format(self.address))
             except socket.timeout:
-                raise UserError("no reply from the cloud at {} within {:.0f} s".format(
-                    self.address, self.sock.gettimeout()))
+                raise UserError("no reply from the cloud at {} within {:.0f} s".format(self.address, self._waiting))
             finally:
-                self.sock.settimeout(self.timeout)
+                if self._waiting != self.timeout:
+                    p.set_timeouts(self.sock, self.timeout)
+                    self._waiting = self.timeout
             if frame.type == p.ERROR:
                 raise p.RemoteError(frame.meta.get("code", "error"), "cloud: {}".format(frame.meta.get("message", "")))
             if frame.type != p.NOTICE:
                 return frame
             _say("cloud: {}".format(frame.meta.get("message", "")))
-            self.sock.settimeout(max(self.timeout, float(frame.meta.get("wait_s", 0))))
+            self._waiting = max(self.timeout, float(frame.meta.get("wait_s", 0)))
+            p.set_timeouts(self.sock, self._waiting)
 
     def expect(self, type_, request_id=None):
         frame = self.receive()
@@ -88,10 +91,10 @@ class CloudConnection(object):
         request_id, _ = self.send(p.HELLO, dict(meta, protocol=p.VERSION))
         return self.expect(p.WELCOME, request_id).meta
 
-    def infer(self, array):
+    def infer(self, array, meta=None):
         """Send one activation, wait for its result; return (RESULT frame, bytes sent, bytes received)."""
         before = self.reader.bytes_received
-        request_id, sent = self.send(p.INFER, {}, array)
+        request_id, sent = self.send(p.INFER, meta or {}, array)
         frame = self.expect(p.RESULT, request_id)
         return frame, sent, self.reader.bytes_received - before
 
@@ -116,9 +119,12 @@ class EdgeSession(object):
     verify its head if it is not cached, load it, and go on.
     """
 
-    def __init__(self, cloud, model, cache, cache_keep=8, backend="onnx", device="auto", threads=0, timeout=30.0):
+    def __init__(self, cloud, model, cache, cache_keep=8, backend="onnx", device="auto", threads=0, timeout=30.0,
+                 compress="none", codec="none"):
         if backend not in FORMAT_OF_BACKEND:
             raise UserError("unknown backend {!r}".format(backend))
+        from .compression import Encoder
+        self.encoder = Encoder(compress, codec)
         self.model = model
         self.backend, self.device, self.threads = backend, device, threads
         self.formats = (FORMAT_OF_BACKEND[backend],)
@@ -145,6 +151,11 @@ class EdgeSession(object):
         """
         welcome = self.conn.hello({"role": "edge", "model": self.model, "split": split, "bundle_id": bundle_id})
         data = validate(welcome.get("manifest"), "the cloud's manifest")
+        if self.encoder.codec != "none" and self.encoder.codec not in welcome.get("codecs", ()):
+            raise UserError("the cloud cannot decode --codec {} (it has {}); install it there (pip install {}) or "
+                            "choose another codec".format(self.encoder.codec, ", ".join(welcome.get("codecs", ())) or
+                                                          "none", {"zstd": "zstandard"}.get(self.encoder.codec,
+                                                                                             self.encoder.codec)))
         if data["bundle_id"] != welcome.get("bundle_id") or (bundle_id and data["bundle_id"] != bundle_id):
             raise p.ProtocolError("bad_reply", "the cloud answered with bundle {} for {}".format(
                 data["bundle_id"], bundle_id or "split {}".format(split)))
@@ -179,14 +190,19 @@ class EdgeSession(object):
                 and seg["points"][k]["name"] == data["split"]["name"]
                 and list(seg["points"][k]["shape"]) == list(data["boundary"]["shape"][1:]))
 
+    def encode(self, boundary):
+        """(frame meta, tensor to send) for one boundary activation, compressed as asked."""
+        encoding, payload = self.encoder.encode(boundary)
+        return ({"encoding": encoding} if encoding else {}), payload
+
     def infer(self, x):
         """Head here, tail there: (output, edge_ms, roundtrip_ms, cloud_ms, bytes sent, bytes received, meta)."""
         t0 = time.perf_counter()
-        boundary = self.head.run(x)
+        meta, payload = self.encode(self.head.run(x))
         t1 = time.perf_counter()
-        frame, sent, received = self.conn.infer(boundary)
+        frame, sent, received = self.conn.infer(payload, meta)
         t2 = time.perf_counter()
-        return (frame.array, (t1 - t0) * 1000.0, (t2 - t1) * 1000.0, float(frame.meta.get("cloud_ms", 0.0)),
+        return (frame.array, (t1 - t0) * 1000.0, (t2 - t1) * 1000.0, frame.compute_ms,
                 sent, received, frame.meta)
 
     def close(self):
@@ -234,9 +250,9 @@ class _Sequential(object):
     def full(self):
         return bool(self.pending)
 
-    def send(self, array, context):
+    def send(self, array, meta, context):
         t0 = time.perf_counter()
-        frame, sent, received = self.conn.infer(array)
+        frame, sent, received = self.conn.infer(array, meta)
         self.pending.append((frame, (time.perf_counter() - t0) * 1000.0, sent, received, context))
 
     def next(self):
@@ -275,9 +291,9 @@ class _Pipelined(object):
     def full(self):
         return len(self.pending) >= self.depth
 
-    def send(self, array, context):
+    def send(self, array, meta, context):
         t0 = time.perf_counter()
-        request_id, sent = self.conn.send(p.INFER, {}, array)
+        request_id, sent = self.conn.send(p.INFER, meta, array)
         self.pending.append((request_id, t0, sent, context))
         self._tickets.put(request_id)
 
@@ -323,12 +339,12 @@ def measure(session, data, plan, warmup=3, follow=True, verbose=False, out=None,
                 position += 1
                 x = preprocess_batch(data.images(indices), preprocess)
                 t0 = time.perf_counter()
-                boundary = session.head.run(x)
-                pipe.send(boundary, (indices, (time.perf_counter() - t0) * 1000.0, session.manifest.bundle_id))
+                meta, payload = session.encode(session.head.run(x))  # edge time: head and compression
+                pipe.send(payload, meta, (indices, (time.perf_counter() - t0) * 1000.0, session.manifest.bundle_id))
                 continue
             frame, roundtrip_ms, sent, received, (indices, edge_ms, bundle_id) = pipe.next()
             meta = frame.meta
-            cloud_ms, queue_ms = float(meta.get("cloud_ms", 0.0)), float(meta.get("queue_ms", 0.0))
+            cloud_ms, queue_ms = frame.compute_ms, frame.queue_ms
             predictions = frame.array.reshape(len(indices), -1).argmax(axis=1)
             labels = data.labels[indices]
             recorder.add(edge_ms, roundtrip_ms, cloud_ms, predictions, labels, sent, received, bundle_id, queue_ms)
@@ -374,7 +390,7 @@ def measure(session, data, plan, warmup=3, follow=True, verbose=False, out=None,
 def run_edge(cloud, model="resnet50", split=None, cache="artifacts", backend="onnx", device="auto",
              dataset="cifar100", data_dir="data", limit=100, batch_size=1, shuffle=False, seed=0, warmup=3,
              verbose=False, report=None, timeout=30.0, threads=0, cache_keep=8, follow=True, out=None,
-             plan_options=None, adaptive=False, inflight=1):
+             plan_options=None, adaptive=False, inflight=1, compress="none", codec="none"):
     """The run-edge command.  Returns the report dict; prints the seed's report to ``out``."""
     out = out or sys.stdout
     if batch_size < 1:
@@ -384,7 +400,7 @@ def run_edge(cloud, model="resnet50", split=None, cache="artifacts", backend="on
     if adaptive and inflight > 1:
         raise UserError("--adaptive needs --inflight 1: pipelined round trips include the wait behind earlier "
                         "requests, which would read as a slow link")
-    session = EdgeSession(cloud, model, cache, cache_keep, backend, device, threads, timeout)
+    session = EdgeSession(cloud, model, cache, cache_keep, backend, device, threads, timeout, compress, codec)
     planned, adapter = None, None
     try:
         if split == "auto" or adaptive:
@@ -421,7 +437,8 @@ def run_edge(cloud, model="resnet50", split=None, cache="artifacts", backend="on
     info = {"model": manifest.model_id, "split": manifest.split_index, "bundle_id": manifest.bundle_id,
             "backend": session.head.name, "provider": session.head.provider,
             "cloud_backend": welcome.get("backend"), "cloud_provider": welcome.get("provider"),
-            "dataset": data.name, "batch_size": batch_size, "inflight": inflight, "random_init": manifest["model"]["weights"]["random_init"],
+            "dataset": data.name, "batch_size": batch_size, "inflight": inflight,
+            "compress": compress, "codec": codec, "random_init": manifest["model"]["weights"]["random_init"],
             "fetches": session.fetches, "chained_heads": session.chained, "switches": recorder.switches,
             "plan": planned, "probes": adapter.probes if adapter is not None else 0}
     if report:

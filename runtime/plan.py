@@ -47,6 +47,16 @@ def edge_profile(session, segments_data, batch_size):
     return profile
 
 
+def with_encoded_sizes(profile, encoder):
+    """The profile with each point's bytes per sample as ``--compress``/``--codec`` will send them."""
+    if encoder is None or (encoder.scheme == "none" and encoder.codec == "none"):
+        return profile
+    from .compression import encoded_bytes_estimate
+    points = [dict(pt, bytes_per_sample=encoded_bytes_estimate(encoder.scheme, encoder.codec, [1] + list(pt["shape"])))
+              for pt in profile["points"]]
+    return dict(profile, points=points)
+
+
 def measure_network(conn, bandwidth=None, rtt=None):
     if bandwidth is not None and rtt is not None:
         return {"rtt_ms": rtt, "bandwidth_mbps": bandwidth, "source": "given"}
@@ -66,6 +76,7 @@ def make_plan(session, batch_size=1, bandwidth=None, rtt=None, objective="latenc
         cloud = read_profile(cloud_file)
     edge = read_profile(edge_file) if edge_file else edge_profile(session, segments_data, batch_size)
     check_profiles(edge, cloud)
+    edge = with_encoded_sizes(edge, getattr(session, "encoder", None))
     if profiles is not None:
         profiles.update(edge=edge, cloud=cloud)
     network = measure_network(session.conn, bandwidth, rtt)

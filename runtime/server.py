@@ -15,7 +15,6 @@ import collections
 import hmac
 import logging
 import os
-import select
 import shutil
 import signal
 import socket
@@ -28,6 +27,7 @@ import uuid
 from . import protocol as p
 from .backends import load_part
 from .commands import cli_command
+from .compression import available_codecs, decode
 from .deploy import file_entries, receive_files, remove_stale_temp_dirs, send_files, temp_dir, token_proof
 from .errors import ManifestError, UserError
 from .profile import profile_segments
@@ -295,6 +295,8 @@ class Session(object):
         self.runner = None
         self.nonce = None
         self.requests = 0
+        self.samples = 0
+        self.bytes_out = 0  # folded into the server's Stats when the connection closes (no lock per frame)
         self.send_lock = threading.Lock()  # batched results are sent from the batcher's thread
         self._pending = 0
         self._idle = threading.Condition()
@@ -354,7 +356,6 @@ class CloudServer(object):
                 if self._stop.is_set():
                     break
                 raise
-            conn.settimeout(None)
             t = threading.Thread(target=self._serve_connection, args=(conn, peer), daemon=True)
             t.start()
             self._threads = [x for x in self._threads if x.is_alive()] + [t]
@@ -381,33 +382,37 @@ class CloudServer(object):
         session = Session("{}:{}".format(peer[0], peer[1]))
         self.stats.add(connections=1, active=1)
         log.info("connect %s", session.peer)
-        reader = p.FrameReader(conn, self.max_frame_bytes, allowed_types=p.FROM_EDGE)
+        # without batching each request's tensor is done with before the next is read: receive into one array
+        reader = p.FrameReader(conn, self.max_frame_bytes, allowed_types=p.FROM_EDGE, frame_timeout=self.read_timeout,
+                               reuse_arrays=self.max_batch <= 1)
         reason = "closed by edge"
         try:
             p.tune_socket(conn)
+            # the kernel wakes an idle reader every POLL_S to look at the stop flag; no per-frame system calls
+            p.set_timeouts(conn, POLL_S, send_seconds=self.read_timeout)
+            check = lambda t, dtype, shape, meta: _check_tensor(session, t, dtype, shape, meta)  # noqa: E731
+            batching = self.max_batch > 1
             while True:
                 stopping = self._stop.is_set()
                 if stopping and time.monotonic() - self._stop_at > DRAIN_S:
                     reason = "server shut down (drain time over)"
                     self._error(conn, session, "shutting_down", "the cloud server is shutting down")
                     break
-                ready, _, _ = select.select([conn], [], [], 0 if stopping else POLL_S)
-                if not ready:
+                if batching:
+                    session.wait_pending(MAX_QUEUED_PER_CONNECTION)  # backpressure: stop reading this edge
+                try:
+                    frame = reader.read(check, idle_ok=True)
+                except p.NoFrameYet:
                     if stopping:  # nothing in flight: tell the edge why and close
                         reason = "server shutting down"
                         self._error(conn, session, "shutting_down", "the cloud server is shutting down")
                         break
                     continue
-                session.wait_pending(MAX_QUEUED_PER_CONNECTION)  # backpressure: stop reading this edge
-                conn.settimeout(self.read_timeout)
-                frame = reader.read(tensor_check=lambda t, dtype, shape: _check_tensor(session, t, dtype, shape))
-                conn.settimeout(None)
-                if frame.type != p.INFER:  # everything else is answered after the batched requests before it
+                if batching and frame.type != p.INFER:  # answered after the batched requests before it
                     session.wait_pending()
                 if frame.type == p.BYE:
                     break
-                sent = self._handle(conn, reader, frame, session)
-                self.stats.add(bytes_out=sent)
+                session.bytes_out += self._handle(conn, reader, frame, session)
         except p.PeerClosed:
             pass
         except (p.ProtocolError, HandshakeError) as exc:
@@ -432,7 +437,8 @@ class CloudServer(object):
         finally:
             session.wait_pending(timeout=DRAIN_S)  # answer what is queued before closing
             self._bind(session, None)
-            self.stats.add(active=-1, bytes_in=reader.bytes_received)
+            self.stats.add(active=-1, bytes_in=reader.bytes_received, bytes_out=session.bytes_out,
+                           requests=session.requests, samples=session.samples)
             conn.close()
             log.info("disconnect %s after %d requests (%s)", session.peer, session.requests, reason)
 
@@ -454,13 +460,19 @@ class CloudServer(object):
             return self._hello(conn, frame, session)
         if frame.type == p.INFER:  # _check_tensor has required a bound bundle
             x = frame.array
+            decode_ms = 0.0
+            if "encoding" in frame.meta:  # --compress on the edge
+                start = time.perf_counter()
+                x = decode(frame.meta["encoding"], x, session.manifest["boundary"]["shape"])
+                decode_ms = (time.perf_counter() - start) * 1000.0
             session.requests += 1
-            self.stats.add(requests=1, samples=int(x.shape[0]))
+            session.samples += x.shape[0]
             batcher = self._batcher(session)
             if batcher is None:
                 start = time.perf_counter()
                 out = session.runner.run(x)
-                return self._result(conn, session, frame.request_id, out, (time.perf_counter() - start) * 1000.0)
+                return self._result(conn, session, frame.request_id, out,
+                                    decode_ms + (time.perf_counter() - start) * 1000.0)
             request_id = frame.request_id
 
             def done(out, queue_ms, compute_ms, batch, error):
@@ -470,7 +482,8 @@ class CloudServer(object):
                         with session.send_lock:
                             p.send_error(conn, request_id, "internal", "tail failed: {}".format(type(error).__name__))
                         return
-                    self.stats.add(bytes_out=self._result(conn, session, request_id, out, compute_ms, queue_ms, batch))
+                    self.stats.add(bytes_out=self._result(conn, session, request_id, out, decode_ms + compute_ms,
+                                                          queue_ms, batch))
                 except OSError:
                     pass  # the edge has gone; its connection thread notices
                 finally:
@@ -480,7 +493,7 @@ class CloudServer(object):
             batcher.submit(x, done, session)
             return 0
         if frame.type == p.ECHO:  # network probe: the payload goes straight back
-            return p.send_frame(conn, p.RESULT, frame.request_id, {"cloud_ms": 0.0}, frame.array)
+            return p.send_frame(conn, p.RESULT, frame.request_id, {}, frame.array)
         if frame.type == p.PROFILE:
             return self._profile(conn, frame)
         if frame.type == p.FETCH:
@@ -490,14 +503,12 @@ class CloudServer(object):
         raise p.ProtocolError("bad_type", "{} outside a transfer".format(frame.type_name))
 
     def _result(self, conn, session, request_id, out, cloud_ms, queue_ms=0.0, batch=None):
-        meta = {"cloud_ms": cloud_ms}
-        if batch is not None:
-            meta.update(queue_ms=queue_ms, batch=batch)
+        meta = {} if batch is None else {"batch": batch}
         active = self.registry.active_for(session.manifest.model_id)
         if active and active != session.manifest.bundle_id:
             meta["active"] = active  # the edge switches at its next batch boundary
         with session.send_lock:
-            return p.send_frame(conn, p.RESULT, request_id, meta, out)
+            return p.send_frame(conn, p.RESULT, request_id, meta, out, cloud_ms, queue_ms)
 
     def _hello(self, conn, frame, session):
         meta = frame.meta
@@ -522,6 +533,7 @@ class CloudServer(object):
         return p.send_frame(conn, p.WELCOME, frame.request_id, {
             "bundle_id": manifest.bundle_id, "manifest": manifest.data, "backend": runner.name,
             "provider": runner.provider, "max_frame_bytes": self.max_frame_bytes, "protocol": p.VERSION,
+            "codecs": available_codecs(),
             "active": self.registry.active_for(model)})
 
     def _profile(self, conn, frame):
@@ -590,7 +602,7 @@ class CloudServer(object):
                                                              "uploaded": held is None})
 
 
-def _check_tensor(session, type_, dtype, shape):
+def _check_tensor(session, type_, dtype, shape, meta=None):
     if type_ == p.CHUNK:  # during a push, receive_files reads the chunks with its own check
         raise p.ProtocolError("bad_type", "CHUNK outside a push")
     if type_ == p.ECHO:
@@ -602,6 +614,10 @@ def _check_tensor(session, type_, dtype, shape):
         raise p.ProtocolError("no_hello", "INFER before HELLO: the edge must name its bundle first")
     spec = manifest["boundary"]
     expected = tuple(spec["shape"][1:])
+    if meta and meta.get("encoding") is not None:  # compressed: decode() checks it against the boundary spec
+        if dtype not in ("float16", "uint8", "float32"):
+            raise p.ProtocolError("bad_encoding", "a compressed tensor is float16 or uint8, not {}".format(dtype))
+        return
     if dtype != spec["dtype"]:
         raise p.ProtocolError("bad_dtype", "tensor dtype {} but bundle {} takes {}".format(
             dtype, manifest.bundle_id, spec["dtype"]))

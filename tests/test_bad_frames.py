@@ -30,7 +30,7 @@ def server(bundle):
 
 
 def header(type_=p.INFER, meta_len=0, payload_len=0, magic=p.MAGIC, version=p.VERSION, request_id=7):
-    return p.HEADER.pack(magic, version, type_, 0, request_id, meta_len, payload_len)
+    return p.HEADER.pack(magic, version, type_, 0, request_id, meta_len, payload_len, 0, 0)
 
 
 def frame(type_, meta, payload=b"", **kw):
@@ -46,6 +46,13 @@ def infer(dtype="float32", shape=(1, 2048, 1, 1), payload=None):
     if payload is None:
         payload = np.zeros(shape, dtype=dtype).tobytes()
     return frame(p.INFER, {"dtype": dtype, "shape": list(shape)}, payload)
+
+
+def _zstd_bomb():
+    import zstandard
+    blob = zstandard.ZstdCompressor().compress(b"\0" * (1 << 30))
+    return frame(p.INFER, {"dtype": "uint8", "shape": [len(blob)], "encoding": {
+        "scheme": "none", "codec": "zstd", "shape": [1, 2048, 1, 1]}}, blob)
 
 
 class Exploit(object):
@@ -97,6 +104,15 @@ CASES = {
                                   "bad_shape", False),
     "truncated frame": (lambda m, t: hello(m) + infer()[:200], "truncated", True),
     "pickle payload": (lambda m, t: pickle.dumps(Exploit(t)), "bad_magic", False),
+    "compressed: unknown scheme": (lambda m, t: hello(m) + frame(p.INFER, {
+        "dtype": "uint8", "shape": [2048], "encoding": {"scheme": "rot13", "codec": "none", "shape": [1, 2048, 1, 1]}},
+        b"\0" * 2048), "bad_encoding", False),
+    "compressed: zstd bomb (1 GiB claimed, 2048 values declared)": (lambda m, t: hello(m) + _zstd_bomb(), "bad_encoding",
+                                                                    False),
+    "compressed: int8 without scales": (lambda m, t: hello(m) + frame(p.INFER, {
+        "dtype": "uint8", "shape": [1, 2048, 1, 1], "encoding": {"scheme": "int8", "codec": "none",
+                                                                 "shape": [1, 2048, 1, 1]}}, b"\0" * 2048),
+                                        "bad_encoding", False),
     "unknown bundle": (lambda m, t: frame(p.HELLO, {"model": "resnet50", "split": 20, "bundle_id": "0" * 16}),
                        "bundle_mismatch", False),
 }

@@ -32,7 +32,7 @@ def test_planner_moves_the_split_later_as_bandwidth_drops():
     assert best(1) == 4          # very slow: everything on the edge
     row = predict(POINTS, EDGE_MS, CLOUD_MS, 1.0, 8.0, output_bytes=40, splits=[2])[0]
     assert row["edge_ms"] == 4.0 and row["cloud_ms"] == pytest.approx(0.8)
-    frame = 28 + 48
+    frame = 36 + 48  # the header and typical metadata
     assert row["network_ms"] == pytest.approx(1.0 + (20000 + frame + 40 + frame) / 1000.0)  # 8 Mbit/s = 1 byte/us
     assert row["latency_ms"] == row["edge_ms"] + row["network_ms"] + row["cloud_ms"]
 

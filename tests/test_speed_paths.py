@@ -101,3 +101,30 @@ def test_adaptive_with_pipelining_is_refused_in_one_line(tmp_path):
     proc = run_cli("run-edge", "--cloud", "127.0.0.1:9", "--adaptive", "--inflight", "2", "--cache", tmp_path)
     assert proc.returncode != 0 and "--adaptive needs --inflight 1" in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("split", [3, 16])
+def test_compressed_runs_agree_with_fp32_and_shrink_the_bytes(split, artifacts, labelled_npz, tmp_path):
+    """500 labelled samples through real processes: fp32 exact; fp16 and int8 (+zstd) within the targets."""
+    srv = ServerProcess(artifacts, "--threads", "1")
+    runs = {}
+    try:
+        for compress, codec in (("none", "none"), ("fp16", "none"), ("int8", "none"), ("int8", "zstd")):
+            report = tmp_path / "{}-{}.json".format(compress, codec)
+            proc = run_cli("run-edge", "--cloud", srv.address, "--artifacts", artifacts, "--split", split,
+                           "--compress", compress, "--codec", codec, "--dataset", "npz:" + labelled_npz[0],
+                           "--limit", "500", "--warmup", "0", "--threads", "1", "--report", report)
+            assert proc.returncode == 0, proc.stderr
+            runs[compress, codec] = json.loads(report.read_text())
+    finally:
+        assert srv.stop() == 0
+    labels = labelled_npz[1].tolist()
+    fp32 = runs["none", "none"]
+    assert fp32["predictions"] == labels  # uncompressed: exactly the unsplit model's
+    for (compress, codec), r in runs.items():
+        agree = np.mean(np.array(r["predictions"]) == np.array(fp32["predictions"]))
+        assert agree >= (0.999 if compress == "fp16" else 0.99 if compress == "int8" else 1.0), (compress, codec, agree)
+        ratio = r["bytes_sent_per_sample"] / fp32["bytes_sent_per_sample"]
+        limit = {"none": 1.0, "fp16": 0.51, "int8": 0.26}[compress] if codec == "none" else 0.25
+        assert ratio <= limit, (compress, codec, ratio)
+        assert r["compress"] == compress and r["codec"] == codec

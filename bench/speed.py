@@ -1,0 +1,419 @@
+#!/usr/bin/env python3
+"""The speed benchmark: edgesplit against a seed-style baseline and a raw-socket floor, measured side by side.
+
+One command runs every check of issue #6 on this machine and prints one table of
+medians and ratios (Markdown), and writes ``speed.csv``, ``speed.json`` and
+``speed.png`` into ``--out``::
+
+    python bench/speed.py --out /tmp/speed            # everything (about 10 minutes on 2 cores)
+    python bench/speed.py --only transport,lean       # some checks
+
+Checks (each runs its baseline in the same invocation, same split, same samples):
+
+* transport   loopback, batch 1, splits 3 and 20: median transmission of edgesplit vs
+              the seed-style baseline (pickle, length + acknowledgement framing, eager
+              PyTorch; bench/seed_style.py) and vs the raw-socket floor for the same
+              bytes (bench/raw_floor.py).
+* pipelining  edge and cloud each pinned to one core, at a split where their times are
+              comparable: throughput with --inflight N vs --inflight 1; and behind a
+              50 Mbit/s tbf link at split 3 (root only), throughput vs the link's bound.
+* batching    8 concurrent edges at split 10: serve-cloud --max-batch 8 vs no batching.
+* compression fp16 / int8 (and + zstd): bytes per sample vs fp32, top-1 agreement with
+              fp32 on the same samples.
+* lean        peak RSS and time from process start to the first result: run-edge
+              (onnxruntime, CPU) vs the seed-style edge (eager PyTorch).
+
+Random weights and synthetic images (no downloads); timings from one run of this
+2-core VM vary by about 10-20%, ratios within one run are what to compare.
+"""
+import argparse
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+CLI = os.path.join(REPO, "cli.py")
+sys.path.insert(0, REPO)
+sys.path.insert(0, HERE)
+
+CHECKS = ("transport", "pipelining", "batching", "compression", "lean")
+ENV = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+
+
+def _say(message):
+    sys.stderr.write("speed: {}\n".format(message))
+    sys.stderr.flush()
+
+
+# ---------------------------------------------------------------- processes
+
+class Server(object):
+    """A server process (ours or the seed-style one) on a free loopback port."""
+
+    def __init__(self, argv, ready, cpu=None):
+        prefix = ["taskset", "-c", str(cpu)] if cpu is not None else []
+        self.proc = subprocess.Popen(prefix + argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     universal_newlines=True, env=ENV, cwd=REPO)
+        line = self.proc.stdout.readline()
+        if ready not in line:
+            self.proc.kill()
+            raise RuntimeError("server did not start: {} {}".format(line, self.proc.stderr.read()))
+        self.address = line.strip().rsplit(" ", 1)[1]
+        self.log = []
+        threading.Thread(target=lambda: self.log.extend(self.proc.stderr), daemon=True).start()
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        return "".join(self.log)
+
+
+def ours_server(store, cpu=None, *extra):
+    return Server([sys.executable, CLI, "serve-cloud", "--port", "0", "--artifacts", store, "--threads", "1"]
+                  + [str(e) for e in extra], "listening on", cpu)
+
+
+def seed_server(cpu=None):
+    return Server([sys.executable, os.path.join(HERE, "seed_style.py"), "serve", "--port", "0", "--threads", "1"],
+                  "listening on", cpu)
+
+
+def run_edge(address, work, split, data, limit, *extra, cpu=None, name="r"):
+    """cli.py run-edge as a process; returns its JSON report."""
+    report = os.path.join(work, "{}.json".format(name))
+    prefix = ["taskset", "-c", str(cpu)] if cpu is not None else []
+    argv = prefix + [sys.executable, CLI, "run-edge", "--cloud", address, "--cache", os.path.join(work, "edge"),
+                     "--split", str(split), "--dataset", "npz:" + data, "--limit", str(limit), "--threads", "1",
+                     "--report", report] + [str(e) for e in extra]
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, env=ENV,
+                          cwd=REPO)
+    if proc.returncode != 0:
+        raise RuntimeError("run-edge failed: " + proc.stderr)
+    with open(report) as f:
+        return json.load(f)
+
+
+# ---------------------------------------------------------------- setup
+
+def prepare(work, splits):
+    """Random-weight bundles for ``splits`` and 1000 synthetic images (uint8 npz + the preprocessed floats)."""
+    store = os.path.join(work, "store")
+    for split in splits:
+        if not os.path.isdir(os.path.join(store, "resnet50-s{}".format(split))):
+            _say("exporting split {}".format(split))
+            subprocess.run([sys.executable, CLI, "export", "--split", str(split), "--random-init", "--out", store,
+                            "--formats", "onnx"], check=True, stdout=subprocess.DEVNULL, cwd=REPO)
+    from runtime.data import preprocess_batch
+    from runtime.manifest import load_manifest
+    rng = np.random.RandomState(0)
+    images = rng.randint(0, 256, size=(1000, 32, 32, 3)).astype(np.uint8)
+    data = os.path.join(work, "images.npz")
+    np.savez(data, x=images, y=np.zeros(len(images), dtype=np.int64))
+    pre = load_manifest(os.path.join(store, "resnet50-s{}".format(splits[0])))["input"]["preprocess"]
+    return store, data, preprocess_batch(images, pre)
+
+
+def row(check, metric, ours, baseline, target, met, unit="ms", note=""):
+    ratio = ours / baseline if baseline else float("nan")
+    return {"check": check, "metric": metric, "ours": ours, "baseline": baseline, "ratio": ratio, "unit": unit,
+            "target": target, "met": met, "note": note}
+
+
+# ---------------------------------------------------------------- checks
+
+def check_transport(work, store, data, samples, limit):
+    import raw_floor
+    import seed_style
+    rows = []
+    for split in (3, 20):
+        srv = ours_server(store)
+        try:
+            r = run_edge(srv.address, work, split, data, limit, name="transport-{}".format(split))
+        finally:
+            srv.stop()
+        ours = r["transmission_ms"]["p50"]
+        up, down = int(r["bytes_sent_per_sample"]), int(r["bytes_received_per_sample"])
+        seed = seed_server()
+        try:
+            s = seed_style.run_edge(seed.address, split, samples[:limit], threads=1)
+        finally:
+            seed.stop()
+        seed_ms = float(np.median(s["transmission_ms"]))
+        # the floor in the run's cadence: before each request the edge's real head runs, and the server keeps
+        # its CPU busy for the tail's median time before answering (subtracted); a tight loop is faster still
+        from runtime.backends import load_part
+        from runtime.manifest import load_manifest
+        head = load_part(load_manifest(os.path.join(store, "resnet50-s{}".format(split))), "head", threads=1)
+        x = samples[:1]
+        floor_srv = raw_floor.start_server(process=True)
+        try:
+            tight = float(np.median(raw_floor.measure(floor_srv.address, up, down, n=max(limit, 200))))
+            floor = float(np.median(raw_floor.measure(floor_srv.address, up, down, n=limit, warmup=5,
+                                                      between=lambda: head.run(x), busy_ms=r["cloud_ms"]["p50"])))
+        finally:
+            floor_srv.stop()
+        rows.append(row("transport", "split {} transmission ({} B up) vs seed-style".format(split, up), ours,
+                        seed_ms, "<= 0.25x", ours <= 0.25 * seed_ms))
+        rows.append(row("transport", "split {} transmission vs raw-socket floor (same cadence)".format(split), ours,
+                        floor, "<= floor + 0.3 ms", ours <= floor + 0.3,
+                        note="+{:.3f} ms; floor in a tight loop {:.3f} ms".format(ours - floor, tight)))
+    return rows
+
+
+def check_pipelining(work, store, data, limit, depth):
+    """Edge on core 1, cloud on core 0, one thread each; a split where head and tail take about as long."""
+    rows = []
+    split = 13
+    srv = ours_server(store, 0)
+    try:
+        one = run_edge(srv.address, work, split, data, limit, "--inflight", 1, cpu=1, name="pipe-1")
+        many = run_edge(srv.address, work, split, data, limit, "--inflight", depth, cpu=1, name="pipe-n")
+    finally:
+        srv.stop()
+    a, b = one["throughput_samples_per_s"], many["throughput_samples_per_s"]
+    rows.append(row("pipelining", "split {} samples/s, --inflight {} vs 1 (edge {:.1f} ms, cloud {:.1f} ms)".format(
+        split, depth, one["edge_ms"]["p50"], one["cloud_ms"]["p50"]), b, a, ">= 1.7x", b >= 1.7 * a, unit="1/s"))
+    try:
+        import emulate
+    except ImportError:
+        return rows
+    ok, why = emulate.available()
+    if not ok:
+        _say("tbf pipelining check skipped: " + why)
+        return rows
+    rate = 50
+    with emulate.EmulatedLink(rate, edge_cpu=16, tag="speed") as link:
+        server, address = emulate.start_server(link, store, "--threads", "1")
+        results = {}
+        for n in (1, depth):
+            report = os.path.join(work, "tbf-{}.json".format(n))
+            proc = link.edge([sys.executable, CLI, "run-edge", "--cloud", address, "--cache", os.path.join(work, "edge"),
+                              "--split", "3", "--dataset", "npz:" + data, "--limit", str(limit), "--threads", "1",
+                              "--inflight", str(n), "--report", report], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, universal_newlines=True)
+            _, err = proc.communicate(timeout=600)
+            if proc.returncode != 0:
+                raise RuntimeError("run-edge behind tbf failed: " + err)
+            with open(report) as f:
+                results[n] = json.load(f)
+        server.terminate()
+        server.wait(60)
+    per_sample = results[depth]["bytes_sent_per_sample"] + results[depth]["bytes_received_per_sample"]
+    bound = rate * 1e6 / 8 / results[depth]["bytes_sent_per_sample"]  # the uplink carries the activations
+    got = results[depth]["throughput_samples_per_s"]
+    rows.append(row("pipelining", "split 3 behind 50 Mbit/s tbf: samples/s vs the link's bound ({:.0f} B/sample)".format(
+        per_sample), got, bound, ">= 0.85x", got >= 0.85 * bound, unit="1/s",
+        note="--inflight 1: {:.1f}/s".format(results[1]["throughput_samples_per_s"])))
+    return rows
+
+
+def check_batching(work, store, data, limit, edges=8, split=10):
+    def run_all(server):
+        reports = [None] * edges
+        errors = []
+
+        def one(i):
+            try:
+                reports[i] = run_edge(server.address, work, split, data, limit, "--inflight", 2, "--warmup", 1,
+                                      "--shuffle", "--seed", i, name="batch-{}".format(i))
+            except Exception as exc:
+                errors.append(exc)
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(edges)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        # the edges' measured loops overlap (each starts after its own process start-up): their rates add up
+        return sum(r["throughput_samples_per_s"] for r in reports), reports
+
+    rows = []
+    srv = ours_server(store)
+    try:
+        plain, _ = run_all(srv)
+    finally:
+        srv.stop()
+    srv = ours_server(store, None, "--max-batch", edges, "--max-delay-ms", 5)
+    try:
+        batched, reports = run_all(srv)
+    finally:
+        log = srv.stop()
+    queue = float(np.median([r["queue_ms"]["p50"] for r in reports]))
+    compute = float(np.median([r["cloud_ms"]["p50"] for r in reports]))
+    rows.append(row("batching", "{} edges at split {}: samples/s, --max-batch {} vs none".format(edges, split, edges),
+                    batched, plain, "> 1x (CPU; GPU: >= 8x)", batched > plain, unit="1/s",
+                    note="cloud queue p50 {:.2f} ms, compute p50 {:.2f} ms; {}".format(
+                        queue, compute, [l.strip().split("serve-cloud INFO ")[-1] for l in log.splitlines()
+                                         if "batcher" in l][:1])))
+    return rows
+
+
+def check_compression(work, store, data, limit):
+    rows = []
+    srv = ours_server(store)
+    try:
+        for split in (3, 20):
+            base = run_edge(srv.address, work, split, data, limit, name="fp32-{}".format(split))
+            for scheme, codec, target in (("fp16", "none", 0.5), ("int8", "none", 0.25), ("int8", "zstd", 0.25)):
+                r = run_edge(srv.address, work, split, data, limit, "--compress", scheme, "--codec", codec,
+                             name="{}-{}-{}".format(scheme, codec, split))
+                agree = float(np.mean(np.array(r["predictions"]) == np.array(base["predictions"])))
+                need = 0.999 if scheme == "fp16" else 0.99
+                size = r["bytes_sent_per_sample"]
+                rows.append(row("compression", "split {} {}+{}: bytes/sample vs fp32".format(split, scheme, codec),
+                                size, base["bytes_sent_per_sample"], "<= {}x".format(target),
+                                size <= target * base["bytes_sent_per_sample"], unit="B"))
+                rows.append(row("compression", "split {} {}+{}: top-1 agreement with fp32 ({} samples)".format(
+                    split, scheme, codec, limit), agree, 1.0, ">= {}".format(need), agree >= need, unit="",
+                    note="transmission p50 {:.3f} ms (fp32 {:.3f})".format(r["transmission_ms"]["p50"],
+                                                                           base["transmission_ms"]["p50"])))
+    finally:
+        srv.stop()
+    return rows
+
+
+def _peak(argv, marker):
+    """Run ``argv``; return (peak RSS MiB of the process tree, seconds from start to ``marker`` on any output)."""
+    import psutil
+    started = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, env=ENV,
+                            cwd=REPO)
+    first = [None]
+
+    def watch():
+        for line in proc.stdout:
+            if first[0] is None and marker in line:
+                first[0] = time.perf_counter() - started
+    reader = threading.Thread(target=watch, daemon=True)
+    reader.start()
+    peak = 0
+    ps = psutil.Process(proc.pid)
+    while proc.poll() is None:
+        try:
+            peak = max(peak, ps.memory_info().rss)
+        except psutil.Error:
+            break
+        time.sleep(0.005)
+    reader.join(10)
+    if proc.returncode != 0:
+        raise RuntimeError("{} exited {}".format(argv[:3], proc.returncode))
+    return peak / 1048576.0, first[0]
+
+
+def check_lean(work, store, data, limit=20):
+    rows = []
+    split = 20
+    srv = ours_server(store)
+    seed = seed_server()
+    try:
+        run_edge(srv.address, work, split, data, 1, name="lean-warm")  # the head is cached, as on a deployed edge
+        ours_rss, ours_first = _peak([sys.executable, CLI, "run-edge", "--cloud", srv.address, "--cache",
+                                      os.path.join(work, "edge"), "--split", str(split), "--dataset", "npz:" + data,
+                                      "--limit", str(limit), "--threads", "1", "--warmup", "0", "--verbose"],
+                                     "Prediction:")
+        seed_rss, seed_first = _peak([sys.executable, os.path.join(HERE, "seed_style.py"), "edge", "--cloud",
+                                      seed.address, "--split", str(split), "--limit", str(limit), "--threads", "1"],
+                                     "first result")
+    finally:
+        srv.stop()
+        seed.stop()
+    rows.append(row("lean", "run-edge peak RSS (MiB) vs seed-style edge", ours_rss, seed_rss, "<= 0.4x",
+                    ours_rss <= 0.4 * seed_rss, unit="MiB"))
+    rows.append(row("lean", "process start to first result (s) vs seed-style edge", ours_first, seed_first,
+                    "<= 0.5x", ours_first <= 0.5 * seed_first, unit="s"))
+    return rows
+
+
+# ---------------------------------------------------------------- output
+
+def format_table(rows):
+    lines = ["| check | metric | edgesplit | baseline | ratio | target | met | note |",
+             "|---|---|---:|---:|---:|---|:---:|---|"]
+    for r in rows:
+        lines.append("| {} | {} | {:.3f} {} | {:.3f} {} | {:.3f} | {} | {} | {} |".format(
+            r["check"], r["metric"], r["ours"], r["unit"], r["baseline"], r["unit"], r["ratio"], r["target"],
+            "yes" if r["met"] else "**no**", r["note"]))
+    return "\n".join(lines)
+
+
+def plot(rows, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(rows) + 1.5))
+    labels = ["{}: {}".format(r["check"], r["metric"]) for r in rows]
+    ratios = [r["ratio"] for r in rows]
+    colors = ["tab:green" if r["met"] else "tab:red" for r in rows]
+    ax.barh(range(len(rows)), ratios, color=colors)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels(labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("edgesplit / baseline (log scale; green: target met)")
+    ax.set_title("bench/speed.py on this machine")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "edgesplit-speed"))
+    parser.add_argument("--only", default=",".join(CHECKS), help="comma-separated: " + ", ".join(CHECKS))
+    parser.add_argument("--limit", type=int, default=200, help="samples per timed run")
+    parser.add_argument("--inflight", type=int, default=2, help="pipeline depth for the pipelining check")
+    args = parser.parse_args()
+    only = [c.strip() for c in args.only.split(",") if c.strip()]
+    unknown = set(only) - set(CHECKS)
+    if unknown:
+        sys.exit("speed: unknown check(s) {}; choose from {}".format(", ".join(sorted(unknown)), ", ".join(CHECKS)))
+    os.makedirs(args.out, exist_ok=True)
+    work = os.path.join(args.out, "work")
+    os.makedirs(work, exist_ok=True)
+    store, data, samples = prepare(work, [3, 10, 13, 20])
+    from rich.progress import Progress
+    rows = []
+    with Progress(transient=True) as progress:
+        task = progress.add_task("checks", total=len(only))
+        for name in only:
+            progress.update(task, description=name)
+            if name == "transport":
+                rows += check_transport(work, store, data, samples, args.limit)
+            elif name == "pipelining":
+                rows += check_pipelining(work, store, data, args.limit, args.inflight)
+            elif name == "batching":
+                rows += check_batching(work, store, data, max(args.limit // 4, 20))
+            elif name == "compression":
+                rows += check_compression(work, store, data, 1000)
+            elif name == "lean":
+                rows += check_lean(work, store, data)
+            progress.advance(task)
+            _say("{} done".format(name))
+    print(format_table(rows))
+    with open(os.path.join(args.out, "speed.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with open(os.path.join(args.out, "speed.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+    plot(rows, os.path.join(args.out, "speed.png"))
+    _say("wrote speed.csv, speed.json and speed.png in {}".format(args.out))
+
+
+if __name__ == "__main__":
+    main()
