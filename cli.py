@@ -240,16 +240,19 @@ def serve_cloud(host, port, artifacts, backend, device, max_frame_mb, threads, a
               help="Lossy compression of the activation sent (int8: per-channel scale from its range).")
 @click.option("--codec", default="none", show_default=True, type=click.Choice(["none", "zstd", "lz4"]),
               help="Lossless codec after --compress (needs the zstandard / lz4 package on both sides).")
+@click.option("--busy-poll/--no-busy-poll", default=True, show_default=True,
+              help="Spin (at most 2 ms a request) when a reply is due instead of sleeping: about 0.15 ms less "
+                   "per request; --no-busy-poll saves the edge's CPU.")
 @handle_errors
 def run_edge(cloud, model, split, objective, bandwidth, rtt, cache, cache_keep, no_follow, adaptive, backend, device,
              dataset, data_dir, limit, batch_size, shuffle, seed, warmup, verbose, report, timeout, threads, inflight,
-             compress, codec):
+             compress, codec, busy_poll):
     """Run the head here, the tail on the cloud, and print the seed's report."""
     from runtime.edge import run_edge as run
     run(cloud, model, split, cache, backend, device, dataset, data_dir, limit, batch_size, shuffle, seed,
         warmup, verbose, report, timeout, threads, cache_keep, not no_follow,
         plan_options={"objective": objective, "bandwidth": bandwidth, "rtt": rtt}, adaptive=adaptive,
-        inflight=inflight, compress=compress, codec=codec)
+        inflight=inflight, compress=compress, codec=codec, busy_poll=busy_poll)
 
 
 @main.command()

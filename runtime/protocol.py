@@ -299,6 +299,26 @@ class FrameReader(object):
                 if time.monotonic() > self._deadline:
                     raise socket.timeout("frame not complete within {:.0f} s".format(self.frame_timeout))
 
+    def poll(self, seconds):
+        """Busy-wait up to ``seconds`` for bytes to arrive (non-blocking receives into the buffer).
+
+        True once some are buffered (or the peer closed: the next read says so), False
+        if none came in time.  For a caller that expects a reply within moments: a
+        thread that spins is already running when the bytes land, one that sleeps in
+        ``recv`` must first be woken and then runs cold (see docs/PROTOCOL.md).
+        """
+        if self._hi > self._lo:
+            return True
+        self._lo = self._hi = 0
+        end = time.perf_counter() + seconds
+        while True:
+            try:
+                self._hi = self.sock.recv_into(self._view, 0, socket.MSG_DONTWAIT)
+                return True
+            except BlockingIOError:
+                if time.perf_counter() > end:
+                    return False
+
     def _fill(self, need, starting=False, idle_ok=False):
         """Buffer at least ``need`` bytes; False if the peer closed before the first byte of a frame."""
         if self._hi - self._lo >= need:

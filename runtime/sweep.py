@@ -109,7 +109,8 @@ def run_sweep(cloud, splits, model="resnet50", cache="artifacts", backend="onnx"
     out = out or sys.stdout
     if not splits:
         raise UserError("--splits needs at least one split, e.g. 0,3,10,16,20,22")
-    session = EdgeSession(cloud, model, cache, backend=backend, device=device, threads=threads, timeout=timeout)
+    session = EdgeSession(cloud, model, cache, backend=backend, device=device, threads=threads, timeout=timeout,
+                          busy_poll=True)
     try:
         predictions = None
         try:

@@ -29,6 +29,7 @@ def test_pipelined_run_gives_every_prediction_once_in_input_order(artifacts, lab
         assert srv.stop() == 0
     r = json.loads(report.read_text())
     assert r["inflight"] == 4 and r["n"] == 60
+    assert r["busy_poll"] is False  # a spinning receiver thread would hold the GIL the heads need
     assert r["labels"] == labelled_npz[1][:60].tolist() and r["predictions"] == r["labels"]
 
 
