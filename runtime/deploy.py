@@ -11,6 +11,7 @@
 
 Python 3.6 syntax: this module runs on the Jetson.
 """
+import contextlib
 import hashlib
 import hmac
 import json
@@ -177,20 +178,44 @@ class BundleCache(object):
         return cached
 
     def fetch(self, conn, manifest_data, formats, part="head"):
-        """Download the ``part`` files of a bundle over ``conn``, verify, store atomically; return (Manifest, bytes, s)."""
-        entries = file_entries(manifest_data, (part,), formats)
-        tmp = temp_dir(self.root, "fetch")
+        """Download the ``part`` files of a bundle over ``conn``, verify, store atomically; return (Manifest, bytes, s).
+
+        Several edges may share one cache (e.g. processes on one device): a fetch holds
+        the cache's lock file, and one that waited finds the bundle already there (0 bytes).
+        """
         started = time.perf_counter()
+        with self._locked():
+            cached = self.lookup(manifest_data, formats, part)
+            if cached is not None:
+                return cached, 0, time.perf_counter() - started
+            entries = file_entries(manifest_data, (part,), formats)
+            tmp = temp_dir(self.root, "fetch")
+            try:
+                received = conn.fetch(manifest_data["bundle_id"], formats, tmp, entries, part)
+                write_manifest(tmp, manifest_data)
+                install_dir(tmp, self.directory(manifest_data))
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            seconds = time.perf_counter() - started
+            self.prune()
+            return load_manifest(self.directory(manifest_data)), received, seconds
+
+    @contextlib.contextmanager
+    def _locked(self):
+        """An exclusive lock on ``<cache>/.lock`` (flock; a no-op where fcntl does not exist)."""
         try:
-            received = conn.fetch(manifest_data["bundle_id"], formats, tmp, entries, part)
-            write_manifest(tmp, manifest_data)
-            install_dir(tmp, self.directory(manifest_data))
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        seconds = time.perf_counter() - started
-        self.prune()
-        return load_manifest(self.directory(manifest_data)), received, seconds
+            import fcntl
+        except ImportError:  # pragma: no cover - not Linux
+            yield
+            return
+        os.makedirs(self.root, exist_ok=True)
+        with open(os.path.join(self.root, ".lock"), "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def prune(self):
         entries = [os.path.join(self.root, d) for d in os.listdir(self.root)

@@ -147,6 +147,28 @@ def test_a_corrupt_cache_entry_is_deleted_and_fetched_again(cloud, seed_bundles,
     assert len(r["fetches"]) == 1 and r["predictions"] == labels[:4].tolist()
 
 
+def test_edges_sharing_one_empty_cache_fetch_the_head_once(cloud, seed_bundles, labelled_npz, tmp_path):
+    assert push(cloud, bundle(seed_bundles, 10), "--activate").returncode == 0
+    cache = tmp_path / "shared-cache"
+    data, labels = labelled_npz
+    procs = []
+    for i in range(4):  # at once, as processes on one device would
+        report = tmp_path / "r{}.json".format(i)
+        procs.append((subprocess.Popen([sys.executable, os.path.join(REPO, "cli.py"), "run-edge", "--cloud",
+                                        cloud.address, "--cache", str(cache), "--dataset", "npz:" + data,
+                                        "--limit", "6", "--report", str(report)],
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), report))
+    downloaded = 0
+    for proc, report in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        r = json.loads(report.read_text())
+        assert r["predictions"] == labels[:6].tolist()
+        downloaded += sum(1 for f in r["fetches"] if f["bytes"] > 0)
+    assert downloaded == 1  # the others waited on the cache's lock and found it there
+    assert sorted(os.listdir(str(cache))) == [".lock", "resnet50-s10"]
+
+
 def test_a_fetch_killed_half_way_leaves_nothing_and_the_next_run_succeeds(cloud, seed_bundles, tmp_path):
     assert push(cloud, bundle(seed_bundles, 20), "--activate").returncode == 0
     proxy = SlowProxy(cloud.host, cloud.port, bytes_per_s=20 * 1024 * 1024)  # the 90 MiB head takes ~4.5 s
@@ -163,10 +185,10 @@ def test_a_fetch_killed_half_way_leaves_nothing_and_the_next_run_succeeds(cloud,
         edge.wait(30)
     finally:
         proxy.close()
-    assert [d for d in os.listdir(str(cache)) if not d.startswith(".tmp-fetch-")] == []  # no partial bundle
+    assert [d for d in os.listdir(str(cache)) if not d.startswith(".tmp-fetch-") and d != ".lock"] == []  # no bundle
     proc = run_edge(cloud, cache, "--dataset", "synthetic", "--limit", 2)
     assert proc.returncode == 0, proc.stderr
-    assert sorted(os.listdir(str(cache))) == ["resnet50-s20"]  # the dead fetch's temp dir was cleaned up
+    assert sorted(os.listdir(str(cache))) == [".lock", "resnet50-s20"]  # the dead fetch's temp dir is gone
 
 
 def test_a_full_disk_is_one_clear_line_and_leaves_nothing(cloud, seed_bundles, tmp_path):
@@ -180,7 +202,7 @@ def test_a_full_disk_is_one_clear_line_and_leaves_nothing(cloud, seed_bundles, t
         proc = run_edge(cloud, mount, "--dataset", "synthetic", "--limit", 2)
         assert proc.returncode != 0 and "Traceback" not in proc.stderr
         assert "No space left on device" in proc.stderr and "head.onnx" in proc.stderr
-        assert os.listdir(str(mount)) == []
+        assert [d for d in os.listdir(str(mount)) if d != ".lock"] == []  # the lock file is empty
     finally:
         subprocess.call(["umount", str(mount)])
 
@@ -256,7 +278,7 @@ def test_the_cache_keeps_the_newest_bundles(cloud, seed_bundles, tmp_path):
     for split in (20, 22):
         proc = run_edge(cloud, cache, "--split", split, "--dataset", "synthetic", "--limit", 2, "--cache-keep", 1)
         assert proc.returncode == 0, proc.stderr
-    assert os.listdir(str(cache)) == ["resnet50-s22"]
+    assert sorted(os.listdir(str(cache))) == [".lock", "resnet50-s22"]
 
 
 def test_only_transfer_directories_of_dead_processes_are_cleaned(tmp_path):
