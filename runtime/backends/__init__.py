@@ -31,13 +31,18 @@ def load_part(manifest, part, backend="onnx", device="auto", threads=0):
         raise UserError("unknown device {!r}; choose from {}".format(device, ", ".join(DEVICES)))
     if manifest.part(part) is None:
         return PassThrough()
-    return load_file(manifest.file_path(part, _FORMAT[backend]), backend, device, threads, manifest.directory)
+    fmt = _FORMAT[backend]
+    return load_file(manifest.file_path(part, fmt), backend, device, threads, manifest.directory,
+                     manifest.part(part)["files"][fmt].get("sha256"))
 
 
-def load_file(path, backend="onnx", device="auto", threads=0, cache_dir="."):
-    """Load one compiled file (a head, a tail, or a profiling segment) with the chosen backend."""
+def load_file(path, backend="onnx", device="auto", threads=0, cache_dir=".", sha256=None):
+    """Load one compiled file (a head, a tail, or a profiling segment) with the chosen backend.
+
+    ``sha256`` (the manifest's, of a verified file) lets onnxruntime on the CPU keep its
+    optimised graph beside the bundle (see ort.py)."""
     if backend == "onnx":
         from .ort import OnnxBackend
-        return OnnxBackend(path, device, threads, cache_dir=cache_dir)
+        return OnnxBackend(path, device, threads, cache_dir=cache_dir, source_sha256=sha256)
     from .torchscript import TorchScriptBackend
     return TorchScriptBackend(path, device, threads)
