@@ -85,9 +85,11 @@ def _stream(address, split, x, stop, counts, index, errors):
         errors.append(exc)
 
 
-def serve_throughput(store, device, streams, seconds, split=3, *extra):
-    proc = subprocess.Popen([sys.executable, CLI, "serve-cloud", "--port", "0", "--artifacts", store, "--backend",
-                             "torchscript", "--device", device] + [str(e) for e in extra],
+def serve_throughput(store, streams, seconds, split, server_args, cpu=None):
+    """Samples/s that serve-cloud (started with ``server_args``) answers to ``streams`` closed-loop streams."""
+    prefix = ["taskset", "-c", str(cpu)] if cpu is not None else []
+    proc = subprocess.Popen(prefix + [sys.executable, CLI, "serve-cloud", "--port", "0", "--artifacts", store]
+                            + [str(a) for a in server_args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, cwd=REPO)
     try:
         line = proc.stdout.readline()
@@ -143,10 +145,11 @@ def main():
         print("| {} | {:.3f} | {:.3f} | {:.1f}x |".format(r["split"], r[args.device], r["cpu"],
                                                        r["cpu"] / r[args.device]))
     _say("serving without batching")
-    plain = serve_throughput(store, args.device, args.streams, args.seconds)
+    served = ["--backend", "torchscript", "--device", args.device]
+    plain = serve_throughput(store, args.streams, args.seconds, 3, served)
     _say("serving with --max-batch {}".format(args.streams))
-    batched = serve_throughput(store, args.device, args.streams, args.seconds, 3, "--max-batch", args.streams,
-                               "--max-delay-ms", 2)
+    batched = serve_throughput(store, args.streams, args.seconds, 3,
+                               served + ["--max-batch", args.streams, "--max-delay-ms", 2])
     print()
     print("| {} streams at split 3 on {} | samples/s |".format(args.streams, args.device))
     print("|---|---:|")

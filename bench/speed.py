@@ -249,13 +249,17 @@ def check_batching(work, store, data, limit, edges=8, split=10):
         # the edges' measured loops overlap (each starts after its own process start-up): their rates add up
         return sum(r["throughput_samples_per_s"] for r in reports), reports
 
+    # each server with its best thread setting on this machine: without batching, the connections' tail runs are
+    # parallel (one thread each); with it, one batch runs at a time and gets every core
     rows = []
-    srv = ours_server(store)
+    srv = Server([sys.executable, CLI, "serve-cloud", "--port", "0", "--artifacts", store, "--threads", "1"],
+                 "listening on")
     try:
         plain, _ = run_all(srv)
     finally:
         srv.stop()
-    srv = ours_server(store, None, "--max-batch", edges, "--max-delay-ms", 5)
+    srv = Server([sys.executable, CLI, "serve-cloud", "--port", "0", "--artifacts", store, "--threads",
+                  str(os.cpu_count() or 1), "--max-batch", str(edges), "--max-delay-ms", "5"], "listening on")
     try:
         batched, reports = run_all(srv)
     finally:
@@ -268,6 +272,17 @@ def check_batching(work, store, data, limit, edges=8, split=10):
                         queue, compute, [l.strip().split("serve-cloud INFO ")[-1] for l in log.splitlines()
                                          if "batcher" in l][:1])))
     return rows
+
+
+def check_batching_capacity(store, streams=8, split=10, seconds=15.0):
+    """The cloud alone: serve-cloud pinned to one core, 8 light client streams (threads sending ready activations)
+    on the other, so the server's compute is the bottleneck, as on a real cloud host."""
+    import gpu_check
+    plain = gpu_check.serve_throughput(store, streams, seconds, split, ["--threads", 1], cpu=0)
+    batched = gpu_check.serve_throughput(store, streams, seconds, split,
+                                         ["--threads", 1, "--max-batch", streams, "--max-delay-ms", 5], cpu=0)
+    return [row("batching", "serve-cloud on one core, {} streams at split {}: samples/s, --max-batch {} vs none".format(
+        streams, split, streams), batched, plain, "> 1x (CPU; GPU: >= 8x)", batched > plain, unit="1/s")]
 
 
 def check_compression(work, store, data, limit):
@@ -405,7 +420,9 @@ def main():
             elif name == "pipelining":
                 rows += check_pipelining(work, store, data, args.limit, args.inflight)
             elif name == "batching":
-                rows += check_batching(work, store, data, max(args.limit // 4, 20))
+                rows += check_batching(work, store, data, max(args.limit // 4, 20), split=10)
+                rows += check_batching(work, store, data, max(args.limit // 4, 20), split=3)
+                rows += check_batching_capacity(store)
             elif name == "compression":
                 rows += check_compression(work, store, data, 1000)
             elif name == "lean":
