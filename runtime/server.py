@@ -15,6 +15,7 @@ import collections
 import hmac
 import logging
 import os
+import select
 import shutil
 import signal
 import socket
@@ -396,6 +397,10 @@ class CloudServer(object):
                 stopping = self._stop.is_set()
                 if stopping and time.monotonic() - self._stop_at > DRAIN_S:
                     reason = "server shut down (drain time over)"
+                    self._error(conn, session, "shutting_down", "the cloud server is shutting down")
+                    break
+                if stopping and not reader.buffered() and not select.select([conn], [], [], 0)[0]:
+                    reason = "server shutting down"  # answered everything that had arrived: say why, close
                     self._error(conn, session, "shutting_down", "the cloud server is shutting down")
                     break
                 if batching:
