@@ -15,6 +15,7 @@ import os
 import platform
 
 from ..errors import UserError
+from ..manifest import sha256_file
 
 
 def _providers(ort, device, cache_dir):
@@ -34,14 +35,6 @@ def _providers(ort, device, cache_dir):
                             "install onnxruntime-gpu, or use --device cpu".format(", ".join(available)))
     wanted.append(("CPUExecutionProvider", {}))
     return wanted
-
-
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _cpu_signature():
@@ -99,7 +92,7 @@ class OnnxBackend(object):
         cached = _optimised_path(path, source_sha256, ort, cache_dir)
         try:
             with open(cached + ".sha256") as f:
-                good = f.read().strip() == _sha256(cached)
+                good = f.read().strip() == sha256_file(cached)
         except OSError:
             good = False
         if good:
@@ -120,7 +113,7 @@ class OnnxBackend(object):
         if tmp and os.path.isfile(tmp):
             try:
                 with open(tmp + ".sha256", "w") as f:
-                    f.write(_sha256(tmp) + "\n")
+                    f.write(sha256_file(tmp) + "\n")
                 os.replace(tmp + ".sha256", cached + ".sha256")
                 os.replace(tmp, cached)
                 self.optimised = "saved"
