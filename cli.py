@@ -190,15 +190,23 @@ DEVICE_CHOICE = click.Choice(["auto", "cpu", "cuda"])
               help="Dynamic batching: run up to this many samples of one tail together, across edges (1: off).")
 @click.option("--max-delay-ms", default=2.0, show_default=True, type=click.FloatRange(0, 1000),
               help="Dynamic batching: how long a request may wait for others to join its batch.")
+@click.option("--max-connections", default=256, show_default=True, type=click.IntRange(1, 100000),
+              help="Connections served at once (a thread each); more are refused with a 'busy' error.")
+@click.option("--read-timeout", default=30.0, show_default=True, type=click.FloatRange(0.5, 3600),
+              help="Seconds a frame may take to arrive once begun, and a reply to be read; slower peers are cut off.")
+@click.option("--hello-timeout", default=10.0, show_default=True, type=click.FloatRange(0.5, 3600),
+              help="Seconds a new connection may stay silent before it is closed.")
 @handle_errors
 def serve_cloud(host, port, artifacts, backend, device, max_frame_mb, threads, allow_push, admin_token, export_model,
-                export_weights, export_random_init, max_batch, max_delay_ms):
+                export_weights, export_random_init, max_batch, max_delay_ms, max_connections, read_timeout,
+                hello_timeout):
     """Serve the tails of the bundles in --artifacts to edges (until SIGINT/SIGTERM)."""
     from runtime.server import serve_cloud as serve
     if allow_push and not admin_token:
         raise UserError("--allow-push needs an admin token: --admin-token TOKEN or ${}".format(TOKEN_ENV))
     serve(host, port, artifacts, backend, device, max_frame_mb, threads, admin_token if allow_push else None,
-          export_model, export_weights, export_random_init, max_batch=max_batch, max_delay_ms=max_delay_ms)
+          export_model, export_weights, export_random_init, max_batch=max_batch, max_delay_ms=max_delay_ms,
+          max_connections=max_connections, read_timeout=read_timeout, hello_timeout=hello_timeout)
 
 
 @main.command("run-edge")

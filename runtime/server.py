@@ -319,8 +319,11 @@ class Session(object):
 
 class CloudServer(object):
     def __init__(self, registry, host="127.0.0.1", port=9999, max_frame_bytes=p.DEFAULT_MAX_FRAME_BYTES,
-                 read_timeout=30.0, admin_token=None, max_batch=1, max_delay_ms=0.0):
+                 read_timeout=30.0, admin_token=None, max_batch=1, max_delay_ms=0.0, max_connections=256,
+                 hello_timeout=10.0):
         self.registry = registry
+        self.max_connections = max_connections
+        self.hello_timeout = hello_timeout
         self.max_batch, self.max_delay_ms = max_batch, max_delay_ms
         self._batchers = {}
         self._batchers_lock = threading.Lock()
@@ -357,15 +360,29 @@ class CloudServer(object):
                 if self._stop.is_set():
                     break
                 raise
+            self._threads = [x for x in self._threads if x.is_alive()]
+            if len(self._threads) >= self.max_connections:  # a thread each: refuse rather than run out
+                self._refuse(conn, peer)
+                continue
             t = threading.Thread(target=self._serve_connection, args=(conn, peer), daemon=True)
             t.start()
-            self._threads = [x for x in self._threads if x.is_alive()] + [t]
+            self._threads.append(t)
         self.listener.close()
         for t in self._threads:  # drain: each finishes the request it is in, then closes
             t.join(self.read_timeout + 5)
         for batcher in self._batchers.values():
             batcher.close()
             log.info("batcher %s: %d batches, %d samples", batcher.name, batcher.batches, batcher.samples)
+
+    def _refuse(self, conn, peer):
+        self.stats.error("busy")
+        log.warning("%s:%s refused: %d connections open (--max-connections)", peer[0], peer[1], len(self._threads))
+        try:
+            p.set_timeouts(conn, 1.0)
+            p.send_error(conn, 0, "busy", "the cloud has {} connections open (--max-connections); try again "
+                                         "later".format(len(self._threads)))
+        finally:
+            conn.close()
 
     def _batcher(self, session):
         """The dynamic batcher of the session's tail (None without --max-batch > 1)."""
@@ -393,6 +410,7 @@ class CloudServer(object):
             p.set_timeouts(conn, POLL_S, send_seconds=self.read_timeout)
             check = lambda t, dtype, shape, meta: _check_tensor(session, t, dtype, shape, meta)  # noqa: E731
             batching = self.max_batch > 1
+            hello_deadline = time.monotonic() + self.hello_timeout
             while True:
                 stopping = self._stop.is_set()
                 if stopping and time.monotonic() - self._stop_at > DRAIN_S:
@@ -411,6 +429,12 @@ class CloudServer(object):
                     if stopping:  # nothing in flight: tell the edge why and close
                         reason = "server shutting down"
                         self._error(conn, session, "shutting_down", "the cloud server is shutting down")
+                        break
+                    if not reader.bytes_received and time.monotonic() > hello_deadline:  # connected, said nothing
+                        reason = "no frame within {:.0f} s of connecting".format(self.hello_timeout)
+                        self.stats.error("timeout")
+                        log.warning("%s %s", session.peer, reason)
+                        self._error(conn, session, "timeout", reason)
                         break
                     continue
                 if batching and frame.type != p.INFER:  # answered after the batched requests before it
@@ -633,7 +657,8 @@ def _check_tensor(session, type_, dtype, shape, meta=None):
 
 def serve_cloud(host, port, artifacts, backend="onnx", device="auto", max_frame_mb=64.0, threads=0,
                 admin_token=None, export_model=None, export_weights=None, export_random_init=False,
-                export_input_shape=None, max_batch=1, max_delay_ms=2.0):
+                export_input_shape=None, max_batch=1, max_delay_ms=2.0, max_connections=256, read_timeout=30.0,
+                hello_timeout=10.0):
     """The serve-cloud command: run until SIGINT/SIGTERM, then drain and print the summary."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s serve-cloud %(levelname)s %(message)s")
@@ -645,7 +670,8 @@ def serve_cloud(host, port, artifacts, backend="onnx", device="auto", max_frame_
     for directory, error in bad:
         log.warning("skipping %s: %s", directory, error)
     server = CloudServer(registry, host, port, int(max_frame_mb * 1024 * 1024), admin_token=admin_token,
-                         max_batch=max_batch, max_delay_ms=max_delay_ms)
+                         max_batch=max_batch, max_delay_ms=max_delay_ms, max_connections=max_connections,
+                         read_timeout=read_timeout, hello_timeout=hello_timeout)
     signal.signal(signal.SIGTERM, server.request_stop)
     signal.signal(signal.SIGINT, server.request_stop)
     log.info("%d bundles in %s: %s", len(good), artifacts,

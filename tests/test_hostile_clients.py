@@ -1,0 +1,96 @@
+"""Clients that say nothing, dribble a frame, or come in too many: cut off or refused, while a good edge is served."""
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from cloud_server import ServerProcess
+from conftest import REPO
+from runtime import protocol as p
+
+
+@pytest.fixture(scope="module")
+def server(seed_bundles):
+    srv = ServerProcess(seed_bundles[0], "--hello-timeout", "2", "--read-timeout", "3", "--max-connections", "4")
+    yield srv
+    assert srv.stop() == 0, srv.log_text()
+
+
+def good_edge(server, artifacts):
+    return subprocess.Popen([sys.executable, os.path.join(REPO, "cli.py"), "run-edge", "--cloud", server.address,
+                             "--artifacts", str(artifacts), "--split", "20", "--dataset", "synthetic", "--limit", "30"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def closed_after(sock, seconds):
+    """Seconds until the server closes ``sock`` (reading past any ERROR frame), or None within ``seconds``."""
+    sock.settimeout(seconds)
+    started = time.time()
+    try:
+        while sock.recv(4096):
+            pass
+    except socket.timeout:
+        return None
+    except ConnectionResetError:
+        pass
+    return time.time() - started
+
+
+def test_a_silent_connection_is_closed_while_a_good_edge_is_served(server, seed_bundles):
+    silent = socket.create_connection((server.host, server.port))
+    edge = good_edge(server, seed_bundles[0])
+    took = closed_after(silent, 10)
+    assert took is not None and took < 4  # --hello-timeout 2, checked every 0.2 s
+    out, err = edge.communicate(timeout=300)
+    assert edge.returncode == 0 and "Accuracy:" in out, err
+    assert any("no frame within 2 s of connecting" in l for l in server.log)
+
+
+def test_a_client_sending_a_byte_a_second_is_cut_off_at_the_read_timeout(server, seed_bundles):
+    slow = socket.create_connection((server.host, server.port))
+    frame = p.HEADER.pack(p.MAGIC, p.VERSION, p.HELLO, 0, 1, 2, 0, 0, 0) + b"{}"
+    stop = threading.Event()
+
+    def dribble():
+        for byte in frame:
+            if stop.is_set():
+                return
+            try:
+                slow.send(bytes([byte]))
+            except OSError:
+                return
+            time.sleep(1.0)
+    sender = threading.Thread(target=dribble, daemon=True)
+    started = time.time()
+    sender.start()
+    edge = good_edge(server, seed_bundles[0])
+    took = closed_after(slow, 15)
+    stop.set()
+    assert took is not None and 2.5 < time.time() - started < 6  # --read-timeout 3 from the first byte
+    out, err = edge.communicate(timeout=300)
+    assert edge.returncode == 0 and "Accuracy:" in out, err
+
+
+def test_connections_beyond_the_cap_are_refused_in_one_error_and_served_again_later(server, seed_bundles):
+    held = []
+    for _ in range(4):  # the cap, each kept alive by an ECHO so the hello timeout does not close it
+        s = socket.create_connection((server.host, server.port))
+        p.send_frame(s, p.ECHO, 1, {}, np.zeros(8, np.uint8))
+        assert p.FrameReader(s).read().type == p.RESULT
+        held.append(s)
+    extra = socket.create_connection((server.host, server.port))
+    extra.settimeout(10)
+    frame = p.FrameReader(extra).read()
+    assert frame.type == p.ERROR and frame.meta["code"] == "busy" and "--max-connections" in frame.meta["message"]
+    for s in held:
+        s.close()
+    time.sleep(0.6)  # the server notices the closes within its 0.2 s poll
+    edge = good_edge(server, seed_bundles[0])
+    out, err = edge.communicate(timeout=300)
+    assert edge.returncode == 0 and "Accuracy:" in out, err
+    assert any("refused: 4 connections open" in l for l in server.log)
