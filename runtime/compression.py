@@ -64,7 +64,7 @@ PER_CHANNEL_MIN_VALUES = 512  # int8: per-channel parameters from this many valu
 # (two float32 a channel, base64 in the metadata: under 3% of the int8 payload from 512 values on)
 CHUNK = 1 << 16  # values per step of the encoders' loops (scratch stays in cache)
 
-_PIP_NAMES = {"zstd": "zstandard", "lz4": "lz4"}
+PIP_NAMES = {"zstd": "zstandard", "lz4": "lz4"}
 _RAW_DTYPES = {"fp16": np.dtype("<f2"), "int8": np.dtype("u1")}
 _F32 = np.dtype("<f4")
 _FP16_MAX = 65504.0
@@ -100,7 +100,7 @@ def _import_codec(codec):
 
 def _missing(codec):
     return "compression codec {!r} needs the Python package {}: pip install {}".format(
-        codec, _PIP_NAMES[codec], _PIP_NAMES[codec])
+        codec, PIP_NAMES[codec], PIP_NAMES[codec])
 
 
 def available_codecs():

@@ -22,7 +22,7 @@ from .backends import load_part
 from .data import batches, open_dataset, preprocess_batch
 from .deploy import BundleCache
 from .errors import UserError
-from .manifest import validate
+from .manifest import Manifest, validate
 from .profile import echo_once
 from .report import RunRecorder, format_report, write_report
 
@@ -177,18 +177,19 @@ class EdgeSession(object):
         """
         welcome = self.conn.hello({"role": "edge", "model": self.model, "split": split, "bundle_id": bundle_id})
         data = validate(welcome.get("manifest"), "the cloud's manifest")
-        if self.encoder.codec != "none" and self.encoder.codec not in welcome.get("codecs", ()):
+        codec = self.encoder.codec
+        if codec != "none" and codec not in welcome.get("codecs", ()):
+            from .compression import PIP_NAMES
             raise UserError("the cloud cannot decode --codec {} (it has {}); install it there (pip install {}) or "
-                            "choose another codec".format(self.encoder.codec, ", ".join(welcome.get("codecs", ())) or
-                                                          "none", {"zstd": "zstandard"}.get(self.encoder.codec,
-                                                                                             self.encoder.codec)))
+                            "choose another codec".format(codec, ", ".join(welcome.get("codecs", ())) or "none",
+                                                          PIP_NAMES[codec]))
         if data["bundle_id"] != welcome.get("bundle_id") or (bundle_id and data["bundle_id"] != bundle_id):
             raise p.ProtocolError("bad_reply", "the cloud answered with bundle {} for {}".format(
                 data["bundle_id"], bundle_id or "split {}".format(split)))
         manifest = self.cache.lookup(data, self.formats)
         if manifest is None and chain_ok and self._segments_match(data):
             self.head = self.segments.head(data["split"]["index"])
-            self.manifest, self.welcome = _Remote(data), welcome
+            self.manifest, self.welcome = Manifest(None, data), welcome  # no directory: the head is a chain
             self.chained.append({"bundle_id": data["bundle_id"], "split": data["split"]["index"]})
             _say("split {}: head not cached, running it as a chain of {} cached segments (nothing fetched)".format(
                 data["split"]["index"], data["split"]["index"]))
@@ -233,21 +234,6 @@ class EdgeSession(object):
 
     def close(self):
         self.conn.close()
-
-
-class _Remote(object):
-    """A split bundle's manifest known from the cloud's WELCOME (its head runs as a segment chain)."""
-
-    def __init__(self, data):
-        self.data = data
-        self.directory = None
-
-    def __getitem__(self, key):
-        return self.data[key]
-
-    bundle_id = property(lambda self: self.data["bundle_id"])
-    model_id = property(lambda self: self.data["model"]["id"])
-    split_index = property(lambda self: self.data["split"]["index"])
 
 
 def _head_files(data, formats):
