@@ -196,17 +196,20 @@ DEVICE_CHOICE = click.Choice(["auto", "cpu", "cuda"])
               help="Seconds a frame may take to arrive once begun, and a reply to be read; slower peers are cut off.")
 @click.option("--hello-timeout", default=10.0, show_default=True, type=click.FloatRange(0.5, 3600),
               help="Seconds a new connection may stay silent before it is closed.")
+@click.option("--cuda-graphs", is_flag=True,
+              help="Replay each tail as a captured CUDA graph per batch shape (--backend torchscript --device cuda).")
 @handle_errors
 def serve_cloud(host, port, artifacts, backend, device, max_frame_mb, threads, allow_push, admin_token, export_model,
                 export_weights, export_random_init, max_batch, max_delay_ms, max_connections, read_timeout,
-                hello_timeout):
+                hello_timeout, cuda_graphs):
     """Serve the tails of the bundles in --artifacts to edges (until SIGINT/SIGTERM)."""
     from runtime.server import serve_cloud as serve
     if allow_push and not admin_token:
         raise UserError("--allow-push needs an admin token: --admin-token TOKEN or ${}".format(TOKEN_ENV))
     serve(host, port, artifacts, backend, device, max_frame_mb, threads, admin_token if allow_push else None,
           export_model, export_weights, export_random_init, max_batch=max_batch, max_delay_ms=max_delay_ms,
-          max_connections=max_connections, read_timeout=read_timeout, hello_timeout=hello_timeout)
+          max_connections=max_connections, read_timeout=read_timeout, hello_timeout=hello_timeout,
+          cuda_graphs=cuda_graphs)
 
 
 @main.command("run-edge")

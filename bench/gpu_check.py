@@ -8,10 +8,12 @@ Runs in a few minutes on one GPU; prints two Markdown tables and writes gpu.json
 
 1. Tail latency, batch 1, TorchScript, at splits 3, 10 and 16: median of 200 runs
    (after 20 warm-up runs) on the chosen device and on the CPU.
+   On CUDA also replaying a captured CUDA graph (``serve-cloud --cuda-graphs``).
 2. Dynamic batching: ``serve-cloud --backend torchscript --device cuda`` with and
-   without ``--max-batch 16``; 16 concurrent edge streams (threads, one connection
-   each, speaking the real protocol) send split-3 activations in a closed loop for
-   ``--seconds``; samples/s of each, and the ratio (target >= 8x on an H100).
+   without ``--max-batch 16`` (and each with ``--cuda-graphs``); 16 concurrent edge
+   streams (processes, one connection each, speaking the real protocol) send split-3
+   activations in a closed loop for ``--seconds`` after a warm-up; samples/s of each,
+   latency p50/p99, and the ratio (target >= 8x on an H100).
 
 Random weights; the bundles are exported here first (TorchScript only).
 """
@@ -20,7 +22,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
@@ -45,48 +46,75 @@ def export(store, splits):
                             "--formats", "torchscript"], check=True, stdout=subprocess.DEVNULL, cwd=REPO)
 
 
+def _median_ms(tail, x, runs, warmup):
+    for _ in range(warmup):
+        tail.run(x)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        tail.run(x)
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return float(np.median(times))
+
+
 def tail_latency(store, splits, device, runs=200, warmup=20):
+    """Median batch-1 tail time (host array in, host array out) per split: on the CPU, on
+    ``device``, and on ``device`` replaying a CUDA graph."""
     from runtime.backends import load_part
     from runtime.manifest import load_manifest
     rows = []
     for split in splits:
         manifest = load_manifest(os.path.join(store, "resnet50-s{}".format(split)))
         x = np.random.RandomState(0).rand(1, *manifest["boundary"]["shape"][1:]).astype(np.float32)
-        row = {"split": split}
-        for dev in (device, "cpu") if device != "cpu" else ("cpu",):
-            tail = load_part(manifest, "tail", "torchscript", dev)
-            for _ in range(warmup):
-                tail.run(x)
-            times = []
-            for _ in range(runs):
-                t0 = time.perf_counter()
-                tail.run(x)
-                times.append((time.perf_counter() - t0) * 1000.0)
-            row[dev] = float(np.median(times))
+        row = {"split": split, "cpu": _median_ms(load_part(manifest, "tail", "torchscript", "cpu"), x, runs, warmup)}
+        if device != "cpu":
+            row[device] = _median_ms(load_part(manifest, "tail", "torchscript", device), x, runs, warmup)
+            try:
+                graphs = load_part(manifest, "tail", "torchscript", device, cuda_graphs=True)
+                row["graphs"] = _median_ms(graphs, x, runs, warmup)
+                row["graphs_max_diff"] = float(np.abs(graphs.run(x) - load_part(
+                    manifest, "tail", "torchscript", "cpu").run(x)).max())
+            except Exception as exc:
+                row["graphs_error"] = str(exc)[:300]
         rows.append(row)
+        _say("split {}: {}".format(split, row))
     return rows
 
 
-def _stream(address, split, x, stop, counts, index, errors):
+def _stream(address, split, shape, begin, end, queue):
+    """One edge stream in its own process (so 16 streams are not held back by one GIL): send
+    split-``split`` activations in a closed loop until ``end`` (time.time()); count the replies
+    that arrive between ``begin`` and ``end`` and their latencies."""
+    sys.path.insert(0, REPO)
     from runtime import protocol as p
     from runtime.edge import CloudConnection
     try:
-        conn = CloudConnection(address, timeout=60)
+        x = np.random.RandomState(os.getpid() % 1000).rand(1, *shape).astype(np.float32)
+        conn = CloudConnection(address, timeout=120)
         conn.hello({"role": "edge", "model": "resnet50", "split": split, "bundle_id": None})
-        n = 0
-        while not stop.is_set():
+        n, latencies = 0, []
+        while True:
+            t0 = time.time()
+            if t0 >= end:
+                break
             frame, _, _ = conn.infer(x)
-            if frame.type != p.RESULT or frame.array.shape[0] != x.shape[0]:
-                raise RuntimeError("bad reply")
-            n += x.shape[0]
-        counts[index] = n
+            t1 = time.time()
+            if frame.type != p.RESULT or frame.array.shape[0] != 1:
+                raise RuntimeError("bad reply: {}".format(frame.meta))
+            if t0 >= begin:
+                n += 1
+                latencies.append((t1 - t0) * 1000.0)
         conn.close()
-    except Exception as exc:  # reported by the main thread
-        errors.append(exc)
+        queue.put((n, latencies, None))
+    except Exception as exc:  # reported by the parent
+        queue.put((0, [], "{}: {}".format(type(exc).__name__, exc)))
 
 
-def serve_throughput(store, streams, seconds, split, server_args, cpu=None):
-    """Samples/s that serve-cloud (started with ``server_args``) answers to ``streams`` closed-loop streams."""
+def serve_throughput(store, streams, seconds, split, server_args, cpu=None, warmup=5.0, details=None):
+    """Samples/s that serve-cloud (started with ``server_args``) answers to ``streams`` closed-loop
+    streams, each a process of its own; the first ``warmup`` seconds (first CUDA calls, graph
+    captures) are not counted.  ``details``, a dict, receives the latency p50/p99."""
+    import multiprocessing
     prefix = ["taskset", "-c", str(cpu)] if cpu is not None else []
     proc = subprocess.Popen(prefix + [sys.executable, CLI, "serve-cloud", "--port", "0", "--artifacts", store]
                             + [str(a) for a in server_args],
@@ -98,29 +126,31 @@ def serve_throughput(store, streams, seconds, split, server_args, cpu=None):
         address = line.strip().rsplit(" ", 1)[1]
         from runtime.manifest import load_manifest
         shape = load_manifest(os.path.join(store, "resnet50-s{}".format(split)))["boundary"]["shape"][1:]
-        x = np.random.RandomState(1).rand(1, *shape).astype(np.float32)
-        # warm the tail (first CUDA call, cuDNN autotuning) before timing
-        warm_stop, warm_errors = threading.Event(), []
-        warm = threading.Thread(target=_stream, args=(address, split, x, warm_stop, [0], 0, warm_errors))
-        warm.start()
-        time.sleep(min(5.0, seconds))
-        warm_stop.set()
-        warm.join()
-        stop, counts, errors = threading.Event(), [0] * streams, []
-        threads = [threading.Thread(target=_stream, args=(address, split, x, stop, counts, i, errors))
-                   for i in range(streams)]
-        for t in threads:
-            t.start()
-        time.sleep(seconds)
-        stop.set()
-        for t in threads:
-            t.join(120)
-        if errors or warm_errors:
-            raise RuntimeError("a stream failed: {}".format((errors + warm_errors)[0]))
-        return sum(counts) / float(seconds)
+        context = multiprocessing.get_context("spawn")
+        queue = context.Queue()
+        begin = time.time() + 3.0 + warmup  # the workers' start (spawn, imports) is not counted either
+        end = begin + seconds
+        workers = [context.Process(target=_stream, args=(address, split, shape, begin, end, queue))
+                   for _ in range(streams)]
+        for w in workers:
+            w.start()
+        results = [queue.get(timeout=end - time.time() + 180) for _ in workers]
+        for w in workers:
+            w.join(30)
+        failed = [r[2] for r in results if r[2]]
+        if failed:
+            raise RuntimeError("{} of {} streams failed: {}".format(len(failed), streams, failed[0]))
+        if details is not None:
+            latencies = [t for r in results for t in r[1]]
+            details["p50_ms"] = float(np.percentile(latencies, 50)) if latencies else None
+            details["p99_ms"] = float(np.percentile(latencies, 99)) if latencies else None
+        return sum(r[0] for r in results) / float(seconds)
     finally:
         proc.terminate()
-        proc.wait(60)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def main():
@@ -128,36 +158,67 @@ def main():
     parser.add_argument("--out", default="/tmp/edgesplit-gpu")
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     parser.add_argument("--streams", type=int, default=16)
-    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--seconds", type=float, default=15.0)
     args = parser.parse_args()
     store = os.path.join(args.out, "store")
     os.makedirs(store, exist_ok=True)
+    result = {"device": args.device}
+    out_json = os.path.join(args.out, "gpu.json")
+
+    def save():
+        with open(out_json, "w") as f:
+            json.dump(result, f, indent=1)
+
     export(store, [3, 10, 16])
     if args.device == "cuda":
         import torch
         if not torch.cuda.is_available():
             sys.exit("gpu-check: torch sees no CUDA device; run with --device cpu to try the script")
-        _say("device: {}".format(torch.cuda.get_device_name(0)))
-    latency = tail_latency(store, [3, 10, 16], args.device)
-    print("| split | tail ms on {} (median, batch 1) | tail ms on cpu | speed-up |".format(args.device))
-    print("|---:|---:|---:|---:|")
+        result["gpu"] = torch.cuda.get_device_name(0)
+        result["torch"] = torch.__version__
+        _say("device: {}, torch {}".format(result["gpu"], result["torch"]))
+    latency = result["latency"] = tail_latency(store, [3, 10, 16], args.device)
+    save()
+    print("| split | tail ms on cpu | on {0} | on {0}, CUDA graph | cpu / {0} | cpu / graph |".format(args.device))
+    print("|---:|---:|---:|---:|---:|---:|")
     for r in latency:
-        print("| {} | {:.3f} | {:.3f} | {:.1f}x |".format(r["split"], r[args.device], r["cpu"],
-                                                       r["cpu"] / r[args.device]))
-    _say("serving without batching")
+        dev, graph = r.get(args.device, r["cpu"]), r.get("graphs")
+        print("| {} | {:.3f} | {:.3f} | {} | {:.1f}x | {} |".format(
+            r["split"], r["cpu"], dev, "{:.3f}".format(graph) if graph else r.get("graphs_error", "-")[:60],
+            r["cpu"] / dev, "{:.1f}x".format(r["cpu"] / graph) if graph else "-"))
+    sys.stdout.flush()
+
     served = ["--backend", "torchscript", "--device", args.device]
-    plain = serve_throughput(store, args.streams, args.seconds, 3, served)
-    _say("serving with --max-batch {}".format(args.streams))
-    batched = serve_throughput(store, args.streams, args.seconds, 3,
-                               served + ["--max-batch", args.streams, "--max-delay-ms", 2])
+    batch = ["--max-batch", args.streams, "--max-delay-ms", 2]
+    configs = [("no batching", served), ("--max-batch {} --max-delay-ms 2".format(args.streams), served + batch)]
+    if args.device == "cuda":
+        configs += [("no batching, --cuda-graphs", served + ["--cuda-graphs"]),
+                    ("--max-batch {}, --cuda-graphs".format(args.streams), served + batch + ["--cuda-graphs"])]
+    result["serve"] = []
+    for name, server_args in configs:
+        _say("serving: {}".format(name))
+        details = {"config": name}
+        try:
+            details["samples_per_s"] = serve_throughput(store, args.streams, args.seconds, 3, server_args,
+                                                        details=details)
+        except Exception as exc:
+            details["error"] = str(exc)[:500]
+        result["serve"].append(details)
+        _say(str(details))
+        save()
+    plain = result["serve"][0].get("samples_per_s")
     print()
-    print("| {} streams at split 3 on {} | samples/s |".format(args.streams, args.device))
-    print("|---|---:|")
-    print("| no batching | {:.1f} |".format(plain))
-    print("| --max-batch {} --max-delay-ms 2 | {:.1f} |".format(args.streams, batched))
-    print("| ratio (target >= 8x on an H100) | {:.2f}x |".format(batched / plain))
-    with open(os.path.join(args.out, "gpu.json"), "w") as f:
-        json.dump({"device": args.device, "latency": latency, "plain": plain, "batched": batched}, f, indent=1)
+    print("| {} streams at split 3 on {} | samples/s | ratio to no batching | latency p50 ms | p99 ms |".format(
+        args.streams, args.device))
+    print("|---|---:|---:|---:|---:|")
+    for d in result["serve"]:
+        if "error" in d:
+            print("| {} | failed: {} | | | |".format(d["config"], d["error"][:100]))
+            continue
+        print("| {} | {:.1f} | {} | {:.2f} | {:.2f} |".format(
+            d["config"], d["samples_per_s"], "{:.2f}x".format(d["samples_per_s"] / plain) if plain else "-",
+            d["p50_ms"], d["p99_ms"]))
+    print("(target: --max-batch {} >= 8x no batching on an H100)".format(args.streams))
 
 
 if __name__ == "__main__":

@@ -76,11 +76,12 @@ class OnDemandExporter(object):
 class TailRegistry(object):
     """The server's bundles: found on disk by id, each tail loaded once and shared, one active per model."""
 
-    def __init__(self, store, backend="onnx", device="auto", threads=0, exporter=None):
+    def __init__(self, store, backend="onnx", device="auto", threads=0, exporter=None, cuda_graphs=False):
         self.store = store
         self.backend = backend
         self.device = device
         self.threads = threads
+        self.cuda_graphs = cuda_graphs
         self.exporter = exporter
         self.active = {}     # model id -> bundle id
         self._lock = threading.Lock()
@@ -130,7 +131,7 @@ class TailRegistry(object):
                 if manifest.bundle_id in self._loaded:
                     return self._loaded[manifest.bundle_id]
             manifest.verify_files(parts=("tail",))
-            runner = load_part(manifest, "tail", self.backend, self.device, self.threads)
+            runner = load_part(manifest, "tail", self.backend, self.device, self.threads, self.cuda_graphs)
             log.info("loaded tail of %s (%s split %s) with %s on %s", manifest.bundle_id, manifest.model_id,
                      manifest.split_index, runner.name, runner.provider)
             with self._lock:
@@ -658,14 +659,16 @@ def _check_tensor(session, type_, dtype, shape, meta=None):
 def serve_cloud(host, port, artifacts, backend="onnx", device="auto", max_frame_mb=64.0, threads=0,
                 admin_token=None, export_model=None, export_weights=None, export_random_init=False,
                 export_input_shape=None, max_batch=1, max_delay_ms=2.0, max_connections=256, read_timeout=30.0,
-                hello_timeout=10.0):
+                hello_timeout=10.0, cuda_graphs=False):
     """The serve-cloud command: run until SIGINT/SIGTERM, then drain and print the summary."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s serve-cloud %(levelname)s %(message)s")
     os.makedirs(artifacts, exist_ok=True)
     exporter = OnDemandExporter(export_model, export_weights, export_random_init, export_input_shape) \
         if export_model else None
-    registry = TailRegistry(BundleStore(artifacts), backend, device, threads, exporter)
+    if cuda_graphs and (backend != "torchscript" or device == "cpu"):
+        raise UserError("--cuda-graphs needs --backend torchscript --device cuda")
+    registry = TailRegistry(BundleStore(artifacts), backend, device, threads, exporter, cuda_graphs)
     good, bad = registry.store.scan()
     for directory, error in bad:
         log.warning("skipping %s: %s", directory, error)

@@ -23,7 +23,7 @@ class PassThrough(object):
         return x
 
 
-def load_part(manifest, part, backend="onnx", device="auto", threads=0):
+def load_part(manifest, part, backend="onnx", device="auto", threads=0, cuda_graphs=False):
     """Load the ``part`` ('head' or 'tail') of a bundle with the chosen backend, or a PassThrough."""
     if backend not in BACKENDS:
         raise UserError("unknown backend {!r}; choose from {}".format(backend, ", ".join(BACKENDS)))
@@ -33,16 +33,19 @@ def load_part(manifest, part, backend="onnx", device="auto", threads=0):
         return PassThrough()
     fmt = _FORMAT[backend]
     return load_file(manifest.file_path(part, fmt), backend, device, threads, manifest.directory,
-                     manifest.part(part)["files"][fmt].get("sha256"))
+                     manifest.part(part)["files"][fmt].get("sha256"), cuda_graphs)
 
 
-def load_file(path, backend="onnx", device="auto", threads=0, cache_dir=".", sha256=None):
+def load_file(path, backend="onnx", device="auto", threads=0, cache_dir=".", sha256=None, cuda_graphs=False):
     """Load one compiled file (a head, a tail, or a profiling segment) with the chosen backend.
 
     ``sha256`` (the manifest's, of a verified file) lets onnxruntime on the CPU keep its
-    optimised graph beside the bundle (see ort.py)."""
+    optimised graph beside the bundle (see ort.py).  ``cuda_graphs``: replay captured CUDA
+    graphs (TorchScript on CUDA only)."""
+    if cuda_graphs and (backend != "torchscript" or device == "cpu"):
+        raise UserError("--cuda-graphs needs --backend torchscript --device cuda")
     if backend == "onnx":
         from .ort import OnnxBackend
         return OnnxBackend(path, device, threads, cache_dir=cache_dir, source_sha256=sha256)
     from .torchscript import TorchScriptBackend
-    return TorchScriptBackend(path, device, threads)
+    return TorchScriptBackend(path, device, threads, cuda_graphs)
