@@ -19,9 +19,11 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA d
 def gpu_artifacts(tmp_path_factory, seed_weights):
     from exporter.bundle import export_bundle
     root = tmp_path_factory.mktemp("gpu-artifacts")
+    from runtime.manifest import load_manifest
     manifests = {}
     for split in (3, 16):
-        _, manifests[split] = export_bundle("resnet50", str(split), weights=seed_weights, out_dir=str(root))
+        directory, _ = export_bundle("resnet50", str(split), weights=seed_weights, out_dir=str(root))
+        manifests[split] = load_manifest(directory)
     return root, manifests
 
 
