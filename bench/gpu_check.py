@@ -164,7 +164,9 @@ def main():
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     parser.add_argument("--streams", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--parts", default="latency,serve", help="Which checks to run (comma-separated).")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
     store = os.path.join(args.out, "store")
     os.makedirs(store, exist_ok=True)
     result = {"device": args.device}
@@ -174,7 +176,7 @@ def main():
         with open(out_json, "w") as f:
             json.dump(result, f, indent=1)
 
-    export(store, [3, 10, 16])
+    export(store, [3, 10, 16] if "latency" in parts else [3])
     if args.device == "cuda":
         import torch
         if not torch.cuda.is_available():
@@ -182,7 +184,7 @@ def main():
         result["gpu"] = torch.cuda.get_device_name(0)
         result["torch"] = torch.__version__
         _say("device: {}, torch {}".format(result["gpu"], result["torch"]))
-    latency = result["latency"] = tail_latency(store, [3, 10, 16], args.device)
+    latency = result["latency"] = tail_latency(store, [3, 10, 16], args.device) if "latency" in parts else []
     save()
     print("| split | tail ms on cpu | on {0} | on {0}, CUDA graph | cpu / {0} | cpu / graph |".format(args.device))
     print("|---:|---:|---:|---:|---:|---:|")
@@ -202,13 +204,10 @@ def main():
     batch = ["--max-batch", args.streams, "--max-delay-ms", 2]
     configs = [("no batching", served), ("--max-batch {} --max-delay-ms 2".format(args.streams), served + batch)]
     if args.device == "cuda":
-        half = ["--max-batch", args.streams // 2, "--max-delay-ms", 2]
         configs += [("no batching, --cuda-graphs", served + ["--cuda-graphs"]),
-                    ("--max-batch {}, --cuda-graphs".format(args.streams), served + batch + ["--cuda-graphs"]),
-                    ("--max-batch {}, --cuda-graphs (two batches in turn)".format(args.streams // 2),
-                     served + half + ["--cuda-graphs"])]
+                    ("--max-batch {}, --cuda-graphs".format(args.streams), served + batch + ["--cuda-graphs"])]
     result["serve"] = []
-    for name, server_args in configs:
+    for name, server_args in configs if "serve" in parts else []:
         _say("serving: {}".format(name))
         details = {"config": name}
         try:
@@ -219,6 +218,8 @@ def main():
         result["serve"].append(details)
         _say(str(details))
         save()
+    if not result["serve"]:
+        return
     plain = result["serve"][0].get("samples_per_s")
     print()
     print("| {} streams at split 3 on {} | samples/s | ratio to no batching | latency p50 ms | p99 ms |".format(

@@ -46,6 +46,7 @@ class DynamicBatcher(object):
         self.max_delay_s = max_delay_ms / 1000.0
         self._queue = collections.deque()
         self._queued_samples = 0
+        self._queued_by = collections.Counter()  # source -> requests queued
         self._cond = threading.Condition()
         self._closed = False
         self.batches = 0
@@ -61,7 +62,11 @@ class DynamicBatcher(object):
                 raise RuntimeError("batcher closed")
             self._queue.append(_Request(array, done, source))
             self._queued_samples += array.shape[0]
-            self._cond.notify()
+            self._queued_by[source] += 1
+            # wake the worker only when this request can start or close a batch: each wake-up
+            # costs the connection threads a switch of the GIL
+            if len(self._queue) == 1 or self._queued_samples >= self.max_batch or self._everyone_in():
+                self._cond.notify()
 
     def close(self):
         with self._cond:
@@ -87,13 +92,16 @@ class DynamicBatcher(object):
                 request = self._queue.popleft()
                 taken.append(request)
                 samples += request.array.shape[0]
+                self._queued_by[request.source] -= 1
+                if not self._queued_by[request.source]:
+                    del self._queued_by[request.source]
             self._queued_samples -= samples
             return taken
 
     def _everyone_in(self):
         if self.sources is None:
             return False
-        return len(set(r.source for r in self._queue)) >= self.sources()
+        return len(self._queued_by) >= self.sources()
 
     def _loop(self):
         while True:
@@ -103,8 +111,12 @@ class DynamicBatcher(object):
             start = time.perf_counter()
             n_samples = sum(r.array.shape[0] for r in taken)
             try:
-                x = taken[0].array if len(taken) == 1 else np.concatenate([r.array for r in taken], axis=0)
-                y = self.runner.run(x)
+                if len(taken) == 1:
+                    y = self.runner.run(taken[0].array)
+                elif hasattr(self.runner, "run_many"):  # copies the requests straight into its input buffer
+                    y = self.runner.run_many([r.array for r in taken])
+                else:
+                    y = self.runner.run(np.concatenate([r.array for r in taken], axis=0))
                 error = None
             except Exception as exc:  # answered to every request of the batch; the server goes on
                 log.exception("batched tail run failed")

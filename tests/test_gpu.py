@@ -49,6 +49,10 @@ def test_cuda_tail_matches_cpu_and_graph_replay_matches_eager(gpu_artifacts, spl
             replayed = graphs.run(x)
             assert np.abs(replayed - got).max() <= 1e-5 * scale
         assert graphs.graphs.graphs.get(tuple(xs[0].shape)) is not None, "the shape was never captured"
+    parts = [rng.rand(n, *shape).astype(np.float32) for n in (1, 2, 1)]  # the dynamic batcher's call
+    for _ in range(4):
+        together = graphs.run_many(parts)
+        assert np.abs(together - cuda.run(np.concatenate(parts))).max() <= 1e-5 * np.abs(together).max()
 
 
 @needs_cuda

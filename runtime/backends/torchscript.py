@@ -39,12 +39,20 @@ class TorchScriptBackend(object):
             self.graphs = _GraphCache(torch, self.module, self.device)
             self.provider += "+graphs"
 
-    def run(self, x):
-        torch = self.torch
+    def run_many(self, arrays):
+        """``run`` of the arrays concatenated along the batch axis (the dynamic batcher's call): with
+        CUDA graphs, each array is copied straight into the graph's page-locked input."""
         if self.graphs is not None:
-            y = self.graphs.run(x)
-            if y is not None:
-                return y
+            return self.graphs.run(arrays, self._eager)
+        return self._eager(np.concatenate(arrays, axis=0))
+
+    def run(self, x):
+        if self.graphs is not None:
+            return self.graphs.run(x, self._eager)
+        return self._eager(x)
+
+    def _eager(self, x):
+        torch = self.torch
         with torch.no_grad():
             y = self.module(torch.from_numpy(x).to(self.device))
             if self.device.type == "cuda":
@@ -58,9 +66,10 @@ class _GraphCache(object):
 
     A shape is captured on its WARMUP-th call (TorchScript's profiling executor settles
     its graph in the first calls); until then, and for a shape whose capture failed, the
-    caller runs the module as usual (``run`` returns None).  Replays share one static input
-    and output per shape, so they are serialised by a lock; the server calls a tail from
-    several connection threads.
+    module runs as usual.  Replays share one static input and output per shape, and no
+    other work of this module may run while one is captured, so every call holds a lock;
+    the server calls a tail from several connection threads (the GPU would run their
+    kernels one after another anyway).
     """
 
     WARMUP = 3
@@ -75,19 +84,25 @@ class _GraphCache(object):
         self.seen = {}
         self.graphs = {}  # shape -> (graph, static input, static output), or None if capture failed
 
-    def run(self, x):
-        key = tuple(x.shape)
+    def run(self, x, eager):
+        """The module's output for ``x`` (an array, or a list of arrays to concatenate along the
+        batch axis): a replay of the graph for its shape, or ``eager(array)``."""
+        parts = x if isinstance(x, list) else [x]
+        key = (sum(a.shape[0] for a in parts),) + tuple(parts[0].shape[1:])
         with self.lock:
+            entry = self.graphs.get(key)
             if key not in self.graphs:
                 self.seen[key] = self.seen.get(key, 0) + 1
-                if self.seen[key] < self.WARMUP or len(self.graphs) >= self.MAX_SHAPES:
-                    return None
-                self.graphs[key] = self._capture(x)
-            entry = self.graphs[key]
+                if self.seen[key] >= self.WARMUP and len(self.graphs) < self.MAX_SHAPES:
+                    entry = self.graphs[key] = self._capture(np.concatenate(parts, axis=0) if len(parts) > 1
+                                                             else parts[0])
             if entry is None:
-                return None
+                return eager(np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0])
             graph, static_in, static_out, host_in, host_out = entry
-            np.copyto(host_in.numpy(), x)  # into page-locked memory: the copy to the GPU runs at full speed
+            staged, row = host_in.numpy(), 0
+            for a in parts:  # into page-locked memory: the copy to the GPU runs at full speed
+                staged[row:row + a.shape[0]] = a
+                row += a.shape[0]
             static_in.copy_(host_in, non_blocking=True)
             graph.replay()
             host_out.copy_(static_out, non_blocking=True)
