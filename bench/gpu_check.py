@@ -139,7 +139,16 @@ def serve_throughput(store, streams, seconds, split, server_args, cpu=None, warm
                    for _ in range(streams)]
         for w in workers:
             w.start()
-        results = [queue.get(timeout=end - time.time() + 180) for _ in workers]
+        results = []
+        import queue as queue_module
+        while len(results) < streams:
+            try:
+                results.append(queue.get(timeout=1.0))
+            except queue_module.Empty:
+                dead = [w for w in workers if w.exitcode not in (None, 0)]
+                if dead or time.time() > end + 180:
+                    raise RuntimeError("a stream process {} (exit code {})".format(
+                        "died" if dead else "hung", dead[0].exitcode if dead else None))
         for w in workers:
             w.join(30)
         failed = [r[2] for r in results if r[2]]
