@@ -169,6 +169,34 @@ def split_option(ctx, param, value):
         raise click.BadParameter("expected a split index (0, 1, ...) or 'auto'", param=param)
     return split
 DEVICE_CHOICE = click.Choice(["auto", "cpu", "cuda"])
+INFERENCE_TOKEN_ENV = "EDGESPLIT_TOKEN"
+
+
+def client_security(token=True):
+    """--tls/--tls-ca/--tls-cert/--tls-key (and --token) on a command that connects to serve-cloud,
+    handed to it as one ``security`` argument (runtime.security.ClientSecurity)."""
+    def decorate(f):
+        @functools.wraps(f)
+        def wrapper(*args, **kwargs):
+            from runtime.security import ClientSecurity
+            kwargs["security"] = ClientSecurity(kwargs.pop("tls"), kwargs.pop("tls_ca"), kwargs.pop("tls_cert"),
+                                                kwargs.pop("tls_key"), kwargs.pop("token", None))
+            return f(*args, **kwargs)
+        options = [
+            click.option("--tls", is_flag=True, help="Connect over TLS, verifying the server with the system's CAs."),
+            click.option("--tls-ca", default=None, help="Connect over TLS, verifying the server against this CA "
+                                                        "(PEM)."),
+            click.option("--tls-cert", default=None, help="This side's certificate (PEM) for mutual TLS."),
+            click.option("--tls-key", default=None, help="The key of --tls-cert (PEM)."),
+        ]
+        if token:
+            options.append(click.option("--token", default=None, envvar=INFERENCE_TOKEN_ENV,
+                                        help="The cloud's inference token, proven without sending it [env {}]."
+                                        .format(INFERENCE_TOKEN_ENV)))
+        for option in reversed(options):
+            wrapper = option(wrapper)
+        return wrapper
+    return decorate
 
 
 @main.command("serve-cloud")
@@ -196,12 +224,18 @@ DEVICE_CHOICE = click.Choice(["auto", "cpu", "cuda"])
               help="Seconds a frame may take to arrive once begun, and a reply to be read; slower peers are cut off.")
 @click.option("--hello-timeout", default=10.0, show_default=True, type=click.FloatRange(0.5, 3600),
               help="Seconds a new connection may stay silent before it is closed.")
+@click.option("--tls-cert", default=None, help="Serve over TLS with this certificate (PEM; with --tls-key).")
+@click.option("--tls-key", default=None, help="The key of --tls-cert (PEM).")
+@click.option("--tls-client-ca", default=None,
+              help="Mutual TLS: accept only clients whose certificate this CA (PEM) signed.")
+@click.option("--token", default=None, envvar=INFERENCE_TOKEN_ENV,
+              help="Inference token every edge must prove (HMAC over a nonce) [env {}].".format(INFERENCE_TOKEN_ENV))
 @click.option("--cuda-graphs", is_flag=True,
               help="Replay each tail as a captured CUDA graph per batch shape (--backend torchscript --device cuda).")
 @handle_errors
 def serve_cloud(host, port, artifacts, backend, device, max_frame_mb, threads, allow_push, admin_token, export_model,
                 export_weights, export_random_init, max_batch, max_delay_ms, max_connections, read_timeout,
-                hello_timeout, cuda_graphs):
+                hello_timeout, tls_cert, tls_key, tls_client_ca, token, cuda_graphs):
     """Serve the tails of the bundles in --artifacts to edges (until SIGINT/SIGTERM)."""
     from runtime.server import serve_cloud as serve
     if allow_push and not admin_token:
@@ -209,7 +243,7 @@ def serve_cloud(host, port, artifacts, backend, device, max_frame_mb, threads, a
     serve(host, port, artifacts, backend, device, max_frame_mb, threads, admin_token if allow_push else None,
           export_model, export_weights, export_random_init, max_batch=max_batch, max_delay_ms=max_delay_ms,
           max_connections=max_connections, read_timeout=read_timeout, hello_timeout=hello_timeout,
-          cuda_graphs=cuda_graphs)
+          cuda_graphs=cuda_graphs, tls=(tls_cert, tls_key, tls_client_ca), token=token)
 
 
 @main.command("run-edge")
@@ -254,16 +288,24 @@ def serve_cloud(host, port, artifacts, backend, device, max_frame_mb, threads, a
 @click.option("--busy-poll/--no-busy-poll", default=True, show_default=True,
               help="Spin (at most 2 ms a request) when a reply is due instead of sleeping: about 0.15 ms less "
                    "per request; --no-busy-poll saves the edge's CPU.")
+@click.option("--reconnect-timeout", default=60.0, show_default=True, type=click.FloatRange(0, None),
+              help="Seconds to keep reconnecting (backoff with jitter) when the cloud goes away; unanswered "
+                   "requests are sent again.")
+@click.option("--fallback", default="none", show_default=True, type=click.Choice(["none", "local"]),
+              help="local: once --reconnect-timeout is over, run the rest with the full model in --cache "
+                   "(marked 'local' in the report).")
 @handle_errors
+@client_security()
 def run_edge(cloud, model, split, objective, bandwidth, rtt, cache, cache_keep, no_follow, adaptive, backend, device,
              dataset, data_dir, limit, batch_size, shuffle, seed, warmup, verbose, report, timeout, threads, inflight,
-             compress, codec, busy_poll):
+             compress, codec, busy_poll, reconnect_timeout, fallback, security):
     """Run the head here, the tail on the cloud, and print the seed's report."""
     from runtime.edge import run_edge as run
     run(cloud, model, split, cache, backend, device, dataset, data_dir, limit, batch_size, shuffle, seed,
         warmup, verbose, report, timeout, threads, cache_keep, not no_follow,
         plan_options={"objective": objective, "bandwidth": bandwidth, "rtt": rtt}, adaptive=adaptive,
-        inflight=inflight, compress=compress, codec=codec, busy_poll=busy_poll)
+        inflight=inflight, compress=compress, codec=codec, busy_poll=busy_poll, reconnect_s=reconnect_timeout,
+        fallback=fallback, security=security)
 
 
 @main.command()
@@ -283,12 +325,13 @@ def run_edge(cloud, model, split, objective, bandwidth, rtt, cache, cache_keep, 
 @click.option("--timeout", default=600.0, show_default=True, type=float)
 @click.option("--threads", default=0, type=click.IntRange(0, 256), help="Compute threads for the edge's profile.")
 @handle_errors
+@client_security()
 def plan(cloud, model, cache, backend, device, batch_size, bandwidth, rtt, objective, edge_profile, cloud_profile,
-         as_json, timeout, threads):
+         as_json, timeout, threads, security):
     """Predict the latency of every split from measured profiles and the network, and choose one."""
     from runtime.plan import run_plan
     run_plan(cloud, model, cache, backend, device, batch_size, bandwidth, rtt, objective, edge_profile,
-             cloud_profile, as_json, timeout, threads)
+             cloud_profile, as_json, timeout, threads, security=security)
 
 
 @main.command()
@@ -311,13 +354,14 @@ def plan(cloud, model, cache, backend, device, batch_size, bandwidth, rtt, objec
 @click.option("--timeout", default=600.0, show_default=True, type=float)
 @click.option("--threads", default=0, type=click.IntRange(0, 256), help="Compute threads for the head.")
 @handle_errors
+@client_security()
 def sweep(cloud, splits, model, cache, backend, device, dataset, data_dir, limit, batch_size, seed, warmup, csv_path,
-          png_path, bandwidth, rtt, timeout, threads):
+          png_path, bandwidth, rtt, timeout, threads, security):
     """Measure every split in --splits on the same samples: the seed's table, a CSV and a chart."""
     from runtime.sweep import run_sweep
     points = _split_values(splits, int, "0,3,10,16,20,22", None)
     run_sweep(cloud, list(points), model, cache, backend, device, dataset, data_dir, limit, batch_size, seed, warmup,
-              csv_path, png_path, bandwidth, rtt, timeout, threads)
+              csv_path, png_path, bandwidth, rtt, timeout, threads, security=security)
 
 
 @main.command()
@@ -332,10 +376,27 @@ def sweep(cloud, splits, model, cache, backend, device, dataset, data_dir, limit
 @click.option("--timeout", default=600.0, show_default=True, type=float)
 @click.option("--threads", default=0, type=click.IntRange(0, 256), help="Compute threads (0: library default).")
 @handle_errors
-def profile(out, cloud, segments_dir, model, cache, backend, device, batch_size, timeout, threads):
+@client_security()
+def profile(out, cloud, segments_dir, model, cache, backend, device, batch_size, timeout, threads, security):
     """Measure this side's latency of every segment of a model; write it as JSON for `plan --edge-profile`."""
     from runtime.plan import run_profile
-    run_profile(out, cloud, segments_dir, model, cache, backend, device, batch_size, threads, timeout)
+    run_profile(out, cloud, segments_dir, model, cache, backend, device, batch_size, threads, timeout,
+                security=security)
+
+
+@main.command()
+@click.option("--cloud", required=True, help="HOST:PORT of serve-cloud.")
+@click.option("--timeout", default=10.0, show_default=True, type=float)
+@handle_errors
+@client_security()
+def status(cloud, timeout, security):
+    """Print serve-cloud's counters (requests, errors by kind, bytes, connections) as JSON."""
+    from runtime.edge import CloudConnection
+    conn = CloudConnection(cloud, timeout, security=security)
+    try:
+        click.echo(json.dumps(conn.status(), indent=1, sort_keys=True))
+    finally:
+        conn.close()
 
 
 @main.command()
@@ -347,7 +408,8 @@ def profile(out, cloud, segments_dir, model, cache, backend, device, batch_size,
     TOKEN_ENV))
 @click.option("--timeout", default=120.0, show_default=True, type=float)
 @handle_errors
-def push(bundle, cloud, to_dir, activate, admin_token, timeout):
+@client_security(token=False)
+def push(bundle, cloud, to_dir, activate, admin_token, timeout, security):
     """Deploy a bundle: upload it to the cloud (--cloud) or copy it (--to), verified."""
     from runtime.deploy import copy_bundle, push_to_cloud
     if bool(cloud) == bool(to_dir):
@@ -355,7 +417,7 @@ def push(bundle, cloud, to_dir, activate, admin_token, timeout):
     if to_dir:
         click.echo("copied to {}".format(copy_bundle(bundle, to_dir)))
         return
-    done = push_to_cloud(bundle, cloud, admin_token, activate, timeout)
+    done = push_to_cloud(bundle, cloud, admin_token, activate, timeout, security=security)
     click.echo("pushed {} to {}{}{}".format(done["bundle_id"], cloud, "" if done.get("uploaded") else
                                             " (already there, nothing uploaded)",
                                             ", active" if done.get("activated") else ""))

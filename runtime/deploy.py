@@ -233,13 +233,13 @@ def _verified(bundle):
     return manifest
 
 
-def push_to_cloud(bundle, cloud, token, activate=False, timeout=120.0):
+def push_to_cloud(bundle, cloud, token, activate=False, timeout=120.0, security=None):
     """Upload a bundle to serve-cloud; return the server's DONE metadata."""
     from .edge import CloudConnection
     if not token:
         raise UserError("push needs the server's admin token: --admin-token TOKEN or ${}".format(TOKEN_ENV))
     manifest = _verified(bundle)
-    conn = CloudConnection(cloud, timeout)
+    conn = CloudConnection(cloud, timeout, security=security)
     try:
         nonce = conn.hello({"role": "admin"}).get("nonce")
         if not nonce:

@@ -9,6 +9,7 @@ Needs numpy and onnxruntime only (torch for ``--backend torchscript``).
 Python 3.6 syntax: this module runs on the Jetson.
 """
 import collections
+import random
 import select
 import socket
 import sys
@@ -22,9 +23,10 @@ from .backends import load_part
 from .data import batches, open_dataset, preprocess_batch
 from .deploy import BundleCache
 from .errors import UserError
-from .manifest import Manifest, validate
+from .manifest import KIND_SPLIT, Manifest, ManifestError, validate
 from .profile import echo_once
 from .report import RunRecorder, format_report, write_report
+from .security import PLAIN, TOKEN_ENV, inference_proof
 
 FORMAT_OF_BACKEND = {"onnx": "onnx", "torchscript": "torchscript"}
 
@@ -36,6 +38,16 @@ def _say(message):
 
 BUSY_POLL_LEAD_S = 0.0005  # start spinning this long before the reply is expected ...
 BUSY_POLL_MAX_S = 0.002    # ... and spin at most this long before sleeping in recv
+RECONNECT_FIRST_S = 0.1    # a lost connection is retried after up to this long (full jitter) ...
+RECONNECT_MAX_S = 5.0      # ... doubling each attempt up to this, until --reconnect-timeout
+
+
+class CloudLost(UserError):
+    """The connection to the cloud broke (closed, reset, timed out, or the server shut down): the
+    requests in flight may be sent again on a new connection."""
+
+
+RETRY_CODES = ("shutting_down", "busy")  # ERROR codes that mean: this server, not this request
 
 
 class CloudConnection(object):
@@ -49,44 +61,91 @@ class CloudConnection(object):
     The spin costs the edge at most 2.5 ms of CPU per request.
     """
 
-    def __init__(self, address, timeout=30.0, max_frame_bytes=p.DEFAULT_MAX_FRAME_BYTES, busy_poll=False):
+    def __init__(self, address, timeout=30.0, max_frame_bytes=p.DEFAULT_MAX_FRAME_BYTES, busy_poll=False,
+                 security=None):
         host, port = p.parse_address(address)
         self.address = address
         self.timeout = timeout
+        security = security or PLAIN
         try:
-            self.sock = socket.create_connection((host, port), timeout=timeout)
+            sock = socket.create_connection((host, port), timeout=timeout)
         except OSError as exc:
             raise UserError("cannot connect to the cloud at {} ({}); is `cli.py serve-cloud` running there?".format(
                 address, exc.strerror or exc))
+        self.sock = security.wrap(sock, host, address)
+        self.tls = p.is_tls(self.sock)
         p.set_timeouts(self.sock, timeout)
         p.tune_socket(self.sock)
         self.reader = p.FrameReader(self.sock, max_frame_bytes, allowed_types=p.FROM_CLOUD)
         self._waiting = timeout
-        self.busy_poll = busy_poll
+        self.busy_poll = busy_poll and not self.tls  # TLS has no non-blocking peek to spin on
         self._expected_s = None  # smoothed round trip of infer()
         self._next_id = 1
+        if security.token:
+            self.authenticate(security.token)
+
+    def authenticate(self, token):
+        """Prove the inference token (docs/PROTOCOL.md, AUTH): the token itself never leaves."""
+        request_id, _ = self.send(p.AUTH, {})
+        nonce = self.expect(p.CHALLENGE, request_id).meta.get("nonce")
+        if not isinstance(nonce, str) or len(nonce) < 16:
+            raise p.ProtocolError("bad_reply", "the cloud's CHALLENGE carries no usable nonce")
+        request_id, _ = self.send(p.AUTH, {"proof": inference_proof(token, nonce)})
+        try:
+            return self.expect(p.DONE, request_id).meta
+        except p.RemoteError as exc:
+            if exc.code == "bad_token":
+                raise UserError("the cloud at {} refused the inference token; check --token / ${} on both "
+                                "sides".format(self.address, TOKEN_ENV))
+            raise
 
     def send(self, type_, meta, array=None):
         request_id = self._next_id
         self._next_id += 1
-        sent = p.send_frame(self.sock, type_, request_id, meta, array)
+        try:
+            sent = p.send_frame(self.sock, type_, request_id, meta, array)
+        except OSError as exc:  # reset, broken pipe, send timeout
+            raise self._lost(exc)
         return request_id, sent
+
+    def _lost(self, exc):
+        """The error for a connection that broke with ``exc``: CloudLost (worth reconnecting), or a
+        UserError where the cloud refused this client's TLS session before answering anything."""
+        if self.tls and not self.reader.bytes_received and (type(exc).__module__ == "ssl" or
+                                                            isinstance(exc, p.PeerClosed)):
+            return UserError("the cloud at {} ended the TLS session ({}); if it requires client certificates "
+                             "(mutual TLS), pass --tls-cert/--tls-key signed by a CA it trusts".format(
+                                 self.address, getattr(exc, "reason", None) or exc))
+        hint = "" if self.tls or self.reader.bytes_received else \
+            "; if serve-cloud runs with --tls-cert, connect with --tls-ca (or --tls)"
+        return CloudLost("lost the connection to the cloud at {} ({}){}".format(self.address, exc, hint))
 
     def receive(self, tensor_check=None):
         """The next frame; NOTICE frames (the cloud explaining a wait) are shown and waited past."""
         while True:
             try:
                 frame = self.reader.read(tensor_check)
-            except p.PeerClosed:
-                raise UserError("the cloud at {} closed the connection".format(self.address))
+            except p.PeerClosed as exc:
+                if self.tls and not self.reader.bytes_received:
+                    raise self._lost(exc)
+                raise CloudLost("the cloud at {} closed the connection".format(self.address))
             except socket.timeout:
-                raise UserError("no reply from the cloud at {} within {:.0f} s".format(self.address, self._waiting))
+                raise CloudLost("no reply from the cloud at {} within {:.0f} s".format(self.address, self._waiting))
+            except p.ProtocolError as exc:
+                if exc.code != "truncated":
+                    raise
+                raise CloudLost("the cloud at {} closed the connection in the middle of a reply".format(self.address))
+            except OSError as exc:  # reset by the peer
+                raise self._lost(exc)
             finally:
                 if self._waiting != self.timeout:
                     p.set_timeouts(self.sock, self.timeout)
                     self._waiting = self.timeout
             if frame.type == p.ERROR:
-                raise p.RemoteError(frame.meta.get("code", "error"), "cloud: {}".format(frame.meta.get("message", "")))
+                code = frame.meta.get("code", "error")
+                if code in RETRY_CODES:
+                    raise CloudLost("cloud: {}".format(frame.meta.get("message", "")))
+                raise p.RemoteError(code, "cloud: {}".format(frame.meta.get("message", "")))
             if frame.type != p.NOTICE:
                 return frame
             _say("cloud: {}".format(frame.meta.get("message", "")))
@@ -105,6 +164,11 @@ class CloudConnection(object):
     def hello(self, meta):
         request_id, _ = self.send(p.HELLO, dict(meta, protocol=p.VERSION))
         return self.expect(p.WELCOME, request_id).meta
+
+    def status(self):
+        """The server's counters and state (a STATUS request)."""
+        request_id, _ = self.send(p.STATUS, {})
+        return self.expect(p.DONE, request_id).meta.get("status", {})
 
     def infer(self, array, meta=None):
         """Send one activation, wait for its result; return (RESULT frame, bytes sent, bytes received)."""
@@ -134,7 +198,14 @@ class CloudConnection(object):
             p.send_frame(self.sock, p.BYE, 0, {})
         except OSError:
             pass
-        self.sock.close()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes a receiver thread blocked on this socket
+        except OSError:
+            pass
+        try:
+            self.sock.close()
+        except OSError:
+            pass
 
 
 class EdgeSession(object):
@@ -146,7 +217,7 @@ class EdgeSession(object):
     """
 
     def __init__(self, cloud, model, cache, cache_keep=8, backend="onnx", device="auto", threads=0, timeout=30.0,
-                 compress="none", codec="none", busy_poll=False):
+                 compress="none", codec="none", busy_poll=False, security=None):
         if backend not in FORMAT_OF_BACKEND:
             raise UserError("unknown backend {!r}".format(backend))
         from .compression import Encoder
@@ -155,7 +226,9 @@ class EdgeSession(object):
         self.backend, self.device, self.threads = backend, device, threads
         self.formats = (FORMAT_OF_BACKEND[backend],)
         self.cache = BundleCache(cache, cache_keep, log=_say)
-        self.conn = CloudConnection(cloud, timeout, busy_poll=busy_poll)
+        self.cloud, self.timeout, self.busy_poll, self.security = cloud, timeout, busy_poll, security
+        self.conn = CloudConnection(cloud, timeout, busy_poll=busy_poll, security=security)
+        self.reconnects = []  # one record per outage survived
         self.manifest = None
         self.head = None
         self.welcome = None
@@ -232,8 +305,62 @@ class EdgeSession(object):
         return (frame.array, (t1 - t0) * 1000.0, (t2 - t1) * 1000.0, frame.compute_ms,
                 sent, received, frame.meta)
 
+    def reconnect(self, give_up_at, reason):
+        """A new connection bound to the same bundle, tried with capped exponential backoff and full
+        jitter until ``give_up_at`` (time.monotonic()); raises CloudLost after that."""
+        lost_at = time.monotonic()
+        self.conn.close()
+        delay, attempts = RECONNECT_FIRST_S, 0
+        while True:
+            attempts += 1
+            try:
+                conn = CloudConnection(self.cloud, self.timeout, busy_poll=self.busy_poll, security=self.security)
+                try:
+                    welcome = conn.hello({"role": "edge", "model": self.model, "split": None,
+                                          "bundle_id": self.manifest.bundle_id})
+                except BaseException:
+                    conn.close()
+                    raise
+                if welcome.get("bundle_id") != self.manifest.bundle_id:
+                    conn.close()
+                    raise UserError("after reconnecting, the cloud serves bundle {} instead of {}".format(
+                        welcome.get("bundle_id"), self.manifest.bundle_id))
+                self.conn = conn
+                record = {"lost": reason, "attempts": attempts, "down_s": round(time.monotonic() - lost_at, 3)}
+                self.reconnects.append(record)
+                _say("reconnected to the cloud after {:.2f} s ({} attempts)".format(record["down_s"], attempts))
+                return record
+            except CloudLost:
+                pass
+            except p.RemoteError:
+                raise  # the cloud answered and refused (token, bundle): trying again will not help
+            except UserError as exc:
+                if "cannot connect" not in str(exc):
+                    raise
+            now = time.monotonic()
+            if now >= give_up_at:
+                raise CloudLost("the cloud at {} has been unreachable for {:.0f} s ({} attempts to reconnect)".format(
+                    self.cloud, now - lost_at, attempts))
+            time.sleep(min(random.uniform(0, delay), give_up_at - now))  # full jitter
+            delay = min(delay * 2, RECONNECT_MAX_S)
+
     def close(self):
         self.conn.close()
+
+
+def find_full_model(cache, model, backend="onnx"):
+    """A bundle of ``model`` in the edge's cache whose head is the whole model (no tail), or None."""
+    from .store import BundleStore
+    fmt = FORMAT_OF_BACKEND[backend]
+    good, _ = BundleStore(cache).scan(KIND_SPLIT)
+    for manifest in sorted(good, key=lambda m: -m.split_index):
+        if manifest.model_id == model and manifest.part("tail") is None and manifest.part("head") is not None:
+            try:
+                manifest.verify_files(parts=("head",), formats=(fmt,))
+            except ManifestError:
+                continue
+            return manifest
+    return None
 
 
 def _head_files(data, formats):
@@ -272,6 +399,9 @@ class _Sequential(object):
 
     def close(self):
         pass
+
+    def abandon(self):
+        self.pending.clear()
 
 
 class _Pipelined(object):
@@ -320,8 +450,15 @@ class _Pipelined(object):
         self._tickets.put(None)
         self._thread.join()
 
+    def abandon(self):
+        """Stop waiting for the replies in flight (the connection is gone; closing it ends the receiver)."""
+        self.pending.clear()
+        self._tickets.put(None)
+        self.close = lambda: self._thread.join(5)
 
-def measure(session, data, plan, warmup=3, follow=True, verbose=False, out=None, adaptive=None, inflight=1):
+
+def measure(session, data, plan, warmup=3, follow=True, verbose=False, out=None, adaptive=None, inflight=1,
+            reconnect_s=60.0, fallback=None):
     """Run every batch of ``plan`` through the session, timing each request; return the RunRecorder.
 
     The first batch is first sent ``warmup`` times (excluded).  With ``inflight`` > 1
@@ -330,6 +467,13 @@ def measure(session, data, plan, warmup=3, follow=True, verbose=False, out=None,
     With ``follow``, a bundle activated on the cloud is switched to at the next batch
     boundary (after the requests in flight are answered); with ``adaptive`` (an
     AdaptivePlanner), a split predicted better for the bandwidth seen so far is.
+
+    A lost connection (the server killed, restarted, shutting down) is reconnected
+    with backoff for up to ``reconnect_s`` seconds, and the requests that had no reply
+    are sent again (inference is idempotent; a reply is only taken from the connection
+    its request went out on, so none is counted twice).  After that, with ``fallback``
+    (a callable returning the loaded full model) the rest runs on the edge alone and
+    is marked "local" in the report; without it the run stops with the count done.
     """
     out = out or sys.stdout
     preprocess = session.manifest["input"].get("preprocess") or {}
@@ -344,53 +488,88 @@ def measure(session, data, plan, warmup=3, follow=True, verbose=False, out=None,
     switch = None  # (reason, new split, active bundle) once decided; done when nothing is in flight
     started = time.perf_counter()
     position = 0
+    outstanding = collections.deque()  # (payload, meta, context) sent and not answered yet, in order
+    resend = collections.deque()       # of those, the ones to send again on a new connection
     try:
-        while position < len(plan) or pipe.pending:
-            if position < len(plan) and switch is None and not pipe.full():
-                indices = plan[position]
-                position += 1
-                x = preprocess_batch(data.images(indices), preprocess)
-                t0 = time.perf_counter()
-                meta, payload = session.encode(session.head.run(x))  # edge time: head and compression
-                pipe.send(payload, meta, (indices, (time.perf_counter() - t0) * 1000.0, session.manifest.bundle_id))
-                continue
-            frame, roundtrip_ms, sent, received, (indices, edge_ms, bundle_id) = pipe.next()
-            meta = frame.meta
-            cloud_ms, queue_ms = frame.compute_ms, frame.queue_ms
-            predictions = frame.array.reshape(len(indices), -1).argmax(axis=1)
-            labels = data.labels[indices]
-            recorder.add(edge_ms, roundtrip_ms, cloud_ms, predictions, labels, sent, received, bundle_id, queue_ms)
-            if verbose:
-                for pred, label in zip(predictions, labels):
-                    out.write("Prediction: {} / Ground Truth: {}\n".format(int(pred), int(label)))
-            if bar is not None:
-                bar.update(len(indices))
-            active = meta.get("active")
-            if switch is None and follow and active and active != session.manifest.bundle_id:
-                switch = ("bundle {} activated on the cloud".format(active), None, active)
-            elif switch is None and adaptive is not None:
-                adaptive.observe(sent, received, roundtrip_ms - cloud_ms - queue_ms)
-                probe = adaptive.probe_size()
-                if probe:
-                    adaptive.observe(probe, probe, echo_once(session.conn, probe), probe=True)
-                new_split, reason = adaptive.decide(session.manifest.split_index)
-                if reason:
-                    switch = (reason, new_split, None)
-            if switch is not None and position >= len(plan):
-                switch = None  # nothing left to run on another split
-            if switch is not None and not pipe.pending:  # hot swap at the batch boundary
-                reason, new_split, active = switch
-                switch = None
-                pipe.close()
-                old = session.manifest
-                session.switch_to(bundle_id=active, split=new_split, chain_ok=new_split is not None)
+        while position < len(plan) or outstanding:
+            try:
+                if resend:
+                    pipe.send(*resend.popleft())
+                    continue
+                if position < len(plan) and switch is None and not pipe.full():
+                    indices = plan[position]
+                    position += 1
+                    x = preprocess_batch(data.images(indices), preprocess)
+                    t0 = time.perf_counter()
+                    meta, payload = session.encode(session.head.run(x))  # edge time: head and compression
+                    request = (payload, meta, (indices, (time.perf_counter() - t0) * 1000.0,
+                                               session.manifest.bundle_id))
+                    outstanding.append(request)
+                    pipe.send(*request)
+                    continue
+                frame, roundtrip_ms, sent, received, (indices, edge_ms, bundle_id) = pipe.next()
+                outstanding.popleft()
+                meta = frame.meta
+                cloud_ms, queue_ms = frame.compute_ms, frame.queue_ms
+                predictions = frame.array.reshape(len(indices), -1).argmax(axis=1)
+                labels = data.labels[indices]
+                recorder.add(edge_ms, roundtrip_ms, cloud_ms, predictions, labels, sent, received, bundle_id,
+                             queue_ms)
+                if verbose:
+                    for pred, label in zip(predictions, labels):
+                        out.write("Prediction: {} / Ground Truth: {}\n".format(int(pred), int(label)))
+                if bar is not None:
+                    bar.update(len(indices))
+                active = meta.get("active")
+                if switch is None and follow and active and active != session.manifest.bundle_id:
+                    switch = ("bundle {} activated on the cloud".format(active), None, active)
+                elif switch is None and adaptive is not None:
+                    adaptive.observe(sent, received, roundtrip_ms - cloud_ms - queue_ms)
+                    probe = adaptive.probe_size()
+                    if probe:
+                        adaptive.observe(probe, probe, echo_once(session.conn, probe), probe=True)
+                    new_split, reason = adaptive.decide(session.manifest.split_index)
+                    if reason:
+                        switch = (reason, new_split, None)
+                if switch is not None and position >= len(plan):
+                    switch = None  # nothing left to run on another split
+                if switch is not None and not pipe.pending:  # hot swap at the batch boundary
+                    reason, new_split, active = switch
+                    switch = None
+                    pipe.close()
+                    old = session.manifest
+                    session.switch_to(bundle_id=active, split=new_split, chain_ok=new_split is not None)
+                    pipe = make_pipe()
+                    recorder.switches.append({"after_samples": recorder.samples,
+                                              "time_s": time.perf_counter() - started,
+                                              "from": old.bundle_id, "from_split": old.split_index,
+                                              "to": session.manifest.bundle_id,
+                                              "to_split": session.manifest.split_index,
+                                              "head": session.head.name, "reason": reason})
+                    _say("switched from split {} to split {} ({})".format(old.split_index,
+                                                                         session.manifest.split_index, reason))
+            except CloudLost as exc:
+                _say("{}; {} requests unanswered, reconnecting (up to {:.0f} s)".format(exc, len(outstanding),
+                                                                                         reconnect_s))
+                pipe.abandon()
+                try:
+                    session.reconnect(time.monotonic() + reconnect_s, str(exc))
+                except CloudLost as gone:
+                    if fallback is None:
+                        raise CloudLost("{}; {} of {} samples done. Start the edge with --fallback local (and the "
+                                        "full model in its cache) to finish on its own".format(
+                                            gone, recorder.samples, sum(len(b) for b in plan)))
+                    _say("{}: running the remaining samples on the edge alone (--fallback local)".format(gone))
+                    rest = [request[2][0] for request in outstanding] + plan[position:]
+                    _run_locally(fallback(), data, rest, preprocess, recorder, bar)
+                    recorder.fallback = {"after_samples": recorder.samples - sum(len(b) for b in rest),
+                                         "time_s": time.perf_counter() - started, "reason": str(gone)}
+                    outstanding.clear()
+                    position = len(plan)
+                    break
                 pipe = make_pipe()
-                recorder.switches.append({"after_samples": recorder.samples, "time_s": time.perf_counter() - started,
-                                          "from": old.bundle_id, "from_split": old.split_index,
-                                          "to": session.manifest.bundle_id, "to_split": session.manifest.split_index,
-                                          "head": session.head.name, "reason": reason})
-                _say("switched from split {} to split {} ({})".format(old.split_index, session.manifest.split_index,
-                                                                     reason))
+                resend = collections.deque(outstanding)
+        recorder.reconnects = session.reconnects
     finally:
         pipe.close()
     recorder.wall_s = time.perf_counter() - started
@@ -399,10 +578,24 @@ def measure(session, data, plan, warmup=3, follow=True, verbose=False, out=None,
     return recorder
 
 
+def _run_locally(model, data, batches_left, preprocess, recorder, bar):
+    """The full model on the edge for the batches the cloud did not answer (``--fallback local``)."""
+    runner, bundle_id = model
+    for indices in batches_left:
+        x = preprocess_batch(data.images(indices), preprocess)
+        t0 = time.perf_counter()
+        y = runner.run(x)
+        recorder.add_local((time.perf_counter() - t0) * 1000.0, y.reshape(len(indices), -1).argmax(axis=1),
+                           data.labels[indices], bundle_id)
+        if bar is not None:
+            bar.update(len(indices))
+
+
 def run_edge(cloud, model="resnet50", split=None, cache="artifacts", backend="onnx", device="auto",
              dataset="cifar100", data_dir="data", limit=100, batch_size=1, shuffle=False, seed=0, warmup=3,
              verbose=False, report=None, timeout=30.0, threads=0, cache_keep=8, follow=True, out=None,
-             plan_options=None, adaptive=False, inflight=1, compress="none", codec="none", busy_poll=True):
+             plan_options=None, adaptive=False, inflight=1, compress="none", codec="none", busy_poll=True,
+             reconnect_s=60.0, fallback="none", security=None):
     """The run-edge command.  Returns the report dict; prints the seed's report to ``out``."""
     out = out or sys.stdout
     if batch_size < 1:
@@ -413,8 +606,15 @@ def run_edge(cloud, model="resnet50", split=None, cache="artifacts", backend="on
         raise UserError("--adaptive needs --inflight 1: pipelined round trips include the wait behind earlier "
                         "requests, which would read as a slow link")
     # busy polling only where one thread waits for one reply: a spinning receiver thread would hold the GIL
+    if fallback not in ("none", "local"):
+        raise UserError("--fallback must be none or local")
+    full = find_full_model(cache, model, backend) if fallback == "local" else None
+    if fallback == "local" and full is None:
+        raise UserError("--fallback local needs the full model of {} in {}: a bundle of its last split point, whose "
+                        "tail is empty (resnet50: split 22; `cli.py layers` lists them); fetch it with one "
+                        "`run-edge --split 22` or copy it there with `push --to`".format(model, cache))
     session = EdgeSession(cloud, model, cache, cache_keep, backend, device, threads, timeout, compress, codec,
-                          busy_poll=busy_poll and inflight == 1)
+                          busy_poll=busy_poll and inflight == 1, security=security)
     planned, adapter = None, None
     try:
         if split == "auto" or adaptive:
@@ -438,7 +638,8 @@ def run_edge(cloud, model="resnet50", split=None, cache="artifacts", backend="on
         plan = batches(data, batch_size, limit, shuffle, seed)
         if not plan:
             raise UserError("the dataset {} is empty".format(dataset))
-        recorder = measure(session, data, plan, warmup, follow, verbose, out, adapter, inflight)
+        local = (lambda: (load_part(full, "head", backend, device, threads), full.bundle_id)) if full else None
+        recorder = measure(session, data, plan, warmup, follow, verbose, out, adapter, inflight, reconnect_s, local)
     finally:
         session.close()
 

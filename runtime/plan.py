@@ -87,12 +87,13 @@ def make_plan(session, batch_size=1, bandwidth=None, rtt=None, objective="latenc
 
 def run_plan(cloud, model="resnet50", cache="artifacts", backend="onnx", device="auto", batch_size=1,
              bandwidth=None, rtt=None, objective="latency", edge_profile_file=None, cloud_profile_file=None,
-             as_json=False, timeout=600.0, threads=0, out=None):
+             as_json=False, timeout=600.0, threads=0, out=None, security=None):
     """The plan command: print the predicted table and the choice."""
     import json
     from .edge import EdgeSession
     out = out or sys.stdout
-    session = EdgeSession(cloud, model, cache, backend=backend, device=device, threads=threads, timeout=timeout)
+    session = EdgeSession(cloud, model, cache, backend=backend, device=device, threads=threads, timeout=timeout,
+                          security=security)
     try:
         rows, choice, network = make_plan(session, batch_size, bandwidth, rtt, objective, edge_profile_file,
                                           cloud_profile_file)
@@ -107,7 +108,7 @@ def run_plan(cloud, model="resnet50", cache="artifacts", backend="onnx", device=
 
 
 def run_profile(out_path, cloud=None, segments_dir=None, model="resnet50", cache="artifacts", backend="onnx",
-                device="auto", batch_size=1, threads=0, timeout=600.0):
+                device="auto", batch_size=1, threads=0, timeout=600.0, security=None):
     """The profile command: this side's profile, from a local segments bundle or one fetched from the cloud."""
     if bool(cloud) == bool(segments_dir):
         raise UserError("give --cloud HOST:PORT (fetch the segments) or --segments DIR (a local segments bundle)")
@@ -117,7 +118,8 @@ def run_profile(out_path, cloud=None, segments_dir=None, model="resnet50", cache
         profile = profile_segments(manifest, backend, device, batch_size, threads)
     else:
         from .edge import EdgeSession
-        session = EdgeSession(cloud, model, cache, backend=backend, device=device, threads=threads, timeout=timeout)
+        session = EdgeSession(cloud, model, cache, backend=backend, device=device, threads=threads, timeout=timeout,
+                              security=security)
         try:
             segments_data, _ = cloud_profile(session.conn, model, batch_size)
             profile = edge_profile(session, segments_data, batch_size)

@@ -19,6 +19,7 @@ Python 3.6 syntax: this module runs on the Jetson.
 import json
 import socket
 import struct
+import sys
 import time
 
 import numpy as np
@@ -35,13 +36,14 @@ MAX_US = (1 << 32) - 1
 HELLO, WELCOME, INFER, RESULT, ERROR, BYE = 1, 2, 3, 4, 5, 6
 PUSH, READY, CHUNK, DONE, FETCH, NOTICE = 7, 8, 9, 10, 11, 12
 ECHO, PROFILE = 13, 14
+AUTH, CHALLENGE, STATUS = 15, 16, 17
 TYPE_NAMES = {HELLO: "HELLO", WELCOME: "WELCOME", INFER: "INFER", RESULT: "RESULT", ERROR: "ERROR", BYE: "BYE",
               PUSH: "PUSH", READY: "READY", CHUNK: "CHUNK", DONE: "DONE", FETCH: "FETCH", NOTICE: "NOTICE",
-              ECHO: "ECHO", PROFILE: "PROFILE"}
+              ECHO: "ECHO", PROFILE: "PROFILE", AUTH: "AUTH", CHALLENGE: "CHALLENGE", STATUS: "STATUS"}
 TENSOR_TYPES = (INFER, RESULT, CHUNK, ECHO)
 # what each side may receive
-FROM_EDGE = (HELLO, INFER, BYE, PUSH, CHUNK, DONE, FETCH, ECHO, PROFILE)
-FROM_CLOUD = (WELCOME, RESULT, ERROR, READY, CHUNK, DONE, NOTICE)
+FROM_EDGE = (HELLO, INFER, BYE, PUSH, CHUNK, DONE, FETCH, ECHO, PROFILE, AUTH, STATUS)
+FROM_CLOUD = (WELCOME, RESULT, ERROR, READY, CHUNK, DONE, NOTICE, CHALLENGE)
 CHUNK_BYTES = 1 << 20  # files move in frames of at most 1 MiB
 
 MAX_META_BYTES = 1024 * 1024  # manifests of models with many split points travel in metadata
@@ -192,6 +194,13 @@ def _byte_view(array):
 
 def _sendmsg_all(sock, buffers):
     """All of ``buffers``: one ``sendmsg`` as a rule, more only when the socket buffer fills."""
+    if is_tls(sock):  # TLS has no scatter-gather: the small pieces joined, the tensor from its own memory
+        if len(buffers) > 2 and len(buffers[-1]) > 4096:
+            sock.sendall(b"".join(buffers[:-1]))
+            sock.sendall(buffers[-1])
+        else:
+            sock.sendall(b"".join(buffers))
+        return
     try:
         sent = sock.sendmsg(buffers)
         if sent == sum(len(b) for b in buffers):
@@ -234,9 +243,18 @@ def set_timeouts(sock, seconds, send_seconds=None):
     out raises BlockingIOError (EAGAIN), which the reader and ``send_frame`` turn into
     ``socket.timeout``.
     """
+    if is_tls(sock):  # the TLS layer needs Python's own timeouts (a kernel one would look like a TLS error)
+        sock.settimeout(seconds)
+        return
     sock.settimeout(None)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(seconds))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(seconds if send_seconds is None else send_seconds))
+
+
+def is_tls(sock):
+    """Whether ``sock`` is a TLS socket (``ssl`` is imported only where TLS is used)."""
+    ssl = sys.modules.get("ssl")
+    return ssl is not None and isinstance(sock, ssl.SSLSocket)
 
 
 def _timeval(seconds):
@@ -309,6 +327,8 @@ class FrameReader(object):
         """
         if self._hi > self._lo:
             return True
+        if is_tls(self.sock):  # no non-blocking peek through TLS: the caller's blocking read waits instead
+            return False
         self._lo = self._hi = 0
         end = time.perf_counter() + seconds
         while True:

@@ -31,6 +31,10 @@ class RunRecorder(object):
         self.predictions = []
         self.labels = []
         self.bundles = []   # per sample: the bundle id that served it
+        self.served_by = []  # per sample: "cloud", or "local" (--fallback local, the cloud unreachable)
+        self.local_ms = []   # per request run on the edge alone (not in the figures above)
+        self.reconnects = []
+        self.fallback = None
         self.switches = []
         self.bytes_sent = 0
         self.bytes_received = 0
@@ -47,8 +51,17 @@ class RunRecorder(object):
         self.predictions.extend(int(p) for p in predictions)
         self.labels.extend(int(l) for l in labels)
         self.bundles.extend([bundle_id] * len(labels))
+        self.served_by.extend(["cloud"] * len(labels))
         self.bytes_sent += bytes_sent
         self.bytes_received += bytes_received
+
+    def add_local(self, ms, predictions, labels, bundle_id):
+        """A request the edge ran alone with the full model: counted in accuracy, kept out of the latencies."""
+        self.local_ms.append(ms)
+        self.predictions.extend(int(p) for p in predictions)
+        self.labels.extend(int(l) for l in labels)
+        self.bundles.extend([bundle_id] * len(labels))
+        self.served_by.extend(["local"] * len(labels))
 
     @property
     def samples(self):
@@ -67,6 +80,12 @@ class RunRecorder(object):
         out["throughput_samples_per_s"] = n / self.wall_s if self.wall_s > 0 else 0.0
         out["bytes_sent_per_sample"] = self.bytes_sent / float(n) if n else 0.0
         out["bytes_received_per_sample"] = self.bytes_received / float(n) if n else 0.0
+        out["local_samples"] = self.served_by.count("local")
+        local = np.asarray(self.local_ms, dtype=np.float64)
+        out["local_ms"] = {"mean": float(local.mean()) if local.size else 0.0,
+                           "p50": float(np.percentile(local, 50)) if local.size else 0.0}
+        out["reconnects"] = list(self.reconnects)
+        out["fallback"] = self.fallback
         return out
 
 
@@ -84,6 +103,11 @@ def format_report(summary, samples, requests, warmup):
     lines.append("Throughput: {:.1f} samples/s ({} samples in {} requests; {} warm-up requests excluded)".format(
         summary["throughput_samples_per_s"], samples, requests, warmup))
     lines.append("Bytes sent per sample: {:.0f}".format(summary["bytes_sent_per_sample"]))
+    for r in summary.get("reconnects") or ():
+        lines.append("Reconnected after {:.2f} s ({} attempts): {}".format(r["down_s"], r["attempts"], r["lost"]))
+    if summary.get("local_samples"):
+        lines.append("Local fallback: {} samples ran on the edge alone, cloud unreachable (p50 {:.3f} ms each; "
+                     "not in the figures above)".format(summary["local_samples"], summary["local_ms"]["p50"]))
     return "\n".join(lines)
 
 
@@ -96,6 +120,7 @@ def write_report(path, info, recorder):
     data["predictions"] = recorder.predictions
     data["labels"] = recorder.labels
     data["bundles"] = recorder.bundles
+    data["served_by"] = recorder.served_by
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(data, f, indent=1)

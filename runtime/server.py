@@ -13,8 +13,10 @@ Python 3.6 syntax.
 """
 import collections
 import hmac
+import json
 import logging
 import os
+import secrets
 import select
 import shutil
 import signal
@@ -33,6 +35,7 @@ from .deploy import file_entries, receive_files, remove_stale_temp_dirs, send_fi
 from .errors import ManifestError, UserError
 from .profile import profile_segments
 from .manifest import KIND_SEGMENTS, KIND_SPLIT, directory_name, install_dir, load_manifest, validate, write_manifest
+from .security import TOKEN_ENV, inference_proof, server_context
 from .store import BundleStore
 
 log = logging.getLogger("edgesplit.server")
@@ -279,6 +282,12 @@ class Stats(object):
         with self._lock:
             self.errors[code] += 1
 
+    def snapshot(self):
+        with self._lock:
+            return {"connections": self.connections, "active_connections": self.active, "requests": self.requests,
+                    "samples": self.samples, "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
+                    "pushes": self.pushes, "fetches": self.fetches, "errors": dict(self.errors)}
+
     def line(self):
         errors = ", ".join("{} {}".format(k, v) for k, v in sorted(self.errors.items())) or "none"
         return ("summary: {} connections, {} requests, {} samples, {} pushes, {} fetches, {:.1f} MiB in, "
@@ -296,6 +305,8 @@ class Session(object):
         self.manifest = None
         self.runner = None
         self.nonce = None
+        self.challenge = None       # the nonce an AUTH proof must answer
+        self.authenticated = False  # proved the inference token (always True on a cloud without one)
         self.requests = 0
         self.samples = 0
         self.bytes_out = 0  # folded into the server's Stats when the connection closes (no lock per frame)
@@ -321,8 +332,12 @@ class Session(object):
 class CloudServer(object):
     def __init__(self, registry, host="127.0.0.1", port=9999, max_frame_bytes=p.DEFAULT_MAX_FRAME_BYTES,
                  read_timeout=30.0, admin_token=None, max_batch=1, max_delay_ms=0.0, max_connections=256,
-                 hello_timeout=10.0):
+                 hello_timeout=10.0, tls_context=None, token=None):
         self.registry = registry
+        self.tls_context = tls_context
+        self.token = token or None
+        self.started = time.time()
+        self._sessions = set()  # live connections, for STATUS (their counters join Stats when they close)
         self.max_connections = max_connections
         self.hello_timeout = hello_timeout
         self.max_batch, self.max_delay_ms = max_batch, max_delay_ms
@@ -377,7 +392,7 @@ class CloudServer(object):
 
     def _refuse(self, conn, peer):
         self.stats.error("busy")
-        log.warning("%s:%s refused: %d connections open (--max-connections)", peer[0], peer[1], len(self._threads))
+        log.warning("event=refused peer=%s:%s reason=max_connections open=%d", peer[0], peer[1], len(self._threads))
         try:
             p.set_timeouts(conn, 1.0)
             p.send_error(conn, 0, "busy", "the cloud has {} connections open (--max-connections); try again "
@@ -397,10 +412,32 @@ class CloudServer(object):
                                                      sources=lambda: self._bound.get(key, 0))
             return self._batchers[key]
 
+    def _tls_handshake(self, conn, peer):
+        """The TLS handshake, in the connection's thread with the hello deadline (a client that stalls it
+        holds only its own thread); the wrapped socket, or None after logging why it failed."""
+        import ssl
+        try:
+            conn.settimeout(self.hello_timeout)
+            tls = self.tls_context.wrap_socket(conn, server_side=True)
+            return tls
+        except (ssl.SSLError, OSError) as exc:
+            self.stats.error("tls")
+            reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+            log.warning("event=tls_failed peer=%s:%s reason=%s", peer[0], peer[1], str(reason).replace(" ", "_"))
+            conn.close()
+            return None
+
     def _serve_connection(self, conn, peer):
+        if self.tls_context is not None:
+            conn = self._tls_handshake(conn, peer)
+            if conn is None:
+                return
         session = Session("{}:{}".format(peer[0], peer[1]))
+        session.authenticated = self.token is None
         self.stats.add(connections=1, active=1)
-        log.info("connect %s", session.peer)
+        with self._batchers_lock:
+            self._sessions.add(session)
+        log.info("event=connect peer=%s tls=%s", session.peer, "yes" if p.is_tls(conn) else "no")
         # without batching each request's tensor is done with before the next is read: receive into one array
         reader = p.FrameReader(conn, self.max_frame_bytes, allowed_types=p.FROM_EDGE, frame_timeout=self.read_timeout,
                                reuse_arrays=self.max_batch <= 1)
@@ -418,7 +455,8 @@ class CloudServer(object):
                     reason = "server shut down (drain time over)"
                     self._error(conn, session, "shutting_down", "the cloud server is shutting down")
                     break
-                if stopping and not reader.buffered() and not select.select([conn], [], [], 0)[0]:
+                if stopping and not reader.buffered() and not (p.is_tls(conn) and conn.pending()) and \
+                        not select.select([conn], [], [], 0)[0]:
                     reason = "server shutting down"  # answered everything that had arrived: say why, close
                     self._error(conn, session, "shutting_down", "the cloud server is shutting down")
                     break
@@ -434,7 +472,8 @@ class CloudServer(object):
                     if not reader.bytes_received and time.monotonic() > hello_deadline:  # connected, said nothing
                         reason = "no frame within {:.0f} s of connecting".format(self.hello_timeout)
                         self.stats.error("timeout")
-                        log.warning("%s %s", session.peer, reason)
+                        log.warning("event=error peer=%s code=timeout reason=no_frame_within_%.0fs", session.peer,
+                                    self.hello_timeout)
                         self._error(conn, session, "timeout", reason)
                         break
                     continue
@@ -448,29 +487,34 @@ class CloudServer(object):
         except (p.ProtocolError, HandshakeError) as exc:
             reason = "error {}: {}".format(exc.code, exc)
             self.stats.error(exc.code)
-            log.warning("%s %s: %s", session.peer, exc.code, exc)
+            log.warning("event=error peer=%s code=%s message=%s", session.peer, exc.code, json.dumps(str(exc)))
             self._error(conn, session, exc.code, str(exc))
         except socket.timeout:
             reason = "read timeout"
             self.stats.error("timeout")
-            log.warning("%s timeout: no complete frame within %.0f s", session.peer, self.read_timeout)
+            log.warning("event=error peer=%s code=timeout reason=no_complete_frame_within_%.0fs", session.peer,
+                        self.read_timeout)
         except (OSError, UserError) as exc:
             reason = "error: {}".format(exc)
             self.stats.error("io" if isinstance(exc, OSError) else "server")
-            log.warning("%s %s", session.peer, exc)
+            log.warning("event=error peer=%s code=%s message=%s", session.peer,
+                        "io" if isinstance(exc, OSError) else "server", json.dumps(str(exc)))
             self._error(conn, session, "server", str(exc))
         except Exception as exc:  # a bug: keep serving everyone else
             reason = "internal error"
             self.stats.error("internal")
-            log.exception("%s internal error", session.peer)
+            log.exception("event=error peer=%s code=internal", session.peer)
             self._error(conn, session, "internal", "internal server error: {}".format(type(exc).__name__))
         finally:
             session.wait_pending(timeout=DRAIN_S)  # answer what is queued before closing
             self._bind(session, None)
+            with self._batchers_lock:
+                self._sessions.discard(session)
             self.stats.add(active=-1, bytes_in=reader.bytes_received, bytes_out=session.bytes_out,
                            requests=session.requests, samples=session.samples)
             conn.close()
-            log.info("disconnect %s after %d requests (%s)", session.peer, session.requests, reason)
+            log.info("event=disconnect peer=%s requests=%d samples=%d reason=%s", session.peer, session.requests,
+                     session.samples, json.dumps(reason))
 
     def _bind(self, session, manifest):
         with self._batchers_lock:
@@ -486,6 +530,15 @@ class CloudServer(object):
             p.send_error(conn, 0, code, message)
 
     def _handle(self, conn, reader, frame, session):
+        if frame.type == p.AUTH:
+            return self._auth(conn, frame, session)
+        if not session.authenticated and not (
+                (frame.type == p.HELLO and frame.meta.get("role") == "admin")  # pushes prove the admin token
+                or (frame.type == p.PUSH and session.role == "admin")):
+            raise HandshakeError("auth_required", "this cloud needs its inference token: start the edge with --token "
+                                 "TOKEN or ${}".format(TOKEN_ENV))
+        if frame.type == p.STATUS:
+            return p.send_frame(conn, p.DONE, frame.request_id, {"status": self.status()})
         if frame.type == p.HELLO:
             return self._hello(conn, frame, session)
         if frame.type == p.INFER:  # _check_tensor has required a bound bundle
@@ -558,13 +611,45 @@ class CloudServer(object):
         manifest, runner = self.registry.resolve(model, split, bundle_id, notify)
         self._bind(session, manifest)
         session.role, session.manifest, session.runner = "edge", manifest, runner
-        log.info("%s uses bundle %s (%s split %s)", session.peer, manifest.bundle_id, manifest.model_id,
-                 manifest.split_index)
+        log.info("event=hello peer=%s bundle=%s model=%s split=%s", session.peer, manifest.bundle_id,
+                 manifest.model_id, manifest.split_index)
         return p.send_frame(conn, p.WELCOME, frame.request_id, {
             "bundle_id": manifest.bundle_id, "manifest": manifest.data, "backend": runner.name,
             "provider": runner.provider, "max_frame_bytes": self.max_frame_bytes, "protocol": p.VERSION,
             "codecs": available_codecs(),
             "active": self.registry.active_for(model)})
+
+    def _auth(self, conn, frame, session):
+        """AUTH without a proof: a fresh challenge; with one: checked against the last challenge (used once)."""
+        proof = frame.meta.get("proof")
+        if proof is None:
+            session.challenge = secrets.token_hex(16)
+            return p.send_frame(conn, p.CHALLENGE, frame.request_id, {"nonce": session.challenge,
+                                                                      "required": self.token is not None})
+        challenge, session.challenge = session.challenge, None
+        if challenge is None:
+            raise p.ProtocolError("bad_meta", "AUTH with a proof needs an AUTH without one first (the challenge)")
+        if self.token is not None and not hmac.compare_digest(str(proof), inference_proof(self.token, challenge)):
+            log.warning("event=auth peer=%s result=refused", session.peer)
+            raise HandshakeError("bad_token", "wrong inference token; check --token / ${} on the edge".format(
+                TOKEN_ENV))
+        session.authenticated = True
+        log.info("event=auth peer=%s result=%s", session.peer, "ok" if self.token else "no_token_needed")
+        return p.send_frame(conn, p.DONE, frame.request_id, {"authenticated": self.token is not None})
+
+    def status(self):
+        """Counters and state for a STATUS request (and the summary on shutdown)."""
+        with self._batchers_lock:
+            batchers = {k: {"batches": b.batches, "samples": b.samples} for k, b in self._batchers.items()}
+            live = [(s.requests, s.samples) for s in self._sessions]
+        data = self.stats.snapshot()
+        data["requests"] += sum(r for r, _ in live)  # the open connections' requests so far
+        data["samples"] += sum(n for _, n in live)
+        data.update({"uptime_s": round(time.time() - self.started, 3), "protocol": p.VERSION,
+                     "tls": self.tls_context is not None, "token": self.token is not None,
+                     "max_connections": self.max_connections, "batchers": batchers,
+                     "active_bundles": dict(self.registry.active)})
+        return data
 
     def _profile(self, conn, frame):
         try:
@@ -593,7 +678,7 @@ class CloudServer(object):
         manifest.verify_files(parts=(part,), formats=formats)  # never serve a file that changed on disk
         sent = send_files(conn, manifest.directory, file_entries(manifest.data, (part,), formats))
         self.stats.add(fetches=1)
-        log.info("%s fetched the %s of %s (%d bytes)", session.peer, part, manifest.bundle_id, sent)
+        log.info("event=fetch peer=%s part=%s bundle=%s bytes=%d", session.peer, part, manifest.bundle_id, sent)
         return sent
 
     def _push(self, conn, reader, frame, session):
@@ -659,7 +744,7 @@ def _check_tensor(session, type_, dtype, shape, meta=None):
 def serve_cloud(host, port, artifacts, backend="onnx", device="auto", max_frame_mb=64.0, threads=0,
                 admin_token=None, export_model=None, export_weights=None, export_random_init=False,
                 export_input_shape=None, max_batch=1, max_delay_ms=2.0, max_connections=256, read_timeout=30.0,
-                hello_timeout=10.0, cuda_graphs=False):
+                hello_timeout=10.0, cuda_graphs=False, tls=(None, None, None), token=None):
     """The serve-cloud command: run until SIGINT/SIGTERM, then drain and print the summary."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s serve-cloud %(levelname)s %(message)s")
@@ -674,7 +759,8 @@ def serve_cloud(host, port, artifacts, backend="onnx", device="auto", max_frame_
         log.warning("skipping %s: %s", directory, error)
     server = CloudServer(registry, host, port, int(max_frame_mb * 1024 * 1024), admin_token=admin_token,
                          max_batch=max_batch, max_delay_ms=max_delay_ms, max_connections=max_connections,
-                         read_timeout=read_timeout, hello_timeout=hello_timeout)
+                         read_timeout=read_timeout, hello_timeout=hello_timeout,
+                         tls_context=server_context(*tls), token=token)
     signal.signal(signal.SIGTERM, server.request_stop)
     signal.signal(signal.SIGINT, server.request_stop)
     log.info("%d bundles in %s: %s", len(good), artifacts,
@@ -685,8 +771,14 @@ def serve_cloud(host, port, artifacts, backend="onnx", device="auto", max_frame_
         log.info("dynamic batching: up to %d samples per tail run, waiting at most %.1f ms", max_batch, max_delay_ms)
     if exporter:
         log.info("missing splits of %s are exported on demand", export_model)
-    if host not in ("127.0.0.1", "::1", "localhost"):
-        log.warning("listening on %s without TLS or authentication: use only on a trusted network", host)
+    if server.tls_context is not None:
+        log.info("TLS on%s", ", client certificates required (mutual TLS)" if tls[2] else "")
+    if token:
+        log.info("edges must prove the inference token")
+    if host not in ("127.0.0.1", "::1", "localhost") and server.tls_context is None and not token:
+        log.warning("listening on %s without TLS or a token: anyone who reaches this port can use it; "
+                    "use --tls-cert/--tls-key and --token off a trusted lab network", host)
     print("serve-cloud listening on {}:{}".format(server.address[0], server.address[1]), flush=True)
     server.serve_forever()
     log.info(server.stats.line())
+    log.info("event=summary status=%s", json.dumps(server.status(), sort_keys=True))

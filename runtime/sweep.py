@@ -104,13 +104,13 @@ def write_png(path, rows, title):
 
 def run_sweep(cloud, splits, model="resnet50", cache="artifacts", backend="onnx", device="auto",
               dataset="cifar100", data_dir="data", limit=100, batch_size=1, seed=0, warmup=3, csv_path=None,
-              png_path=None, bandwidth=None, rtt=None, timeout=600.0, threads=0, out=None):
+              png_path=None, bandwidth=None, rtt=None, timeout=600.0, threads=0, out=None, security=None):
     """The sweep command."""
     out = out or sys.stdout
     if not splits:
         raise UserError("--splits needs at least one split, e.g. 0,3,10,16,20,22")
     session = EdgeSession(cloud, model, cache, backend=backend, device=device, threads=threads, timeout=timeout,
-                          busy_poll=True)
+                          busy_poll=True, security=security)
     try:
         predictions = None
         try:

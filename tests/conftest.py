@@ -43,6 +43,16 @@ def seed_bundles(tmp_path_factory, seed_weights):
 
 
 @pytest.fixture(scope="session")
+def edge_bundles(tmp_path_factory, seed_weights):
+    """Splits 20 and 22 (the full model: no tail) of the seed's ResNet-50, ONNX only: quicker than seed_bundles."""
+    from exporter.bundle import export_bundle
+    root = tmp_path_factory.mktemp("edge-artifacts")
+    for split in ("20", "22"):
+        export_bundle("resnet50", split, weights=seed_weights, out_dir=str(root), formats=("onnx",))
+    return root
+
+
+@pytest.fixture(scope="session")
 def seed_segments(seed_bundles, seed_weights):
     """The seed model's profiling segments, beside its split bundles."""
     from exporter.segments import export_segments
