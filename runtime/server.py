@@ -364,6 +364,10 @@ class CloudServer(object):
     def request_stop(self, *_):
         self._stop_at = time.monotonic()
         self._stop.set()
+        try:  # no new connections while draining: an edge reconnecting finds the port closed and backs off
+            self.listener.close()
+        except OSError:
+            pass
 
     def serve_forever(self):
         self.listener.settimeout(POLL_S)

@@ -1,0 +1,160 @@
+"""Faults with nothing lost: the server SIGKILLed and restarted mid-run, SIGTERM drain, local fallback.
+
+Real serve-cloud and run-edge processes over loopback.  Every run labels 300 samples with
+the tests' independent model, so "every sample answered exactly once, correctly" is one
+comparison of the report's predictions with the labels.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cloud_server import ServerProcess
+from conftest import REPO
+from runtime.edge import CloudConnection
+
+N = 300
+
+
+@pytest.fixture(scope="module")
+def artifacts(edge_bundles):
+    return edge_bundles
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def start_edge(address, artifacts, labelled_npz, report, *args):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen(
+        [sys.executable, os.path.join(REPO, "cli.py"), "run-edge", "--cloud", address, "--artifacts", str(artifacts),
+         "--split", "20", "--dataset", "npz:" + labelled_npz[0], "--limit", str(N), "--report", str(report)]
+        + [str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+
+
+def wait_for_requests(server, at_least, edge, timeout=120):
+    """Poll the server's STATUS until it has answered ``at_least`` requests (the edge is mid-run)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert edge.poll() is None, "the edge ended early: " + edge.communicate()[1]
+        conn = CloudConnection(server.address, 10)
+        try:
+            if conn.status()["requests"] >= at_least:
+                return
+        finally:
+            conn.close()
+        time.sleep(0.2)
+    raise AssertionError("the edge did not reach {} requests".format(at_least))
+
+
+def check_every_sample_once(report, labels):
+    assert report["n"] == N
+    assert report["predictions"] == labels[:N].tolist()  # one result per sample, in order, each correct
+
+
+@pytest.mark.parametrize("inflight", [1, 4])
+def test_sigkill_and_restart_mid_run_loses_and_repeats_nothing(artifacts, labelled_npz, tmp_path, inflight):
+    port = free_port()
+    server = ServerProcess(artifacts, "--port", port)
+    report = tmp_path / "r.json"
+    edge = start_edge(server.address, artifacts, labelled_npz, report, "--inflight", inflight,
+                      "--reconnect-timeout", 60)
+    try:
+        wait_for_requests(server, 60, edge)
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait(30)
+        time.sleep(1.5)  # the edge meets a dead port and backs off
+        server = ServerProcess(artifacts, "--port", port)
+        out, err = edge.communicate(timeout=300)
+    finally:
+        if edge.poll() is None:
+            edge.kill()
+        assert server.stop() == 0
+    assert edge.returncode == 0, err
+    r = json.loads(report.read_text())
+    check_every_sample_once(r, labelled_npz[1])
+    assert len(r["reconnects"]) == 1 and r["reconnects"][0]["attempts"] >= 2, r["reconnects"]
+    assert set(r["served_by"]) == {"cloud"}
+    assert "Reconnected after" in out
+    # the restarted server answered the rest: the requests that had no reply were sent again
+    assert "event=hello" in server.log_text()
+
+
+def test_sigterm_drains_the_requests_in_flight_and_the_edge_finishes_on_the_next_server(artifacts, labelled_npz,
+                                                                                          tmp_path):
+    port = free_port()
+    server = ServerProcess(artifacts, "--port", port)
+    report = tmp_path / "r.json"
+    edge = start_edge(server.address, artifacts, labelled_npz, report, "--inflight", 4)
+    try:
+        wait_for_requests(server, 60, edge)
+        assert server.stop() == 0  # SIGTERM: answers what has arrived, says it is shutting down, exits 0
+        first = server.log_text()
+        server = ServerProcess(artifacts, "--port", port)
+        out, err = edge.communicate(timeout=300)
+    finally:
+        if edge.poll() is None:
+            edge.kill()
+        assert server.stop() == 0
+    assert edge.returncode == 0, err
+    # the first server answered what had arrived, told the edge why, closed, and exited 0
+    assert 'reason="server shutting down"' in first and "code=internal" not in first
+    r = json.loads(report.read_text())
+    check_every_sample_once(r, labelled_npz[1])
+    assert r["reconnects"] and r["reconnects"][-1]["attempts"] >= 2  # the port was closed while it drained
+
+
+def test_fallback_local_finishes_on_the_edge_when_the_cloud_stays_down(artifacts, labelled_npz, tmp_path):
+    server = ServerProcess(artifacts)
+    report = tmp_path / "r.json"
+    edge = start_edge(server.address, artifacts, labelled_npz, report, "--inflight", 2, "--reconnect-timeout", 2,
+                      "--fallback", "local")
+    try:
+        wait_for_requests(server, 60, edge)
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait(30)
+        out, err = edge.communicate(timeout=300)
+    finally:
+        if edge.poll() is None:
+            edge.kill()
+    assert edge.returncode == 0, err
+    r = json.loads(report.read_text())
+    check_every_sample_once(r, labelled_npz[1])
+    local = r["served_by"].count("local")
+    assert 0 < local < N and r["served_by"] == ["cloud"] * (N - local) + ["local"] * local
+    assert r["local_samples"] == local and r["fallback"]["after_samples"] == N - local
+    assert "Local fallback: {} samples".format(local) in out
+    assert "running the remaining samples on the edge alone" in err
+
+
+def test_without_fallback_a_cloud_that_stays_down_is_one_line_with_the_count(artifacts, labelled_npz, tmp_path):
+    server = ServerProcess(artifacts)
+    edge = start_edge(server.address, artifacts, labelled_npz, tmp_path / "r.json", "--reconnect-timeout", 1)
+    try:
+        wait_for_requests(server, 30, edge)
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait(30)
+        out, err = edge.communicate(timeout=120)
+    finally:
+        if edge.poll() is None:
+            edge.kill()
+    assert edge.returncode != 0
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "unreachable" in last and "of {} samples done".format(N) in last
+    assert "--fallback local" in last
+
+
+def test_fallback_local_without_the_full_model_is_refused_before_starting(labelled_npz, tmp_path):
+    edge = start_edge("127.0.0.1:9", tmp_path, labelled_npz, tmp_path / "r.json", "--fallback", "local")
+    out, err = edge.communicate(timeout=60)
+    assert edge.returncode != 0 and "--fallback local needs the full model" in err.strip().splitlines()[-1]
