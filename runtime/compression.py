@@ -361,13 +361,15 @@ def _fp16_to_f32(raw, shape):
     return out
 
 
-def decode(meta, array, expected_shape, expected_dtype="float32"):
+def decode(meta, array, expected_shape, expected_dtype="float32", max_bytes=MAX_DECODED_BYTES):
     """The tensor an Encoder encoded, as a float32 array of shape (N,) + expected_shape[1:].
 
     ``meta`` is the frame's "encoding" value (None: the frame carries the tensor as
     it is), ``array`` the frame's tensor, ``expected_shape`` the receiver's boundary
     shape (its batch entry, e.g. None, is ignored: N comes from meta["shape"]).
-    Raises ProtocolError("bad_encoding") for anything that does not fit.
+    Raises ProtocolError("bad_encoding") for anything that does not fit, or that would
+    decode to more than ``max_bytes`` (the server passes its --max-frame-mb: a compressed
+    frame may not grow beyond what an uncompressed one could carry).
     """
     if expected_dtype not in DTYPES:
         raise UserError("unknown tensor dtype {!r}".format(expected_dtype))
@@ -403,9 +405,10 @@ def decode(meta, array, expected_shape, expected_dtype="float32"):
     if scheme != "none" and expected_dtype != "float32":
         raise _bad("scheme {} encodes float32 tensors; this one is {}".format(scheme, expected_dtype))
     numel = _numel(shape)
-    if numel * out_dtype.itemsize > MAX_DECODED_BYTES:
+    limit = min(max_bytes, MAX_DECODED_BYTES)
+    if numel * out_dtype.itemsize > limit:
         raise _bad("encoded shape {} would decode to {} bytes, more than the limit of {}".format(
-            list(shape), numel * out_dtype.itemsize, MAX_DECODED_BYTES))
+            list(shape), numel * out_dtype.itemsize, limit))
     raw_dtype = _RAW_DTYPES.get(scheme, out_dtype)
     lo = scale = None
     if scheme == "int8":

@@ -417,9 +417,11 @@ class FrameReader(object):
             meta, dtype, shape = known
         else:
             try:
-                meta = json.loads(meta_bytes.decode("utf-8")) if meta_len else {}
+                meta = json.loads(meta_bytes.decode("utf-8"), parse_constant=_no_constant) if meta_len else {}
             except (UnicodeDecodeError, ValueError):
-                raise ProtocolError("bad_meta", "frame metadata is not UTF-8 JSON")
+                raise ProtocolError("bad_meta", "frame metadata is not UTF-8 JSON (without NaN or Infinity)")
+            except RecursionError:
+                raise ProtocolError("bad_meta", "frame metadata nests too deeply")
             if not isinstance(meta, dict):
                 raise ProtocolError("bad_meta", "frame metadata must be a JSON object")
             dtype = shape = None
@@ -446,14 +448,22 @@ class FrameReader(object):
         return Frame(type_, request_id, meta, array, compute_us / 1000.0, queue_us / 1000.0)
 
 
+def _no_constant(name):
+    raise ValueError("{} is not allowed".format(name))
+
+
+MAX_DIM = 1 << 31  # no tensor dimension beyond this (numpy refuses some shapes of zero elements too)
+
+
 def _tensor_layout(meta, payload_len):
     dtype = meta.get("dtype")
     shape = meta.get("shape")
     if dtype not in DTYPES:
         raise ProtocolError("bad_dtype", "tensor dtype {!r} is not one of {}".format(dtype, ", ".join(sorted(DTYPES))))
     if not isinstance(shape, list) or len(shape) > 8 or not all(
-            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise ProtocolError("bad_shape", "tensor shape {!r} is not a list of at most 8 sizes".format(shape))
+            isinstance(d, int) and not isinstance(d, bool) and 0 <= d < MAX_DIM for d in shape):
+        raise ProtocolError("bad_shape", "tensor shape {!r} is not a list of at most 8 sizes below 2^31".format(
+            shape))
     numel = 1
     for d in shape:
         numel *= d

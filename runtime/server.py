@@ -550,7 +550,8 @@ class CloudServer(object):
             decode_ms = 0.0
             if "encoding" in frame.meta:  # --compress on the edge
                 start = time.perf_counter()
-                x = decode(frame.meta["encoding"], x, session.manifest["boundary"]["shape"])
+                x = decode(frame.meta["encoding"], x, session.manifest["boundary"]["shape"],
+                           max_bytes=self.max_frame_bytes)
                 decode_ms = (time.perf_counter() - start) * 1000.0
             session.requests += 1
             session.samples += x.shape[0]
@@ -606,7 +607,7 @@ class CloudServer(object):
             model = str(meta["model"])
             split = None if meta.get("split") is None else int(meta["split"])
             bundle_id = None if meta.get("bundle_id") is None else str(meta["bundle_id"])
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             raise p.ProtocolError("bad_meta", "HELLO needs model, and split or bundle_id (or neither)")
 
         def notify(message):
@@ -658,7 +659,7 @@ class CloudServer(object):
     def _profile(self, conn, frame):
         try:
             model, batch_size = str(frame.meta["model"]), int(frame.meta.get("batch_size", 1))
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             raise p.ProtocolError("bad_meta", "PROFILE needs model and batch_size")
         if not 1 <= batch_size <= 1024:
             raise p.ProtocolError("bad_meta", "PROFILE batch_size must be 1..1024")
@@ -672,7 +673,8 @@ class CloudServer(object):
     def _fetch(self, conn, frame, session):
         manifest = self.registry.manifest(str(frame.meta.get("bundle_id")))
         part, formats = frame.meta.get("part"), frame.meta.get("formats")
-        if part not in ("head", "tail", "segments") or not isinstance(formats, list) or not formats:
+        if part not in ("head", "tail", "segments") or not isinstance(formats, list) or not formats or \
+                not all(isinstance(f, str) for f in formats):
             raise p.ProtocolError("bad_meta", "FETCH needs bundle_id, part (head, tail or segments) and formats")
         available = {fmt for prt, fmt, _ in manifest.iter_files() if prt == part}
         missing = [f for f in formats if available and f not in available]
