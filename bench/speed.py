@@ -274,21 +274,29 @@ def check_batching(work, store, data, limit, edges=8, split=10):
     return rows
 
 
-def check_batching_capacity(store, streams=8, split=10, seconds=15.0):
+def check_batching_capacity(work, store, streams=8, split=10, seconds=15.0):
     """The cloud alone: serve-cloud with every core, 8 client streams (processes sending ready split-10
     activations, as 8 edges would) in a closed loop, so the server's compute is the bottleneck, as on a
-    real cloud host.  The baseline is the better of one thread per connection and every core per run."""
+    real cloud host.  The baseline is the better of one thread per connection and every core per run.
+    Once with onnxruntime, once with TorchScript (bundles exported for it into work/store-ts)."""
     import gpu_check
     cores = os.cpu_count() or 1
-    plain = {threads: gpu_check.serve_throughput(store, streams, seconds, split, ["--threads", threads])
-             for threads in sorted({1, cores})}
-    best = max(plain, key=plain.get)
-    batched = gpu_check.serve_throughput(store, streams, seconds, split,
-                                         ["--threads", cores, "--max-batch", streams, "--max-delay-ms", 5])
-    return [row("batching", "serve-cloud, {} streams at split {}: samples/s, --max-batch {} vs none".format(
-        streams, split, streams), batched, plain[best], "> 1x (CPU; GPU: >= 8x)", batched > plain[best], unit="1/s",
-        note="no batching: {}".format(", ".join("{:.1f}/s with --threads {}".format(v, k)
-                                                for k, v in sorted(plain.items()))))]
+    ts_store = os.path.join(work, "store-ts")
+    gpu_check.export(ts_store, [split])
+    rows = []
+    for backend, where in (("onnx", store), ("torchscript", ts_store)):
+        served = ["--backend", backend]
+        plain = {threads: gpu_check.serve_throughput(where, streams, seconds, split, served + ["--threads", threads])
+                 for threads in sorted({1, cores})}
+        best = max(plain, key=plain.get)
+        batched = gpu_check.serve_throughput(where, streams, seconds, split, served + [
+            "--threads", cores, "--max-batch", streams, "--max-delay-ms", 5])
+        rows.append(row("batching", "serve-cloud --backend {}, {} streams at split {}: samples/s, --max-batch {} vs "
+                        "none".format(backend, streams, split, streams), batched, plain[best],
+                        "> 1x (CPU; GPU: >= 8x)", batched > plain[best], unit="1/s",
+                        note="no batching: {}".format(", ".join("{:.1f}/s with --threads {}".format(v, k)
+                                                                for k, v in sorted(plain.items())))))
+    return rows
 
 
 def check_compression(work, store, data, limit):
@@ -455,7 +463,7 @@ def main():
             elif name == "batching":
                 rows += check_batching(work, store, data, max(args.limit // 4, 20), split=10)
                 rows += check_batching(work, store, data, max(args.limit // 4, 20), split=3)
-                rows += check_batching_capacity(store)
+                rows += check_batching_capacity(work, store)
             elif name == "compression":
                 rows += check_compression(work, store, data, 1000)
             elif name == "lean":
