@@ -391,12 +391,8 @@ def profile(out, cloud, segments_dir, model, cache, backend, device, batch_size,
 @client_security()
 def status(cloud, timeout, security):
     """Print serve-cloud's counters (requests, errors by kind, bytes, connections) as JSON."""
-    from runtime.edge import CloudConnection
-    conn = CloudConnection(cloud, timeout, security=security)
-    try:
-        click.echo(json.dumps(conn.status(), indent=1, sort_keys=True))
-    finally:
-        conn.close()
+    from runtime.edge import print_status
+    print_status(cloud, timeout, security)
 
 
 @main.command()

@@ -348,6 +348,16 @@ class EdgeSession(object):
         self.conn.close()
 
 
+def print_status(cloud, timeout=10.0, security=None, out=None):
+    """The status command: the server's counters as JSON."""
+    import json
+    conn = CloudConnection(cloud, timeout, security=security)
+    try:
+        (out or sys.stdout).write(json.dumps(conn.status(), indent=1, sort_keys=True) + "\n")
+    finally:
+        conn.close()
+
+
 def find_full_model(cache, model, backend="onnx"):
     """A bundle of ``model`` in the edge's cache whose head is the whole model (no tail), or None."""
     from .store import BundleStore

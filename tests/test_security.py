@@ -127,6 +127,10 @@ def test_the_token_is_proven_never_sent_and_every_other_frame_waits_for_it(artif
         from_env = run_cli("run-edge", "--cloud", srv.address, "--artifacts", artifacts, "--split", "20",
                            "--dataset", "synthetic", "--limit", 3, env={"EDGESPLIT_TOKEN": TOKEN}, timeout=300)
         assert from_env.returncode == 0, from_env.stderr
+        status = run_cli("status", "--cloud", srv.address, "--token", TOKEN, timeout=60)
+        assert status.returncode == 0, status.stderr
+        counters = json.loads(status.stdout)
+        assert counters["requests"] >= 23 + 6 and counters["token"] is True and counters["errors"] == {}
         wrong, _ = edge(srv, artifacts, labelled_npz, tmp_path, "--token", "guess")
         assert "refused the inference token" in one_line_error(wrong)
         missing, _ = edge(srv, artifacts, labelled_npz, tmp_path)
