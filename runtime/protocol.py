@@ -458,7 +458,7 @@ MAX_DIM = 1 << 31  # no tensor dimension beyond this (numpy refuses some shapes 
 def _tensor_layout(meta, payload_len):
     dtype = meta.get("dtype")
     shape = meta.get("shape")
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:
         raise ProtocolError("bad_dtype", "tensor dtype {!r} is not one of {}".format(dtype, ", ".join(sorted(DTYPES))))
     if not isinstance(shape, list) or len(shape) > 8 or not all(
             isinstance(d, int) and not isinstance(d, bool) and 0 <= d < MAX_DIM for d in shape):

@@ -63,7 +63,7 @@ def test_empty_store_push_then_an_empty_cache_fetches_verifies_and_runs(cloud, s
     assert second.returncode == 0, second.stderr
     r2 = json.loads((tmp_path / "r2.json").read_text())
     assert r2["fetches"] == [] and r2["predictions"] == r1["predictions"]  # started from the cache
-    assert sum("fetched the head" in l for l in cloud.log) == 1
+    assert sum("event=fetch" in l and "part=head" in l for l in cloud.log) == 1
 
 
 def test_pushing_the_same_bundle_again_uploads_nothing(cloud, seed_bundles):
@@ -241,9 +241,9 @@ def test_hot_swap_20_to_10_and_back_loses_and_repeats_no_sample(cloud, seed_bund
             time.sleep(0.05)
         time.sleep(1.0)  # let some samples run on it
 
-    wait_for("uses bundle " + id20)
+    wait_for("bundle={} model=".format(id20))  # event=hello
     assert push(cloud, s10, "--activate").returncode == 0
-    wait_for("uses bundle " + id10)
+    wait_for("bundle={} model=".format(id10))
     assert push(cloud, s20, "--activate").returncode == 0
     out, err = edge.communicate(timeout=300)
     assert edge.returncode == 0, err

@@ -160,7 +160,7 @@ def test_adaptive_mode_moves_to_a_later_split_when_the_bandwidth_drops(seed_segm
                                  "--bandwidth", "5000", "--dataset", "npz:" + data, "--limit", "300",
                                  "--report", str(report)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 120
-        while not any("uses bundle" in l for l in srv.log) and time.time() < deadline:
+        while not any("event=hello" in l for l in srv.log) and time.time() < deadline:
             time.sleep(0.05)
         time.sleep(1.5)
         proxy.rate = 256 * 1024  # 2 Mbit/s: an input (12 KiB) takes ~50 ms a request, the logits 2 ms
