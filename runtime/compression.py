@@ -38,7 +38,8 @@ decompress to exactly prod(shape) values of that dtype.
 manifest) before it allocates or decompresses anything, and raises
 ``ProtocolError("bad_encoding", ...)`` for any bad input.  A compressed payload may
 not expand beyond the exact size its shape implies (no decompression bombs), and no
-decoded tensor may exceed ``MAX_DECODED_BYTES``.
+decoded tensor may exceed ``max_bytes`` (default: the protocol's 64 MiB frame limit;
+the server passes its ``--max-frame-mb``), nor ever ``MAX_DECODED_BYTES``.
 
 An ``Encoder`` keeps scratch buffers and a compression context per thread: create
 one per edge run (or per connection) and reuse it.  ``decode`` is a plain function.
@@ -53,7 +54,7 @@ import threading
 import numpy as np
 
 from .errors import UserError
-from .protocol import DTYPES, ProtocolError
+from .protocol import DEFAULT_MAX_FRAME_BYTES, DTYPES, ProtocolError
 
 SCHEMES = ("none", "fp16", "int8")
 CODECS = ("none", "zstd", "lz4")
@@ -361,7 +362,7 @@ def _fp16_to_f32(raw, shape):
     return out
 
 
-def decode(meta, array, expected_shape, expected_dtype="float32", max_bytes=MAX_DECODED_BYTES):
+def decode(meta, array, expected_shape, expected_dtype="float32", max_bytes=DEFAULT_MAX_FRAME_BYTES):
     """The tensor an Encoder encoded, as a float32 array of shape (N,) + expected_shape[1:].
 
     ``meta`` is the frame's "encoding" value (None: the frame carries the tensor as

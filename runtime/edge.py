@@ -427,6 +427,7 @@ class _Pipelined(object):
         self.conn, self.depth = conn, depth
         self.pending = collections.deque()
         self._tickets, self._replies = queue.Queue(), queue.Queue()
+        self._abandoned = False
         self._thread = threading.Thread(target=self._receive, name="edge-receiver", daemon=True)
         self._thread.start()
 
@@ -458,13 +459,13 @@ class _Pipelined(object):
 
     def close(self):
         self._tickets.put(None)
-        self._thread.join()
+        self._thread.join(5 if self._abandoned else None)
 
     def abandon(self):
         """Stop waiting for the replies in flight (the connection is gone; closing it ends the receiver)."""
+        self._abandoned = True
         self.pending.clear()
         self._tickets.put(None)
-        self.close = lambda: self._thread.join(5)
 
 
 def measure(session, data, plan, warmup=3, follow=True, verbose=False, out=None, adaptive=None, inflight=1,
