@@ -57,6 +57,18 @@ def wait_for_requests(server, at_least, edge, timeout=120):
     raise AssertionError("the edge did not reach {} requests".format(at_least))
 
 
+def kill_and_finish(server, edge, after, timeout):
+    """SIGKILL the server once it has answered ``after`` requests, and nothing after it; the edge's (out, err)."""
+    try:
+        wait_for_requests(server, after, edge)
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait(30)
+        return edge.communicate(timeout=timeout)
+    finally:
+        if edge.poll() is None:
+            edge.kill()
+
+
 def check_every_sample_once(report, labels):
     assert report["n"] == N
     assert report["predictions"] == labels[:N].tolist()  # one result per sample, in order, each correct
@@ -119,14 +131,7 @@ def test_fallback_local_finishes_on_the_edge_when_the_cloud_stays_down(artifacts
     report = tmp_path / "r.json"
     edge = start_edge(server.address, artifacts, labelled_npz, report, "--inflight", 2, "--reconnect-timeout", 2,
                       "--fallback", "local")
-    try:
-        wait_for_requests(server, 60, edge)
-        server.proc.send_signal(signal.SIGKILL)
-        server.proc.wait(30)
-        out, err = edge.communicate(timeout=300)
-    finally:
-        if edge.poll() is None:
-            edge.kill()
+    out, err = kill_and_finish(server, edge, 60, 300)
     assert edge.returncode == 0, err
     r = json.loads(report.read_text())
     check_every_sample_once(r, labelled_npz[1])
@@ -140,14 +145,7 @@ def test_fallback_local_finishes_on_the_edge_when_the_cloud_stays_down(artifacts
 def test_without_fallback_a_cloud_that_stays_down_is_one_line_with_the_count(artifacts, labelled_npz, tmp_path):
     server = ServerProcess(artifacts)
     edge = start_edge(server.address, artifacts, labelled_npz, tmp_path / "r.json", "--reconnect-timeout", 1)
-    try:
-        wait_for_requests(server, 30, edge)
-        server.proc.send_signal(signal.SIGKILL)
-        server.proc.wait(30)
-        out, err = edge.communicate(timeout=120)
-    finally:
-        if edge.poll() is None:
-            edge.kill()
+    out, err = kill_and_finish(server, edge, 30, 120)
     assert edge.returncode != 0
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: ") and "unreachable" in last and "of {} samples done".format(N) in last
