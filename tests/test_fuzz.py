@@ -813,7 +813,8 @@ def test_atheris_fuzzes_the_decoder_where_installed(tmp_path):
         (seeds / "splice-{:02d}".format(i)).write_bytes(bytes([2, i, 5]) + frame[:40])
     proc = subprocess.run([sys.executable, os.path.join(REPO, "tests", "fuzz_atheris_target.py"), str(seeds),
                            "-runs={}".format(runs), "-seed=1", "-max_len=4096", "-len_control=0",
-                           "-rss_limit_mb={}".format(rss_limit_mb), "-timeout=10"],
+                           "-rss_limit_mb={}".format(rss_limit_mb), "-timeout=10",
+                           "-artifact_prefix={}/".format(tmp_path)],  # a crash or oom input lands here, not in the tree
                           cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True,
                           timeout=240)
     assert proc.returncode == 0, proc.stderr[-4000:]
