@@ -299,7 +299,24 @@ def check_batching_capacity(work, store, streams=8, split=10, seconds=15.0):
     return rows
 
 
-def check_compression(work, store, data, limit):
+def trained_store(work, weights, splits=(3, 20)):
+    """Bundles for ``splits`` exported from ``weights`` (one store per weights file, reused across runs)."""
+    from runtime.manifest import sha256_file
+    store = os.path.join(work, "store-" + sha256_file(weights)[:12])
+    for split in splits:
+        if not os.path.isdir(os.path.join(store, "resnet50-s{}".format(split))):
+            _say("exporting split {} from {}".format(split, weights))
+            subprocess.run([sys.executable, CLI, "export", "--split", str(split), "--weights", weights, "--out", store,
+                            "--formats", "onnx"], check=True, stdout=subprocess.DEVNULL, cwd=REPO)
+    return store
+
+
+def check_compression(work, store, data, limit, label="random weights", targets=True):
+    """Bytes per sample and top-1 agreement with fp32 for fp16, int8 and int8+zstd at splits 3 and 20.
+
+    ``label`` names the weights in each agreement row; with ``targets`` False the
+    agreement rows carry no target (the random-weight rows beside a trained model's).
+    """
     from runtime.manifest import load_manifest
     rows = []
     srv = ours_server(store)
@@ -313,21 +330,24 @@ def check_compression(work, store, data, limit):
                 agree = float(np.mean(np.array(r["predictions"]) == np.array(base["predictions"])))
                 need = 0.999 if scheme == "fp16" else 0.99
                 size = r["bytes_sent_per_sample"]
-                if codec == "none":  # the tensor itself is exactly 2 or 1 bytes a value; the frame adds metadata
+                if targets and codec == "none":  # the tensor itself is exactly 2 or 1 bytes a value; + metadata
                     payload = numel * (2 if scheme == "fp16" else 1)
                     rows.append(row("compression", "split {} {}: tensor bytes/sample vs fp32".format(split, scheme),
                                     payload, numel * 4, "<= {}x".format(target), payload <= target * numel * 4,
                                     unit="B", note="on the wire with header and metadata: {:.0f} B vs {:.0f} B, "
                                                    "{:.3f}x".format(size, base["bytes_sent_per_sample"],
                                                                     size / base["bytes_sent_per_sample"])))
-                else:
+                elif targets:
                     rows.append(row("compression", "split {} {}+{}: wire bytes/sample vs fp32".format(
                         split, scheme, codec), size, base["bytes_sent_per_sample"], "<= {}x".format(target),
                         size <= target * base["bytes_sent_per_sample"], unit="B"))
-                rows.append(row("compression", "split {} {}+{}: top-1 agreement with fp32 ({} samples)".format(
-                    split, scheme, codec, limit), agree, 1.0, ">= {}".format(need), agree >= need, unit="",
-                    note="transmission p50 {:.3f} ms (fp32 {:.3f})".format(r["transmission_ms"]["p50"],
-                                                                           base["transmission_ms"]["p50"])))
+                note = "transmission p50 {:.3f} ms (fp32 {:.3f})".format(r["transmission_ms"]["p50"],
+                                                                        base["transmission_ms"]["p50"])
+                if not targets:
+                    note = "no target: random weights make near-ties (see README); " + note
+                rows.append(row("compression", "split {} {}+{}: top-1 agreement with fp32, {} ({} samples)".format(
+                    split, scheme, codec, label, limit), agree, 1.0, ">= {}".format(need) if targets else "-",
+                    agree >= need if targets else None, unit="", note=note))
     finally:
         srv.stop()
     return rows
@@ -441,7 +461,20 @@ def main():
     parser.add_argument("--only", default=",".join(CHECKS), help="comma-separated: " + ", ".join(CHECKS))
     parser.add_argument("--limit", type=int, default=200, help="samples per timed run")
     parser.add_argument("--inflight", type=int, default=2, help="pipeline depth for the pipelining check")
+    parser.add_argument("--weights", help="the compression check's model: a trained state_dict for the seed's "
+                        "ResNet-50 (bench/train_proxy.py writes one); its rows carry the targets, and the random-weight "
+                        "rows are kept beside them without")
+    parser.add_argument("--dataset", help="npz:PATH, the compression check's 1000 labelled images with --weights "
+                        "(default: the synthetic noise images)")
     args = parser.parse_args()
+    if args.weights and not os.path.isfile(args.weights):
+        sys.exit("speed: --weights {} not found; bench/train_proxy.py writes weights/proxy-resnet50.pth".format(
+            args.weights))
+    if args.dataset:
+        if not args.dataset.startswith("npz:") or not os.path.isfile(args.dataset[4:]):
+            sys.exit("speed: --dataset must be npz:PATH of an existing file (bench/train_proxy.py writes "
+                     "weights/proxy-heldout.npz), not {!r}".format(args.dataset))
+        args.dataset = os.path.abspath(args.dataset[4:])
     only = [c.strip() for c in args.only.split(",") if c.strip()]
     unknown = set(only) - set(CHECKS)
     if unknown:
@@ -464,6 +497,10 @@ def main():
                 rows += check_batching(work, store, data, max(args.limit // 4, 20), split=10)
                 rows += check_batching(work, store, data, max(args.limit // 4, 20), split=3)
                 rows += check_batching_capacity(work, store)
+            elif name == "compression" and args.weights:
+                rows += check_compression(work, trained_store(work, args.weights), args.dataset or data, 1000,
+                                          label="weights {}".format(os.path.basename(args.weights)))
+                rows += check_compression(work, store, data, 1000, targets=False)
             elif name == "compression":
                 rows += check_compression(work, store, data, 1000)
             elif name == "lean":
