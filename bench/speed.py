@@ -115,14 +115,20 @@ def run_edge(address, work, split, data, limit, *extra, cpu=None, name="r"):
 
 # ---------------------------------------------------------------- setup
 
-def prepare(work, splits):
-    """Random-weight bundles for ``splits`` and 1000 synthetic images (uint8 npz + the preprocessed floats)."""
-    store = os.path.join(work, "store")
+def export_splits(store, splits, weights=None):
+    """ONNX bundles of the seed's ResNet-50 for ``splits`` in ``store`` (those missing), from ``weights`` or random."""
     for split in splits:
         if not os.path.isdir(os.path.join(store, "resnet50-s{}".format(split))):
-            _say("exporting split {}".format(split))
-            subprocess.run([sys.executable, CLI, "export", "--split", str(split), "--random-init", "--out", store,
-                            "--formats", "onnx"], check=True, stdout=subprocess.DEVNULL, cwd=REPO)
+            _say("exporting split {} ({})".format(split, weights or "random weights"))
+            subprocess.run([sys.executable, CLI, "export", "--split", str(split), "--out", store, "--formats", "onnx"]
+                           + (["--weights", weights] if weights else ["--random-init"]),
+                           check=True, stdout=subprocess.DEVNULL, cwd=REPO)
+    return store
+
+
+def prepare(work, splits):
+    """Random-weight bundles for ``splits`` and 1000 synthetic images (uint8 npz + the preprocessed floats)."""
+    store = export_splits(os.path.join(work, "store"), splits)
     from runtime.data import preprocess_batch
     from runtime.manifest import load_manifest
     rng = np.random.RandomState(0)
@@ -318,13 +324,7 @@ def check_batching_capacity(work, store, streams=8, split=10, seconds=10.0, roun
 def trained_store(work, weights, splits=(3, 20)):
     """Bundles for ``splits`` exported from ``weights`` (one store per weights file, reused across runs)."""
     from runtime.manifest import sha256_file
-    store = os.path.join(work, "store-" + sha256_file(weights)[:12])
-    for split in splits:
-        if not os.path.isdir(os.path.join(store, "resnet50-s{}".format(split))):
-            _say("exporting split {} from {}".format(split, weights))
-            subprocess.run([sys.executable, CLI, "export", "--split", str(split), "--weights", weights, "--out", store,
-                            "--formats", "onnx"], check=True, stdout=subprocess.DEVNULL, cwd=REPO)
-    return store
+    return export_splits(os.path.join(work, "store-" + sha256_file(weights)[:12]), splits, weights)
 
 
 def check_compression(work, store, data, limit, label="random weights", targets=True):

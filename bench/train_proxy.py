@@ -113,7 +113,7 @@ def train(model, task, norm, device, seconds, batch, peak_lr, seed):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--minutes", type=float, default=4.0, help="training time (default 4)")
+    parser.add_argument("--minutes", type=float, default=4.5, help="training time (default 4.5)")
     parser.add_argument("--device", default="auto", help="auto (cuda when there is one), cpu or cuda")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=0.1, help="peak learning rate (default 0.1)")
