@@ -4,14 +4,15 @@ import threading
 import time
 
 
-class SlowProxy(object):
-    def __init__(self, target_host, target_port, bytes_per_s=None):
+class LoopbackProxy(object):
+    """A listener on loopback that connects each client to ``target`` and hands both sockets to
+    ``_connect(client, upstream)``, which starts the threads that move the bytes."""
+
+    def __init__(self, target_host, target_port, backlog=8):
         self.target = (target_host, target_port)
-        self.rate = bytes_per_s  # None: no limit
-        self.forwarded = 0  # cloud -> edge bytes so far
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(8)
+        self.listener.listen(backlog)
         self.listener.settimeout(0.2)
         self.port = self.listener.getsockname()[1]
         self.address = "127.0.0.1:{}".format(self.port)
@@ -26,9 +27,33 @@ class SlowProxy(object):
                 continue
             except OSError:  # closed
                 break
-            upstream = socket.create_connection(self.target)
-            threading.Thread(target=self._pipe, args=(client, upstream, False), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, True), daemon=True).start()
+            self._connect(client, socket.create_connection(self.target))
+
+    def _connect(self, client, upstream):
+        raise NotImplementedError
+
+    @staticmethod
+    def _close(*socks):
+        for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self):
+        self._stop.set()
+        self.listener.close()
+
+
+class SlowProxy(LoopbackProxy):
+    def __init__(self, target_host, target_port, bytes_per_s=None):
+        self.rate = bytes_per_s  # None: no limit
+        self.forwarded = 0  # cloud -> edge bytes so far
+        LoopbackProxy.__init__(self, target_host, target_port)
+
+    def _connect(self, client, upstream):
+        threading.Thread(target=self._pipe, args=(client, upstream, False), daemon=True).start()
+        threading.Thread(target=self._pipe, args=(upstream, client, True), daemon=True).start()
 
     def _pipe(self, src, dst, downstream):
         try:
@@ -45,12 +70,4 @@ class SlowProxy(object):
         except OSError:
             pass
         finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self):
-        self._stop.set()
-        self.listener.close()
+            self._close(src, dst)

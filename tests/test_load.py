@@ -6,7 +6,6 @@ faulty proxy (real sockets, real frames) between the edges and the server, to sh
 corrupted, a duplicated and a dropped reply are each caught and counted.
 """
 import os
-import socket
 import struct
 import sys
 import threading
@@ -14,6 +13,7 @@ import threading
 import pytest
 
 from conftest import REPO
+from slow_proxy import LoopbackProxy
 
 sys.path.insert(0, os.path.join(REPO, "bench"))
 import load  # noqa: E402  (bench/load.py)
@@ -59,45 +59,22 @@ HEADER = struct.Struct("<4sBBHQIQII")  # docs/PROTOCOL.md
 RESULT = 4
 
 
-class FaultyProxy(object):
+class FaultyProxy(LoopbackProxy):
     """Forwards edge -> cloud bytes as they are; parses cloud -> edge frames and, counting RESULT
     frames across all connections, corrupts the ``corrupt``-th one's first value, sends the
     ``duplicate``-th twice and drops the ``drop``-th."""
 
     def __init__(self, target, corrupt, duplicate, drop):
         host, port = target.rsplit(":", 1)
-        self.target = (host, int(port))
         self.faults = {corrupt: "corrupt", duplicate: "duplicate", drop: "drop"}
         self.results = 0
         self.done = []
         self._lock = threading.Lock()
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(64)
-        self.listener.settimeout(0.2)
-        self.address = "127.0.0.1:{}".format(self.listener.getsockname()[1])
-        self._stop = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
+        LoopbackProxy.__init__(self, host, int(port), backlog=64)
 
-    def _accept(self):
-        while not self._stop.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                break
-            upstream = socket.create_connection(self.target)
-            threading.Thread(target=self._forward, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=self._frames, args=(upstream, client), daemon=True).start()
-
-    @staticmethod
-    def _close(*socks):
-        for s in socks:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+    def _connect(self, client, upstream):
+        threading.Thread(target=self._forward, args=(client, upstream), daemon=True).start()
+        threading.Thread(target=self._frames, args=(upstream, client), daemon=True).start()
 
     def _forward(self, src, dst):
         try:
@@ -144,10 +121,6 @@ class FaultyProxy(object):
         except (OSError, EOFError):
             pass
         self._close(src, dst)
-
-    def close(self):
-        self._stop.set()
-        self.listener.close()
 
 
 def test_the_checks_catch_a_corrupted_a_duplicated_and_a_lost_reply(store):
