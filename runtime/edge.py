@@ -184,9 +184,12 @@ class CloudConnection(object):
 
     def _await_reply(self, t0):
         asleep = t0 + self._expected_s - BUSY_POLL_LEAD_S - time.perf_counter()
-        if asleep > 0:
-            select.select([self.sock], [], [], asleep)  # returns at once if the reply is already here
-        self.reader.poll(BUSY_POLL_MAX_S)
+        try:
+            if asleep > 0:
+                select.select([self.sock], [], [], asleep)  # returns at once if the reply is already here
+            self.reader.poll(BUSY_POLL_MAX_S)
+        except OSError as exc:  # reset by the peer while we waited: as lost as in receive()
+            raise self._lost(exc)
 
     def fetch(self, bundle_id, formats, directory, entries, part="head"):
         from .deploy import receive_files

@@ -10,13 +10,16 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
+import numpy as np
 import pytest
 
 from cloud_server import ServerProcess
 from conftest import REPO
-from runtime.edge import CloudConnection
+from runtime import protocol as p
+from runtime.edge import CloudConnection, CloudLost
 
 N = 300
 
@@ -156,3 +159,33 @@ def test_fallback_local_without_the_full_model_is_refused_before_starting(labell
     edge = start_edge("127.0.0.1:9", tmp_path, labelled_npz, tmp_path / "r.json", "--fallback", "local")
     out, err = edge.communicate(timeout=60)
     assert edge.returncode != 0 and "--fallback local needs the full model" in err.strip().splitlines()[-1]
+
+
+def test_a_reset_while_the_edge_spins_for_its_reply_is_a_lost_cloud_not_a_crash():
+    """The busy-poll wait (select, then non-blocking receives) meets the peer's RST: CloudLost, which
+    run-edge reconnects from.  CI once saw the bare ConnectionResetError end a run here."""
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    conn = CloudConnection("127.0.0.1:{}".format(listener.getsockname()[1]), 10, busy_poll=True)
+    peer, _ = listener.accept()
+    try:
+        conn._expected_s = 5.0  # a reply is due in 5 s: the edge sleeps in select, and the RST wakes it
+        reader = p.FrameReader(peer, p.DEFAULT_MAX_FRAME_BYTES)
+
+        def reset_after_the_request():
+            assert reader.read().type == p.INFER
+            peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            peer.close()  # linger 0: the close sends RST
+
+        t = threading.Thread(target=reset_after_the_request)
+        t.start()
+        t0 = time.monotonic()
+        with pytest.raises(CloudLost, match="lost the connection to the cloud .*reset"):
+            conn.infer(np.zeros((1, 8), np.float32))
+        assert time.monotonic() - t0 < 4  # woken by the reset, not by the 5 s estimate
+        t.join(10)
+    finally:
+        conn.close()
+        listener.close()
