@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -164,7 +165,6 @@ def test_fallback_local_without_the_full_model_is_refused_before_starting(labell
 def test_a_reset_while_the_edge_spins_for_its_reply_is_a_lost_cloud_not_a_crash():
     """The busy-poll wait (select, then non-blocking receives) meets the peer's RST: CloudLost, which
     run-edge reconnects from.  CI once saw the bare ConnectionResetError end a run here."""
-
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
@@ -176,7 +176,7 @@ def test_a_reset_while_the_edge_spins_for_its_reply_is_a_lost_cloud_not_a_crash(
 
         def reset_after_the_request():
             assert reader.read().type == p.INFER
-            peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             peer.close()  # linger 0: the close sends RST
 
         t = threading.Thread(target=reset_after_the_request)
