@@ -85,7 +85,10 @@ class EmulatedLink(object):
     def set_rate(self, rate_mbit, verb="change"):
         """Rate-limit both directions (tbf on each veth end); may be called while traffic flows."""
         self.rate_mbit = rate_mbit
-        burst = max(16, int(rate_mbit * 1e6 / 8 / 250 / 1024))  # about 4 ms of traffic, at least 16 KiB
+        # about 4 ms of traffic, at least two full-size packets: a larger bucket at a low rate would let a
+        # request of a few KiB through at line rate after every pause (16 KiB at 1 Mbit/s made a 12 KiB request
+        # spaced 100 ms apart see 1.7 Mbit/s)
+        burst = max(3, int(rate_mbit * 1e6 / 8 / 250 / 1024))
         for ns, dev in ((self.cloud_ns, self.cloud_if), (self.edge_ns, self.edge_if)):
             _sh("ip", "netns", "exec", ns, "tc", "qdisc", verb, "dev", dev, "root", "tbf", "rate",
                 "{}mbit".format(rate_mbit), "burst", "{}kb".format(burst), "latency", "200ms")

@@ -24,7 +24,8 @@ from .data import batches, open_dataset, preprocess_batch
 from .deploy import BundleCache
 from .errors import UserError
 from .manifest import KIND_SPLIT, Manifest, ManifestError, validate
-from .profile import echo_once
+from .adaptive import PROBE_CAP_MS
+from .profile import echo_train
 from .report import RunRecorder, format_report, write_report
 from .security import PLAIN, TOKEN_ENV, inference_proof
 
@@ -170,13 +171,18 @@ class CloudConnection(object):
         request_id, _ = self.send(p.STATUS, {})
         return self.expect(p.DONE, request_id).meta.get("status", {})
 
-    def infer(self, array, meta=None):
-        """Send one activation, wait for its result; return (RESULT frame, bytes sent, bytes received)."""
+    def infer(self, array, meta=None, watch=None):
+        """Send one activation, wait for its result; return (RESULT frame, bytes sent, bytes received).
+
+        With ``watch`` (adaptive.AdaptivePlanner.watch()), a reply that is overdue is reported to it while
+        the edge waits (``watch_reply``)."""
         before = self.reader.bytes_received
         t0 = time.perf_counter()
         request_id, sent = self.send(p.INFER, meta or {}, array)
         if self.busy_poll and self._expected_s is not None:
             self._await_reply(t0)
+        if watch is not None:
+            self.watch_reply(t0, sent, watch)
         frame = self.expect(p.RESULT, request_id)
         took = time.perf_counter() - t0
         self._expected_s = took if self._expected_s is None else 0.8 * self._expected_s + 0.2 * took
@@ -190,6 +196,26 @@ class CloudConnection(object):
             self.reader.poll(BUSY_POLL_MAX_S)
         except OSError as exc:  # reset by the peer while we waited: as lost as in receive()
             raise self._lost(exc)
+
+    def watch_reply(self, t0, sent, watch):
+        """Wait until a reply's first bytes are here, telling ``watch.overdue(sent, waited_ms)`` each time it is
+        overdue: at ``watch.after_ms(sent)`` after ``t0`` (time.perf_counter()), then at twice that wait, and so
+        on up to the connection's timeout, after which it raises CloudLost."""
+        if self.reader.buffered() or (self.tls and self.sock.pending()):
+            return
+        due_ms = watch.after_ms(sent)
+        while True:
+            remaining = t0 + due_ms / 1000.0 - time.perf_counter()
+            try:
+                if select.select([self.sock], [], [], max(remaining, 0.0))[0]:
+                    return
+            except OSError as exc:
+                raise self._lost(exc)
+            waited_ms = (time.perf_counter() - t0) * 1000.0
+            watch.overdue(sent, waited_ms)
+            if waited_ms >= self._waiting * 1000.0:
+                raise CloudLost("no reply from the cloud at {} within {:.0f} s".format(self.address, self._waiting))
+            due_ms = min(2.0 * waited_ms, self._waiting * 1000.0)
 
     def fetch(self, bundle_id, formats, directory, entries, part="head"):
         from .deploy import receive_files
@@ -393,10 +419,13 @@ def _progress(total, enabled):
 
 
 class _Sequential(object):
-    """One request at a time (``--inflight 1``): send, wait for the reply, time the round trip."""
+    """One request at a time (``--inflight 1``): send, wait for the reply, time the round trip.
 
-    def __init__(self, conn):
+    ``watch`` (adaptive mode: AdaptivePlanner.watch) makes a watch for each request's wait."""
+
+    def __init__(self, conn, watch=None):
         self.conn = conn
+        self.watch = watch
         self.pending = collections.deque()
 
     def full(self):
@@ -404,7 +433,7 @@ class _Sequential(object):
 
     def send(self, array, meta, context):
         t0 = time.perf_counter()
-        frame, sent, received = self.conn.infer(array, meta)
+        frame, sent, received = self.conn.infer(array, meta, self.watch() if self.watch else None)
         self.pending.append((frame, (time.perf_counter() - t0) * 1000.0, sent, received, context))
 
     def next(self):
@@ -497,7 +526,9 @@ def measure(session, data, plan, warmup=3, follow=True, verbose=False, out=None,
         session.infer(first)
         recorder.warmup_requests += 1
     bar = _progress(sum(len(b) for b in plan), not verbose and sys.stderr.isatty())
-    make_pipe = (lambda: _Pipelined(session.conn, inflight)) if inflight > 1 else (lambda: _Sequential(session.conn))
+    watch = adaptive.watch if adaptive is not None else None
+    make_pipe = (lambda: _Pipelined(session.conn, inflight)) if inflight > 1 else \
+        (lambda: _Sequential(session.conn, watch))
     pipe = make_pipe()
     switch = None  # (reason, new split, active bundle) once decided; done when nothing is in flight
     started = time.perf_counter()
@@ -538,10 +569,12 @@ def measure(session, data, plan, warmup=3, follow=True, verbose=False, out=None,
                 if switch is None and follow and active and active != session.manifest.bundle_id:
                     switch = ("bundle {} activated on the cloud".format(active), None, active)
                 elif switch is None and adaptive is not None:
-                    adaptive.observe(sent, received, roundtrip_ms - cloud_ms - queue_ms)
+                    adaptive.observe(sent, received, roundtrip_ms - cloud_ms - queue_ms,
+                                     cloud_ms=cloud_ms + queue_ms)
                     probe = adaptive.probe_size()
                     if probe:
-                        adaptive.observe(probe, probe, echo_once(session.conn, probe), probe=True)
+                        echoed, probe_ms = echo_train(session.conn, probe, PROBE_CAP_MS)
+                        adaptive.observe(echoed, echoed, probe_ms, probe=True)
                     new_split, reason = adaptive.decide(session.manifest.split_index)
                     if reason:
                         switch = (reason, new_split, None)
@@ -566,6 +599,8 @@ def measure(session, data, plan, warmup=3, follow=True, verbose=False, out=None,
                 _say("{}; {} requests unanswered, reconnecting (up to {:.0f} s)".format(exc, len(outstanding),
                                                                                          reconnect_s))
                 pipe.abandon()
+                if adaptive is not None:
+                    adaptive.lost()  # what the unanswered request's wait said about the link stays
                 try:
                     session.reconnect(time.monotonic() + reconnect_s, str(exc))
                 except CloudLost as gone:
@@ -669,7 +704,8 @@ def run_edge(cloud, model="resnet50", split=None, cache="artifacts", backend="on
             "dataset": data.name, "batch_size": batch_size, "inflight": inflight,
             "compress": compress, "codec": codec, "busy_poll": session.conn.busy_poll, "random_init": manifest["model"]["weights"]["random_init"],
             "fetches": session.fetches, "chained_heads": session.chained, "switches": recorder.switches,
-            "plan": planned, "probes": adapter.probes if adapter is not None else 0}
+            "plan": planned, "probes": adapter.probes if adapter is not None else 0,
+            "stalls": adapter.stalls if adapter is not None else 0}
     if report:
         return write_report(report, info, recorder)
     info.update(summary)

@@ -9,6 +9,7 @@ connection: ECHO frames of a few sizes, fitted as ``t = rtt + bytes / bandwidth`
 
 Python 3.6 syntax: this module runs on the Jetson.
 """
+import collections
 import hashlib
 import json
 import os
@@ -126,6 +127,35 @@ def echo_once(conn, size):
     request_id, _ = conn.send(p.ECHO, {}, payload)
     conn.expect(p.RESULT, request_id)
     return (time.perf_counter() - t0) * 1000.0
+
+
+TRAIN_CHUNK = 16384  # bytes of one ECHO of a probe train
+
+
+def echo_train(conn, size, cap_ms, chunk=TRAIN_CHUNK):
+    """Echo about ``size`` bytes as ECHOs of ``chunk`` bytes; return (bytes echoed each way, milliseconds).
+
+    The first chunk goes alone; once it is back, two are kept in flight (enough to keep
+    a link busy for a bandwidth sample).  No chunk is sent after ``cap_ms``, so a train
+    that meets a slow link ends after the chunks already in flight, whatever ``size`` was.
+    """
+    sizes = [min(chunk, size - start) for start in range(0, max(size, 1), chunk)]
+    t0 = time.perf_counter()
+    in_flight = collections.deque()
+    echoed = 0
+    for i, n in enumerate(sizes):
+        if i and (time.perf_counter() - t0) * 1000.0 > cap_ms:
+            break
+        in_flight.append((conn.send(p.ECHO, {}, np.zeros(n, dtype=np.uint8))[0], n))
+        while len(in_flight) >= (1 if i == 0 else 2):
+            request_id, done = in_flight.popleft()
+            conn.expect(p.RESULT, request_id)
+            echoed += done
+    while in_flight:
+        request_id, done = in_flight.popleft()
+        conn.expect(p.RESULT, request_id)
+        echoed += done
+    return echoed, (time.perf_counter() - t0) * 1000.0
 
 
 def probe_network(conn, sizes=PROBE_SIZES, repeats=PROBE_REPEATS):

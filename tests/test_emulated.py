@@ -62,21 +62,12 @@ def test_the_link_really_is_rate_limited(work):
 
 def test_adaptive_edge_moves_to_a_late_split_when_the_link_slows(seed_segments, labelled_npz, tmp_path):
     """1000 Mbit/s, then 1 Mbit/s mid-run: the edge moves to a late split within seconds; back at 1000 Mbit/s,
-    its probes see the link recover and it moves back.  Every sample once, correct.
+    its probes see the link recover and it moves back.  Every sample once, correct; one run, no retry.
 
-    Run once more if the first run misses only the timing: after `tc qdisc change` lowers the rate, TCP can
-    stall for seconds before the first slow sample arrives (late in 2 of 3 whole-suite runs on 2026-11-26, on
-    time in every run alone).
-    Correctness (every sample once, correct) must hold in every run."""
-    try:
-        _adaptive_run(seed_segments, labelled_npz, tmp_path / "first")
-    except _LateSwitch as exc:
-        sys.stderr.write("first run switched late, running again: {}\n".format(str(exc)[-300:]))
-        _adaptive_run(seed_segments, labelled_npz, tmp_path / "second")
-
-
-class _LateSwitch(AssertionError):
-    pass
+    This missed in whole-suite runs while the emulated link's bucket held 16 KiB at every rate: a 12 KiB
+    request spaced 100 ms apart then saw about 1.7 Mbit/s, where split 0 (97 ms predicted) was within the
+    15% margin of split 22 (86 ms), so whether the edge moved depended on the noise in its profiles."""
+    _adaptive_run(seed_segments, labelled_npz, tmp_path / "run")
 
 
 def _adaptive_run(seed_segments, labelled_npz, tmp_path):
@@ -124,13 +115,11 @@ def _adaptive_run(seed_segments, labelled_npz, tmp_path):
     assert r["n"] == 500 and r["predictions"] == labels.tolist(), log  # every sample once, correct
     assert r["plan"]["choice"]["split"] == 0, log  # a fast link ships the input to the cloud
     late = [s for s in r["switches"] if s["to_split"] >= 20]
-    if not late:
-        raise _LateSwitch("no switch to a late split: " + log)
+    assert late, "no switch to a late split: " + log
     assert "bandwidth now" in late[0]["reason"], log
     switched = [t for t, l in lines if "switched from split 0 to split" in l]
-    if not (switched and switched[0] - dropped < 5):
-        raise _LateSwitch("the switch came {} s after the drop: {}".format(
-            round(switched[0] - dropped, 1) if switched else None, log))
+    assert switched and switched[0] - dropped < 5, "the switch came {} s after the drop: {}".format(
+        round(switched[0] - dropped, 1) if switched else None, log)
     back = [t for t, l in lines if "switched from split 2" in l and t > restored]
     assert back and back[0] - restored < 15 and r["switches"][-1]["to_split"] <= 3, log  # found by probes
     assert r["probes"] >= 1 and len(r["switches"]) <= 4, log  # no flapping

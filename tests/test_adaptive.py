@@ -1,0 +1,178 @@
+"""Adaptive mode's estimator: censored samples from overdue replies, stalls, probes sized at the pessimistic
+estimate and cut off by time.  The planner is pure (synthetic profiles); the waits use real sockets."""
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from runtime import protocol as p
+from runtime.adaptive import PROBE_BYTES, AdaptivePlanner
+from runtime.edge import CloudConnection, CloudLost
+from runtime.profile import echo_train
+
+# three points: the 12 KiB input, a mid point, the logits; the edge is slow, the cloud quick
+POINTS = [{"name": "input", "bytes_per_sample": 12288}, {"name": "mid", "bytes_per_sample": 8192},
+          {"name": "out", "bytes_per_sample": 400}]
+EDGE = {"points": POINTS, "segment_ms": [40.0, 40.0], "output_bytes_per_sample": 400}
+CLOUD = {"points": POINTS, "segment_ms": [10.0, 10.0]}
+
+
+def planner(mbps=1000.0, hold=5):
+    return AdaptivePlanner(EDGE, CLOUD, {"rtt_ms": 0.5, "bandwidth_mbps": mbps}, hold=hold)
+
+
+def test_a_fast_link_keeps_the_input_on_the_cloud_and_a_slow_one_moves_the_work_to_the_edge():
+    a = planner(hold=0)
+    for _ in range(5):
+        a.observe(12400, 470, 0.5 + 12870 * 8 / 1000e3, cloud_ms=20)  # 1000 Mbit/s
+    assert a.decide(0) == (None, None)
+    for _ in range(10):
+        a.observe(12400, 470, 0.5 + 12870 * 8 / 1e3, cloud_ms=20)  # 1 Mbit/s: 103 ms on the wire
+    split, reason = a.decide(0)
+    assert split == 2 and "bandwidth now" in reason and abs(a.bandwidth_mbps - 1.0) < 0.2
+
+
+def test_an_overdue_reply_raises_the_estimate_to_its_bound_at_once_and_the_real_sample_replaces_it():
+    a = planner(hold=5)
+    for _ in range(6):
+        a.observe(12400, 470, 0.6, cloud_ms=20)
+    before = a.bandwidth_mbps
+    watch = a.watch()
+    due = watch.after_ms(12400)
+    assert 60 < due < 70  # rtt 0.5 + 2 x 20 ms of cloud + 4 x 0.1 ms on the wire (pessimistic) + 20
+    watch.overdue(12400, 2 * due)  # 100 ms more than the cloud and rtt explain: at least that on the wire
+    bound = 12870 * 8 / ((2 * due - 40.5) * 1000)
+    assert a.bandwidth_mbps == pytest.approx(bound, rel=1e-6) and a.stalls == 1
+    a.observe(12400, 470, 0.6, cloud_ms=80)  # it was the cloud that was slow: the link is as fast as before
+    assert a.bandwidth_mbps == pytest.approx(before, rel=0.2)
+    # the stall still counts as one: the hold is skipped for one decision, at the restored estimate
+    assert a.decide(0) == (None, None)
+
+
+def test_a_stall_replans_at_once_instead_of_waiting_out_the_hold():
+    a = planner(hold=5)
+    a.observe(12400, 470, 0.6, cloud_ms=20)
+    a.decide(0)
+    watch = a.watch()
+    watch.overdue(12400, 500.0)  # half a second for 12 KiB: a very slow link
+    a.lost()  # and the reply never came: the bound stays
+    split, reason = a.decide(0)
+    assert split == 2 and "after a stall" in reason
+    assert a.decide(2) == (None, None)  # the hold applies again after the switch
+
+
+def test_probes_are_sized_at_the_pessimistic_estimate():
+    steady, noisy = planner(), planner()
+    for i in range(20):
+        steady.observe(12400, 470, 0.5 + 12870 * 8 / 100e3, cloud_ms=20)  # 100 Mbit/s every time
+        noisy.observe(12400, 470, 0.5 + 12870 * 8 / (20e3 if i % 2 else 180e3), cloud_ms=20)
+    assert steady.pessimistic_mbps() == pytest.approx(steady.bandwidth_mbps, rel=0.05)
+    assert noisy.pessimistic_mbps() < 0.6 * noisy.bandwidth_mbps
+    for a in (steady, noisy):
+        a._last_sample -= 10  # no sample for 10 s: a probe is due
+    assert steady.probe_size() > noisy.probe_size() >= PROBE_BYTES[0]
+
+
+class _Peer(object):
+    """A real socket pair: the edge's CloudConnection on one end, frames read and answered here on the other."""
+
+    def __init__(self):
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(1)
+        self.conn = CloudConnection("127.0.0.1:{}".format(self.listener.getsockname()[1]), 3.0)
+        self.sock, _ = self.listener.accept()
+        self.reader = p.FrameReader(self.sock, p.DEFAULT_MAX_FRAME_BYTES)
+
+    def answer(self, delay_s, count=1, rate_bytes_per_s=None):
+        def run():
+            try:
+                for _ in range(count):
+                    frame = self.reader.read()
+                    if frame.type == p.BYE:
+                        return
+                    if rate_bytes_per_s:
+                        time.sleep(frame.array.nbytes / rate_bytes_per_s)
+                    time.sleep(delay_s)
+                    p.send_frame(self.sock, p.RESULT, frame.request_id, {}, frame.array)
+            except (OSError, p.PeerClosed, p.ProtocolError):
+                pass  # the test is over and closed the socket
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        return t
+
+    def close(self):
+        self.conn.close()
+        self.sock.close()
+        self.listener.close()
+
+
+class _Recorder(object):
+    def __init__(self, after):
+        self.after, self.calls = after, []
+
+    def after_ms(self, sent):
+        return self.after
+
+    def overdue(self, sent, waited_ms):
+        self.calls.append((sent, waited_ms))
+
+
+def test_the_edge_reports_an_overdue_reply_at_doubling_waits_while_it_waits():
+    peer = _Peer()
+    try:
+        t = peer.answer(0.7)
+        watch = _Recorder(100.0)
+        frame, sent, _ = peer.conn.infer(np.zeros((1, 8), np.float32), watch=watch)
+        t.join(5)
+        assert frame.type == p.RESULT
+        waits = [w for _, w in watch.calls]
+        assert [s for s, _ in watch.calls] == [sent] * len(waits)
+        # overdue at 100 ms, then at about 200 and 400 ms; the reply came at 700 ms
+        assert len(waits) == 3 and 100 <= waits[0] < 250 and all(2 * a - 1 <= b < 2 * a + 150
+                                                                 for a, b in zip(waits, waits[1:])), waits
+    finally:
+        peer.close()
+
+
+def test_a_reply_that_never_comes_is_a_lost_cloud_after_the_timeout_with_the_watch_told_all_along():
+    peer = _Peer()
+    try:
+        reader_done = threading.Event()
+        threading.Thread(target=lambda: (peer.reader.read(), reader_done.set()), daemon=True).start()
+        watch = _Recorder(200.0)
+        t0 = time.monotonic()
+        with pytest.raises(CloudLost, match="no reply from the cloud .* within 3 s"):
+            peer.conn.infer(np.zeros((1, 8), np.float32), watch=watch)
+        waits = [w for _, w in watch.calls]  # at 0.2 s, then twice the wait so far, up to the timeout
+        assert len(waits) == 5 and 200 <= waits[0] < 350 and waits[-1] >= 3000, waits
+        assert all(min(2 * a, 3000) - 1 <= b <= min(2 * a, 3000) + 150 for a, b in zip(waits, waits[1:])), waits
+        assert time.monotonic() - t0 < 4.5
+        assert reader_done.wait(5)
+    finally:
+        peer.close()
+
+
+def test_a_probe_train_on_a_slow_link_stops_at_its_time_cap():
+    peer = _Peer()
+    try:
+        # the peer takes 10 ms per 16 KiB chunk (about 13 Mbit/s): a 1 MiB probe would take 0.64 s
+        peer.answer(0.0, count=64, rate_bytes_per_s=16384 / 0.01)
+        echoed, ms = echo_train(peer.conn, 1 << 20, cap_ms=25.0)
+        # the first chunk alone, then two in flight until 25 ms have passed, then the one still out
+        assert 16384 <= echoed <= 8 * 16384 and ms < 25 + 2 * 10 + 500, (echoed, ms)
+    finally:
+        peer.close()
+
+
+def test_a_probe_train_on_a_fast_link_echoes_all_of_it():
+    peer = _Peer()
+    try:
+        t = peer.answer(0.0, count=8)
+        echoed, ms = echo_train(peer.conn, 8 * 16384, cap_ms=5000.0)
+        t.join(5)
+        assert echoed == 8 * 16384
+    finally:
+        peer.close()
