@@ -57,7 +57,7 @@ class EmulatedLink(object):
         self.cloud_ip, self.edge_ip = subnet + "1", subnet + "2"
         self.rate_mbit = rate_mbit
         self.edge_cpu = edge_cpu
-        self.cgroup = os.path.join(CGROUP_CPU, "edgesplit-edge-" + tag)
+        self.quota = CpuQuota(edge_cpu, "edgesplit-edge-" + tag)
         self._procs = []
 
     def __enter__(self):
@@ -71,12 +71,7 @@ class EmulatedLink(object):
                 _sh("ip", "netns", "exec", ns, "ip", "addr", "add", ip + "/30", "dev", dev)
                 _sh("ip", "netns", "exec", ns, "ip", "link", "set", dev, "up")
             self.set_rate(self.rate_mbit, "add")
-            os.makedirs(self.cgroup, exist_ok=True)
-            period = 10000  # 10 ms: throttling in small steps, like a slower CPU rather than a stalling one
-            with open(os.path.join(self.cgroup, "cpu.cfs_period_us"), "w") as f:
-                f.write(str(period))
-            with open(os.path.join(self.cgroup, "cpu.cfs_quota_us"), "w") as f:
-                f.write(str(int(period * self.edge_cpu)) if self.edge_cpu < 16 else "-1")
+            self.quota.__enter__()
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -102,8 +97,7 @@ class EmulatedLink(object):
     def edge(self, args, **kw):
         """Start a command in the edge namespace, inside the CPU quota."""
         # join the cgroup first: inside `ip netns exec` /sys is remounted and the cgroup tree is not there
-        join = "echo $$ > {}/cgroup.procs && exec \"$@\"".format(self.cgroup)
-        proc = subprocess.Popen(["sh", "-c", join, "sh", "ip", "netns", "exec", self.edge_ns] + args, **kw)
+        proc = subprocess.Popen(self.quota.wrap(["ip", "netns", "exec", self.edge_ns] + args), **kw)
         self._procs.append(proc)
         return proc
 
@@ -114,10 +108,35 @@ class EmulatedLink(object):
                 proc.wait()
         for ns in (self.cloud_ns, self.edge_ns):
             subprocess.run(["ip", "netns", "del", ns], stderr=subprocess.DEVNULL)
-        if os.path.isdir(self.cgroup):
-            for _ in range(50):
+        self.quota.__exit__()
+        return False
+
+
+class CpuQuota(object):
+    """A cgroup-v1 CPU quota of ``cpus`` cores (e.g. 0.5) for the processes started through ``wrap``."""
+
+    def __init__(self, cpus, name):
+        self.cpus = cpus
+        self.path = os.path.join(CGROUP_CPU, name)
+
+    def __enter__(self):
+        os.makedirs(self.path, exist_ok=True)
+        period = 10000  # 10 ms: throttling in small steps, like a slower CPU rather than a stalling one
+        with open(os.path.join(self.path, "cpu.cfs_period_us"), "w") as f:
+            f.write(str(period))
+        with open(os.path.join(self.path, "cpu.cfs_quota_us"), "w") as f:
+            f.write(str(int(period * self.cpus)) if self.cpus < 16 else "-1")
+        return self
+
+    def wrap(self, argv):
+        """``argv`` run inside the quota (the shell joins the cgroup, then becomes the command)."""
+        return ["sh", "-c", "echo $$ > {}/cgroup.procs && exec \"$@\"".format(self.path), "sh"] + list(argv)
+
+    def __exit__(self, *exc):
+        if os.path.isdir(self.path):
+            for _ in range(50):  # the last processes may still be leaving it
                 try:
-                    os.rmdir(self.cgroup)
+                    os.rmdir(self.path)
                     break
                 except OSError:
                     time.sleep(0.1)

@@ -203,7 +203,8 @@ def run_edge(address, split, samples, model="resnet50", weights=None, random_ini
     ``warmup`` times (excluded from every figure, as in the product's run-edge).
     ``on_first_result()`` is called once, right after the first reply (warm-up or not).
     Returns a dict: lists ``edge_ms``, ``transmission_ms``, ``cloud_ms``, ``predictions``
-    (one per sample), ``bytes_per_sample`` (pickled tensor payload sent per sample),
+    (one per sample), ``bytes_per_sample`` (pickled tensor payload sent per sample), ``cpu_ms_per_sample``
+    (this process's CPU time over the samples, warm-up excluded),
     ``warmup_requests``, ``setup_s`` (connect + model build) and ``cloud_totals``; with
     ``return_logits`` also ``logits`` (one float32 numpy array of 100 per sample).
     """
@@ -240,6 +241,7 @@ def run_edge(address, split, samples, model="resnet50", weights=None, random_ini
             for _ in range(warmup):
                 one(x0)
                 result["warmup_requests"] += 1
+        cpu_started = time.process_time()
         for i in range(len(samples)):
             x = torch.from_numpy(samples[i:i + 1].copy())
             edge_ms, transmission_ms, cloud_ms, logits, sent = one(x)
@@ -250,6 +252,7 @@ def run_edge(address, split, samples, model="resnet50", weights=None, random_ini
             if return_logits:
                 result["logits"].append(logits.reshape(-1).numpy())
             result["bytes_per_sample"] = sent
+        result["cpu_ms_per_sample"] = 1000.0 * (time.process_time() - cpu_started) / max(len(samples), 1)
         send_msg(sock, END)
         result["cloud_totals"] = pickle.loads(sock.recv(1024))  # a single recv(1024), as the seed
         return result

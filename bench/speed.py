@@ -14,6 +14,10 @@ Checks (each runs its baseline in the same invocation, same split, same samples)
               the seed-style baseline (pickle, length + acknowledgement framing, eager
               PyTorch; bench/seed_style.py) and vs the raw-socket floor for the same
               bytes (bench/raw_floor.py).
+* contention  the transport check on a busy CPU (bench/contention.py): ``--busy N``
+              busy loops (default one per core), and the edge in a 0.5-core CPU quota
+              (root only), the seed-style loop under the same load in the same run;
+              and the edge's CPU time per sample against its quiet figure.
 * pipelining  edge and cloud each pinned to one core, at a split where their times are
               comparable: throughput with --inflight N vs --inflight 1; and behind a
               50 Mbit/s tbf link at split 3 (root only), throughput vs the link's bound.
@@ -52,7 +56,7 @@ CLI = os.path.join(REPO, "cli.py")
 sys.path.insert(0, REPO)
 sys.path.insert(0, HERE)
 
-CHECKS = ("transport", "pipelining", "batching", "compression", "lean")
+CHECKS = ("transport", "contention", "pipelining", "batching", "compression", "lean")
 ENV = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
 
 
@@ -98,13 +102,14 @@ def seed_server(cpu=None):
                   "listening on", cpu)
 
 
-def run_edge(address, work, split, data, limit, *extra, cpu=None, name="r"):
-    """cli.py run-edge as a process; returns its JSON report."""
+def run_edge(address, work, split, data, limit, *extra, cpu=None, name="r", wrap=None):
+    """cli.py run-edge as a process (``wrap(argv)``, e.g. a CPU quota, where given); returns its JSON report."""
     report = os.path.join(work, "{}.json".format(name))
     prefix = ["taskset", "-c", str(cpu)] if cpu is not None else []
     argv = prefix + [sys.executable, CLI, "run-edge", "--cloud", address, "--cache", os.path.join(work, "edge"),
                      "--split", str(split), "--dataset", "npz:" + data, "--limit", str(limit), "--threads", "1",
                      "--report", report] + [str(e) for e in extra]
+    argv = wrap(argv) if wrap else argv
     proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, env=ENV,
                           cwd=REPO)
     if proc.returncode != 0:
@@ -477,6 +482,8 @@ def main():
     parser.add_argument("--only", default=",".join(CHECKS), help="comma-separated: " + ", ".join(CHECKS))
     parser.add_argument("--limit", type=int, default=200, help="samples per timed run")
     parser.add_argument("--inflight", type=int, default=2, help="pipeline depth for the pipelining check")
+    parser.add_argument("--busy", type=int, default=os.cpu_count() or 2,
+                        help="busy loops for the contention check (default: one per core)")
     parser.add_argument("--weights", help="the compression check's model: a trained state_dict for the seed's "
                         "ResNet-50 (bench/train_proxy.py writes one); its rows carry the targets, and the random-weight "
                         "rows are kept beside them without")
@@ -507,6 +514,9 @@ def main():
             progress.update(task, description=name)
             if name == "transport":
                 rows += check_transport(work, store, data, samples, args.limit)
+            elif name == "contention":
+                from contention import check_contention
+                rows += check_contention(work, store, data, min(args.limit, 64), args.busy)
             elif name == "pipelining":
                 rows += check_pipelining(work, store, data, args.limit, args.inflight)
             elif name == "batching":

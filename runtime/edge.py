@@ -531,7 +531,7 @@ def measure(session, data, plan, warmup=3, follow=True, verbose=False, out=None,
         (lambda: _Sequential(session.conn, watch))
     pipe = make_pipe()
     switch = None  # (reason, new split, active bundle) once decided; done when nothing is in flight
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     position = 0
     outstanding = collections.deque()  # (payload, meta, context) sent and not answered yet, in order
     resend = collections.deque()       # of those, the ones to send again on a new connection
@@ -622,6 +622,7 @@ def measure(session, data, plan, warmup=3, follow=True, verbose=False, out=None,
     finally:
         pipe.close()
     recorder.wall_s = time.perf_counter() - started
+    recorder.cpu_s = time.process_time() - cpu_started
     if bar is not None:
         bar.close()
     return recorder

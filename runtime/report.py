@@ -11,6 +11,10 @@ Figures, per request (one batch; at ``--batch-size 1``, per sample as in the see
                  ``--inflight N`` > 1 the wait behind the requests sent before it;
 * end-to-end   = edge + transmission + cloud, i.e. head start to reply received.
 
+Per run: throughput, bytes per sample, and the edge process's CPU time per sample
+(user + system over the measured part, every thread: the head, compression, and
+any spinning while waiting for replies; on a Jetson, what costs battery).
+
 Python 3.6 syntax.
 """
 import json
@@ -40,6 +44,7 @@ class RunRecorder(object):
         self.bytes_received = 0
         self.warmup_requests = 0
         self.wall_s = 0.0
+        self.cpu_s = 0.0  # the edge process's CPU time (user + system, all threads) over the measured part
 
     def add(self, edge_ms, roundtrip_ms, cloud_ms, predictions, labels, bytes_sent, bytes_received, bundle_id=None,
             queue_ms=0.0):
@@ -80,6 +85,7 @@ class RunRecorder(object):
         out["throughput_samples_per_s"] = n / self.wall_s if self.wall_s > 0 else 0.0
         out["bytes_sent_per_sample"] = self.bytes_sent / float(n) if n else 0.0
         out["bytes_received_per_sample"] = self.bytes_received / float(n) if n else 0.0
+        out["edge_cpu_ms_per_sample"] = 1000.0 * self.cpu_s / n if n else 0.0
         out["local_samples"] = self.served_by.count("local")
         local = np.asarray(self.local_ms, dtype=np.float64)
         out["local_ms"] = {"mean": float(local.mean()) if local.size else 0.0,
@@ -103,6 +109,8 @@ def format_report(summary, samples, requests, warmup):
     lines.append("Throughput: {:.1f} samples/s ({} samples in {} requests; {} warm-up requests excluded)".format(
         summary["throughput_samples_per_s"], samples, requests, warmup))
     lines.append("Bytes sent per sample: {:.0f}".format(summary["bytes_sent_per_sample"]))
+    if summary.get("edge_cpu_ms_per_sample"):
+        lines.append("Edge CPU time per sample: {:.3f} ms".format(summary["edge_cpu_ms_per_sample"]))
     for r in summary.get("reconnects") or ():
         lines.append("Reconnected after {:.2f} s ({} attempts): {}".format(r["down_s"], r["attempts"], r["lost"]))
     if summary.get("local_samples"):
