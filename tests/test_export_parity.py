@@ -53,7 +53,7 @@ def test_seed_resnet50_realistic_weights_pass_at_every_split_far_below_the_toler
         assert all(r["passed"] and r["degenerate"] is None for r in ver["results"]), split
         boundary = [r for r in ver["results"] if r["tensor"] == "boundary"]
         assert len(boundary) == (0 if split == 0 else 4)
-        if split >= 10:  # deep activations of trained-network scale, where absolute noise reaches 1e-4
+        if 10 <= split <= 19:  # deep activations of trained-network scale, where absolute noise reaches 1e-4
             assert max(r["reference_max_abs"] for r in boundary) > 4.0, split
         output = [r for r in ver["results"] if r["tensor"] == "output"]
         assert all(r["top1_checked"] >= 1 and r["top1_agreed"] == r["top1_checked"] for r in output)
