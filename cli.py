@@ -128,9 +128,9 @@ def layers(model, input_shape, as_json):
 @click.option("--std", default=None, callback=floats_option, help="Per-channel normalisation std.")
 @click.option("--out", default="artifacts", show_default=True, help="Directory that receives the bundle.")
 @click.option("--atol", default=None, type=float, callback=positive_option,
-              help="Verification absolute tolerance [default: 1e-4].")
+              help="Verification: max |diff| may reach atol + rtol x max |reference| [default: 1e-4].")
 @click.option("--rtol", default=None, type=float, callback=positive_option,
-              help="Verification relative tolerance [default: 1e-3].")
+              help="Verification tolerance relative to the tensor's max |value| [default: 1e-3].")
 @handle_errors
 def export(model, split, segments, weights, random_init, formats, opset, input_shape, mean, std, out, atol, rtol):
     """Cut a model at a split point and write a verified head/tail bundle."""
@@ -143,9 +143,12 @@ def export(model, split, segments, weights, random_init, formats, opset, input_s
         from exporter.segments import export_segments
         path, manifest = export_segments(model, weights, random_init, formats, opset, out, input_shape,
                                          DEFAULT_ATOL if atol is None else atol, DEFAULT_RTOL if rtol is None else rtol)
+        from exporter.report import verification_summary
+        ver = manifest["verification"]
         click.echo("segments {} -> {} ({} segments, verified: {})".format(
-            manifest["bundle_id"], path, len(manifest["segments"]), ", ".join(
-                "{} max |diff| {:.2e}".format(r["format"], r["max_abs_diff"]) for r in manifest["verification"]["results"])))
+            manifest["bundle_id"], path, len(manifest["segments"]), verification_summary(ver)))
+        if not ver["meaningful"]:
+            click.echo("verification NOT MEANINGFUL: {}".format(ver["reason"]))
         return
     path, manifest = export_bundle(
         model, split, weights=weights, random_init=random_init, formats=formats, opset=opset,

@@ -24,6 +24,7 @@ from .errors import ExportError
 from .models.configs import ModelConfig, resolve
 from .progress import Steps
 from .verify import BATCH_SIZES, DEFAULT_ATOL, DEFAULT_RTOL, verify_bundle
+from .verify import record as verification_record
 from .weights import find_default_weights, load_weights
 
 INPUT_NAME, BOUNDARY_NAME, OUTPUT_NAME = "input", "boundary", "output"
@@ -116,11 +117,10 @@ def export_bundle(model_spec: str, split: str, weights: Optional[str] = None, ra
         with staged(destination) as tmp:
             manifest = _build(tmp, config, traced, point, head, tail, formats, opset, weights_path,
                               weights_sha, random_init or weights_path is None, steps)
-            manifest["verification"] = {
-                "atol": atol, "rtol": rtol, "batch_sizes": list(batch_sizes), "reference": "unsplit PyTorch model",
-                "results": verify_bundle(tmp, manifest, model, head, formats, atol, rtol, batch_sizes,
-                                         progress=lambda: steps.advance("verified")),
-            }
+            results = verify_bundle(tmp, manifest, model, head, formats, atol, rtol, batch_sizes,
+                                    progress=lambda: steps.advance("verified"))
+            manifest["verification"] = verification_record(results, atol, rtol, batch_sizes=list(batch_sizes),
+                                                           reference="unsplit PyTorch model")
             mf.write_manifest(tmp, manifest)
     return destination, manifest
 

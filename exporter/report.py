@@ -66,10 +66,27 @@ def print_export(path: str, manifest: dict, console=None) -> None:
             extra = " opset {} IR {}".format(f["opset"], f["ir_version"]) if fmt == "onnx" else ""
             console.print("  {} {:<11} {:<9} {:>10}  sha256 {}...{}".format(
                 part, fmt, f["file"], _size(f["bytes"]), f["sha256"][:16], extra))
-    ver = manifest["verification"]
+    print_verification(manifest["verification"], console)
+
+
+def worst_by_format(results) -> dict:
+    """{format: (max abs diff, max rel diff)} over a verification's results."""
     worst = {}
-    for r in ver["results"]:
-        worst[r["format"]] = max(worst.get(r["format"], 0.0), r["max_abs_diff"])
-    console.print("  verified against the unsplit model (batches {}, atol {}, rtol {}): {}".format(
-        ",".join(map(str, ver["batch_sizes"])), ver["atol"], ver["rtol"],
-        ", ".join("{} max |diff| {:.2e}".format(k, v) for k, v in sorted(worst.items()))))
+    for r in results:
+        abs_, rel = worst.get(r["format"], (0.0, 0.0))
+        worst[r["format"]] = (max(abs_, r["max_abs_diff"] or 0.0), max(rel, r.get("max_rel_diff") or 0.0))
+    return worst
+
+
+def verification_summary(ver: dict) -> str:
+    """'onnx max |diff| 3.7e-04 (rel 3.4e-05), ...' for one verification record (rel: of max |reference|)."""
+    return ", ".join("{} max |diff| {:.2e} (rel {:.1e})".format(fmt, a, r)
+                     for fmt, (a, r) in sorted(worst_by_format(ver["results"]).items()))
+
+
+def print_verification(ver: dict, console) -> None:
+    """The verification line, and one warning line when the reference could not tell right from wrong."""
+    console.print("  verified against the unsplit model (batches {}; |diff| <= {} + {} x max|ref|; top-1): {}".format(
+        ",".join(map(str, ver["batch_sizes"])), ver["atol"], ver["rtol"], verification_summary(ver)), soft_wrap=True)
+    if ver.get("meaningful") is False:
+        console.print("  verification NOT MEANINGFUL: {}".format(ver["reason"]), style="bold yellow", soft_wrap=True)

@@ -23,7 +23,8 @@ from .cutpoints import TracedModel
 from .errors import VerificationError
 from .models.configs import resolve
 from .progress import Steps
-from .verify import DEFAULT_ATOL, DEFAULT_RTOL, compare
+from .verify import DEFAULT_ATOL, DEFAULT_RTOL, compare, failure_message
+from .verify import record as verification_record
 
 SEGMENT_NAME = "x"
 
@@ -96,12 +97,11 @@ def export_segments(model_spec: str, weights: Optional[str] = None, random_init:
             results = []
             for fmt in formats:
                 result = dict(format=fmt, batch_size=3, tensor="output",
-                              **compare(_run_chain(tmp, segments, fmt, sample.numpy()), ref, atol, rtol))
+                              **compare(_run_chain(tmp, segments, fmt, sample.numpy()), ref, atol, rtol, classes=True))
                 results.append(result)
                 if not result["passed"]:
-                    raise VerificationError("verification failed: the chained {} segments differ from the unsplit "
-                                            "model (max abs diff {}); nothing was written".format(
-                                                fmt, result["max_abs_diff"]))
-            manifest["verification"] = {"atol": atol, "rtol": rtol, "results": results}
+                    raise VerificationError(failure_message("the chained {} segments' output".format(fmt),
+                                                            result, atol, rtol))
+            manifest["verification"] = verification_record(results, atol, rtol)
             mf.write_manifest(tmp, manifest)
     return destination, manifest

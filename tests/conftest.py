@@ -74,7 +74,9 @@ def labelled_npz(tmp_path_factory, seed_weights):
     with torch.no_grad():
         logits = forward(torch.load(seed_weights), torch.from_numpy(preprocess_batch(x, pp))).numpy()
     top2 = np.sort(logits, axis=1)[:, -2:]
-    clear = (top2[:, 1] - top2[:, 0]) > 1e-4  # drop near-ties, so every label is unambiguous
+    # drop near-ties, so every label is unambiguous: a margin within export's tolerance (1e-3 of the largest
+    # logit, ~20x the ONNX rounding of these trained-scale weights) could flip in a correct bundle
+    clear = (top2[:, 1] - top2[:, 0]) > 1e-3 * np.abs(logits).max()
     x, labels = x[clear][:500], logits.argmax(1)[clear][:500]
     assert len(x) == 500
     path = tmp_path_factory.mktemp("data") / "labelled.npz"

@@ -171,3 +171,36 @@ def test_console_script_does_what_cli_py_does():
     proc = subprocess.run([script, "layers", "--json"], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == json.loads(run_cli("layers", "--json").stdout)
+
+
+def test_a_degenerate_reference_is_said_in_one_line_and_recorded_not_meaningful(tmp_path):
+    """An all-zero classifier (vit_b_16's at random init): the output checks nothing; the boundary still counts."""
+    proc = run_cli("export", "--model", "tiny_models:zero_head", "--split", "2", "--random-init", "--out", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = [l for l in proc.stdout.splitlines() if "NOT MEANINGFUL" in l]
+    assert len(lines) == 1 and "output all zero" in lines[0] and "still checked: boundary" in lines[0], proc.stdout
+    ver = load_manifest(str(tmp_path / "tiny_models-zero_head-s2")).data["verification"]
+    assert ver["meaningful"] is False and ver["reason"].startswith("output all zero")
+    assert {r["tensor"]: r["degenerate"] for r in ver["results"]} == {"boundary": None, "output": "all zero"}
+
+
+def test_random_init_efficientnet_logits_are_too_small_to_verify_and_export_says_so(tmp_path):
+    proc = run_cli("export", "--model", "torchvision:efficientnet_b0", "--random-init", "--input-shape", "3,64,64",
+                   "--split", "5", "--formats", "onnx", "--out", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "NOT MEANINGFUL: output spread over" in proc.stdout and "a constant would pass" in proc.stdout
+    ver = load_manifest(str(tmp_path / "torchvision-efficientnet_b0-s5")).data["verification"]
+    assert ver["meaningful"] is False
+    out = [r for r in ver["results"] if r["tensor"] == "output"]
+    assert all(r["reference_max_abs"] < 1e-10 for r in out)
+
+
+def test_realistic_weights_export_at_split_19_with_the_manifest_record(tmp_path, seed_weights):
+    proc = run_cli("export", "--weights", seed_weights, "--split", "19", "--formats", "onnx", "--out", tmp_path)
+    assert proc.returncode == 0, proc.stderr  # refused (5e-4 abs diff) by the elementwise rule
+    assert "NOT MEANINGFUL" not in proc.stdout and "(rel " in proc.stdout
+    ver = load_manifest(str(tmp_path / "resnet50-s19")).data["verification"]
+    assert ver["meaningful"] is True and ver["rule"].startswith("max|actual - reference| <= atol + rtol * max")
+    assert 0 < ver["max_rel_diff"] < ver["rtol"] / 5
+    for r in ver["results"]:
+        assert r["max_rel_diff"] == pytest.approx(r["max_abs_diff"] / r["reference_max_abs"])

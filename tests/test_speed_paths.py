@@ -63,7 +63,8 @@ def test_batcher_splits_a_batch_back_to_each_request(artifacts):
         t.join()
     batcher.close()
     for i, x in enumerate(inputs):
-        np.testing.assert_allclose(results[i], tail.run(x), rtol=1e-4, atol=1e-4)
+        want = tail.run(x)  # batched and unbatched runs round differently: a bound on the tensor's scale
+        assert np.abs(results[i] - want).max() <= 1e-4 + 1e-4 * np.abs(want).max(), i
     assert max(batch_sizes) > 3 and max(batch_sizes) <= 8  # requests really were batched, never past the cap
     assert batcher.samples == sum(len(x) for x in inputs) and batcher.batches < len(inputs)
 
