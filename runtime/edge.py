@@ -28,6 +28,7 @@ from .adaptive import PROBE_CAP_MS
 from .profile import echo_train
 from .report import RunRecorder, format_report, write_report
 from .security import PLAIN, TOKEN_ENV, inference_proof
+from .spin import SpinPolicy
 
 FORMAT_OF_BACKEND = {"onnx": "onnx", "torchscript": "torchscript"}
 
@@ -48,6 +49,12 @@ class CloudLost(UserError):
     requests in flight may be sent again on a new connection."""
 
 
+def _thread_cpu():
+    """This thread's CPU time in seconds (time.thread_time is Python 3.7+)."""
+    return time.clock_gettime(_THREAD_CLOCK) if _THREAD_CLOCK is not None else time.process_time()
+
+
+_THREAD_CLOCK = getattr(time, "CLOCK_THREAD_CPUTIME_ID", None)
 RETRY_CODES = ("shutting_down", "busy")  # ERROR codes that mean: this server, not this request
 
 
@@ -59,7 +66,8 @@ class CloudConnection(object):
     of the last round trips), then spinning on non-blocking receives for at most
     2 ms.  A reply that lands on a spinning thread is handled at once; one that has
     to wake a sleeping thread costs about 0.15 ms more on loopback here (bench/speed.py).
-    The spin costs the edge at most 2.5 ms of CPU per request.
+    The spin costs the edge at most 2.5 ms of CPU per request, and backs off while it
+    is starved of CPU (``spin``, runtime/spin.py).
     """
 
     def __init__(self, address, timeout=30.0, max_frame_bytes=p.DEFAULT_MAX_FRAME_BYTES, busy_poll=False,
@@ -81,6 +89,7 @@ class CloudConnection(object):
         self._waiting = timeout
         self.busy_poll = busy_poll and not self.tls  # TLS has no non-blocking peek to spin on
         self._expected_s = None  # smoothed round trip of infer()
+        self.spin = SpinPolicy()
         self._next_id = 1
         if security.token:
             self.authenticate(security.token)
@@ -189,11 +198,17 @@ class CloudConnection(object):
         return frame, sent, self.reader.bytes_received - before
 
     def _await_reply(self, t0):
+        """Busy poll (see runtime/spin.py): asleep until shortly before the reply is due, then spinning for it,
+        unless spinning has been starved of CPU lately."""
+        if not self.spin.should_spin():
+            return  # the blocking read that follows sleeps until the reply is here
         asleep = t0 + self._expected_s - BUSY_POLL_LEAD_S - time.perf_counter()
         try:
             if asleep > 0:
                 select.select([self.sock], [], [], asleep)  # returns at once if the reply is already here
-            self.reader.poll(BUSY_POLL_MAX_S)
+            wall, cpu = time.perf_counter(), _thread_cpu()
+            hit = self.reader.poll(BUSY_POLL_MAX_S)
+            self.spin.record(hit, time.perf_counter() - wall, _thread_cpu() - cpu)
         except OSError as exc:  # reset by the peer while we waited: as lost as in receive()
             raise self._lost(exc)
 
@@ -706,7 +721,9 @@ def run_edge(cloud, model="resnet50", split=None, cache="artifacts", backend="on
             "compress": compress, "codec": codec, "busy_poll": session.conn.busy_poll, "random_init": manifest["model"]["weights"]["random_init"],
             "fetches": session.fetches, "chained_heads": session.chained, "switches": recorder.switches,
             "plan": planned, "probes": adapter.probes if adapter is not None else 0,
-            "stalls": adapter.stalls if adapter is not None else 0}
+            "stalls": adapter.stalls if adapter is not None else 0,
+            "busy_poll_spins": session.conn.spin.spins, "busy_poll_starved": session.conn.spin.starved,
+            "busy_poll_missed": session.conn.spin.missed}
     if report:
         return write_report(report, info, recorder)
     info.update(summary)
