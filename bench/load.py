@@ -670,6 +670,8 @@ def _fmt(value, spec):
 def format_table(result):
     lines = ["| load | value |", "|---|---|"]
     lines += ["| {} | {} |".format(k, v) for k, v in summary_rows(result)]
+    if result.get("busy_loops"):
+        lines.append("| busy loops on the host during the load | {} |".format(result["busy_loops"]))
     return "\n".join(lines)
 
 
@@ -763,14 +765,19 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-rss-growth-mb", type=float, default=200.0,
                         help="fail if the server's RSS grows more than this during the load")
+    parser.add_argument("--busy", type=int, default=0,
+                        help="busy loops running during the load (other work on the host; default none)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     if args.edges < 1 or args.requests < 1 or args.inflight < 1:
         parser.error("--edges, --requests and --inflight must be at least 1")
     os.makedirs(args.out, exist_ok=True)
     store = prepare(args.out, args.split)
-    result = run_load(store, args.split, args.edges, args.requests, args.server_args, args.procs, args.inflight,
-                      args.seed, args.timeout, args.warmup, show_progress=not args.no_progress)
+    from contention import busy_loops
+    with busy_loops(args.busy):
+        result = run_load(store, args.split, args.edges, args.requests, args.server_args, args.procs, args.inflight,
+                          args.seed, args.timeout, args.warmup, show_progress=not args.no_progress)
+    result["busy_loops"] = args.busy
     failed = verdict(result, args.max_rss_growth_mb)
     result["failed"] = failed
     print(format_table(result))
