@@ -49,12 +49,14 @@ class CloudLost(UserError):
     requests in flight may be sent again on a new connection."""
 
 
+_THREAD_CLOCK = getattr(time, "CLOCK_THREAD_CPUTIME_ID", None)
+
+
 def _thread_cpu():
     """This thread's CPU time in seconds (time.thread_time is Python 3.7+)."""
     return time.clock_gettime(_THREAD_CLOCK) if _THREAD_CLOCK is not None else time.process_time()
 
 
-_THREAD_CLOCK = getattr(time, "CLOCK_THREAD_CPUTIME_ID", None)
 RETRY_CODES = ("shutting_down", "busy")  # ERROR codes that mean: this server, not this request
 
 
@@ -66,8 +68,8 @@ class CloudConnection(object):
     of the last round trips), then spinning on non-blocking receives for at most
     2 ms.  A reply that lands on a spinning thread is handled at once; one that has
     to wake a sleeping thread costs about 0.15 ms more on loopback here (bench/speed.py).
-    The spin costs the edge at most 2.5 ms of CPU per request, and backs off while it
-    is starved of CPU (``spin``, runtime/spin.py).
+    The spin costs the edge at most 2.5 ms of CPU per request, and backs off when it
+    does not pay: its reply came later, or it was starved of CPU (``spin``, runtime/spin.py).
     """
 
     def __init__(self, address, timeout=30.0, max_frame_bytes=p.DEFAULT_MAX_FRAME_BYTES, busy_poll=False,
@@ -199,7 +201,7 @@ class CloudConnection(object):
 
     def _await_reply(self, t0):
         """Busy poll (see runtime/spin.py): asleep until shortly before the reply is due, then spinning for it,
-        unless spinning has been starved of CPU lately."""
+        unless recent spins did not pay."""
         if not self.spin.should_spin():
             return  # the blocking read that follows sleeps until the reply is here
         asleep = t0 + self._expected_s - BUSY_POLL_LEAD_S - time.perf_counter()

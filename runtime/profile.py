@@ -141,21 +141,25 @@ def echo_train(conn, size, cap_ms, chunk=TRAIN_CHUNK):
     """
     sizes = [min(chunk, size - start) for start in range(0, max(size, 1), chunk)]
     t0 = time.perf_counter()
-    in_flight = collections.deque()
+    in_flight = collections.deque()  # (request id, bytes) sent, not yet back
     echoed = 0
     for i, n in enumerate(sizes):
         if i and (time.perf_counter() - t0) * 1000.0 > cap_ms:
             break
         in_flight.append((conn.send(p.ECHO, {}, np.zeros(n, dtype=np.uint8))[0], n))
-        while len(in_flight) >= (1 if i == 0 else 2):
-            request_id, done = in_flight.popleft()
-            conn.expect(p.RESULT, request_id)
-            echoed += done
-    while in_flight:
-        request_id, done = in_flight.popleft()
-        conn.expect(p.RESULT, request_id)
-        echoed += done
+        echoed += _echoes_back(conn, in_flight, keep=0 if i == 0 else 1)
+    echoed += _echoes_back(conn, in_flight, keep=0)
     return echoed, (time.perf_counter() - t0) * 1000.0
+
+
+def _echoes_back(conn, in_flight, keep):
+    """Wait for the oldest echoes until ``keep`` are left in flight; the bytes they brought back."""
+    done = 0
+    while len(in_flight) > keep:
+        request_id, n = in_flight.popleft()
+        conn.expect(p.RESULT, request_id)
+        done += n
+    return done
 
 
 def probe_network(conn, sizes=PROBE_SIZES, repeats=PROBE_REPEATS):
