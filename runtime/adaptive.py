@@ -17,9 +17,10 @@ A transfer that is overdue is evidence too.  While the edge waits for a reply, a
 plus twice the cloud's last time, plus 20 ms); each time it is (at 1x, 2x, 4x ...
 that deadline) the wait so far is a *censored* sample: the bytes took at least this
 long, so time per bit is at least that, and the estimate is raised to it at once.
-When the reply arrives, its real sample replaces the bound; when it never arrives
-(the connection is lost) the bound stays (``lost``).  A transfer that was overdue is
-a stall: the next decision ignores ``hold``.
+When the reply arrives, its real sample replaces the bound and is taken whole (the
+stall proved the smoothed history stale); when it never arrives (the connection is
+lost) the bound stays (``lost``).  A transfer that was overdue is a stall: the next
+decision ignores ``hold``.
 
 At late splits the requests are too small to show the bandwidth (a token bucket
 lets a few KiB through at line rate), so a link that has recovered would go
@@ -87,7 +88,8 @@ class AdaptivePlanner(object):
         """Fold one transfer (a request's, or with ``probe`` an ECHO probe's) into the bandwidth estimate.
 
         ``cloud_ms`` (the cloud's compute and queue time for a request) sizes the next watch()."""
-        if self._before_bound is not None:  # the real sample supersedes the bound raised while waiting for it
+        stalled = self._before_bound is not None
+        if stalled:  # the real sample supersedes the bound raised while waiting for it
             self._us_per_bit, self._dev_us_per_bit = self._before_bound
             self._before_bound = None
         if probe:
@@ -100,7 +102,10 @@ class AdaptivePlanner(object):
         if wire_ms < MIN_WIRE_MS or bytes_sent + bytes_received < MIN_SAMPLE_BYTES:
             return
         self._last_sample = time.time()
-        self._fold(wire_ms * 1000.0 / ((bytes_sent + bytes_received) * 8.0), PROBE_ALPHA if probe else ALPHA)
+        # a transfer that stalled proved the history stale: its sample is taken whole, so that the re-plan the
+        # stall triggers sees the link as it is, not a third of the way there
+        alpha = 1.0 if stalled else PROBE_ALPHA if probe else ALPHA
+        self._fold(wire_ms * 1000.0 / ((bytes_sent + bytes_received) * 8.0), alpha)
 
     def _fold(self, us_per_bit, alpha):
         self._dev_us_per_bit = (1 - BETA) * self._dev_us_per_bit + BETA * abs(us_per_bit - self._us_per_bit)
