@@ -422,6 +422,7 @@ def test_validation_on_a_synthetic_csv_trace(tmp_path):
     assert result["correlation"] >= 0.9, tracelink.format_result(result)
     assert abs(result["ratio"] - 1) <= 0.10, tracelink.format_result(result)
     assert np.allclose(result["measured_mbit"], STEPS, atol=0.5), tracelink.format_result(result)
+    assert result["correlation_100ms"] >= 0.9, tracelink.format_result(result)
     assert tracelink.passed(result)
 
 
