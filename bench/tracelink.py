@@ -841,8 +841,11 @@ def validate(trace, seconds=None, lead_s=0.5, queue_bytes=256 * 1024):
 
 
 def _pearson(a, b):
-    """Pearson's r, or None where either side is constant (a constant-rate trace)."""
-    return float(np.corrcoef(a, b)[0, 1]) if np.std(a) > 0 and np.std(b) > 0 else None
+    """Pearson's r, or None where the trace's side is constant (within 1% of its mean: a constant rate,
+    whose only variation is packets rounded to whole milliseconds) or the measured side is."""
+    if np.std(a) <= 0.01 * abs(np.mean(a)) or np.std(b) == 0:
+        return None
+    return float(np.corrcoef(a, b)[0, 1])
 
 
 def passed(result, min_corr=0.9, max_off=0.10):
