@@ -44,3 +44,17 @@ def test_a_read_only_bundle_loads_without_a_cache(seed_bundles, tmp_path):
         assert tail.run(np.zeros((1, 64, 32, 32), np.float32)).shape == (1, 100)
     finally:
         os.chmod(bundle, 0o755)
+
+
+def test_onnxruntime_threads_do_not_spin_wait_unless_asked(edge_bundles, monkeypatch):
+    """Spin-waiting intra-op threads take cores from other work (docs/BENCHMARKS.md): off by default, on with
+    EDGESPLIT_ORT_SPIN=1, in the session onnxruntime really built."""
+    from runtime.backends.ort import SPIN_ENV
+    manifest = load_manifest(str(edge_bundles / "resnet50-s20"))
+    key = "session.intra_op.allow_spinning"
+    monkeypatch.delenv(SPIN_ENV, raising=False)
+    head = load_part(manifest, "head", "onnx", "cpu", 2)
+    assert head.session.get_session_options().get_session_config_entry(key) == "0"
+    monkeypatch.setenv(SPIN_ENV, "1")
+    head = load_part(manifest, "head", "onnx", "cpu", 2)
+    assert head.session.get_session_options().get_session_config_entry(key) == "1"

@@ -18,6 +18,18 @@ from ..errors import UserError
 from ..manifest import sha256_file
 
 
+SPIN_ENV = "EDGESPLIT_ORT_SPIN"
+
+
+def spin_wait():
+    """Whether onnxruntime's intra-op threads may spin-wait: off unless ``EDGESPLIT_ORT_SPIN=1``.
+
+    Measured (docs/BENCHMARKS.md, "onnxruntime's spinning"): with both cores busy the edge's head took
+    1.4x as long with spinning on, and a small tail cost the server 30-40% more CPU per request; on a
+    quiet machine the difference was within the run-to-run noise."""
+    return os.environ.get(SPIN_ENV, "0") == "1"
+
+
 def _providers(ort, device, cache_dir):
     available = ort.get_available_providers()
     wanted = []
@@ -63,6 +75,9 @@ class OnnxBackend(object):
         options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = threads
+        # onnxruntime's intra-op threads spin-wait for work after each op and each run: on a busy CPU that
+        # takes cores from the other work (docs/BENCHMARKS.md: 1.4x the head's time under load)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_wait() else "0")
         providers = _providers(ort, device, cache_dir)
         if providers[0][0] == "TensorrtExecutionProvider":
             try:
