@@ -297,18 +297,24 @@ def serve_cloud(host, port, artifacts, backend, device, max_frame_mb, threads, a
 @click.option("--fallback", default="none", show_default=True, type=click.Choice(["none", "local"]),
               help="local: once --reconnect-timeout is over, run the rest with the full model in --cache "
                    "(marked 'local' in the report).")
+@click.option("--interval-ms", default=0.0, show_default=True, type=click.FloatRange(0, None),
+              help="Release a batch every this many ms, like frames from a camera (0: back to back); the report "
+                   "adds the wait for the edge and the latency from release.")
+@click.option("--start-at", default=None, type=float, metavar="UNIX_S",
+              help="Hold the first measured request until this wall-clock time (Unix seconds), to line runs or "
+                   "edges up on one clock.")
 @handle_errors
 @client_security()
 def run_edge(cloud, model, split, objective, bandwidth, rtt, cache, cache_keep, no_follow, adaptive, backend, device,
              dataset, data_dir, limit, batch_size, shuffle, seed, warmup, verbose, report, timeout, threads, inflight,
-             compress, codec, busy_poll, reconnect_timeout, fallback, security):
+             compress, codec, busy_poll, reconnect_timeout, fallback, interval_ms, start_at, security):
     """Run the head here, the tail on the cloud, and print the seed's report."""
     from runtime.edge import run_edge as run
     run(cloud, model, split, cache, backend, device, dataset, data_dir, limit, batch_size, shuffle, seed,
         warmup, verbose, report, timeout, threads, cache_keep, not no_follow,
         plan_options={"objective": objective, "bandwidth": bandwidth, "rtt": rtt}, adaptive=adaptive,
         inflight=inflight, compress=compress, codec=codec, busy_poll=busy_poll, reconnect_s=reconnect_timeout,
-        fallback=fallback, security=security)
+        fallback=fallback, security=security, interval_ms=interval_ms, start_at=start_at)
 
 
 @main.command()

@@ -25,6 +25,7 @@ from .deploy import BundleCache
 from .errors import UserError
 from .manifest import KIND_SPLIT, Manifest, ManifestError, validate
 from .adaptive import PROBE_CAP_MS
+from .cadence import Cadence
 from .profile import echo_train
 from .report import RunRecorder, format_report, write_report
 from .security import PLAIN, TOKEN_ENV, inference_proof
@@ -518,7 +519,7 @@ class _Pipelined(object):
 
 
 def measure(session, data, plan, warmup=3, follow=True, verbose=False, out=None, adaptive=None, inflight=1,
-            reconnect_s=60.0, fallback=None):
+            reconnect_s=60.0, fallback=None, cadence=None):
     """Run every batch of ``plan`` through the session, timing each request; return the RunRecorder.
 
     The first batch is first sent ``warmup`` times (excluded).  With ``inflight`` > 1
@@ -534,6 +535,11 @@ def measure(session, data, plan, warmup=3, follow=True, verbose=False, out=None,
     its request went out on, so none is counted twice).  After that, with ``fallback``
     (a callable returning the loaded full model) the rest runs on the edge alone and
     is marked "local" in the report; without it the run stops with the count done.
+
+    ``cadence`` (runtime.cadence.Cadence) says when each batch is released: back to
+    back by default, or every ``--interval-ms`` from ``--start-at``; a batch waits for
+    its release (answering the requests in flight meanwhile), and the time it waited
+    for the edge to be free after its release is recorded with it.
     """
     out = out or sys.stdout
     preprocess = session.manifest["input"].get("preprocess") or {}
@@ -548,7 +554,11 @@ def measure(session, data, plan, warmup=3, follow=True, verbose=False, out=None,
         (lambda: _Sequential(session.conn, watch))
     pipe = make_pipe()
     switch = None  # (reason, new split, active bundle) once decided; done when nothing is in flight
-    started, cpu_started = time.perf_counter(), time.process_time()
+    cadence = cadence or Cadence()
+    recorder.interval_ms = cadence.interval_s * 1000.0
+    cadence.start()
+    recorder.started_unix = cadence.started_unix
+    started, cpu_started = cadence.started, time.process_time()
     position = 0
     outstanding = collections.deque()  # (payload, meta, context) sent and not answered yet, in order
     resend = collections.deque()       # of those, the ones to send again on a new connection
@@ -558,25 +568,33 @@ def measure(session, data, plan, warmup=3, follow=True, verbose=False, out=None,
                 if resend:
                     pipe.send(*resend.popleft())
                     continue
-                if position < len(plan) and switch is None and not pipe.full():
+                due = cadence.due_in(position) if position < len(plan) else 0.0
+                if position < len(plan) and switch is None and not pipe.full() and not (due and pipe.pending):
+                    if due:  # the next frame is not there yet, and nothing is in flight
+                        time.sleep(due)
+                    release = cadence.release(position)
                     indices = plan[position]
                     position += 1
                     x = preprocess_batch(data.images(indices), preprocess)
                     t0 = time.perf_counter()
                     meta, payload = session.encode(session.head.run(x))  # edge time: head and compression
+                    released = t0 if release is None else min(release, t0)
                     request = (payload, meta, (indices, (time.perf_counter() - t0) * 1000.0,
-                                               session.manifest.bundle_id))
+                                               session.manifest.bundle_id, released - started,
+                                               (t0 - released) * 1000.0, session.manifest.split_index))
                     outstanding.append(request)
                     pipe.send(*request)
                     continue
-                frame, roundtrip_ms, sent, received, (indices, edge_ms, bundle_id) = pipe.next()
+                frame, roundtrip_ms, sent, received, (indices, edge_ms, bundle_id, release_s, wait_ms,
+                                                      split) = pipe.next()
                 outstanding.popleft()
                 meta = frame.meta
                 cloud_ms, queue_ms = frame.compute_ms, frame.queue_ms
                 predictions = frame.array.reshape(len(indices), -1).argmax(axis=1)
                 labels = data.labels[indices]
                 recorder.add(edge_ms, roundtrip_ms, cloud_ms, predictions, labels, sent, received, bundle_id,
-                             queue_ms)
+                             queue_ms, wait_ms)
+                recorder.timeline.append((release_s, split))
                 if verbose:
                     for pred, label in zip(predictions, labels):
                         out.write("Prediction: {} / Ground Truth: {}\n".format(int(pred), int(label)))
@@ -662,7 +680,7 @@ def run_edge(cloud, model="resnet50", split=None, cache="artifacts", backend="on
              dataset="cifar100", data_dir="data", limit=100, batch_size=1, shuffle=False, seed=0, warmup=3,
              verbose=False, report=None, timeout=30.0, threads=0, cache_keep=8, follow=True, out=None,
              plan_options=None, adaptive=False, inflight=1, compress="none", codec="none", busy_poll=True,
-             reconnect_s=60.0, fallback="none", security=None):
+             reconnect_s=60.0, fallback="none", security=None, interval_ms=0.0, start_at=None):
     """The run-edge command.  Returns the report dict; prints the seed's report to ``out``."""
     out = out or sys.stdout
     if batch_size < 1:
@@ -706,7 +724,8 @@ def run_edge(cloud, model="resnet50", split=None, cache="artifacts", backend="on
         if not plan:
             raise UserError("the dataset {} is empty".format(dataset))
         local = (lambda: (load_part(full, "head", backend, device, threads), full.bundle_id)) if full else None
-        recorder = measure(session, data, plan, warmup, follow, verbose, out, adapter, inflight, reconnect_s, local)
+        recorder = measure(session, data, plan, warmup, follow, verbose, out, adapter, inflight, reconnect_s, local,
+                           Cadence(interval_ms, start_at))
     finally:
         session.close()
 

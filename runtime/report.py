@@ -9,7 +9,11 @@ Figures, per request (one batch; at ``--batch-size 1``, per sample as in the see
 * transmission = wall time from sending the request to having the reply, minus cloud and
                  queue: both directions, framing, (de)serialisation, and with
                  ``--inflight N`` > 1 the wait behind the requests sent before it;
-* end-to-end   = edge + transmission + cloud, i.e. head start to reply received.
+* end-to-end   = edge + transmission + cloud, i.e. head start to reply received;
+* wait         = with ``--interval-ms`` (requests released at a camera's cadence,
+                 runtime/cadence.py), the time from a request's release to its head's
+                 start, when the requests before it kept the edge busy; 0 otherwise;
+* from release = wait + end-to-end: what a user waiting for that frame sees.
 
 Per run: throughput, bytes per sample, and the edge process's CPU time per sample
 (user + system over the measured part, every thread: the head, compression, and
@@ -22,7 +26,7 @@ import os
 
 import numpy as np
 
-FIGURES = ("edge_ms", "transmission_ms", "cloud_ms", "queue_ms", "end_to_end_ms")
+FIGURES = ("edge_ms", "transmission_ms", "cloud_ms", "queue_ms", "end_to_end_ms", "wait_ms", "from_release_ms")
 SEED_LINES = (("edge_ms", "Avg edge inference latency"), ("transmission_ms", "Avg transmission latency"),
               ("cloud_ms", "Avg cloud inference latency"))
 
@@ -40,6 +44,9 @@ class RunRecorder(object):
         self.reconnects = []
         self.fallback = None
         self.switches = []
+        self.timeline = []  # per request answered by the cloud: (release time in s from the start, split)
+        self.interval_ms = 0.0
+        self.started_unix = None  # wall clock at the first release
         self.bytes_sent = 0
         self.bytes_received = 0
         self.warmup_requests = 0
@@ -47,8 +54,10 @@ class RunRecorder(object):
         self.cpu_s = 0.0  # the edge process's CPU time (user + system, all threads) over the measured part
 
     def add(self, edge_ms, roundtrip_ms, cloud_ms, predictions, labels, bytes_sent, bytes_received, bundle_id=None,
-            queue_ms=0.0):
+            queue_ms=0.0, wait_ms=0.0):
         self.records["edge_ms"].append(edge_ms)
+        self.records["wait_ms"].append(wait_ms)
+        self.records["from_release_ms"].append(wait_ms + edge_ms + roundtrip_ms)
         self.records["cloud_ms"].append(cloud_ms)
         self.records["queue_ms"].append(queue_ms)
         self.records["transmission_ms"].append(max(roundtrip_ms - cloud_ms - queue_ms, 0.0))
@@ -90,6 +99,7 @@ class RunRecorder(object):
         local = np.asarray(self.local_ms, dtype=np.float64)
         out["local_ms"] = {"mean": float(local.mean()) if local.size else 0.0,
                            "p50": float(np.percentile(local, 50)) if local.size else 0.0}
+        out["interval_ms"] = self.interval_ms
         out["reconnects"] = list(self.reconnects)
         out["fallback"] = self.fallback
         return out
@@ -104,10 +114,16 @@ def format_report(summary, samples, requests, warmup):
     rows = [("edge_ms", "Edge"), ("transmission_ms", "Transmission"), ("cloud_ms", "Cloud")]
     if summary["queue_ms"]["p99"] > 0:
         rows.append(("queue_ms", "Cloud queue"))
-    for key, label in rows + [("end_to_end_ms", "End-to-end")]:
+    rows.append(("end_to_end_ms", "End-to-end"))
+    if summary.get("interval_ms"):
+        rows += [("wait_ms", "Wait"), ("from_release_ms", "From release")]
+    for key, label in rows:
         lines.append("{:<13} p50 {:8.3f} ms   p99 {:8.3f} ms".format(label, summary[key]["p50"], summary[key]["p99"]))
     lines.append("Throughput: {:.1f} samples/s ({} samples in {} requests; {} warm-up requests excluded)".format(
         summary["throughput_samples_per_s"], samples, requests, warmup))
+    if summary.get("interval_ms"):
+        lines.append("Released every {:g} ms; wait and from-release count from each release".format(
+            summary["interval_ms"]))
     lines.append("Bytes sent per sample: {:.0f}".format(summary["bytes_sent_per_sample"]))
     if summary.get("edge_cpu_ms_per_sample"):
         lines.append("Edge CPU time per sample: {:.3f} ms".format(summary["edge_cpu_ms_per_sample"]))
@@ -129,6 +145,10 @@ def write_report(path, info, recorder):
     data["labels"] = recorder.labels
     data["bundles"] = recorder.bundles
     data["served_by"] = recorder.served_by
+    data["started_unix"] = recorder.started_unix
+    data["timeline"] = {"release_s": [t for t, _ in recorder.timeline], "split": [k for _, k in recorder.timeline],
+                        "from_release_ms": recorder.records["from_release_ms"],
+                        "wait_ms": recorder.records["wait_ms"]}
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(data, f, indent=1)
