@@ -7,7 +7,9 @@ them (averaging time per bit, not bandwidth, reacts within a request or two when
 the link slows down, which is when a wrong split costs most), and an exponentially
 weighted mean deviation beside it (as TCP keeps for its round trip) gives a
 *pessimistic* time per bit: mean + 2 deviations.  After every batch the planner
-predicts every split with the smoothed bandwidth; the edge switches (with
+predicts every split with the smoothed bandwidth (and, at a cadence, its latency
+from release, where a split that keeps the link busy, or sends many bytes over a
+jittery one, queues: planner.at_cadence, with the deviation above); the edge switches (with
 EdgeSession.switch_to, the hot-swap mechanism) only when another split is predicted
 better than the current one by ``margin`` and at least ``hold`` batches have passed
 since the last switch, so it does not flap.
@@ -38,7 +40,7 @@ Python 3.6 syntax.
 """
 import time
 
-from .planner import choose, predict
+from .planner import at_cadence, choose, latency_key, predict
 
 ALPHA = 0.3        # weight of a new bandwidth sample
 BETA = 0.25        # weight of a new sample's deviation from the mean
@@ -58,8 +60,10 @@ OVERDUE_MIN_MS = 20.0   # ... plus this
 
 
 class AdaptivePlanner(object):
-    def __init__(self, edge, cloud, network, batch_size=1, objective="latency", margin=MARGIN, hold=HOLD):
+    def __init__(self, edge, cloud, network, batch_size=1, objective="latency", margin=MARGIN, hold=HOLD,
+                 interval_ms=0.0):
         self.edge, self.cloud = edge, cloud
+        self.interval_ms = interval_ms  # run-edge --interval-ms: plan for the latency from release
         self.rtt_ms = network["rtt_ms"]
         self._us_per_bit = 1.0 / network["bandwidth_mbps"]  # 1 / Mbit/s = microseconds per bit
         self._dev_us_per_bit = 0.25 * self._us_per_bit
@@ -145,8 +149,12 @@ class AdaptivePlanner(object):
         return min(max(size, PROBE_BYTES[0]), PROBE_BYTES[1])
 
     def rows(self):
-        return predict(self.edge["points"], self.edge["segment_ms"], self.cloud["segment_ms"], self.rtt_ms,
-                       self.bandwidth_mbps, self.batch_size, self.edge.get("output_bytes_per_sample", 0))
+        output_bytes = self.edge.get("output_bytes_per_sample", 0)
+        rows = predict(self.edge["points"], self.edge["segment_ms"], self.cloud["segment_ms"], self.rtt_ms,
+                       self.bandwidth_mbps, self.batch_size, output_bytes)
+        if self.interval_ms:
+            rows = at_cadence(rows, self.interval_ms, self._dev_us_per_bit, self.batch_size, output_bytes)
+        return rows
 
     def decide(self, current_split):
         """A better split and the reason, or (None, None)."""
@@ -159,8 +167,13 @@ class AdaptivePlanner(object):
         if best["split"] == current_split:
             return None, None
         if self.objective == "latency":
-            better = best["latency_ms"] < (1 - self.margin) * current["latency_ms"]
-            gain = "{:.3f} ms instead of {:.3f} ms".format(best["latency_ms"], current["latency_ms"])
+            (b_released, b_ms), (c_released, c_ms) = latency_key(best), latency_key(current)
+            if b_released == c_released == float("inf"):  # neither keeps up with the cadence: the faster
+                b_released, c_released = b_ms, c_ms
+            better = b_released < (1 - self.margin) * c_released
+            gain = "{:.3f} ms instead of {:.3f} ms".format(b_released, c_released)
+            if "released_ms" in best:
+                gain += " from release"
         else:
             better = best["throughput_samples_per_s"] > (1 + self.margin) * current["throughput_samples_per_s"]
             gain = "{:.1f} instead of {:.1f} samples/s".format(best["throughput_samples_per_s"],

@@ -709,14 +709,16 @@ def run_edge(cloud, model="resnet50", split=None, cache="artifacts", backend="on
             objective = plan_options.get("objective", "latency")
             profiles = {}
             rows, choice, network = make_plan(session, batch_size, plan_options.get("bandwidth"),
-                                              plan_options.get("rtt"), objective, profiles=profiles)
+                                              plan_options.get("rtt"), objective, profiles=profiles,
+                                              interval_ms=interval_ms)
             planned = {"choice": choice, "network": network, "objective": objective}
             if split == "auto":
                 split = choice["split"]
                 _say("planned split {} ({}): predicted {:.3f} ms at {:.1f} Mbit/s, rtt {:.3f} ms".format(
                     split, choice["name"], choice["latency_ms"], network["bandwidth_mbps"], network["rtt_ms"]))
             if adaptive:
-                adapter = AdaptivePlanner(profiles["edge"], profiles["cloud"], network, batch_size, objective)
+                adapter = AdaptivePlanner(profiles["edge"], profiles["cloud"], network, batch_size, objective,
+                                          interval_ms=interval_ms)
         manifest = session.switch_to(split=split)
         num_classes = manifest["output"]["shape"][-1]
         data = open_dataset(dataset, manifest["input"], num_classes, limit=limit, seed=seed, data_dir=data_dir)

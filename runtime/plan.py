@@ -9,7 +9,7 @@ from . import protocol as p
 from .backends import load_file
 from .errors import UserError
 from .manifest import load_manifest, validate
-from .planner import check_profiles, choose, format_plan, predict
+from .planner import at_cadence, check_profiles, choose, format_plan, predict
 from .profile import ProfileCache, probe_network, profile_key, profile_segments, read_profile, write_profile
 
 
@@ -69,8 +69,11 @@ def measure_network(conn, bandwidth=None, rtt=None):
 
 
 def make_plan(session, batch_size=1, bandwidth=None, rtt=None, objective="latency", edge_file=None,
-              cloud_file=None, profiles=None):
-    """Profiles of both sides + the network -> (rows, choice, network); ``profiles`` (a dict) receives both."""
+              cloud_file=None, profiles=None, interval_ms=0.0):
+    """Profiles of both sides + the network -> (rows, choice, network); ``profiles`` (a dict) receives both.
+
+    With ``interval_ms`` (run-edge --interval-ms) the latency objective is the latency from release
+    (planner.at_cadence), the link's deviation taken as a quarter of its time per bit until measured."""
     segments_data, cloud = cloud_profile(session.conn, session.model, batch_size)
     if cloud_file:
         cloud = read_profile(cloud_file)
@@ -82,6 +85,9 @@ def make_plan(session, batch_size=1, bandwidth=None, rtt=None, objective="latenc
     network = measure_network(session.conn, bandwidth, rtt)
     rows = predict(edge["points"], edge["segment_ms"], cloud["segment_ms"], network["rtt_ms"],
                    network["bandwidth_mbps"], batch_size, edge.get("output_bytes_per_sample", 0))
+    if interval_ms:
+        rows = at_cadence(rows, interval_ms, 0.25 / network["bandwidth_mbps"], batch_size,
+                          edge.get("output_bytes_per_sample", 0))
     return rows, choose(rows, objective), network
 
 

@@ -11,6 +11,19 @@ For split ``k`` at batch size ``B`` (figures per request):
 It works on any model's valid cut points: a model's points are those of its
 segments bundle, whatever its graph looks like between them.
 
+At a cadence (``run-edge --interval-ms T``: a request released every T ms, one in
+flight) a request also waits for the one before it, and that wait grows without
+bound as the service time S = latency(k) approaches T.  ``at_cadence`` adds the
+expected wait by Kingman's approximation for a queue with deterministic arrivals,
+
+    wait(k)     = rho / (1 - rho) * cv(k)^2 / 2 * S,   rho = S / T,
+    cv(k)^2     = (sd_network(k) / S)^2 + CV_COMPUTE^2,
+
+where sd_network(k) is the deviation of the transfer time (the bytes at the
+estimator's deviation of time per bit): a split that sends 12 KiB over a jittery
+link queues, one that sends 400 bytes hardly does; and rho >= 1 is unstable
+(``released_ms`` None).  ``choose`` then minimises the latency from release.
+
 Python 3.6 syntax.
 """
 from .errors import UserError
@@ -18,6 +31,7 @@ from .protocol import HEADER_SIZE
 
 FRAME_BYTES = HEADER_SIZE + 48  # header and typical metadata of an INFER or RESULT frame
 OBJECTIVES = ("latency", "throughput")
+CV_COMPUTE = 0.1  # the compute's own variation (a CPU quota's throttling, other work), as a coefficient
 
 
 def check_profiles(edge, cloud):
@@ -49,11 +63,35 @@ def predict(points, edge_ms, cloud_ms, rtt_ms, bandwidth_mbps, batch_size=1, out
     return rows
 
 
+def at_cadence(rows, interval_ms, dev_us_per_bit=0.0, batch_size=1, output_bytes=0):
+    """``rows`` with ``released_ms``: the expected latency from release at one request per ``interval_ms``
+    (Kingman; see the module's docstring).  ``dev_us_per_bit``: the deviation of the link's time per bit."""
+    out = []
+    for r in rows:
+        service = r["latency_ms"]
+        rho = service / interval_ms
+        wire_bits = 8.0 * (batch_size * (r["bytes_per_sample"] + output_bytes) + 2 * FRAME_BYTES)
+        sd_ms = wire_bits * dev_us_per_bit / 1000.0
+        cv2 = (sd_ms / service) ** 2 + CV_COMPUTE ** 2 if service > 0 else 0.0
+        released = service + rho / (1.0 - rho) * cv2 / 2.0 * service if rho < 1.0 else None  # cannot keep up
+        out.append(dict(r, released_ms=released, utilisation=rho))
+    return out
+
+
+def latency_key(row):
+    """What the latency objective minimises: the latency from release where a cadence is known, the request's
+    own latency otherwise (and among rows that cannot keep up with the cadence, the fastest)."""
+    if "released_ms" not in row:
+        return row["latency_ms"], row["latency_ms"]
+    released = row["released_ms"]
+    return (float("inf") if released is None else released), row["latency_ms"]
+
+
 def choose(rows, objective="latency"):
     if objective not in OBJECTIVES:
         raise UserError("unknown objective {!r}; choose from {}".format(objective, ", ".join(OBJECTIVES)))
     if objective == "latency":
-        return min(rows, key=lambda r: (r["latency_ms"], r["split"]))
+        return min(rows, key=lambda r: (latency_key(r), r["split"]))
     return max(rows, key=lambda r: (r["throughput_samples_per_s"], -r["split"]))
 
 

@@ -176,3 +176,34 @@ def test_a_probe_train_on_a_fast_link_echoes_all_of_it():
         assert echoed == 8 * 16384
     finally:
         peer.close()
+
+
+def test_at_a_cadence_a_split_that_cannot_keep_up_is_never_chosen_and_jitter_counts_against_big_transfers():
+    from runtime.planner import at_cadence, choose, predict
+    # 4 Mbit/s: split 0 is 0.5 + 25.0 (12.4 KiB) + 10 + 10 = 45.5 ms, split 2 80 ms + 0.5 + ~1 ms
+    rows = predict(POINTS, EDGE["segment_ms"], CLOUD["segment_ms"], 0.5, 4.0, output_bytes=400)
+    assert choose(rows)["split"] == 0  # one request alone: the input goes to the cloud
+    # released every 40 ms, split 0 (45 ms) cannot keep up and split 2 (81 ms) neither: the fastest of them
+    tight = at_cadence(rows, 40.0)
+    assert tight[0]["released_ms"] is None and tight[2]["released_ms"] is None
+    assert choose(tight)["split"] == 0
+    # every 100 ms both keep up; a steady link: no queue to speak of, split 0 still wins
+    steady = at_cadence(rows, 100.0, dev_us_per_bit=0.0)
+    assert choose(steady)["split"] == 0 and steady[0]["released_ms"] < 1.01 * steady[0]["latency_ms"]
+    # a link whose time per bit varies by its own size: split 0's 12 KiB queue, split 2's 400 bytes hardly
+    jittery = at_cadence(rows, 100.0, dev_us_per_bit=1.0)  # 4x its mean time per bit
+    assert jittery[0]["released_ms"] > jittery[2]["released_ms"] and choose(jittery)["split"] == 2
+    assert jittery[2]["released_ms"] < 1.05 * jittery[2]["latency_ms"]
+
+
+def test_the_adaptive_planner_plans_for_the_latency_from_release_at_its_cadence():
+    fast = AdaptivePlanner(EDGE, CLOUD, {"rtt_ms": 0.5, "bandwidth_mbps": 4.0}, hold=0)
+    paced = AdaptivePlanner(EDGE, CLOUD, {"rtt_ms": 0.5, "bandwidth_mbps": 4.0}, hold=0, interval_ms=100.0)
+    for a in (fast, paced):
+        for wire_ms in (30.0, 100.0) * 4:  # 1.5 Mbit/s on average, and very uneven
+            a.observe(12400, 470, 0.5 + wire_ms, cloud_ms=20)
+    # per request, sending the input (89 ms) and running the whole model (86 ms) are within the margin
+    assert fast.decide(0) == (None, None)
+    # released every 100 ms, the input keeps the uneven link busy 89% of the time: a queue (157 ms from release)
+    split, reason = paced.decide(0)
+    assert split == 2 and "from release" in reason
