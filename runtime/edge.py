@@ -24,7 +24,7 @@ from .data import batches, open_dataset, preprocess_batch
 from .deploy import BundleCache
 from .errors import UserError
 from .manifest import KIND_SPLIT, Manifest, ManifestError, validate
-from .adaptive import PROBE_CAP_MS
+from .adaptive import PROBE_CAP_MS, PROBE_REPLY_BYTES
 from .cadence import Cadence
 from .profile import echo_train
 from .report import RunRecorder, format_report, write_report
@@ -41,6 +41,7 @@ def _say(message):
 
 BUSY_POLL_LEAD_S = 0.0005  # start spinning this long before the reply is expected ...
 BUSY_POLL_MAX_S = 0.002    # ... and spin at most this long before sleeping in recv
+LOADED_HEADS = 3  # heads kept loaded per edge (adaptive switches back and forth between a few)
 RECONNECT_FIRST_S = 0.1    # a lost connection is retried after up to this long (full jitter) ...
 RECONNECT_MAX_S = 5.0      # ... doubling each attempt up to this, until --reconnect-timeout
 
@@ -282,6 +283,7 @@ class EdgeSession(object):
         self.fetches = []
         self.segments = None  # a SegmentLoader once the segments bundle is here (adaptive mode)
         self.chained = []     # switches served by a chain of cached segments instead of a fetch
+        self._runners = collections.OrderedDict()  # bundle id -> its loaded head, the last LOADED_HEADS used
 
     def use_segments(self, manifest):
         """Let switches to uncached splits run the head as a chain of this segments bundle's pieces."""
@@ -322,9 +324,21 @@ class EdgeSession(object):
             self.fetches.append({"bundle_id": data["bundle_id"], "split": data["split"]["index"],
                                  "bytes": received, "seconds": seconds})
             _say("fetched and verified {} in {:.2f} s".format(data["bundle_id"], seconds))
-        self.head = load_part(manifest, "head", self.backend, self.device, self.threads)
+        self.head = self._runners.pop(manifest.bundle_id, None) or \
+            load_part(manifest, "head", self.backend, self.device, self.threads)
+        self._runners[manifest.bundle_id] = self.head  # kept loaded: switching back costs no load
+        while len(self._runners) > LOADED_HEADS:
+            self._runners.popitem(last=False)
         self.manifest, self.welcome = manifest, welcome
         return manifest
+
+    def preload(self, splits):
+        """Load the heads of ``splits`` now (fetching or chaining as a switch would), then come back to the
+        current bundle: a later switch to one of them costs no load (adaptive mode, before measuring)."""
+        current = self.manifest.bundle_id
+        for split in splits:
+            self.switch_to(split=split, chain_ok=True)
+        self.switch_to(bundle_id=current)
 
     def _segments_match(self, data):
         if self.segments is None:
@@ -605,11 +619,15 @@ def measure(session, data, plan, warmup=3, follow=True, verbose=False, out=None,
                     switch = ("bundle {} activated on the cloud".format(active), None, active)
                 elif switch is None and adaptive is not None:
                     adaptive.observe(sent, received, roundtrip_ms - cloud_ms - queue_ms,
-                                     cloud_ms=cloud_ms + queue_ms)
-                    probe = adaptive.probe_size()
+                                     cloud_ms=cloud_ms + queue_ms, edge_ms=edge_ms, split=split)
+                    idle_ms = cadence.due_in(position) * 1000.0 if cadence.interval_s and position < len(plan) \
+                        else None
+                    probe = adaptive.probe_size(idle_ms)
                     if probe:
-                        echoed, probe_ms = echo_train(session.conn, probe, PROBE_CAP_MS)
-                        adaptive.observe(echoed, echoed, probe_ms, probe=True)
+                        cap_ms = PROBE_CAP_MS if idle_ms is None else min(PROBE_CAP_MS, idle_ms / 2)
+                        sent_b, back_b, probe_ms = echo_train(session.conn, probe, cap_ms,
+                                                              reply_bytes=PROBE_REPLY_BYTES)
+                        adaptive.observe(sent_b, back_b, probe_ms, probe=True)
                     new_split, reason = adaptive.decide(session.manifest.split_index)
                     if reason:
                         switch = (reason, new_split, None)
@@ -720,6 +738,12 @@ def run_edge(cloud, model="resnet50", split=None, cache="artifacts", backend="on
                 adapter = AdaptivePlanner(profiles["edge"], profiles["cloud"], network, batch_size, objective,
                                           interval_ms=interval_ms)
         manifest = session.switch_to(split=split)
+        if adapter is not None:
+            alternates = adapter.alternates(manifest.split_index)
+            if alternates:
+                _say("preloading the heads of split {} (the plan for a link 4x slower or faster)".format(
+                    " and ".join(str(k) for k in alternates)))
+                session.preload(alternates)
         num_classes = manifest["output"]["shape"][-1]
         data = open_dataset(dataset, manifest["input"], num_classes, limit=limit, seed=seed, data_dir=data_dir)
         plan = batches(data, batch_size, limit, shuffle, seed)
@@ -745,6 +769,7 @@ def run_edge(cloud, model="resnet50", split=None, cache="artifacts", backend="on
             "fetches": session.fetches, "chained_heads": session.chained, "switches": recorder.switches,
             "plan": planned, "probes": adapter.probes if adapter is not None else 0,
             "stalls": adapter.stalls if adapter is not None else 0,
+            "compute_scales": {"edge": adapter.edge_scale, "cloud": adapter.cloud_scale} if adapter else None,
             "busy_poll_spins": session.conn.spin.spins, "busy_poll_starved": session.conn.spin.starved,
             "busy_poll_missed": session.conn.spin.missed}
     if report:

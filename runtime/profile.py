@@ -132,33 +132,36 @@ def echo_once(conn, size):
 TRAIN_CHUNK = 16384  # bytes of one ECHO of a probe train
 
 
-def echo_train(conn, size, cap_ms, chunk=TRAIN_CHUNK):
-    """Echo about ``size`` bytes as ECHOs of ``chunk`` bytes; return (bytes echoed each way, milliseconds).
+def echo_train(conn, size, cap_ms, chunk=TRAIN_CHUNK, reply_bytes=None):
+    """Echo about ``size`` bytes as ECHOs of ``chunk`` bytes; return (bytes sent, bytes back, milliseconds).
 
     The first chunk goes alone; once it is back, two are kept in flight (enough to keep
     a link busy for a bandwidth sample).  No chunk is sent after ``cap_ms``, so a train
     that meets a slow link ends after the chunks already in flight, whatever ``size`` was.
+    With ``reply_bytes`` each echo asks for only that many bytes back (a probe of the
+    uplink alone); the bytes back are counted as they come.
     """
     sizes = [min(chunk, size - start) for start in range(0, max(size, 1), chunk)]
+    meta = {} if reply_bytes is None else {"reply_bytes": reply_bytes}
     t0 = time.perf_counter()
-    in_flight = collections.deque()  # (request id, bytes) sent, not yet back
-    echoed = 0
+    in_flight = collections.deque()  # request ids sent, not yet back
+    sent = back = 0
     for i, n in enumerate(sizes):
         if i and (time.perf_counter() - t0) * 1000.0 > cap_ms:
             break
-        in_flight.append((conn.send(p.ECHO, {}, np.zeros(n, dtype=np.uint8))[0], n))
-        echoed += _echoes_back(conn, in_flight, keep=0 if i == 0 else 1)
-    echoed += _echoes_back(conn, in_flight, keep=0)
-    return echoed, (time.perf_counter() - t0) * 1000.0
+        in_flight.append(conn.send(p.ECHO, meta, np.zeros(n, dtype=np.uint8))[0])
+        sent += n
+        back += _echoes_back(conn, in_flight, keep=0 if i == 0 else 1)
+    back += _echoes_back(conn, in_flight, keep=0)
+    return sent, back, (time.perf_counter() - t0) * 1000.0
 
 
 def _echoes_back(conn, in_flight, keep):
     """Wait for the oldest echoes until ``keep`` are left in flight; the bytes they brought back."""
     done = 0
     while len(in_flight) > keep:
-        request_id, n = in_flight.popleft()
-        conn.expect(p.RESULT, request_id)
-        done += n
+        frame = conn.expect(p.RESULT, in_flight.popleft())
+        done += frame.array.nbytes if frame.array is not None else 0
     return done
 
 

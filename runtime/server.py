@@ -580,8 +580,12 @@ class CloudServer(object):
             session.begin()
             batcher.submit(x, done, session)
             return 0
-        if frame.type == p.ECHO:  # network probe: the payload goes straight back
-            return p.send_frame(conn, p.RESULT, frame.request_id, {}, frame.array)
+        if frame.type == p.ECHO:  # network probe: the payload goes straight back (or its first reply_bytes)
+            reply = frame.meta.get("reply_bytes")
+            if reply is not None and (not isinstance(reply, int) or isinstance(reply, bool) or reply < 0):
+                raise p.ProtocolError("bad_meta", "ECHO reply_bytes must be a whole number of bytes, 0 or more")
+            return p.send_frame(conn, p.RESULT, frame.request_id, {},
+                                frame.array if reply is None else frame.array[:reply])
         if frame.type == p.PROFILE:
             return self._profile(conn, frame)
         if frame.type == p.FETCH:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from runtime import protocol as p
-from runtime.adaptive import PROBE_BYTES, AdaptivePlanner
+from runtime.adaptive import PROBE_BYTES, PROBE_BYTES_PACED, AdaptivePlanner
 from runtime.edge import CloudConnection, CloudLost
 from runtime.profile import echo_train
 
@@ -160,9 +160,10 @@ def test_a_probe_train_on_a_slow_link_stops_at_its_time_cap():
     try:
         # the peer takes 10 ms per 16 KiB chunk (about 13 Mbit/s): a 1 MiB probe would take 0.64 s
         peer.answer(0.0, count=64, rate_bytes_per_s=16384 / 0.01)
-        echoed, ms = echo_train(peer.conn, 1 << 20, cap_ms=25.0)
+        echoed, back, ms = echo_train(peer.conn, 1 << 20, cap_ms=25.0)
         # the first chunk alone, then two in flight until 25 ms have passed, then the one still out
         assert 16384 <= echoed <= 8 * 16384 and ms < 25 + 2 * 10 + 500, (echoed, ms)
+        assert back == echoed  # this peer echoes everything
     finally:
         peer.close()
 
@@ -171,9 +172,9 @@ def test_a_probe_train_on_a_fast_link_echoes_all_of_it():
     peer = _Peer()
     try:
         t = peer.answer(0.0, count=8)
-        echoed, ms = echo_train(peer.conn, 8 * 16384, cap_ms=5000.0)
+        echoed, back, ms = echo_train(peer.conn, 8 * 16384, cap_ms=5000.0)
         t.join(5)
-        assert echoed == 8 * 16384
+        assert echoed == back == 8 * 16384
     finally:
         peer.close()
 
@@ -207,3 +208,58 @@ def test_the_adaptive_planner_plans_for_the_latency_from_release_at_its_cadence(
     # released every 100 ms, the input keeps the uneven link busy 89% of the time: a queue (157 ms from release)
     split, reason = paced.decide(0)
     assert split == 2 and "from release" in reason
+
+
+def test_measured_compute_times_rescale_the_profiles_for_every_split():
+    """The profile said 80 ms for the whole model on the edge; the run measures 40: every split's edge time
+    halves, and on a link where that matters the edge moves the work to itself."""
+    a = planner(mbps=1.0, hold=0)  # 1 Mbit/s: split 0's 12.4 KiB take about 100 ms on the wire
+    before = {r["split"]: r["edge_ms"] for r in a.rows()}
+    for _ in range(20):
+        a.observe(870, 470, 0.5 + 10.7, cloud_ms=0.0, edge_ms=40.0, split=2)
+    assert a.edge_scale == pytest.approx(0.5, abs=0.01) and a.cloud_scale == 1.0  # the cloud did nothing here
+    after = {r["split"]: r["edge_ms"] for r in a.rows()}
+    assert after[1] == pytest.approx(before[1] / 2, rel=0.02) and after[0] == 0.0
+    for _ in range(20):  # at split 0 the edge does nothing: its scale stays; the cloud's is measured
+        a.observe(12400, 470, 0.5 + 103.0, cloud_ms=30.0, edge_ms=0.01, split=0)
+    assert a.edge_scale == pytest.approx(0.5, abs=0.01) and a.cloud_scale == pytest.approx(1.5, abs=0.02)
+    a.observe(870, 470, 11.2, cloud_ms=0.0, edge_ms=4000.0, split=2)  # a stall, not the CPU's speed
+    assert a.edge_scale < 0.5 + 0.2 * 4.0
+
+
+def test_at_a_cadence_probes_fit_the_idle_time_before_the_next_frame_and_wait_while_one_is_waiting():
+    a = planner(mbps=0.1)  # a link that fell to 0.1 Mbit/s: 64 KiB would take 5 s
+    a._last_sample -= 10
+    assert a.probe_size(idle_ms=0.0) == 0 and a.probes == 0  # a frame is waiting: not now
+    size = a.probe_size(idle_ms=100.0)
+    assert size == PROBE_BYTES_PACED and a.probes == 1  # the smallest probe
+    b = planner(mbps=100.0)
+    b._last_sample -= 10
+    fast = b.probe_size(idle_ms=100.0)
+    assert PROBE_BYTES_PACED < fast <= 100.0 / 2 * b.pessimistic_mbps() * 1e3 / 8  # half the idle time
+    c = planner(mbps=100.0)
+    c._last_sample -= 10
+    assert c.probe_size() >= PROBE_BYTES[0]  # back to back: as before
+
+
+def test_serve_cloud_echoes_only_the_bytes_a_probe_asks_back_and_refuses_a_bad_count(edge_bundles):
+    from cloud_server import ServerProcess
+    server = ServerProcess(edge_bundles)
+    try:
+        conn = CloudConnection(server.address, timeout=10)
+        sent, back, ms = echo_train(conn, 4 * 16384, cap_ms=5000.0, reply_bytes=64)
+        assert sent == 4 * 16384 and back == 4 * 64
+        sent, back, ms = echo_train(conn, 16384, cap_ms=5000.0)  # no reply_bytes: all of it, as before
+        assert back == 16384
+        conn.send(p.ECHO, {"reply_bytes": -1}, np.zeros(10, np.uint8))
+        with pytest.raises(Exception, match="reply_bytes"):
+            conn.receive()
+        conn.close()
+    finally:
+        server.stop()
+
+
+def test_the_heads_to_preload_are_the_plans_for_a_link_four_times_slower_or_faster():
+    assert planner(mbps=4.0).alternates(0) == [2]  # a quarter of 4 Mbit/s: the edge does it all
+    assert planner(mbps=0.5).alternates(2) == [0]  # four times 0.5 Mbit/s: the input goes to the cloud
+    assert planner(mbps=1000.0).alternates(0) == []  # even a quarter of 1000 Mbit/s keeps split 0
