@@ -213,11 +213,14 @@ def main():
     store, cache = os.path.join(args.work, "store"), os.path.join(args.work, "edge")
     os.makedirs(args.work, exist_ok=True)
     rows = []
-    for rate in [float(r) if "." in r else int(r) for r in args.rates.split(",")]:
-        print("emulate: {} Mbit/s, edge {} core ...".format(rate, args.edge_cpu), file=sys.stderr, flush=True)
-        rows.append(check_planner(rate, args.edge_cpu, store, cache, [int(s) for s in args.splits.split(",")],
-                                  args.limit, out_dir=args.work))
-        print(format_rows(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+    try:
+        for rate in [float(r) if "." in r else int(r) for r in args.rates.split(",")]:
+            print("emulate: {} Mbit/s, edge {} core ...".format(rate, args.edge_cpu), file=sys.stderr, flush=True)
+            rows.append(check_planner(rate, args.edge_cpu, store, cache, [int(s) for s in args.splits.split(",")],
+                                      args.limit, out_dir=args.work))
+            print(format_rows(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+    except KeyboardInterrupt:  # the link's __exit__ has removed the namespaces, the cgroup and the processes
+        sys.exit("emulate: interrupted; namespaces, CPU quota and processes removed")
     print(format_rows(rows))
     with open(os.path.join(args.work, "emulate.json"), "w") as f:
         json.dump(rows, f, indent=1)

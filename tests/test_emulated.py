@@ -139,3 +139,34 @@ def _edge_profile_ms(cache):
         with open(path) as f:
             return round(sum(json.load(f)["segment_ms"]), 1)
     return None
+
+
+def test_ctrl_c_removes_namespaces_cgroup_and_processes(work, tmp_path):
+    """bench/emulate.py interrupted while its link is up: `ip netns list`, the cgroup tree and the process
+    table are back to what they were, and it exits non-zero."""
+    import signal
+    import subprocess
+    import time
+
+    def netns():
+        return sorted(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.splitlines())
+
+    def cgroups():
+        return sorted(d for d in os.listdir(emulate.CGROUP_CPU) if d.startswith("edgesplit-"))
+
+    before, groups = netns(), cgroups()
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "bench", "emulate.py"), "--rates", "1000",
+                             "--splits", "0,22", "--limit", "200", "--work", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while len(netns()) < len(before) + 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert len(netns()) >= len(before) + 2, "the link never came up: " + proc.stderr.read()
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    time.sleep(2)  # serve-cloud and plan are running in the namespaces
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert netns() == before and cgroups() == groups
+    left = [pid for pid in children if os.path.exists("/proc/{}".format(pid))]
+    assert not left, left
