@@ -155,9 +155,11 @@ def test_ctrl_c_removes_namespaces_cgroup_and_processes(work, tmp_path):
         return sorted(d for d in os.listdir(emulate.CGROUP_CPU) if d.startswith("edgesplit-"))
 
     before, groups = netns(), cgroups()
+    # a background job inherits SIGINT ignored (POSIX), and Python then leaves it so: restore it, as a terminal has
     proc = subprocess.Popen([sys.executable, os.path.join(REPO, "bench", "emulate.py"), "--rates", "1000",
                              "--splits", "0,22", "--limit", "200", "--work", str(tmp_path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while len(netns()) < len(before) + 2 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
