@@ -61,6 +61,7 @@ CLI = os.path.join(REPO, "cli.py")
 sys.path.insert(0, REPO)
 sys.path.insert(0, HERE)
 
+import speed  # noqa: E402
 import tracelink  # noqa: E402
 
 ENV = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
@@ -143,29 +144,13 @@ def summarize(latencies, deadline_ms, samples=None, lost=0, switches=0):
 
 # ---------------------------------------------------------------- processes
 
-class Server(object):
-    """serve-cloud on a free loopback port."""
-
-    def __init__(self, store, threads=0):
-        self.proc = subprocess.Popen([sys.executable, CLI, "serve-cloud", "--port", "0", "--artifacts", store,
-                                      "--threads", str(threads)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     universal_newlines=True, env=ENV, cwd=REPO)
-        line = self.proc.stdout.readline()
-        if "listening on" not in line:
-            self.proc.kill()
-            raise RuntimeError("serve-cloud did not start: " + line)
-        host, port = line.strip().rsplit(" ", 1)[1].rsplit(":", 1)
-        self.target = (host, int(port))
-        self.address = "{}:{}".format(host, port)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+def start_server(store, threads=0):
+    """serve-cloud on a free loopback port (bench/speed.py's Server), with ``target`` for TraceLink."""
+    server = speed.Server([sys.executable, CLI, "serve-cloud", "--port", "0", "--artifacts", store,
+                           "--threads", str(threads)], "listening on")
+    host, port = server.address.rsplit(":", 1)
+    server.target = (host, int(port))
+    return server
 
 
 def edge_argv(address, cache, data, limit, mode, report, extra=()):
@@ -540,7 +525,7 @@ def main(argv=None):
     store, data = prepare(args.out, args.weights or default_weights(args.out), n, to_run)
     labels = np.load(data)["y"].tolist()
     cache = os.path.join(args.out, "edge")
-    server = Server(store, args.cloud_threads)
+    server = start_server(store, args.cloud_threads)
     all_results, failed = {}, []
     try:
         if quota is not None:
