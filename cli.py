@@ -12,8 +12,7 @@ import sys
 import click
 
 from runtime.errors import UserError
-
-TOKEN_ENV = "EDGESPLIT_ADMIN_TOKEN"
+from runtime.wire import auth
 
 FORMATS = ("onnx", "torchscript")
 
@@ -172,16 +171,17 @@ def split_option(ctx, param, value):
         raise click.BadParameter("expected a split index (0, 1, ...) or 'auto'", param=param)
     return split
 DEVICE_CHOICE = click.Choice(["auto", "cpu", "cuda"])
-INFERENCE_TOKEN_ENV = "EDGESPLIT_TOKEN"
+INFERENCE_TOKEN_ENV = auth.TOKEN_ENV[auth.INFERENCE]
+ADMIN_TOKEN_ENV = auth.TOKEN_ENV[auth.ADMIN]
 
 
 def client_security(token=True):
     """--tls/--tls-ca/--tls-cert/--tls-key (and --token) on a command that connects to serve-cloud,
-    handed to it as one ``security`` argument (runtime.security.ClientSecurity)."""
+    handed to it as one ``security`` argument (runtime.wire.tls.ClientSecurity)."""
     def decorate(f):
         @functools.wraps(f)
         def wrapper(*args, **kwargs):
-            from runtime.security import ClientSecurity
+            from runtime.wire.tls import ClientSecurity
             kwargs["security"] = ClientSecurity(kwargs.pop("tls"), kwargs.pop("tls_ca"), kwargs.pop("tls_cert"),
                                                 kwargs.pop("tls_key"), kwargs.pop("token", None))
             return f(*args, **kwargs)
@@ -212,7 +212,7 @@ def client_security(token=True):
               help="Largest tensor payload accepted.")
 @click.option("--threads", default=0, type=click.IntRange(0, 256), help="Compute threads per tail (0: library default).")
 @click.option("--allow-push", is_flag=True, help="Accept bundles pushed with the admin token.")
-@click.option("--admin-token", default=None, envvar=TOKEN_ENV, help="Admin token for pushes [env {}].".format(TOKEN_ENV))
+@click.option("--admin-token", default=None, envvar=ADMIN_TOKEN_ENV, help="Admin token for pushes [env {}].".format(ADMIN_TOKEN_ENV))
 @click.option("--model", "export_model", default=None,
               help="Export splits of this model on demand when an edge asks for one not held (needs the exporter).")
 @click.option("--weights", "export_weights", default=None, help="Weights for on-demand exports.")
@@ -240,9 +240,9 @@ def serve_cloud(host, port, artifacts, backend, device, max_frame_mb, threads, a
                 export_weights, export_random_init, max_batch, max_delay_ms, max_connections, read_timeout,
                 hello_timeout, tls_cert, tls_key, tls_client_ca, token, cuda_graphs):
     """Serve the tails of the bundles in --artifacts to edges (until SIGINT/SIGTERM)."""
-    from runtime.server import serve_cloud as serve
+    from runtime.cloud.server import serve_cloud as serve
     if allow_push and not admin_token:
-        raise UserError("--allow-push needs an admin token: --admin-token TOKEN or ${}".format(TOKEN_ENV))
+        raise UserError("--allow-push needs an admin token: --admin-token TOKEN or ${}".format(ADMIN_TOKEN_ENV))
     serve(host, port, artifacts, backend, device, max_frame_mb, threads, admin_token if allow_push else None,
           export_model, export_weights, export_random_init, max_batch=max_batch, max_delay_ms=max_delay_ms,
           max_connections=max_connections, read_timeout=read_timeout, hello_timeout=hello_timeout,
@@ -309,7 +309,7 @@ def run_edge(cloud, model, split, objective, bandwidth, rtt, cache, cache_keep, 
              dataset, data_dir, limit, batch_size, shuffle, seed, warmup, verbose, report, timeout, threads, inflight,
              compress, codec, busy_poll, reconnect_timeout, fallback, interval_ms, start_at, security):
     """Run the head here, the tail on the cloud, and print the seed's report."""
-    from runtime.edge import run_edge as run
+    from runtime.edge.run import run_edge as run
     run(cloud, model, split, cache, backend, device, dataset, data_dir, limit, batch_size, shuffle, seed,
         warmup, verbose, report, timeout, threads, cache_keep, not no_follow,
         plan_options={"objective": objective, "bandwidth": bandwidth, "rtt": rtt}, adaptive=adaptive,
@@ -338,7 +338,7 @@ def run_edge(cloud, model, split, objective, bandwidth, rtt, cache, cache_keep, 
 def plan(cloud, model, cache, backend, device, batch_size, bandwidth, rtt, objective, edge_profile, cloud_profile,
          as_json, timeout, threads, security):
     """Predict the latency of every split from measured profiles and the network, and choose one."""
-    from runtime.plan import run_plan
+    from runtime.edge.plan import run_plan
     run_plan(cloud, model, cache, backend, device, batch_size, bandwidth, rtt, objective, edge_profile,
              cloud_profile, as_json, timeout, threads, security=security)
 
@@ -367,7 +367,7 @@ def plan(cloud, model, cache, backend, device, batch_size, bandwidth, rtt, objec
 def sweep(cloud, splits, model, cache, backend, device, dataset, data_dir, limit, batch_size, seed, warmup, csv_path,
           png_path, bandwidth, rtt, timeout, threads, security):
     """Measure every split in --splits on the same samples: the seed's table, a CSV and a chart."""
-    from runtime.sweep import run_sweep
+    from runtime.edge.sweep import run_sweep
     points = _split_values(splits, int, "0,3,10,16,20,22", None)
     run_sweep(cloud, list(points), model, cache, backend, device, dataset, data_dir, limit, batch_size, seed, warmup,
               csv_path, png_path, bandwidth, rtt, timeout, threads, security=security)
@@ -388,7 +388,7 @@ def sweep(cloud, splits, model, cache, backend, device, dataset, data_dir, limit
 @client_security()
 def profile(out, cloud, segments_dir, model, cache, backend, device, batch_size, timeout, threads, security):
     """Measure this side's latency of every segment of a model; write it as JSON for `plan --edge-profile`."""
-    from runtime.plan import run_profile
+    from runtime.edge.plan import run_profile
     run_profile(out, cloud, segments_dir, model, cache, backend, device, batch_size, threads, timeout,
                 security=security)
 
@@ -400,7 +400,7 @@ def profile(out, cloud, segments_dir, model, cache, backend, device, batch_size,
 @client_security()
 def status(cloud, timeout, security):
     """Print serve-cloud's counters (requests, errors by kind, bytes, connections) as JSON."""
-    from runtime.edge import print_status
+    from runtime.edge.run import print_status
     print_status(cloud, timeout, security)
 
 
@@ -409,14 +409,14 @@ def status(cloud, timeout, security):
 @click.option("--cloud", default=None, help="HOST:PORT of serve-cloud (started with --allow-push).")
 @click.option("--to", "to_dir", default=None, help="Copy into this directory instead (an SD card, a mounted disk).")
 @click.option("--activate", is_flag=True, help="Make it the bundle edges of this model use (they switch).")
-@click.option("--admin-token", default=None, envvar=TOKEN_ENV, help="The server's admin token [env {}].".format(
-    TOKEN_ENV))
+@click.option("--admin-token", default=None, envvar=ADMIN_TOKEN_ENV, help="The server's admin token [env {}].".format(
+    ADMIN_TOKEN_ENV))
 @click.option("--timeout", default=120.0, show_default=True, type=float)
 @handle_errors
 @client_security(token=False)
 def push(bundle, cloud, to_dir, activate, admin_token, timeout, security):
     """Deploy a bundle: upload it to the cloud (--cloud) or copy it (--to), verified."""
-    from runtime.deploy import copy_bundle, push_to_cloud
+    from runtime.edge.deploy import copy_bundle, push_to_cloud
     if bool(cloud) == bool(to_dir):
         raise click.UsageError("give exactly one of --cloud HOST:PORT or --to DIR")
     if to_dir:

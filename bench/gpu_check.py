@@ -61,7 +61,7 @@ def tail_latency(store, splits, device, runs=200, warmup=20):
     """Median batch-1 tail time (host array in, host array out) per split: on the CPU, on
     ``device``, and on ``device`` replaying a CUDA graph."""
     from runtime.backends import load_part
-    from runtime.manifest import load_manifest
+    from runtime.bundle.manifest import load_manifest
     rows = []
     for split in splits:
         manifest = load_manifest(os.path.join(store, "resnet50-s{}".format(split)))
@@ -91,8 +91,8 @@ def _stream(address, split, shape, begin, end, queue):
     split-``split`` activations in a closed loop until ``end`` (time.time()); count the replies
     that arrive between ``begin`` and ``end`` and their latencies."""
     sys.path.insert(0, REPO)
-    from runtime import protocol as p
-    from runtime.edge import CloudConnection
+    from runtime.edge.client import CloudConnection
+    from runtime.wire import codec
     try:
         x = np.random.RandomState(os.getpid() % 1000).rand(1, *shape).astype(np.float32)
         conn = CloudConnection(address, timeout=120)
@@ -104,7 +104,7 @@ def _stream(address, split, shape, begin, end, queue):
                 break
             frame, _, _ = conn.infer(x)
             t1 = time.time()
-            if frame.type != p.RESULT or frame.array.shape[0] != 1:
+            if frame.type != codec.RESULT or frame.array.shape[0] != 1:
                 raise RuntimeError("bad reply: {}".format(frame.meta))
             if t0 >= begin:
                 n += 1
@@ -129,7 +129,7 @@ def serve_throughput(store, streams, seconds, split, server_args, cpu=None, warm
         if "listening on" not in line:
             raise RuntimeError("serve-cloud did not start: " + proc.stderr.read())
         address = line.strip().rsplit(" ", 1)[1]
-        from runtime.manifest import load_manifest
+        from runtime.bundle.manifest import load_manifest
         shape = load_manifest(os.path.join(store, "resnet50-s{}".format(split)))["boundary"]["shape"][1:]
         context = multiprocessing.get_context("spawn")
         queue = context.Queue()

@@ -102,7 +102,7 @@ def make_input(shape, seed, edge, index):
 
 def load_tail(bundle):
     from runtime.backends import load_part
-    from runtime.manifest import load_manifest
+    from runtime.bundle.manifest import load_manifest
     manifest = load_manifest(bundle)
     return manifest, load_part(manifest, "tail", "onnx", "cpu", threads=1)
 
@@ -224,7 +224,7 @@ class Edge(object):
         self.expected = [self.tail.run(x) for x in self.inputs]
 
     def connect(self):
-        from runtime.edge import CloudConnection
+        from runtime.edge.client import CloudConnection
         conn = None
         try:
             conn = CloudConnection(self.address, timeout=self.timeout)
@@ -271,16 +271,16 @@ class Edge(object):
 
     def _read(self):
         """The next frame that is not a NOTICE (raises on a dead connection)."""
-        from runtime import protocol as p
+        from runtime.wire import codec
         while True:
             frame = self.conn.reader.read()
-            if frame.type != p.NOTICE:
+            if frame.type != codec.NOTICE:
                 return frame
 
     def _check(self, frame, pending, arrived):
-        from runtime import protocol as p
+        from runtime.wire import codec
         rid = frame.request_id
-        if frame.type == p.ERROR:
+        if frame.type == codec.ERROR:
             if rid in pending:  # an answer, but not a result: the request is lost
                 pending.pop(rid)
                 self.error_replies += 1
@@ -288,7 +288,7 @@ class Edge(object):
                 self._error("ERROR for request {}: {}".format(rid, frame.meta))
                 return True
             return False  # a connection-level error: the server closes; the caller drops the connection
-        if frame.type != p.RESULT:
+        if frame.type != codec.RESULT:
             self.mismatched += 1
             self._error("unexpected {} frame (request id {})".format(frame.type_name, rid))
             return True
@@ -319,7 +319,7 @@ class Edge(object):
 
     def run(self, progress=None):
         """Send every request (up to ``inflight`` at a time), check every reply."""
-        from runtime import protocol as p
+        from runtime.wire import codec
         pending = collections.OrderedDict()  # request id -> (index, perf_counter at send)
         index = 0
         reported = 0
@@ -332,7 +332,7 @@ class Edge(object):
             try:
                 while index < self.requests and len(pending) < self.inflight:
                     sent_at = time.perf_counter()
-                    rid, _ = self.conn.send(p.INFER, {}, self.inputs[index])
+                    rid, _ = self.conn.send(codec.INFER, {}, self.inputs[index])
                     pending[rid] = (index, sent_at)
                     index += 1
                 frame = self._read()
@@ -477,7 +477,13 @@ def run_load(store, split=20, edges=32, requests=500, server_args=(), procs=0, i
         cpu_start = sampler.cpu_s()
         if show_progress:
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
             progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                 TimeElapsedColumn(), console=Console(stderr=True), transient=True)
             progress.start()

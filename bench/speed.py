@@ -134,8 +134,8 @@ def export_splits(store, splits, weights=None):
 def prepare(work, splits):
     """Random-weight bundles for ``splits`` and 1000 synthetic images (uint8 npz + the preprocessed floats)."""
     store = export_splits(os.path.join(work, "store"), splits)
-    from runtime.data import preprocess_batch
-    from runtime.manifest import load_manifest
+    from runtime.bundle.manifest import load_manifest
+    from runtime.edge.data import preprocess_batch
     rng = np.random.RandomState(0)
     images = rng.randint(0, 256, size=(1000, 32, 32, 3)).astype(np.uint8)
     data = os.path.join(work, "images.npz")
@@ -179,7 +179,7 @@ def check_transport(work, store, data, samples, limit):
         # the floor in the run's cadence: before each request the edge's real head runs, and the server keeps
         # its CPU busy for the tail's median time before answering (subtracted); a tight loop is faster still
         from runtime.backends import load_part
-        from runtime.manifest import load_manifest
+        from runtime.bundle.manifest import load_manifest
         head = load_part(load_manifest(os.path.join(store, "resnet50-s{}".format(split))), "head", threads=1)
         x = samples[:1]
         floor_srv = raw_floor.start_server(process=True)
@@ -328,7 +328,7 @@ def check_batching_capacity(work, store, streams=8, split=10, seconds=10.0, roun
 
 def trained_store(work, weights, splits=(3, 20)):
     """Bundles for ``splits`` exported from ``weights`` (one store per weights file, reused across runs)."""
-    from runtime.manifest import sha256_file
+    from runtime.bundle.manifest import sha256_file
     return export_splits(os.path.join(work, "store-" + sha256_file(weights)[:12]), splits, weights)
 
 
@@ -338,7 +338,7 @@ def check_compression(work, store, data, limit, label="random weights", targets=
     ``label`` names the weights in each agreement row; with ``targets`` False the
     agreement rows carry no target (the random-weight rows beside a trained model's).
     """
-    from runtime.manifest import load_manifest
+    from runtime.bundle.manifest import load_manifest
     rows = []
     srv = ours_server(store)
     try:

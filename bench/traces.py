@@ -208,8 +208,8 @@ def prepare(out, weights, n, modes):
     data = os.path.join(out, "samples-{}.npz".format(n))
     if not os.path.exists(data):
         from runtime.backends import load_part
-        from runtime.data import preprocess_batch
-        from runtime.manifest import load_manifest
+        from runtime.bundle.manifest import load_manifest
+        from runtime.edge.data import preprocess_batch
         full = load_manifest(os.path.join(store, "resnet50-s22"))
         runner = load_part(full, "head", "onnx", "cpu", 1)
         images = np.random.RandomState(7).randint(0, 256, size=(n, 32, 32, 3)).astype(np.uint8)
@@ -260,7 +260,7 @@ def cannot_carry(trace, mode, store, interval_ms, seconds):
     10's 512 KiB take 2 s a sample at 2 Mbit/s) and end with every sample late.  It is reported, not run."""
     if not mode.startswith("static:"):
         return None
-    from runtime.manifest import load_manifest
+    from runtime.bundle.manifest import load_manifest
     bundle = os.path.join(store, "resnet50-s{}".format(mode.split(":")[1]))
     if not os.path.isdir(bundle):  # not exported: a mode only reused, whose report says what it did
         return None

@@ -33,9 +33,10 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 sys.path.insert(0, HERE)
 
+from proxy_task import ProxyTask, heldout  # noqa: E402
+
 from exporter.models.cifar_resnet import resnet50  # noqa: E402
 from exporter.models.configs import CIFAR100_MEAN, CIFAR100_STD  # noqa: E402
-from proxy_task import ProxyTask, heldout  # noqa: E402
 
 WARMUP = 0.03
 

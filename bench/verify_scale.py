@@ -26,7 +26,6 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

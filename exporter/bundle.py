@@ -16,7 +16,7 @@ from typing import Optional, Sequence, Tuple
 import onnx
 import torch
 
-from runtime import manifest as mf
+from runtime.bundle import manifest as mf
 
 from . import compile as compiler
 from .cutpoints import CutPoint, TracedModel

@@ -15,10 +15,17 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from runtime import manifest as mf
+from runtime.bundle import manifest as mf
 
 from . import compile as compiler
-from .bundle import INPUT_NAME, RANDOM_INIT_SEED, _tensor_spec, _toolchain, prepare_model, staged
+from .bundle import (
+    INPUT_NAME,
+    RANDOM_INIT_SEED,
+    _tensor_spec,
+    _toolchain,
+    prepare_model,
+    staged,
+)
 from .cutpoints import TracedModel
 from .errors import VerificationError
 from .models.configs import resolve

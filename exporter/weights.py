@@ -5,7 +5,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from runtime.manifest import sha256_file
+from runtime.bundle.manifest import sha256_file
 
 from .errors import ExportError
 

@@ -9,9 +9,14 @@ import os
 import signal
 import subprocess
 
-from .commands import cli_command
-from .errors import UserError
-from .manifest import bundle_dir_name, load_manifest, sha256_file, ManifestError
+from runtime.bundle.manifest import (
+    ManifestError,
+    bundle_dir_name,
+    load_manifest,
+    sha256_file,
+)
+from runtime.errors import UserError
+from runtime.launch import cli_command
 
 DEFAULT_WEIGHTS = os.path.join("weights", "resnet50-best.pth")
 
@@ -62,7 +67,7 @@ def stop_server(proc):
 
 def run_demo(split="20", weights=None, dataset=None, artifacts="artifacts", data_dir="data", limit=100,
              backend="onnx"):
-    from .edge import run_edge
+    from runtime.edge.run import run_edge
     if weights is None and os.path.isfile(DEFAULT_WEIGHTS):
         weights = DEFAULT_WEIGHTS
     if weights is not None and not os.path.isfile(weights):

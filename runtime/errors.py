@@ -1,8 +1,12 @@
-"""The one exception type that the command line turns into a one-line message.
+"""The exception types that the command line turns into a one-line message.
 
 Anything raised as a ``UserError`` is a problem the user can fix (a bad flag, a
 missing file, a corrupt artifact); its text names what is wrong and what to do.
-Everything else is a bug and shows a traceback under ``--debug``.
+Everything else is a bug and shows a traceback under ``--debug``.  A ``CodedError``
+also carries a short machine-readable ``code`` (what an ERROR frame sends): code
+decides, the message explains.
+
+Python 3.6 syntax: this module runs on the Jetson.
 """
 
 
@@ -10,6 +14,14 @@ class UserError(Exception):
     """A problem with the user's input or environment, reported in one line."""
 
     exit_code = 1
+
+
+class CodedError(UserError):
+    """A UserError with a ``code`` that programs act on (an ERROR frame's code, e.g. ``bad_token``)."""
+
+    def __init__(self, code, message):
+        UserError.__init__(self, message)
+        self.code = code
 
 
 class ManifestError(UserError):

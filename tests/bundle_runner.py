@@ -4,7 +4,7 @@ import os
 import onnxruntime as ort
 import torch
 
-from runtime.manifest import load_manifest
+from runtime.bundle.manifest import load_manifest
 
 
 def run_bundle(directory, x, fmt):

@@ -21,8 +21,8 @@ def run_cli(*args, cwd=None, env=None, timeout=600):
 @pytest.fixture(scope="session")
 def seed_weights(tmp_path_factory):
     """A weights file in the seed's layout, made by the tests' own independent code."""
-    from seed_reference import make_state_dict
     import torch
+    from seed_reference import make_state_dict
     path = tmp_path_factory.mktemp("weights") / "resnet50-best.pth"
     torch.save(make_state_dict(seed=1234), str(path))
     return str(path)
@@ -65,9 +65,10 @@ def labelled_npz(tmp_path_factory, seed_weights):
     """500 raw images labelled by the tests' independent copy of the model: a correct run scores 100%."""
     import numpy as np
     import torch
-    from runtime.data import preprocess_batch
     from seed_reference import forward
+
     from exporter.models.configs import CIFAR100_MEAN, CIFAR100_STD
+    from runtime.edge.data import preprocess_batch
     rng = np.random.RandomState(11)
     x = rng.randint(0, 256, size=(560, 32, 32, 3)).astype(np.uint8)
     pp = {"scale": 1 / 255.0, "mean": list(CIFAR100_MEAN), "std": list(CIFAR100_STD)}

@@ -18,8 +18,7 @@ import atheris
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 with atheris.instrument_imports(include=["runtime"]):
-    from runtime import compression
-    from runtime import protocol as p
+    from runtime.wire import codec, compression, sockets
 
 from fuzz_frames import corpus  # noqa: E402
 
@@ -43,16 +42,16 @@ def read_all(data):
         a.sendall(data)
         a.shutdown(socket.SHUT_WR)
         b.settimeout(2.0)
-        reader = p.FrameReader(b, LIMIT)
+        reader = sockets.FrameReader(b, LIMIT)
         while True:
             frame = reader.read()
             assert isinstance(frame.meta, dict)
-            if frame.type in p.TENSOR_TYPES:
+            if frame.type in codec.TENSOR_TYPES:
                 assert frame.array.nbytes <= LIMIT
                 if "encoding" in frame.meta:
                     try:
                         compression.decode(frame.meta["encoding"], frame.array, (None, 2048, 1, 1))
-                    except p.ProtocolError:
+                    except codec.ProtocolError:
                         pass
     finally:
         a.close()
@@ -67,9 +66,9 @@ def one(data):
         if mode == 0:
             read_all(body)
         elif mode == 1:  # the bytes as a tensor frame's metadata, then a seed frame
-            type_ = (p.INFER, p.ECHO, p.HELLO, p.RESULT)[len(body) % 4]
+            type_ = (codec.INFER, codec.ECHO, codec.HELLO, codec.RESULT)[len(body) % 4]
             payload = body[-64:]
-            read_all(p.HEADER.pack(p.MAGIC, p.VERSION, type_, 0, 1, len(body), len(payload), 0, 0) + body + payload
+            read_all(codec.HEADER.pack(codec.MAGIC, codec.VERSION, type_, 0, 1, len(body), len(payload), 0, 0) + body + payload
                      + SEEDS[len(body) % len(SEEDS)])
         elif mode == 2:  # a seed frame with the bytes spliced in
             seed = SEEDS[body[0] % len(SEEDS)] if body else SEEDS[0]
@@ -84,13 +83,13 @@ def one(data):
             try:
                 compression.decode(meta, __import__("numpy").frombuffer(body or b"\0", "uint8").copy(),
                                    (None, 4, 1, 1))
-            except p.ProtocolError as exc:
+            except codec.ProtocolError as exc:
                 OUTCOMES["decode " + exc.code] += 1
                 return
         OUTCOMES["ok"] += 1
-    except p.PeerClosed:
+    except codec.PeerClosed:
         OUTCOMES["accepted"] += 1
-    except p.ProtocolError as exc:
+    except codec.ProtocolError as exc:
         OUTCOMES[exc.code] += 1
     except Exception as exc:  # noqa: BLE001
         bug = known_bug(exc)

@@ -10,8 +10,8 @@ import threading
 import numpy as np
 from hypothesis import strategies as st
 
-from runtime import protocol as p
-from runtime.compression import Encoder
+from runtime.wire import codec, sockets
+from runtime.wire.compression import Encoder
 
 FIELDS = ("magic", "version", "type", "flags", "request_id", "meta_len", "payload_len", "compute_us", "queue_us")
 FIELD_BITS = {"version": 8, "type": 8, "flags": 16, "request_id": 64, "meta_len": 32, "payload_len": 64,
@@ -26,7 +26,7 @@ VOCAB = ("model", "split", "bundle_id", "role", "protocol", "dtype", "shape", "e
 VOCAB_VALUES = ("resnet50", "edge", "admin", "float32", "float16", "int8", "uint8", "int64", "float64", "object",
                 "tail", "segments", "onnx", "torchscript", "none", "fp16", "zstd", "lz4", "rot13", "", "AAAA",
                 "AAAAAA==")
-DTYPE_VALUES = tuple(p.DTYPES) + ("float64", "object", "<f4", "|u1", "bool", "", "FLOAT32", "float32 ")
+DTYPE_VALUES = tuple(codec.DTYPES) + ("float64", "object", "<f4", "|u1", "bool", "", "FLOAT32", "float32 ")
 
 
 def uint(bits):
@@ -65,18 +65,18 @@ meta_bytes = st.one_of(
                      b'{"dtype":"float32","dtype":"uint8","shape":[1]}']))
 
 
-def build(type_, meta, payload=b"", request_id=1, magic=p.MAGIC, version=p.VERSION, flags=0, meta_len=None,
+def build(type_, meta, payload=b"", request_id=1, magic=codec.MAGIC, version=codec.VERSION, flags=0, meta_len=None,
           payload_len=None, compute_us=0, queue_us=0):
     """A frame's bytes; ``meta`` a dict (JSON-encoded) or raw bytes; lengths default to the true ones."""
     m = meta if isinstance(meta, bytes) else _dumps(meta)
-    return p.HEADER.pack(magic, version, type_, flags, request_id, len(m) if meta_len is None else meta_len,
+    return codec.HEADER.pack(magic, version, type_, flags, request_id, len(m) if meta_len is None else meta_len,
                          len(payload) if payload_len is None else payload_len, compute_us, queue_us) + m + payload
 
 
 def parse(frame):
     """(header fields as a dict, meta bytes, payload bytes) of a well-formed frame."""
-    fields = dict(zip(FIELDS, p.HEADER.unpack_from(frame)))
-    start = p.HEADER_SIZE
+    fields = dict(zip(FIELDS, codec.HEADER.unpack_from(frame)))
+    start = codec.HEADER_SIZE
     meta = frame[start:start + fields["meta_len"]]
     return fields, meta, frame[start + fields["meta_len"]:start + fields["meta_len"] + fields["payload_len"]]
 
@@ -85,7 +85,7 @@ def repack(fields, meta, payload, fix_lengths=True):
     f = dict(fields)
     if fix_lengths:
         f["meta_len"], f["payload_len"] = len(meta), len(payload)
-    return p.HEADER.pack(*[f[k] for k in FIELDS]) + meta + payload
+    return codec.HEADER.pack(*[f[k] for k in FIELDS]) + meta + payload
 
 
 def wire(type_, meta, array=None, request_id=1):
@@ -102,7 +102,7 @@ def wire(type_, meta, array=None, request_id=1):
     t = threading.Thread(target=drain, daemon=True)
     t.start()
     try:
-        n = p.send_frame(a, type_, request_id, meta, array)
+        n = sockets.send_frame(a, type_, request_id, meta, array)
         a.shutdown(socket.SHUT_WR)
         t.join(10)
     finally:
@@ -127,34 +127,34 @@ def corpus(bundle_id="0123456789abcdef", cloud_frames=True):
 
     def x(n):
         return np.maximum(rng.standard_normal((n, 2048, 1, 1)), 0).astype(np.float32)
-    frames = [("HELLO", wire(p.HELLO, {"role": "edge", "model": "resnet50", "split": 20, "bundle_id": bundle_id,
-                                        "protocol": p.VERSION}, request_id=1))]
+    frames = [("HELLO", wire(codec.HELLO, {"role": "edge", "model": "resnet50", "split": 20, "bundle_id": bundle_id,
+                                        "protocol": codec.VERSION}, request_id=1))]
     for n in (1, 3):
-        frames.append(("INFER", wire(p.INFER, {}, x(n), request_id=10 + n)))
-    for scheme, codec in (("fp16", "none"), ("int8", "none"), ("none", "zstd"), ("int8", "zstd"), ("fp16", "lz4"),
-                          ("int8", "lz4")):
-        meta, payload = Encoder(scheme, codec).encode(x(1))
-        frames.append(("INFER:{}/{}".format(scheme, codec), wire(p.INFER, {"encoding": meta}, payload, 20)))
+        frames.append(("INFER", wire(codec.INFER, {}, x(n), request_id=10 + n)))
+    for scheme, lossless in (("fp16", "none"), ("int8", "none"), ("none", "zstd"), ("int8", "zstd"), ("fp16", "lz4"),
+                             ("int8", "lz4")):
+        meta, payload = Encoder(scheme, lossless).encode(x(1))
+        frames.append(("INFER:{}/{}".format(scheme, lossless), wire(codec.INFER, {"encoding": meta}, payload, 20)))
     frames += [
-        ("ECHO", wire(p.ECHO, {}, rng.randint(0, 256, 64).astype(np.uint8), 30)),
-        ("BYE", wire(p.BYE, {}, request_id=31)),
-        ("FETCH", wire(p.FETCH, {"bundle_id": bundle_id, "part": "tail", "formats": ["onnx"]}, request_id=32)),
-        ("PROFILE", wire(p.PROFILE, {"model": "resnet50", "batch_size": 1}, request_id=33)),
-        ("HELLO:admin", wire(p.HELLO, {"role": "admin"}, request_id=34)),
-        ("PUSH", wire(p.PUSH, {"manifest": {"bundle_id": bundle_id}, "activate": True, "proof": "00" * 32}, None, 35)),
-        ("CHUNK", wire(p.CHUNK, {"file": "tail.onnx", "offset": 0}, np.zeros(16, np.uint8), 36)),
-        ("DONE", wire(p.DONE, {"files": 1}, request_id=37)),
+        ("ECHO", wire(codec.ECHO, {}, rng.randint(0, 256, 64).astype(np.uint8), 30)),
+        ("BYE", wire(codec.BYE, {}, request_id=31)),
+        ("FETCH", wire(codec.FETCH, {"bundle_id": bundle_id, "part": "tail", "formats": ["onnx"]}, request_id=32)),
+        ("PROFILE", wire(codec.PROFILE, {"model": "resnet50", "batch_size": 1}, request_id=33)),
+        ("HELLO:admin", wire(codec.HELLO, {"role": "admin"}, request_id=34)),
+        ("PUSH", wire(codec.PUSH, {"manifest": {"bundle_id": bundle_id}, "activate": True, "proof": "00" * 32}, None, 35)),
+        ("CHUNK", wire(codec.CHUNK, {"file": "tail.onnx", "offset": 0}, np.zeros(16, np.uint8), 36)),
+        ("DONE", wire(codec.DONE, {"files": 1}, request_id=37)),
     ]
     for name in ("AUTH", "STATUS"):  # frame types that newer protocol revisions have
-        if hasattr(p, name):
-            frames.append((name, wire(getattr(p, name), {}, request_id=38)))
+        if hasattr(codec, name):
+            frames.append((name, wire(getattr(codec, name), {}, request_id=38)))
     if cloud_frames:
         frames += [
-            ("WELCOME", wire(p.WELCOME, {"bundle_id": bundle_id, "protocol": p.VERSION, "codecs": ["none"]})),
-            ("RESULT", wire(p.RESULT, {"batch": 2}, rng.standard_normal((2, 100)).astype(np.float32), 11)),
-            ("ERROR", wire(p.ERROR, {"code": "bad_meta", "message": "no"})),
-            ("NOTICE", wire(p.NOTICE, {"message": "exporting", "wait_s": 1800})),
-            ("READY", wire(p.READY, {"have": False})),
+            ("WELCOME", wire(codec.WELCOME, {"bundle_id": bundle_id, "protocol": codec.VERSION, "codecs": ["none"]})),
+            ("RESULT", wire(codec.RESULT, {"batch": 2}, rng.standard_normal((2, 100)).astype(np.float32), 11)),
+            ("ERROR", wire(codec.ERROR, {"code": "bad_meta", "message": "no"})),
+            ("NOTICE", wire(codec.NOTICE, {"message": "exporting", "wait_s": 1800})),
+            ("READY", wire(codec.READY, {"have": False})),
         ]
     return Corpus(frames)
 
@@ -168,9 +168,9 @@ def _flip(data, bits):
 
 def _retyped(draw, payload):
     """A dtype and shape that agree with the payload's length (so only the receiver's own spec can refuse them)."""
-    names = [n for n, d in p.DTYPES.items() if len(payload) % d.itemsize == 0]
+    names = [n for n, d in codec.DTYPES.items() if len(payload) % d.itemsize == 0]
     name = draw(st.sampled_from(names))
-    n = len(payload) // p.DTYPES[name].itemsize
+    n = len(payload) // codec.DTYPES[name].itemsize
     divisors = [d for d in (1, 2, 4, 8, 16, 2048) if d and n % d == 0]
     k = draw(st.sampled_from(divisors))
     shape = draw(st.sampled_from([[n], [k, n // k], [n // k, k, 1, 1], [1, n], [n, 1, 1, 1], [0, n] if n == 0
@@ -189,25 +189,25 @@ def mutated(draw, frames):
     label, frame = draw(one_of_frames(frames))
     steps = []
     for _ in range(draw(st.integers(1, 2))):
-        if len(frame) >= p.HEADER_SIZE:
+        if len(frame) >= codec.HEADER_SIZE:
             kind = draw(st.sampled_from(("bitflip", "header_bitflip", "truncate", "set_field", "length_delta",
                                          "replace_meta", "patch_meta", "retype", "patch_encoding", "payload_random",
                                          "insert_bytes", "splice", "duplicate")))
         else:  # a first step cut it short: bytes only
             kind = draw(st.sampled_from(("bitflip", "truncate", "insert_bytes", "splice", "duplicate")))
         steps.append(kind)
-        fields, meta, payload = parse(frame) if len(frame) >= p.HEADER_SIZE else (None, b"", b"")
+        fields, meta, payload = parse(frame) if len(frame) >= codec.HEADER_SIZE else (None, b"", b"")
         if kind == "bitflip":
             frame = _flip(frame, draw(st.lists(st.integers(0, 8 * len(frame) - 1), min_size=1, max_size=8)))
         elif kind == "header_bitflip":
-            frame = _flip(frame, draw(st.lists(st.integers(0, 8 * p.HEADER_SIZE - 1), min_size=1, max_size=4)))
+            frame = _flip(frame, draw(st.lists(st.integers(0, 8 * codec.HEADER_SIZE - 1), min_size=1, max_size=4)))
         elif kind == "truncate":
             frame = frame[:draw(st.integers(0, max(0, len(frame) - 1)))]
         elif kind == "set_field":
             name = draw(st.sampled_from(FIELDS))
             value = draw(st.binary(min_size=4, max_size=4)) if name == "magic" else draw(uint(FIELD_BITS[name]))
             fields[name] = value
-            frame = repack(fields, meta, payload, fix_lengths=False) + frame[p.HEADER_SIZE + len(meta) + len(payload):]
+            frame = repack(fields, meta, payload, fix_lengths=False) + frame[codec.HEADER_SIZE + len(meta) + len(payload):]
         elif kind == "length_delta":
             name = draw(st.sampled_from(("meta_len", "payload_len")))
             fields[name] = max(0, fields[name] + draw(st.integers(-9, 9)))
@@ -235,7 +235,7 @@ def mutated(draw, frames):
                 else:
                     obj["dtype"], obj["shape"] = draw(dtype_values), draw(shape_values)
                 if draw(st.booleans()):
-                    fields["type"] = draw(st.sampled_from((p.INFER, p.ECHO, p.RESULT, p.CHUNK, p.HELLO)))
+                    fields["type"] = draw(st.sampled_from((codec.INFER, codec.ECHO, codec.RESULT, codec.CHUNK, codec.HELLO)))
             else:
                 enc = obj.get("encoding")
                 if not isinstance(enc, dict):
@@ -270,7 +270,7 @@ def mutated(draw, frames):
 @st.composite
 def random_frame(draw):
     """A frame with a right magic and version and anything else: (description, bytes)."""
-    types = sorted(p.TYPE_NAMES)
+    types = sorted(codec.TYPE_NAMES)
     type_ = draw(st.one_of(st.sampled_from(types), st.integers(0, 255)))
     meta = draw(meta_bytes)
     payload = draw(st.binary(max_size=48))
@@ -282,7 +282,7 @@ def random_frame(draw):
 
 
 raw_bytes = st.one_of(st.binary(min_size=1, max_size=200),
-                      st.binary(min_size=1, max_size=32).map(lambda b: p.MAGIC + b)).map(lambda b: ("raw bytes", b))
+                      st.binary(min_size=1, max_size=32).map(lambda b: codec.MAGIC + b)).map(lambda b: ("raw bytes", b))
 
 
 def item(frames):

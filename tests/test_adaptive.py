@@ -7,10 +7,10 @@ import time
 import numpy as np
 import pytest
 
-from runtime import protocol as p
-from runtime.adaptive import PROBE_BYTES, PROBE_BYTES_PACED, AdaptivePlanner
-from runtime.edge import CloudConnection, CloudLost
-from runtime.profile import echo_train
+from runtime.edge.adaptive import PROBE_BYTES, PROBE_BYTES_PACED, AdaptivePlanner
+from runtime.edge.client import CloudConnection, CloudLost
+from runtime.edge.probe import echo_train
+from runtime.wire import codec, sockets
 
 # three points: the 12 KiB input, a mid point, the logits; the edge is slow, the cloud quick
 POINTS = [{"name": "input", "bytes_per_sample": 12288}, {"name": "mid", "bytes_per_sample": 8192},
@@ -84,20 +84,20 @@ class _Peer(object):
         self.listener.listen(1)
         self.conn = CloudConnection("127.0.0.1:{}".format(self.listener.getsockname()[1]), 3.0)
         self.sock, _ = self.listener.accept()
-        self.reader = p.FrameReader(self.sock, p.DEFAULT_MAX_FRAME_BYTES)
+        self.reader = sockets.FrameReader(self.sock, codec.DEFAULT_MAX_FRAME_BYTES)
 
     def answer(self, delay_s, count=1, rate_bytes_per_s=None):
         def run():
             try:
                 for _ in range(count):
                     frame = self.reader.read()
-                    if frame.type == p.BYE:
+                    if frame.type == codec.BYE:
                         return
                     if rate_bytes_per_s:
                         time.sleep(frame.array.nbytes / rate_bytes_per_s)
                     time.sleep(delay_s)
-                    p.send_frame(self.sock, p.RESULT, frame.request_id, {}, frame.array)
-            except (OSError, p.PeerClosed, p.ProtocolError):
+                    sockets.send_frame(self.sock, codec.RESULT, frame.request_id, {}, frame.array)
+            except (OSError, codec.PeerClosed, codec.ProtocolError):
                 pass  # the test is over and closed the socket
         t = threading.Thread(target=run, daemon=True)
         t.start()
@@ -127,7 +127,7 @@ def test_the_edge_reports_an_overdue_reply_at_doubling_waits_while_it_waits():
         watch = _Recorder(100.0)
         frame, sent, _ = peer.conn.infer(np.zeros((1, 8), np.float32), watch=watch)
         t.join(5)
-        assert frame.type == p.RESULT
+        assert frame.type == codec.RESULT
         waits = [w for _, w in watch.calls]
         assert [s for s, _ in watch.calls] == [sent] * len(waits)
         # overdue at 100 ms, then at about 200 and 400 ms; the reply came at 700 ms
@@ -180,7 +180,7 @@ def test_a_probe_train_on_a_fast_link_echoes_all_of_it():
 
 
 def test_at_a_cadence_a_split_that_cannot_keep_up_is_never_chosen_and_jitter_counts_against_big_transfers():
-    from runtime.planner import at_cadence, choose, predict
+    from runtime.edge.planner import at_cadence, choose, predict
     # 4 Mbit/s: split 0 is 0.5 + 25.0 (12.4 KiB) + 10 + 10 = 45.5 ms, split 2 80 ms + 0.5 + ~1 ms
     rows = predict(POINTS, EDGE["segment_ms"], CLOUD["segment_ms"], 0.5, 4.0, output_bytes=400)
     assert choose(rows)["split"] == 0  # one request alone: the input goes to the cloud
@@ -251,7 +251,7 @@ def test_serve_cloud_echoes_only_the_bytes_a_probe_asks_back_and_refuses_a_bad_c
         assert sent == 4 * 16384 and back == 4 * 64
         sent, back, ms = echo_train(conn, 16384, cap_ms=5000.0)  # no reply_bytes: all of it, as before
         assert back == 16384
-        conn.send(p.ECHO, {"reply_bytes": -1}, np.zeros(10, np.uint8))
+        conn.send(codec.ECHO, {"reply_bytes": -1}, np.zeros(10, np.uint8))
         with pytest.raises(Exception, match="reply_bytes"):
             conn.receive()
         conn.close()

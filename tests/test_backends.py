@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 
 from runtime.backends import load_part
-from runtime.manifest import load_manifest
+from runtime.bundle.manifest import load_manifest
 
 
 def test_the_optimised_graph_is_saved_once_then_loaded_and_gives_the_same_outputs(seed_bundles, tmp_path):

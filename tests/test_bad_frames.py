@@ -8,11 +8,11 @@ import sys
 
 import numpy as np
 import pytest
-
 from cloud_server import ServerProcess
 from conftest import REPO
+
 from exporter.bundle import export_bundle
-from runtime import protocol as p
+from runtime.wire import codec, sockets
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +29,8 @@ def server(bundle):
     assert srv.stop() == 0
 
 
-def header(type_=p.INFER, meta_len=0, payload_len=0, magic=p.MAGIC, version=p.VERSION, request_id=7):
-    return p.HEADER.pack(magic, version, type_, 0, request_id, meta_len, payload_len, 0, 0)
+def header(type_=codec.INFER, meta_len=0, payload_len=0, magic=codec.MAGIC, version=codec.VERSION, request_id=7):
+    return codec.HEADER.pack(magic, version, type_, 0, request_id, meta_len, payload_len, 0, 0)
 
 
 def frame(type_, meta, payload=b"", **kw):
@@ -39,19 +39,19 @@ def frame(type_, meta, payload=b"", **kw):
 
 
 def hello(manifest):
-    return frame(p.HELLO, {"model": "resnet50", "split": 20, "bundle_id": manifest["bundle_id"]})
+    return frame(codec.HELLO, {"model": "resnet50", "split": 20, "bundle_id": manifest["bundle_id"]})
 
 
 def infer(dtype="float32", shape=(1, 2048, 1, 1), payload=None):
     if payload is None:
         payload = np.zeros(shape, dtype=dtype).tobytes()
-    return frame(p.INFER, {"dtype": dtype, "shape": list(shape)}, payload)
+    return frame(codec.INFER, {"dtype": dtype, "shape": list(shape)}, payload)
 
 
 def _zstd_bomb():
     import zstandard
     blob = zstandard.ZstdCompressor().compress(b"\0" * (1 << 30))
-    return frame(p.INFER, {"dtype": "uint8", "shape": [len(blob)], "encoding": {
+    return frame(codec.INFER, {"dtype": "uint8", "shape": [len(blob)], "encoding": {
         "scheme": "none", "codec": "zstd", "shape": [1, 2048, 1, 1]}}, blob)
 
 
@@ -70,12 +70,12 @@ def exchange(server, data, half_close=False):
         sock.sendall(data)
         if half_close:
             sock.shutdown(socket.SHUT_WR)
-        reader = p.FrameReader(sock)
+        reader = sockets.FrameReader(sock)
         while True:
             f = reader.read()
-            if f.type == p.ERROR:
+            if f.type == codec.ERROR:
                 break
-            assert f.type == p.WELCOME
+            assert f.type == codec.WELCOME
         try:
             closed = sock.recv(1) == b""
         except ConnectionResetError:  # closed with our unread bytes still queued: the kernel resets
@@ -87,33 +87,33 @@ def exchange(server, data, half_close=False):
 
 CASES = {
     "bad magic": (lambda m, t: b"NOPE" + header()[4:], "bad_magic", False),
-    "bad version": (lambda m, t: header(p.HELLO, version=9), "bad_version", False),
+    "bad version": (lambda m, t: header(codec.HELLO, version=9), "bad_version", False),
     "unknown type": (lambda m, t: header(type_=99), "bad_type", False),
-    "reply type from an edge": (lambda m, t: frame(p.RESULT, {}), "bad_type", False),
-    "oversize length (2^40)": (lambda m, t: hello(m) + header(p.INFER, 2, 1 << 40) + b"{}", "too_large", False),
-    "oversize metadata": (lambda m, t: header(p.HELLO, meta_len=1 << 30), "too_large", False),
-    "metadata not JSON": (lambda m, t: header(p.HELLO, meta_len=4) + b"\xff\xfe{]", "bad_meta", False),
+    "reply type from an edge": (lambda m, t: frame(codec.RESULT, {}), "bad_type", False),
+    "oversize length (2^40)": (lambda m, t: hello(m) + header(codec.INFER, 2, 1 << 40) + b"{}", "too_large", False),
+    "oversize metadata": (lambda m, t: header(codec.HELLO, meta_len=1 << 30), "too_large", False),
+    "metadata not JSON": (lambda m, t: header(codec.HELLO, meta_len=4) + b"\xff\xfe{]", "bad_meta", False),
     "INFER before HELLO": (lambda m, t: infer(), "no_hello", False),
     "wrong dtype (float64)": (lambda m, t: hello(m) + infer("float64"), "bad_dtype", False),
     "wrong dtype (int8, whitelisted)": (lambda m, t: hello(m) + infer("int8"), "bad_dtype", False),
-    "unknown dtype": (lambda m, t: hello(m) + frame(p.INFER, {"dtype": "object", "shape": [1]}, b"\0" * 8),
+    "unknown dtype": (lambda m, t: hello(m) + frame(codec.INFER, {"dtype": "object", "shape": [1]}, b"\0" * 8),
                       "bad_dtype", False),
     "wrong shape": (lambda m, t: hello(m) + infer(shape=(1, 2048, 2, 2)), "bad_shape", False),
-    "shape and length disagree": (lambda m, t: hello(m) + frame(p.INFER, {"dtype": "float32",
+    "shape and length disagree": (lambda m, t: hello(m) + frame(codec.INFER, {"dtype": "float32",
                                                                         "shape": [1, 2048, 1, 1]}, b"\0" * 16),
                                   "bad_shape", False),
     "truncated frame": (lambda m, t: hello(m) + infer()[:200], "truncated", True),
     "pickle payload": (lambda m, t: pickle.dumps(Exploit(t)), "bad_magic", False),
-    "compressed: unknown scheme": (lambda m, t: hello(m) + frame(p.INFER, {
+    "compressed: unknown scheme": (lambda m, t: hello(m) + frame(codec.INFER, {
         "dtype": "uint8", "shape": [2048], "encoding": {"scheme": "rot13", "codec": "none", "shape": [1, 2048, 1, 1]}},
         b"\0" * 2048), "bad_encoding", False),
     "compressed: zstd bomb (1 GiB claimed, 2048 values declared)": (lambda m, t: hello(m) + _zstd_bomb(), "bad_encoding",
                                                                     False),
-    "compressed: int8 without scales": (lambda m, t: hello(m) + frame(p.INFER, {
+    "compressed: int8 without scales": (lambda m, t: hello(m) + frame(codec.INFER, {
         "dtype": "uint8", "shape": [1, 2048, 1, 1], "encoding": {"scheme": "int8", "codec": "none",
                                                                  "shape": [1, 2048, 1, 1]}}, b"\0" * 2048),
                                         "bad_encoding", False),
-    "unknown bundle": (lambda m, t: frame(p.HELLO, {"model": "resnet50", "split": 20, "bundle_id": "0" * 16}),
+    "unknown bundle": (lambda m, t: frame(codec.HELLO, {"model": "resnet50", "split": 20, "bundle_id": "0" * 16}),
                        "bundle_mismatch", False),
 }
 

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from runtime.cadence import Cadence
+from runtime.edge.cadence import Cadence
 
 
 class FakeClock(object):

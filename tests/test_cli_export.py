@@ -9,9 +9,9 @@ import sys
 import onnx
 import pytest
 import torch
-
 from conftest import REPO, run_cli
-from runtime.manifest import load_manifest
+
+from runtime.bundle.manifest import load_manifest
 
 
 def assert_one_line_error(proc, *fragments):

@@ -1,4 +1,4 @@
-"""Activation compression (runtime/compression.py): round trips, error bounds, hostile inputs."""
+"""Activation compression (runtime/wire/compression.py): round trips, error bounds, hostile inputs."""
 import base64
 import json
 import subprocess
@@ -7,12 +7,18 @@ import tracemalloc
 
 import numpy as np
 import pytest
-
 from conftest import REPO
-from runtime import compression
-from runtime.compression import CODECS, SCHEMES, Encoder, decode, encoded_bytes_estimate
+
 from runtime.errors import UserError
-from runtime.protocol import DTYPES, ProtocolError
+from runtime.wire import compression
+from runtime.wire.codec import DTYPES, ProtocolError
+from runtime.wire.compression import (
+    CODECS,
+    SCHEMES,
+    Encoder,
+    decode,
+    encoded_bytes_estimate,
+)
 
 COMBOS = [(s, c) for s in SCHEMES for c in CODECS]
 
@@ -225,7 +231,7 @@ def test_encoder_rejects_unknown_names():
 
 
 def test_codec_packages_are_imported_lazily():
-    code = ("import sys; import runtime.compression as c; "
+    code = ("import sys; import runtime.wire.compression as c; "
             "assert 'zstandard' not in sys.modules and 'lz4' not in sys.modules; "
             "c.Encoder('int8', 'none'); assert 'zstandard' not in sys.modules; "
             "c.Encoder('int8', 'zstd'); assert 'zstandard' in sys.modules and 'lz4' not in sys.modules")

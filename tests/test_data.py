@@ -4,7 +4,7 @@ import socket
 import numpy as np
 import pytest
 
-from runtime.data import CIFAR, batches, open_dataset, preprocess_batch
+from runtime.edge.data import CIFAR, batches, open_dataset, preprocess_batch
 from runtime.errors import UserError
 
 CIFAR_INPUT = {"shape": [None, 3, 32, 32], "preprocess": {
@@ -12,8 +12,8 @@ CIFAR_INPUT = {"shape": [None, 3, 32, 32], "preprocess": {
 
 
 def test_preprocessing_equals_torchvision_totensor_then_normalize():
-    from PIL import Image
     import torchvision.transforms as T
+    from PIL import Image
     rng = np.random.RandomState(0)
     images = rng.randint(0, 256, size=(3, 32, 32, 3)).astype(np.uint8)
     pp = CIFAR_INPUT["preprocess"]

@@ -8,7 +8,6 @@ import sys
 import time
 
 import pytest
-
 from cloud_server import ServerProcess
 from conftest import REPO, run_cli
 from slow_proxy import SlowProxy
@@ -107,17 +106,17 @@ def test_a_tampered_file_is_refused_at_push_by_the_client_and_by_the_server(clou
     proc = push(cloud, bad)
     assert proc.returncode != 0 and "tail.onnx is corrupt: sha256" in proc.stderr and "manifest says" in proc.stderr
     # the server checks too: send the tampered bytes under the genuine manifest, bypassing the client's check
-    from runtime import protocol as p
-    from runtime.deploy import file_entries, send_files, token_proof
-    from runtime.edge import CloudConnection
+    from runtime.edge.client import CloudConnection
+    from runtime.wire import auth, codec
+    from runtime.wire.transfer import file_entries, send_files
     manifest = json.load(open(str(bad / "manifest.json")))
     conn = CloudConnection(cloud.address)
     nonce = conn.hello({"role": "admin"})["nonce"]
-    conn.send(p.PUSH, {"manifest": manifest, "activate": True, "proof": token_proof(TOKEN, nonce)})
-    assert conn.expect(p.READY).meta["have"] is False
+    conn.send(codec.PUSH, {"manifest": manifest, "activate": True, "proof": auth.proof(TOKEN, nonce, auth.ADMIN)})
+    assert conn.expect(codec.READY).meta["have"] is False
     send_files(conn.sock, str(bad), file_entries(manifest))
-    with pytest.raises(p.RemoteError, match=r"tail.onnx has sha256 \w+ but the manifest says \w+"):
-        conn.expect(p.DONE)
+    with pytest.raises(codec.RemoteError, match=r"tail.onnx has sha256 \w+ but the manifest says \w+"):
+        conn.expect(codec.DONE)
     conn.sock.close()
     store = tmp_path / "store"
     assert os.listdir(str(store)) == []  # nothing visible, no temporary directory left
@@ -262,7 +261,7 @@ def test_push_to_a_directory_copies_verified_and_atomically(seed_bundles, tmp_pa
     src = bundle(seed_bundles, 16)
     proc = run_cli("push", src, "--to", tmp_path / "sdcard")
     assert proc.returncode == 0, proc.stderr
-    from runtime.manifest import load_manifest
+    from runtime.bundle.manifest import load_manifest
     load_manifest(str(tmp_path / "sdcard" / "resnet50-s16")).verify_files()
     bad = _tampered_copy(src, tmp_path / "bad" / "resnet50-s16", "head.pt")
     proc = run_cli("push", bad, "--to", tmp_path / "sdcard2")
@@ -283,7 +282,7 @@ def test_the_cache_keeps_the_newest_bundles(cloud, seed_bundles, tmp_path):
 
 
 def test_only_transfer_directories_of_dead_processes_are_cleaned(tmp_path):
-    from runtime.deploy import remove_stale_temp_dirs
+    from runtime.bundle.staging import remove_stale_temp_dirs
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     names = [".tmp-fetch-{}-a".format(dead.pid), ".tmp-push-{}-b".format(os.getpid()),

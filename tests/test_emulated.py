@@ -3,7 +3,6 @@ import os
 import sys
 
 import pytest
-
 from conftest import REPO
 
 sys.path.insert(0, os.path.join(REPO, "bench"))

@@ -3,14 +3,14 @@ import numpy as np
 import pytest
 import torch
 import torchvision.models as tvm
-
 from bundle_runner import run_bundle
 from calibrated import calibrated_state
 from conftest import run_cli
+from seed_reference import forward
+
 from exporter.bundle import export_bundle
 from exporter.cutpoints import TracedModel
-from runtime.manifest import load_manifest
-from seed_reference import forward
+from runtime.bundle.manifest import load_manifest
 
 
 @pytest.fixture(scope="module")

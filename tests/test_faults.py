@@ -16,11 +16,11 @@ import time
 
 import numpy as np
 import pytest
-
 from cloud_server import ServerProcess
 from conftest import REPO
-from runtime import protocol as p
-from runtime.edge import CloudConnection, CloudLost
+
+from runtime.edge.client import CloudConnection, CloudLost
+from runtime.wire import codec, sockets
 
 N = 300
 
@@ -172,10 +172,10 @@ def test_a_reset_while_the_edge_spins_for_its_reply_is_a_lost_cloud_not_a_crash(
     peer, _ = listener.accept()
     try:
         conn._expected_s = 5.0  # a reply is due in 5 s: the edge sleeps in select, and the RST wakes it
-        reader = p.FrameReader(peer, p.DEFAULT_MAX_FRAME_BYTES)
+        reader = sockets.FrameReader(peer, codec.DEFAULT_MAX_FRAME_BYTES)
 
         def reset_after_the_request():
-            assert reader.read().type == p.INFER
+            assert reader.read().type == codec.INFER
             peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             peer.close()  # linger 0: the close sends RST
 

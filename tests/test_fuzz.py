@@ -33,13 +33,13 @@ import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
 psutil = pytest.importorskip("psutil")
-from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
-
 import fuzz_frames as ff  # noqa: E402
 from cloud_server import ServerProcess  # noqa: E402
 from conftest import REPO  # noqa: E402
-from runtime import compression  # noqa: E402
-from runtime import protocol as p  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st
+
+from runtime.wire import codec, compression, sockets
 
 FUZZ = dict(deadline=None, derandomize=True, database=None, print_blob=False,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
@@ -105,8 +105,8 @@ def read_stream(data, allowed=None, limit=LIMIT, tensor_check=None, close=True, 
     sender = threading.Thread(target=send, daemon=True)
     frames, error, peak = [], None, 0
     try:
-        p.set_timeouts(b, rcv_timeout)
-        reader = p.FrameReader(b, limit, allowed_types=allowed, frame_timeout=frame_timeout)
+        sockets.set_timeouts(b, rcv_timeout)
+        reader = sockets.FrameReader(b, limit, allowed_types=allowed, frame_timeout=frame_timeout)
         sender.start()
         with traced(measure) as peak_bytes:
             started = time.monotonic()
@@ -135,7 +135,7 @@ def reencodes(frame):
         meta.pop("shape", None)
     data = ff.wire(frame.type, meta, frame.array, frame.request_id)
     frames, error, _, _ = read_stream(data, measure=False)
-    assert isinstance(error, p.PeerClosed) and len(frames) == 1, error
+    assert isinstance(error, codec.PeerClosed) and len(frames) == 1, error
     again = frames[0]
     assert (again.type, again.request_id) == (frame.type, frame.request_id)
     assert json.dumps(again.meta, sort_keys=True) == json.dumps(frame.meta, sort_keys=True)
@@ -145,11 +145,11 @@ def reencodes(frame):
 
 
 def check_accepted(frame, allowed, limit):
-    assert frame.type in p.TYPE_NAMES and (allowed is None or frame.type in allowed)
+    assert frame.type in codec.TYPE_NAMES and (allowed is None or frame.type in allowed)
     assert isinstance(frame.meta, dict)
-    if frame.type in p.TENSOR_TYPES:
+    if frame.type in codec.TENSOR_TYPES:
         assert isinstance(frame.array, np.ndarray)
-        assert frame.meta["dtype"] in p.DTYPES and frame.array.dtype == p.DTYPES[frame.meta["dtype"]]
+        assert frame.meta["dtype"] in codec.DTYPES and frame.array.dtype == codec.DTYPES[frame.meta["dtype"]]
         assert list(frame.array.shape) == frame.meta["shape"] and len(frame.array.shape) <= 8
         assert frame.array.nbytes <= limit
     else:
@@ -163,13 +163,13 @@ def classify(test, data, frames, error, elapsed, peak, allowed, limit=LIMIT):
     # the reading may hold: the metadata of a frame (at most 1 MiB, twice while it is copied), its payload
     # (at most the limit), and what the frames it returned hold: their arrays and what JSON built from the
     # bytes actually sent
-    assert peak <= 2 * p.MAX_META_BYTES + limit + 64 * len(data) + (256 << 10), \
+    assert peak <= 2 * codec.MAX_META_BYTES + limit + 64 * len(data) + (256 << 10), \
         "a read of {} bytes allocated {} bytes".format(len(data), peak)
     for f in frames:
         check_accepted(f, allowed, limit)
-    if isinstance(error, p.PeerClosed):
+    if isinstance(error, codec.PeerClosed):
         outcome = "accepted"
-    elif isinstance(error, p.ProtocolError):
+    elif isinstance(error, codec.ProtocolError):
         assert error.code and str(error), repr(error)
         outcome = error.code
     else:
@@ -187,13 +187,13 @@ def test_decoder_reads_back_valid_frames_exactly(frames):
     """Valid frames, back to back, are accepted as they were sent (the other half of "rejected or valid")."""
     data = b"".join(f for _, f in frames)
     got, error, elapsed, peak = read_stream(data)
-    assert isinstance(error, p.PeerClosed), error
+    assert isinstance(error, codec.PeerClosed), error
     assert len(got) == len(frames)
     for (label, sent), frame in zip(frames, got):
         fields, meta, payload = ff.parse(sent)
         assert (frame.type, frame.request_id) == (fields["type"], fields["request_id"]), label
         assert frame.meta == json.loads(meta.decode("utf-8")), label
-        if fields["type"] in p.TENSOR_TYPES:
+        if fields["type"] in codec.TENSOR_TYPES:
             assert frame.array.tobytes() == payload, label
         else:
             assert frame.array is None, label
@@ -201,7 +201,7 @@ def test_decoder_reads_back_valid_frames_exactly(frames):
 
 
 @settings(max_examples=ff.scaled(700), **FUZZ)
-@given(stream=ff.stream(EDGE_CORPUS), allowed=st.sampled_from([None, p.FROM_EDGE, p.FROM_CLOUD]))
+@given(stream=ff.stream(EDGE_CORPUS), allowed=st.sampled_from([None, codec.FROM_EDGE, codec.FROM_CLOUD]))
 def test_decoder_rejects_or_accepts_hostile_streams_cleanly(stream, allowed):
     """Mutated valid frames, random frames and raw bytes: each frame is refused with a ProtocolError or read as
     a well-formed frame that can be sent again; no hang; bounded allocation."""
@@ -215,13 +215,13 @@ def test_decoder_rejects_or_accepts_hostile_streams_cleanly(stream, allowed):
 @settings(max_examples=ff.scaled(150), **FUZZ)
 @given(prefix=st.lists(ff.one_of_frames(EDGE_CORPUS), max_size=2),
        claim=st.one_of(
-           st.tuples(st.just("payload_len"), st.sampled_from(p.TENSOR_TYPES),
+           st.tuples(st.just("payload_len"), st.sampled_from(codec.TENSOR_TYPES),
                      st.one_of(st.integers(LIMIT + 1, 2 ** 64 - 1), st.sampled_from([2 ** 40, 2 ** 63, 2 ** 64 - 1,
                                                                                       LIMIT + 1, 2 ** 32]))),
-           st.tuples(st.just("meta_len"), st.sampled_from(sorted(p.TYPE_NAMES)),
-                     st.one_of(st.integers(p.MAX_META_BYTES + 1, 2 ** 32 - 1),
-                               st.sampled_from([p.MAX_META_BYTES + 1, 2 ** 31, 2 ** 32 - 1])))),
-       limit=st.sampled_from([LIMIT, p.DEFAULT_MAX_FRAME_BYTES]), tail=st.binary(max_size=64))
+           st.tuples(st.just("meta_len"), st.sampled_from(sorted(codec.TYPE_NAMES)),
+                     st.one_of(st.integers(codec.MAX_META_BYTES + 1, 2 ** 32 - 1),
+                               st.sampled_from([codec.MAX_META_BYTES + 1, 2 ** 31, 2 ** 32 - 1])))),
+       limit=st.sampled_from([LIMIT, codec.DEFAULT_MAX_FRAME_BYTES]), tail=st.binary(max_size=64))
 def test_decoder_allocates_nothing_for_a_huge_claim(prefix, claim, limit, tail):
     """A header claiming 2^40 bytes (or anything over the limits) is refused before anything is allocated."""
     field, type_, size = claim
@@ -238,12 +238,12 @@ def test_decoder_allocates_nothing_for_a_huge_claim(prefix, claim, limit, tail):
         a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
         a.sendall(data)
         a.shutdown(socket.SHUT_WR)
-        p.set_timeouts(b, 1.0)
-        reader = p.FrameReader(b, limit)
+        sockets.set_timeouts(b, 1.0)
+        reader = sockets.FrameReader(b, limit)
         for _ in prefix:
             reader.read()
         with traced() as peak_bytes:
-            with pytest.raises(p.ProtocolError) as raised:
+            with pytest.raises(codec.ProtocolError) as raised:
                 reader.read()
             peak = peak_bytes()
     finally:
@@ -262,8 +262,8 @@ def test_decoder_never_waits_past_its_timeouts_on_a_stalled_peer(sent):
     started = time.monotonic()
     frames, error, elapsed, _ = read_stream(data, close=False, rcv_timeout=0.02, frame_timeout=0.1, measure=False)
     assert time.monotonic() - started < 2.0, label
-    assert isinstance(error, (socket.timeout, p.ProtocolError)), repr(error)
-    tried("decoder: stalled peers", type(error).__name__ if not isinstance(error, p.ProtocolError) else error.code)
+    assert isinstance(error, (socket.timeout, codec.ProtocolError)), repr(error)
+    tried("decoder: stalled peers", type(error).__name__ if not isinstance(error, codec.ProtocolError) else error.code)
 
 
 # compression.decode: boundary shapes a receiver may expect (2048x1x1: the fuzzed bundle's; 4x16x32: int8 per
@@ -317,8 +317,8 @@ def encoded(draw):
                               array.dtype).reshape(array.shape).copy()
     elif kind == "retype":
         flat = array.reshape(-1).view(np.uint8)
-        name = draw(st.sampled_from([k for k, d in p.DTYPES.items() if flat.size % d.itemsize == 0]))
-        array = flat.view(p.DTYPES[name])
+        name = draw(st.sampled_from([k for k, d in codec.DTYPES.items() if flat.size % d.itemsize == 0]))
+        array = flat.view(codec.DTYPES[name])
         if draw(st.booleans()) and array.size:
             array = array.reshape(1, -1)
     elif kind == "bomb" and codec != "none":
@@ -347,7 +347,7 @@ def test_decode_rejects_or_decodes_hostile_encodings_cleanly(case):
         try:
             out = compression.decode(meta, array, expected)
             error = None
-        except p.ProtocolError as exc:
+        except codec.ProtocolError as exc:
             out, error = None, exc
         peak = peak_bytes()
     assert time.monotonic() - started < IO_TIMEOUT_S
@@ -374,8 +374,8 @@ def test_decode_allocates_nothing_for_huge_claims_and_bombs():
     tail = (2048, 1, 1)
     cases = []
     for n in (2 ** 17 + 1, 2 ** 40, 2 ** 63):  # a declared batch whose tensor would exceed MAX_DECODED_BYTES
-        for scheme, codec in (("none", "none"), ("fp16", "zstd"), ("int8", "lz4")):
-            cases.append(({"scheme": scheme, "codec": codec, "shape": [n] + list(tail), "lo": "AAAAAA==",
+        for scheme, lossless in (("none", "none"), ("fp16", "zstd"), ("int8", "lz4")):
+            cases.append(({"scheme": scheme, "codec": lossless, "shape": [n] + list(tail), "lo": "AAAAAA==",
                            "scale": "AACAPw=="}, np.zeros(16, np.uint8)))
     import lz4.frame
     import zstandard
@@ -390,7 +390,7 @@ def test_decode_allocates_nothing_for_huge_claims_and_bombs():
     del zeros
     for meta, array in cases:
         with traced() as peak_bytes:
-            with pytest.raises(p.ProtocolError) as raised:
+            with pytest.raises(codec.ProtocolError) as raised:
                 compression.decode(meta, array, (None,) + tail)
             peak = peak_bytes()
         assert raised.value.code == "bad_encoding"
@@ -428,7 +428,7 @@ def server_corpus(fuzz_bundle):
 def reference(fuzz_bundle):
     """A fixed boundary tensor and the tail's output for it, computed here by the same ONNX file."""
     from runtime.backends import load_part
-    from runtime.manifest import load_manifest
+    from runtime.bundle.manifest import load_manifest
     x = np.maximum(np.random.RandomState(0).standard_normal((4, 2048, 1, 1)), 0).astype(np.float32)
     runner = load_part(load_manifest(fuzz_bundle[1]), "tail", "onnx", "cpu")
     return x, np.asarray(runner.run(x))
@@ -458,11 +458,11 @@ def exchange(server, data, half_close=True, timeout=IO_TIMEOUT_S):
     replies = []
     try:
         sender.start()
-        reader = p.FrameReader(sock, p.DEFAULT_MAX_FRAME_BYTES, allowed_types=p.FROM_CLOUD)
+        reader = sockets.FrameReader(sock, codec.DEFAULT_MAX_FRAME_BYTES, allowed_types=codec.FROM_CLOUD)
         while True:
             try:
                 replies.append(reader.read())
-            except p.PeerClosed:
+            except codec.PeerClosed:
                 closed = True
                 break
             except (ConnectionResetError, BrokenPipeError):  # closed with our unread bytes still queued
@@ -480,11 +480,11 @@ def exchange(server, data, half_close=True, timeout=IO_TIMEOUT_S):
 def check_replies(replies, closed, labels):
     """The server's side of the contract for one connection: -> the outcome (an error code, or 'served')."""
     assert closed
-    errors = [f for f in replies if f.type == p.ERROR]
-    assert len(errors) <= 1 and (not errors or replies[-1] is errors[0]), [p.TYPE_NAMES[f.type] for f in replies]
+    errors = [f for f in replies if f.type == codec.ERROR]
+    assert len(errors) <= 1 and (not errors or replies[-1] is errors[0]), [codec.TYPE_NAMES[f.type] for f in replies]
     for f in replies:
-        assert f.type in p.FROM_CLOUD
-        if f.type == p.RESULT:
+        assert f.type in codec.FROM_CLOUD
+        if f.type == codec.RESULT:
             assert f.array is not None and f.array.dtype in (np.float32, np.uint8)
             if f.array.dtype == np.float32:
                 assert f.array.ndim == 2 and f.array.shape[1] == 100  # (N, classes); NaN in, NaN out
@@ -527,22 +527,22 @@ def good_client(server, manifest, x):
     """HELLO, then INFER x, on a fresh connection: the tail's output."""
     sock = socket.create_connection((server.host, server.port), timeout=30)
     try:
-        p.send_frame(sock, p.HELLO, 1, {"role": "edge", "model": "resnet50", "split": 20,
-                                        "bundle_id": manifest["bundle_id"], "protocol": p.VERSION})
-        reader = p.FrameReader(sock, allowed_types=p.FROM_CLOUD)
+        sockets.send_frame(sock, codec.HELLO, 1, {"role": "edge", "model": "resnet50", "split": 20,
+                                        "bundle_id": manifest["bundle_id"], "protocol": codec.VERSION})
+        reader = sockets.FrameReader(sock, allowed_types=codec.FROM_CLOUD)
         welcome = reader.read()
-        assert welcome.type == p.WELCOME and welcome.meta["bundle_id"] == manifest["bundle_id"], welcome.meta
+        assert welcome.type == codec.WELCOME and welcome.meta["bundle_id"] == manifest["bundle_id"], welcome.meta
         outs = []
         for i in range(3):
-            p.send_frame(sock, p.INFER, 2 + i, {}, x)
+            sockets.send_frame(sock, codec.INFER, 2 + i, {}, x)
             result = reader.read()
-            assert result.type == p.RESULT and result.request_id == 2 + i, result.meta
+            assert result.type == codec.RESULT and result.request_id == 2 + i, result.meta
             outs.append(result.array.copy())
         probe = np.arange(256, dtype=np.uint8)
-        p.send_frame(sock, p.ECHO, 9, {}, probe)
+        sockets.send_frame(sock, codec.ECHO, 9, {}, probe)
         echo = reader.read()
-        assert echo.type == p.RESULT and echo.array.tobytes() == probe.tobytes()
-        p.send_frame(sock, p.BYE, 10, {})
+        assert echo.type == codec.RESULT and echo.array.tobytes() == probe.tobytes()
+        sockets.send_frame(sock, codec.BYE, 10, {})
         return outs
     finally:
         sock.close()
@@ -571,7 +571,7 @@ def test_server_answers_hostile_streams_with_an_error_and_a_close(fuzz_server, s
         replies, closed, elapsed = exchange(fuzz_server, b"".join(f for _, f in seq))
         outcome = check_replies(replies, closed, labels)
         want, code = expected_replies(labels)
-        got = [p.TYPE_NAMES[f.type] for f in replies if f.type != p.ERROR]
+        got = [codec.TYPE_NAMES[f.type] for f in replies if f.type != codec.ERROR]
         got = [t for i, t in enumerate(got) if not (t == "CHUNK" and i and got[i - 1] == "CHUNK")]
         assert (got, None if outcome == "served" else outcome) == (want, code), labels
         tried("server: hostile streams", "valid sequence " + outcome)
@@ -593,12 +593,12 @@ def test_server_rss_stays_bounded_and_allocates_nothing_for_huge_claims(fuzz_ser
     claims = []
     for size in [2 ** 40, 2 ** 63, 2 ** 64 - 1, LIMIT + 1, 2 ** 32] + [random.Random(i).randrange(LIMIT + 1, 2 ** 64)
                                                                      for i in range(25)]:
-        claims.append(hello + ff.build(p.INFER, {"dtype": "uint8", "shape": [size]}, b"", payload_len=size))
-        claims.append(ff.build(p.ECHO, {"dtype": "uint8", "shape": [size]}, b"", payload_len=size))
-    for size in [2 ** 32 - 1, 2 ** 31, p.MAX_META_BYTES + 1] + [random.Random(i).randrange(
-            p.MAX_META_BYTES + 1, 2 ** 32) for i in range(10)]:
-        claims.append(ff.build(p.HELLO, b"{}", meta_len=size))
-        claims.append(hello + ff.build(p.INFER, b"{}", meta_len=size))
+        claims.append(hello + ff.build(codec.INFER, {"dtype": "uint8", "shape": [size]}, b"", payload_len=size))
+        claims.append(ff.build(codec.ECHO, {"dtype": "uint8", "shape": [size]}, b"", payload_len=size))
+    for size in [2 ** 32 - 1, 2 ** 31, codec.MAX_META_BYTES + 1] + [random.Random(i).randrange(
+            codec.MAX_META_BYTES + 1, 2 ** 32) for i in range(10)]:
+        claims.append(ff.build(codec.HELLO, b"{}", meta_len=size))
+        claims.append(hello + ff.build(codec.INFER, b"{}", meta_len=size))
     for data in claims:
         replies, closed, _ = exchange(fuzz_server, data)
         assert check_replies(replies, closed, ["huge claim"]) == "too_large"
@@ -617,9 +617,9 @@ def test_server_cuts_off_stalled_and_partial_frames(fuzz_server, server_corpus):
         if label in ("HELLO", "INFER", "INFER:int8/zstd", "ECHO", "FETCH"):
             cases.append(("{} #{} cut".format(label, i), frame[:rng.randrange(1, len(frame))]))
     cases += [("HELLO + INFER cut", hello + server_corpus[1][1][:rng.randrange(1, 200)]),
-              ("claims the limit, sends 10 bytes", ff.build(p.ECHO, {"dtype": "uint8", "shape": [LIMIT]},
+              ("claims the limit, sends 10 bytes", ff.build(codec.ECHO, {"dtype": "uint8", "shape": [LIMIT]},
                                                              b"\0" * 10, payload_len=LIMIT)),
-              ("claims 1 MiB of meta, sends 3", ff.build(p.HELLO, b'{"a', meta_len=p.MAX_META_BYTES))]
+              ("claims 1 MiB of meta, sends 3", ff.build(codec.HELLO, b'{"a', meta_len=codec.MAX_META_BYTES))]
     results = {}
 
     def run(label, data):
@@ -636,7 +636,7 @@ def test_server_cuts_off_stalled_and_partial_frames(fuzz_server, server_corpus):
     for label, result in results.items():
         assert not isinstance(result, BaseException), (label, result)
         replies, closed, elapsed = result
-        errors = [f.meta["code"] for f in replies if f.type == p.ERROR]
+        errors = [f.meta["code"] for f in replies if f.type == codec.ERROR]
         assert closed and elapsed < 7.0, (label, elapsed)
         if label == "nothing":
             assert errors == ["timeout"]
@@ -681,25 +681,25 @@ def pickle_positions(blob, bundle_id):
     """The same pickle as a raw stream, as metadata, inside metadata, as an INFER's payload (plain, padded to the
     boundary, zstd-compressed), as an ECHO's and a CHUNK's payload, and after an admin HELLO as a PUSH."""
     import zstandard
-    hello = ff.build(p.HELLO, {"model": "resnet50", "split": 20, "bundle_id": bundle_id})
+    hello = ff.build(codec.HELLO, {"model": "resnet50", "split": 20, "bundle_id": bundle_id})
     padded = (blob * (8192 // len(blob) + 1))[:8192]
     packed = zstandard.ZstdCompressor().compress(padded)
     text = blob.decode("latin-1")
     return [
         ("raw stream", blob),
         ("raw stream after HELLO", hello + blob),
-        ("HELLO meta", ff.build(p.HELLO, blob)),
-        ("INFER meta", hello + ff.build(p.INFER, blob, padded)),
-        ("string in HELLO meta", ff.build(p.HELLO, {"model": text, "split": 20, "bundle_id": text})),
-        ("INFER payload (uint8)", hello + ff.build(p.INFER, {"dtype": "uint8", "shape": [len(blob)]}, blob)),
-        ("INFER payload (boundary)", hello + ff.build(p.INFER, {"dtype": "float32", "shape": [1, 2048, 1, 1]},
+        ("HELLO meta", ff.build(codec.HELLO, blob)),
+        ("INFER meta", hello + ff.build(codec.INFER, blob, padded)),
+        ("string in HELLO meta", ff.build(codec.HELLO, {"model": text, "split": 20, "bundle_id": text})),
+        ("INFER payload (uint8)", hello + ff.build(codec.INFER, {"dtype": "uint8", "shape": [len(blob)]}, blob)),
+        ("INFER payload (boundary)", hello + ff.build(codec.INFER, {"dtype": "float32", "shape": [1, 2048, 1, 1]},
                                                       padded)),
-        ("INFER payload (zstd)", hello + ff.build(p.INFER, {"dtype": "uint8", "shape": [len(packed)], "encoding": {
+        ("INFER payload (zstd)", hello + ff.build(codec.INFER, {"dtype": "uint8", "shape": [len(packed)], "encoding": {
             "scheme": "none", "codec": "zstd", "shape": [1, 2048, 1, 1]}}, packed)),
-        ("ECHO payload", ff.build(p.ECHO, {"dtype": "uint8", "shape": [len(blob)]}, blob)),
-        ("CHUNK payload", ff.build(p.CHUNK, {"dtype": "uint8", "shape": [len(blob)], "file": "x", "offset": 0}, blob)),
-        ("PUSH meta", ff.build(p.HELLO, {"role": "admin"}) + ff.build(p.PUSH, {"manifest": text, "proof": text})
-         + ff.build(p.CHUNK, {"dtype": "uint8", "shape": [len(blob)], "file": "x", "offset": 0}, blob)),
+        ("ECHO payload", ff.build(codec.ECHO, {"dtype": "uint8", "shape": [len(blob)]}, blob)),
+        ("CHUNK payload", ff.build(codec.CHUNK, {"dtype": "uint8", "shape": [len(blob)], "file": "x", "offset": 0}, blob)),
+        ("PUSH meta", ff.build(codec.HELLO, {"role": "admin"}) + ff.build(codec.PUSH, {"manifest": text, "proof": text})
+         + ff.build(codec.CHUNK, {"dtype": "uint8", "shape": [len(blob)], "file": "x", "offset": 0}, blob)),
     ]
 
 
@@ -719,18 +719,18 @@ def test_pickles_in_every_position_are_never_unpickled(fuzz_server, fuzz_bundle,
             if position == "ECHO payload":  # the bytes come back as they are, never looked into
                 assert outcome == "served" and replies[0].array.tobytes() == blob
             if position == "INFER payload (boundary)":  # a tensor of odd floats, nothing more
-                assert outcome == "served" and replies[-1].type == p.RESULT
+                assert outcome == "served" and replies[-1].type == codec.RESULT
             tried("server: pickles", outcome)
             markers.append(path)
         for position, data in pickle_positions(blob, "0123456789abcdef"):  # and the decoder, in process
             frames, error, _, _ = read_stream(data, measure=False)
             for f in frames:
-                if f.type == p.INFER and "encoding" in f.meta:
+                if f.type == codec.INFER and "encoding" in f.meta:
                     try:
                         compression.decode(f.meta["encoding"], f.array, (None, 2048, 1, 1))
-                    except p.ProtocolError:
+                    except codec.ProtocolError:
                         pass
-            tried("decoder: pickles", "accepted" if isinstance(error, p.PeerClosed) else getattr(
+            tried("decoder: pickles", "accepted" if isinstance(error, codec.PeerClosed) else getattr(
                 error, "code", type(error).__name__))
     time.sleep(0.5)  # anything the server might have run has had time to run
     created = [m for m in markers if os.path.exists(m)]
@@ -760,30 +760,30 @@ def _decoder_error(data):
 
 
 def test_decoder_deeply_nested_meta_is_a_protocol_error():
-    error = _decoder_error(ff.build(p.HELLO, b"[" * 5000 + b"]" * 5000))
-    assert isinstance(error, p.ProtocolError) and error.code == "bad_meta", repr(error)
+    error = _decoder_error(ff.build(codec.HELLO, b"[" * 5000 + b"]" * 5000))
+    assert isinstance(error, codec.ProtocolError) and error.code == "bad_meta", repr(error)
 
 
 def test_decoder_zero_size_tensor_with_huge_dimensions_is_a_protocol_error():
-    error = _decoder_error(ff.build(p.ECHO, {"dtype": "uint8", "shape": [2 ** 63, 0]}))
-    assert isinstance(error, p.ProtocolError) and error.code == "bad_shape", repr(error)
+    error = _decoder_error(ff.build(codec.ECHO, {"dtype": "uint8", "shape": [2 ** 63, 0]}))
+    assert isinstance(error, codec.ProtocolError) and error.code == "bad_shape", repr(error)
 
 
 def _server_bug_cases():
     return {
-        "HELLO with deeply nested meta": (lambda bid: ff.build(p.HELLO, b"[" * 5000 + b"]" * 5000), ("bad_meta",)),
-        "HELLO with split Infinity": (lambda bid: ff.build(p.HELLO, b'{"model":"resnet50","split":Infinity}'),
+        "HELLO with deeply nested meta": (lambda bid: ff.build(codec.HELLO, b"[" * 5000 + b"]" * 5000), ("bad_meta",)),
+        "HELLO with split Infinity": (lambda bid: ff.build(codec.HELLO, b'{"model":"resnet50","split":Infinity}'),
                                       ("bad_meta",)),
         "PROFILE with batch_size Infinity": (
-            lambda bid: ff.build(p.PROFILE, b'{"model":"resnet50","batch_size":Infinity}'), ("bad_meta",)),
-        "compressed INFER of shape [2**63, 0]": (lambda bid: ff.build(p.HELLO, {"model": "resnet50", "split": 20})
-                                                 + ff.build(p.INFER, {"dtype": "uint8", "shape": [2 ** 63, 0],
+            lambda bid: ff.build(codec.PROFILE, b'{"model":"resnet50","batch_size":Infinity}'), ("bad_meta",)),
+        "compressed INFER of shape [2**63, 0]": (lambda bid: ff.build(codec.HELLO, {"model": "resnet50", "split": 20})
+                                                 + ff.build(codec.INFER, {"dtype": "uint8", "shape": [2 ** 63, 0],
                                                                       "encoding": {"scheme": "none", "codec": "zstd",
                                                                                    "shape": [1, 2048, 1, 1]}}),
                                                  ("bad_shape", "bad_encoding")),
-        "FETCH with a list among formats": (lambda bid: ff.build(p.FETCH, {"bundle_id": bid, "part": "tail",
+        "FETCH with a list among formats": (lambda bid: ff.build(codec.FETCH, {"bundle_id": bid, "part": "tail",
                                                                            "formats": [["onnx"]]}), ("bad_meta",)),
-        "FETCH with a number among formats": (lambda bid: ff.build(p.FETCH, {"bundle_id": bid, "part": "tail",
+        "FETCH with a number among formats": (lambda bid: ff.build(codec.FETCH, {"bundle_id": bid, "part": "tail",
                                                                              "formats": [1]}),
                                               ("bad_meta", "unknown_format")),
     }
@@ -793,7 +793,7 @@ def _server_bug_cases():
 def test_server_answers_malformed_meta_with_a_protocol_error(case, fuzz_server, fuzz_bundle):
     make, codes = _server_bug_cases()[case]
     replies, closed, _ = exchange(fuzz_server, make(fuzz_bundle[2]["bundle_id"]))
-    assert closed and replies and replies[-1].type == p.ERROR  # the server refuses and closes...
+    assert closed and replies and replies[-1].type == codec.ERROR  # the server refuses and closes...
     assert replies[-1].meta["code"] in codes, replies[-1].meta  # ... with the protocol's code, not "internal"
 
 

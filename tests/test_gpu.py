@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-
 from cloud_server import ServerProcess
 from conftest import run_cli
 
@@ -19,7 +18,7 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA d
 def gpu_artifacts(tmp_path_factory, seed_weights):
     from exporter.bundle import export_bundle
     root = tmp_path_factory.mktemp("gpu-artifacts")
-    from runtime.manifest import load_manifest
+    from runtime.bundle.manifest import load_manifest
     manifests = {}
     for split in (3, 16):
         directory, _ = export_bundle("resnet50", str(split), weights=seed_weights, out_dir=str(root))

@@ -8,10 +8,10 @@ import time
 
 import numpy as np
 import pytest
-
 from cloud_server import ServerProcess
 from conftest import REPO
-from runtime import protocol as p
+
+from runtime.wire import codec, sockets
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_a_silent_connection_is_closed_while_a_good_edge_is_served(server, seed_
 
 def test_a_client_sending_a_byte_a_second_is_cut_off_at_the_read_timeout(server, seed_bundles):
     slow = socket.create_connection((server.host, server.port))
-    frame = p.HEADER.pack(p.MAGIC, p.VERSION, p.HELLO, 0, 1, 2, 0, 0, 0) + b"{}"
+    frame = codec.HEADER.pack(codec.MAGIC, codec.VERSION, codec.HELLO, 0, 1, 2, 0, 0, 0) + b"{}"
     stop = threading.Event()
 
     def dribble():
@@ -80,13 +80,13 @@ def test_connections_beyond_the_cap_are_refused_in_one_error_and_served_again_la
     held = []
     for _ in range(4):  # the cap, each kept alive by an ECHO so the hello timeout does not close it
         s = socket.create_connection((server.host, server.port))
-        p.send_frame(s, p.ECHO, 1, {}, np.zeros(8, np.uint8))
-        assert p.FrameReader(s).read().type == p.RESULT
+        sockets.send_frame(s, codec.ECHO, 1, {}, np.zeros(8, np.uint8))
+        assert sockets.FrameReader(s).read().type == codec.RESULT
         held.append(s)
     extra = socket.create_connection((server.host, server.port))
     extra.settimeout(10)
-    frame = p.FrameReader(extra).read()
-    assert frame.type == p.ERROR and frame.meta["code"] == "busy" and "--max-connections" in frame.meta["message"]
+    frame = sockets.FrameReader(extra).read()
+    assert frame.type == codec.ERROR and frame.meta["code"] == "busy" and "--max-connections" in frame.meta["message"]
     for s in held:
         s.close()
     time.sleep(0.6)  # the server notices the closes within its 0.2 s poll

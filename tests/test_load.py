@@ -11,7 +11,6 @@ import sys
 import threading
 
 import pytest
-
 from conftest import REPO
 from slow_proxy import LoopbackProxy
 

@@ -4,15 +4,15 @@ import json
 import os
 
 import pytest
-
 from cloud_server import ServerProcess
 from conftest import run_cli
+
 from exporter.bundle import export_bundle
 from exporter.segments import export_segments
+from runtime.backends.profiling import ProfileCache, profile_segments
+from runtime.bundle.manifest import load_manifest
+from runtime.edge.planner import choose, predict
 from runtime.errors import UserError
-from runtime.manifest import load_manifest
-from runtime.planner import choose, predict
-from runtime.profile import ProfileCache, profile_segments
 
 MODEL = "tiny_models:build"
 MODEL_ID = "tiny_models-build"
@@ -146,6 +146,7 @@ def test_adaptive_mode_moves_to_a_later_split_when_the_bandwidth_drops(seed_segm
     import subprocess
     import sys
     import time
+
     from conftest import REPO
     from slow_proxy import SlowProxy
     srv = ServerProcess(seed_segments)

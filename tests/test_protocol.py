@@ -5,8 +5,8 @@ import threading
 import numpy as np
 import pytest
 
-from runtime import protocol as p
 from runtime.errors import UserError
+from runtime.wire import codec, sockets
 
 
 @pytest.mark.parametrize("dtype,shape", [("float32", (4, 2048, 1, 1)), ("float16", (2, 3, 5)), ("int8", (7,)),
@@ -15,12 +15,12 @@ def test_tensor_frames_round_trip(dtype, shape):
     a, b = socket.socketpair()
     try:
         x = (np.random.RandomState(0).randn(*shape) * 50).astype(dtype)
-        sent = p.send_frame(a, p.INFER, 42, {"extra": "kept"}, x)
-        frame = p.FrameReader(b).read()
-        assert (frame.type, frame.request_id, frame.meta["extra"]) == (p.INFER, 42, "kept")
+        sent = sockets.send_frame(a, codec.INFER, 42, {"extra": "kept"}, x)
+        frame = sockets.FrameReader(b).read()
+        assert (frame.type, frame.request_id, frame.meta["extra"]) == (codec.INFER, 42, "kept")
         assert frame.array.dtype == np.dtype(dtype) and frame.array.shape == shape
         assert np.array_equal(frame.array, x)
-        assert sent == p.HEADER_SIZE + len(p.encode_meta(frame.meta)) + x.nbytes
+        assert sent == codec.HEADER_SIZE + len(codec.encode_meta(frame.meta)) + x.nbytes
     finally:
         a.close()
         b.close()
@@ -30,9 +30,9 @@ def test_large_tensor_survives_partial_sends():
     a, b = socket.socketpair()
     x = np.random.RandomState(1).randn(4, 1024, 1024).astype(np.float32)  # 16 MiB, far above socket buffers
     received = {}
-    reader = threading.Thread(target=lambda: received.update(f=p.FrameReader(b).read()))
+    reader = threading.Thread(target=lambda: received.update(f=sockets.FrameReader(b).read()))
     reader.start()
-    p.send_frame(a, p.RESULT, 1, {}, x[:, ::2])  # a non-contiguous view is sent correctly too
+    sockets.send_frame(a, codec.RESULT, 1, {}, x[:, ::2])  # a non-contiguous view is sent correctly too
     reader.join(30)
     assert np.array_equal(received["f"].array, x[:, ::2])
     a.close()
@@ -42,18 +42,18 @@ def test_large_tensor_survives_partial_sends():
 def test_a_peer_closing_between_frames_is_not_an_error():
     a, b = socket.socketpair()
     a.close()
-    with pytest.raises(p.PeerClosed):
-        p.FrameReader(b).read()
+    with pytest.raises(codec.PeerClosed):
+        sockets.FrameReader(b).read()
     b.close()
 
 
 @pytest.mark.parametrize("text,expected", [("10.0.0.2:9999", ("10.0.0.2", 9999)), ("host", ("host", 9999)),
                                            ("[::1]:8000", ("::1", 8000))])
 def test_parse_address(text, expected):
-    assert p.parse_address(text) == expected
+    assert sockets.parse_address(text) == expected
 
 
 @pytest.mark.parametrize("text", ["host:port", "host:70000", ":9999"])
 def test_parse_address_rejects(text):
     with pytest.raises(UserError, match="address"):
-        p.parse_address(text)
+        sockets.parse_address(text)

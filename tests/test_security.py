@@ -7,11 +7,10 @@ import socket
 
 import numpy as np
 import pytest
-
 from cloud_server import ServerProcess
 from conftest import run_cli
-from runtime import protocol as p
-from runtime.security import inference_proof
+
+from runtime.wire import auth, codec, sockets
 
 trustme = pytest.importorskip("trustme")
 TOKEN = "correct-horse-battery-staple"
@@ -108,13 +107,13 @@ def test_missing_tls_files_are_one_line_errors(tmp_path, pki):
 
 def _raw(server):
     sock = socket.create_connection((server.host, server.port), timeout=10)
-    return sock, p.FrameReader(sock, allowed_types=p.FROM_CLOUD)
+    return sock, sockets.FrameReader(sock, allowed_types=codec.FROM_CLOUD)
 
 
 def _challenge(sock, reader):
-    p.send_frame(sock, p.AUTH, 1, {})
+    sockets.send_frame(sock, codec.AUTH, 1, {})
     frame = reader.read()
-    assert frame.type == p.CHALLENGE and frame.meta["required"] is True
+    assert frame.type == codec.CHALLENGE and frame.meta["required"] is True
     return frame.meta["nonce"]
 
 
@@ -138,34 +137,34 @@ def test_the_token_is_proven_never_sent_and_every_other_frame_waits_for_it(artif
 
         # before AUTH, every request is refused with one error and the connection closed
         x = np.zeros(8, np.uint8)
-        for type_, meta, array in ((p.HELLO, {"model": "resnet50", "split": 20}, None), (p.ECHO, {}, x),
-                                   (p.PROFILE, {"model": "resnet50", "batch_size": 1}, None),
-                                   (p.FETCH, {"bundle_id": "x", "part": "head", "formats": ["onnx"]}, None),
-                                   (p.STATUS, {}, None)):
+        for type_, meta, array in ((codec.HELLO, {"model": "resnet50", "split": 20}, None), (codec.ECHO, {}, x),
+                                   (codec.PROFILE, {"model": "resnet50", "batch_size": 1}, None),
+                                   (codec.FETCH, {"bundle_id": "x", "part": "head", "formats": ["onnx"]}, None),
+                                   (codec.STATUS, {}, None)):
             sock, reader = _raw(srv)
-            p.send_frame(sock, type_, 1, meta, array)
+            sockets.send_frame(sock, type_, 1, meta, array)
             frame = reader.read()
-            assert frame.type == p.ERROR and frame.meta["code"] == "auth_required", frame.meta
-            with pytest.raises(p.PeerClosed):
+            assert frame.type == codec.ERROR and frame.meta["code"] == "auth_required", frame.meta
+            with pytest.raises(codec.PeerClosed):
                 reader.read()
             sock.close()
 
         # a proof answers one challenge only: replayed on another connection it is refused
         sock, reader = _raw(srv)
-        proof = inference_proof(TOKEN, _challenge(sock, reader))
+        proof = auth.proof(TOKEN, _challenge(sock, reader), auth.INFERENCE)
         assert TOKEN not in proof
-        p.send_frame(sock, p.AUTH, 2, {"proof": proof})
-        assert reader.read().type == p.DONE
-        p.send_frame(sock, p.STATUS, 3, {})
+        sockets.send_frame(sock, codec.AUTH, 2, {"proof": proof})
+        assert reader.read().type == codec.DONE
+        sockets.send_frame(sock, codec.STATUS, 3, {})
         status = reader.read().meta["status"]
         assert status["token"] is True and status["errors"]["bad_token"] == 1
         sock.close()
         sock, reader = _raw(srv)
         _challenge(sock, reader)
-        p.send_frame(sock, p.AUTH, 2, {"proof": proof})
+        sockets.send_frame(sock, codec.AUTH, 2, {"proof": proof})
         frame = reader.read()
-        assert frame.type == p.ERROR and frame.meta["code"] == "bad_token"
-        with pytest.raises(p.PeerClosed):
+        assert frame.type == codec.ERROR and frame.meta["code"] == "bad_token"
+        with pytest.raises(codec.PeerClosed):
             reader.read()
         sock.close()
     finally:

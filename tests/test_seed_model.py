@@ -1,10 +1,10 @@
 """The seed's ResNet-50: state_dict layout and split points, checked against ../shared/FACTS.md."""
 import pytest
 import torch
+from seed_reference import forward, make_state_dict, seed_keys
 
 from exporter.cutpoints import TracedModel
 from exporter.models.cifar_resnet import resnet50
-from seed_reference import forward, make_state_dict, seed_keys
 
 # FACTS section 2: boundary after each split point, for one 32x32 image
 SEED_BOUNDARIES = [(3, 32, 32)] + [(64, 32, 32)] * 3 + [(256, 32, 32)] * 3 + [(512, 16, 16)] * 4 + \

@@ -8,9 +8,9 @@ import time
 
 import numpy as np
 import pytest
-
 from cloud_server import ServerProcess
 from conftest import REPO, run_cli
+
 from exporter.bundle import export_bundle
 
 SPLITS = [0, 3, 10, 16, 20, 22]  # the seed's table

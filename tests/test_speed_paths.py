@@ -8,7 +8,6 @@ import threading
 
 import numpy as np
 import pytest
-
 from cloud_server import ServerProcess
 from conftest import REPO, run_cli
 
@@ -36,8 +35,8 @@ def test_pipelined_run_gives_every_prediction_once_in_input_order(artifacts, lab
 def test_batcher_splits_a_batch_back_to_each_request(artifacts):
     """Many threads submit different activations to one real tail; each gets exactly its own rows back."""
     from runtime.backends import load_part
-    from runtime.batching import DynamicBatcher
-    from runtime.manifest import load_manifest
+    from runtime.bundle.manifest import load_manifest
+    from runtime.cloud.batching import DynamicBatcher
     manifest = load_manifest(str(artifacts / "resnet50-s16"))
     tail = load_part(manifest, "tail", threads=1)
     batcher = DynamicBatcher(tail, max_batch=8, max_delay_ms=20)
@@ -143,9 +142,9 @@ def test_compressed_runs_give_what_the_tail_makes_of_the_decoded_tensor_and_shri
 def _decoded_predictions(artifacts, split, npz, compress, codec, n):
     """Head, encode, decode and tail in this process, as the edge and the cloud do them: the predictions."""
     from runtime.backends import load_part
-    from runtime.compression import Encoder, decode
-    from runtime.data import preprocess_batch
-    from runtime.manifest import load_manifest
+    from runtime.bundle.manifest import load_manifest
+    from runtime.edge.data import preprocess_batch
+    from runtime.wire.compression import Encoder, decode
     manifest = load_manifest(str(artifacts / "resnet50-s{}".format(split)))
     head, tail = load_part(manifest, "head", threads=1), load_part(manifest, "tail", threads=1)
     encoder = Encoder(compress, codec)

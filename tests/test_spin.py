@@ -1,5 +1,5 @@
-"""The busy poll's back-off (runtime/spin.py): pure, no sockets."""
-from runtime.spin import MAX_BACKOFF, SpinPolicy
+"""The busy poll's back-off (runtime/edge/spin.py): pure, no sockets."""
+from runtime.edge.spin import MAX_BACKOFF, SpinPolicy
 
 
 def spins_in(policy, requests, hit, wall_s, cpu_s):

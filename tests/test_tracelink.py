@@ -15,7 +15,6 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import REPO
 
 sys.path.insert(0, os.path.join(REPO, "bench"))

@@ -5,12 +5,11 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
 
 sys.path.insert(0, os.path.join(REPO, "bench"))
-import traces  # noqa: E402
 import tracelink  # noqa: E402
+import traces  # noqa: E402
 
 SCRIPT = os.path.join(REPO, "bench", "traces.py")
 

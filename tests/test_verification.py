@@ -6,12 +6,12 @@ import onnx
 import pytest
 import torch
 from onnx import numpy_helper
+from tiny_models import build
 
 from exporter.bundle import export_bundle
 from exporter.cutpoints import TracedModel
 from exporter.errors import VerificationError
 from exporter.verify import compare, failure_message, verify_bundle
-from tiny_models import build
 
 
 @pytest.fixture()

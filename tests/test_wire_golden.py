@@ -14,9 +14,7 @@ import hashlib
 
 import numpy as np
 
-from runtime import protocol as p
-from runtime.deploy import token_proof
-from runtime.security import inference_proof
+from runtime.wire import auth, codec, sockets
 
 
 class Sink(object):
@@ -57,24 +55,24 @@ def sequence():
     x = np.arange(2 * 3 * 2 * 2, dtype=np.float32).reshape(2, 3, 2, 2) / 8
     logits = np.array([[0.5, -1.25, 3.0], [2.0, 0.0, -0.5]], dtype=np.float16)
     return [
-        (p.AUTH, 1, {}, None, 0, 0),
-        (p.CHALLENGE, 1, {"nonce": NONCE}, None, 0, 0),
-        (p.AUTH, 2, {"proof": inference_proof("secret", NONCE)}, None, 0, 0),
-        (p.DONE, 2, {}, None, 0, 0),
-        (p.HELLO, 3, {"model": "resnet50", "split": 20, "bundle_id": "b1", "codecs": ["zlib"], "protocol": p.VERSION},
+        (codec.AUTH, 1, {}, None, 0, 0),
+        (codec.CHALLENGE, 1, {"nonce": NONCE}, None, 0, 0),
+        (codec.AUTH, 2, {"proof": auth.proof("secret", NONCE, auth.INFERENCE)}, None, 0, 0),
+        (codec.DONE, 2, {}, None, 0, 0),
+        (codec.HELLO, 3, {"model": "resnet50", "split": 20, "bundle_id": "b1", "codecs": ["zlib"], "protocol": codec.VERSION},
          None, 0, 0),
-        (p.WELCOME, 3, {"bundle_id": "b1", "split": 20, "manifest": {"id": "b1"}, "active": True}, None, 0, 0),
-        (p.INFER, 4, {"split": 20}, x, 0, 0),
-        (p.RESULT, 4, {}, logits, 1.25, 0.5),
-        (p.ECHO, 5, {"reply_bytes": 64}, np.zeros(16, dtype=np.uint8), 0, 0),
-        (p.ECHO, 5, {}, np.full(4, 7, dtype=np.uint8), 0, 0),
-        (p.FETCH, 6, {"bundle_id": "b1", "part": "head", "formats": ["onnx"]}, None, 0, 0),
-        (p.CHUNK, 6, {"path": "head.onnx", "offset": 0}, np.frombuffer(b"onnx-bytes", dtype=np.uint8), 0, 0),
-        (p.DONE, 6, {"files": 1}, None, 0, 0),
-        (p.PUSH, 7, {"proof": token_proof("admin", NONCE)}, None, 0, 0),
-        (p.ERROR, 7, {"code": "bad_token", "message": "wrong admin token"}, None, 0, 0),
-        (p.INFER, 8, {"split": 20}, np.zeros((1, 4), dtype=np.int64), 0, 0),
-        (p.BYE, 0, {}, None, 0, 0),
+        (codec.WELCOME, 3, {"bundle_id": "b1", "split": 20, "manifest": {"id": "b1"}, "active": True}, None, 0, 0),
+        (codec.INFER, 4, {"split": 20}, x, 0, 0),
+        (codec.RESULT, 4, {}, logits, 1.25, 0.5),
+        (codec.ECHO, 5, {"reply_bytes": 64}, np.zeros(16, dtype=np.uint8), 0, 0),
+        (codec.ECHO, 5, {}, np.full(4, 7, dtype=np.uint8), 0, 0),
+        (codec.FETCH, 6, {"bundle_id": "b1", "part": "head", "formats": ["onnx"]}, None, 0, 0),
+        (codec.CHUNK, 6, {"path": "head.onnx", "offset": 0}, np.frombuffer(b"onnx-bytes", dtype=np.uint8), 0, 0),
+        (codec.DONE, 6, {"files": 1}, None, 0, 0),
+        (codec.PUSH, 7, {"proof": auth.proof("admin", NONCE, auth.ADMIN)}, None, 0, 0),
+        (codec.ERROR, 7, {"code": "bad_token", "message": "wrong admin token"}, None, 0, 0),
+        (codec.INFER, 8, {"split": 20}, np.zeros((1, 4), dtype=np.int64), 0, 0),
+        (codec.BYE, 0, {}, None, 0, 0),
     ]
 
 
@@ -105,7 +103,7 @@ def encoded():
     frames = []
     for type_, rid, meta, array, compute_ms, queue_ms in sequence():
         sink = Sink()
-        size = p.send_frame(sink, type_, rid, meta, array, compute_ms, queue_ms)
+        size = sockets.send_frame(sink, type_, rid, meta, array, compute_ms, queue_ms)
         assert size == len(sink.data)
         frames.append(bytes(sink.data))
     return frames
@@ -119,7 +117,7 @@ def test_each_frame_encodes_to_the_pinned_bytes():
 def test_the_whole_stream_is_pinned_and_reads_back_frame_by_frame():
     stream = b"".join(encoded())
     assert hashlib.sha256(stream).hexdigest() == GOLDEN_STREAM
-    reader = p.FrameReader(Source(stream))
+    reader = sockets.FrameReader(Source(stream))
     for type_, rid, meta, array, compute_ms, queue_ms in sequence():
         frame = reader.read()
         assert (frame.type, frame.request_id) == (type_, rid)

@@ -6,7 +6,7 @@ the host, so timers around it are honest on CUDA too), ``name`` and ``provider``
 
 Python 3.6 syntax.  torch is imported only by the TorchScript backend, when used.
 """
-from ..errors import UserError
+from runtime.errors import UserError
 
 BACKENDS = ("onnx", "torchscript")
 DEVICES = ("auto", "cpu", "cuda")
@@ -45,7 +45,7 @@ def load_file(path, backend="onnx", device="auto", threads=0, cache_dir=".", sha
     if cuda_graphs and (backend != "torchscript" or device == "cpu"):
         raise UserError("--cuda-graphs needs --backend torchscript --device cuda")
     if backend == "onnx":
-        from .ort import OnnxBackend
+        from runtime.backends.ort import OnnxBackend
         return OnnxBackend(path, device, threads, cache_dir=cache_dir, source_sha256=sha256)
-    from .torchscript import TorchScriptBackend
+    from runtime.backends.torchscript import TorchScriptBackend
     return TorchScriptBackend(path, device, threads, cuda_graphs)

@@ -10,7 +10,7 @@ Python 3.6 syntax.
 """
 import os
 
-from . import load_file
+from runtime.backends import load_file
 
 
 class SegmentChain(object):

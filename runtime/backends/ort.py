@@ -14,9 +14,8 @@ import hashlib
 import os
 import platform
 
-from ..errors import UserError
-from ..manifest import sha256_file
-
+from runtime.bundle.manifest import sha256_file
+from runtime.errors import UserError
 
 SPIN_ENV = "EDGESPLIT_ORT_SPIN"
 

@@ -3,7 +3,7 @@ import warnings
 
 import numpy as np
 
-from ..errors import UserError
+from runtime.errors import UserError
 
 
 class TorchScriptBackend(object):

@@ -26,8 +26,8 @@ link queues, one that sends 400 bytes hardly does; and rho >= 1 is unstable
 
 Python 3.6 syntax.
 """
-from .errors import UserError
-from .protocol import HEADER_SIZE
+from runtime.errors import UserError
+from runtime.wire.codec import HEADER_SIZE
 
 FRAME_BYTES = HEADER_SIZE + 48  # header and typical metadata of an INFER or RESULT frame
 OBJECTIVES = ("latency", "throughput")

@@ -23,6 +23,7 @@ Python 3.6 syntax.
 """
 import json
 import os
+import sys
 
 import numpy as np
 
@@ -155,3 +156,8 @@ def write_report(path, info, recorder):
         f.write("\n")
     os.replace(tmp, path)
     return data
+
+
+def _say(message):
+    sys.stderr.write("run-edge: {}\n".format(message))
+    sys.stderr.flush()

@@ -5,12 +5,25 @@ Python 3.6 syntax: this module runs on the Jetson.
 import os
 import sys
 
-from . import protocol as p
-from .backends import load_file
-from .errors import UserError
-from .manifest import load_manifest, validate
-from .planner import at_cadence, check_profiles, choose, format_plan, predict
-from .profile import ProfileCache, probe_network, profile_key, profile_segments, read_profile, write_profile
+from runtime.backends import load_file
+from runtime.backends.profiling import (
+    ProfileCache,
+    profile_key,
+    profile_segments,
+    read_profile,
+    write_profile,
+)
+from runtime.bundle.manifest import load_manifest, validate
+from runtime.edge.planner import (
+    at_cadence,
+    check_profiles,
+    choose,
+    format_plan,
+    predict,
+)
+from runtime.edge.probe import probe_network
+from runtime.errors import UserError
+from runtime.wire import codec
 
 
 def _say(message):
@@ -20,8 +33,8 @@ def _say(message):
 
 def cloud_profile(conn, model, batch_size):
     """The cloud's segments manifest and its own profile of them (PROFILE)."""
-    request_id, _ = conn.send(p.PROFILE, {"model": model, "batch_size": batch_size})
-    done = conn.expect(p.DONE, request_id).meta
+    request_id, _ = conn.send(codec.PROFILE, {"model": model, "batch_size": batch_size})
+    done = conn.expect(codec.DONE, request_id).meta
     return validate(done.get("manifest"), "the cloud's segments manifest"), done.get("profile")
 
 
@@ -51,7 +64,7 @@ def with_encoded_sizes(profile, encoder):
     """The profile with each point's bytes per sample as ``--compress``/``--codec`` will send them."""
     if encoder is None or (encoder.scheme == "none" and encoder.codec == "none"):
         return profile
-    from .compression import encoded_bytes_estimate
+    from runtime.wire.compression import encoded_bytes_estimate
     points = [dict(pt, bytes_per_sample=encoded_bytes_estimate(encoder.scheme, encoder.codec, [1] + list(pt["shape"])))
               for pt in profile["points"]]
     return dict(profile, points=points)
@@ -96,7 +109,8 @@ def run_plan(cloud, model="resnet50", cache="artifacts", backend="onnx", device=
              as_json=False, timeout=600.0, threads=0, out=None, security=None):
     """The plan command: print the predicted table and the choice."""
     import json
-    from .edge import EdgeSession
+
+    from runtime.edge.session import EdgeSession
     out = out or sys.stdout
     session = EdgeSession(cloud, model, cache, backend=backend, device=device, threads=threads, timeout=timeout,
                           security=security)
@@ -123,7 +137,7 @@ def run_profile(out_path, cloud=None, segments_dir=None, model="resnet50", cache
         manifest.verify_files(formats=("onnx" if backend == "onnx" else "torchscript",))
         profile = profile_segments(manifest, backend, device, batch_size, threads)
     else:
-        from .edge import EdgeSession
+        from runtime.edge.session import EdgeSession
         session = EdgeSession(cloud, model, cache, backend=backend, device=device, threads=threads, timeout=timeout,
                               security=security)
         try:

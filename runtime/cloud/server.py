@@ -3,297 +3,46 @@
 Threads, one per connection (see docs/ARCHITECTURE.md for why not asyncio): the
 tail's compute runs in onnxruntime or torch, which release the GIL, so connections
 really run in parallel; blocking sockets let each frame be received straight into
-its numpy array.  Each tail is loaded once, on first use, and shared by all
-connections.  The same connections carry deployment: edges fetch heads, an admin
-pushes bundles (with the admin token), and a cloud started with ``--model`` exports
-a split on demand.  SIGINT/SIGTERM stop accepting, let in-flight requests finish
-and be answered, then print a summary and exit 0.
-
-Python 3.6 syntax.
+its numpy array.  The same connections carry deployment: edges fetch heads, an
+admin pushes bundles (with the admin token).  SIGINT/SIGTERM stop accepting, let
+in-flight requests finish and be answered, then print a summary and exit 0.
 """
 import collections
-import hmac
 import json
 import logging
 import os
-import secrets
 import select
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
-import uuid
 
-from . import protocol as p
-from .backends import load_part
-from .commands import cli_command
-from .compression import available_codecs, decode
-from .deploy import file_entries, receive_files, remove_stale_temp_dirs, send_files, temp_dir, token_proof
-from .errors import ManifestError, UserError
-from .profile import profile_segments
-from .manifest import KIND_SEGMENTS, KIND_SPLIT, directory_name, install_dir, load_manifest, validate, write_manifest
-from .security import TOKEN_ENV, inference_proof, server_context
-from .store import BundleStore
+from runtime.bundle.manifest import KIND_SPLIT, validate
+from runtime.bundle.staging import remove_stale_temp_dirs, temp_dir
+from runtime.bundle.store import BundleStore
+from runtime.cloud.registry import (
+    EXPORT_TIMEOUT_S,
+    HandshakeError,
+    OnDemandExporter,
+    TailRegistry,
+)
+from runtime.cloud.stats import Stats
+from runtime.errors import ManifestError, UserError
+from runtime.wire import auth, codec, sockets
+from runtime.wire.compression import available_codecs, decode
+from runtime.wire.tls import server_context
+from runtime.wire.transfer import file_entries, receive_files, send_files
 
 log = logging.getLogger("edgesplit.server")
+
+
 POLL_S = 0.2
+
 DRAIN_S = 5.0  # after SIGTERM, requests already sent are answered for at most this long
+
 MAX_QUEUED_PER_CONNECTION = 64  # with batching: an edge with this many requests queued is not read from
-EXPORT_TIMEOUT_S = 1800
-
-
-class HandshakeError(UserError):
-    def __init__(self, code, message):
-        UserError.__init__(self, message)
-        self.code = code
-
-
-class OnDemandExporter(object):
-    """Exports a missing split of one model by running ``cli.py export`` (the runtime never imports the exporter)."""
-
-    def __init__(self, model, weights=None, random_init=False, input_shape=None):
-        self.model = model
-        self.weights = weights
-        self.random_init = random_init
-        self.input_shape = input_shape
-
-    def export(self, split, out_dir):
-        """Export one split (``split`` an int) or the profiling segments (``split`` None)."""
-        where = ["--split", str(split)] if split is not None else ["--segments"]
-        args = cli_command("export", "--model", self.model, *where) + ["--out", out_dir]
-        args += ["--weights", self.weights] if self.weights else (["--random-init"] if self.random_init else [])
-        if self.input_shape:
-            args += ["--input-shape", self.input_shape]
-        proc = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
-                              timeout=EXPORT_TIMEOUT_S)
-        if proc.returncode != 0:
-            lines = [l for l in proc.stderr.splitlines() if l.strip()]
-            raise HandshakeError("export_failed", "export of {} {} on the cloud failed: {}".format(
-                self.model, "split {}".format(split) if split is not None else "segments",
-                lines[-1] if lines else "exit {}".format(proc.returncode)))
-
-
-class TailRegistry(object):
-    """The server's bundles: found on disk by id, each tail loaded once and shared, one active per model."""
-
-    def __init__(self, store, backend="onnx", device="auto", threads=0, exporter=None, cuda_graphs=False):
-        self.store = store
-        self.backend = backend
-        self.device = device
-        self.threads = threads
-        self.cuda_graphs = cuda_graphs
-        self.exporter = exporter
-        self.active = {}     # model id -> bundle id
-        self._lock = threading.Lock()
-        self._loaded = {}    # bundle id -> (manifest, runner)
-        self._loading = {}   # bundle id -> lock, so each tail is loaded once
-        self._exports = {}   # (model, split) -> threading.Event while an export runs
-        self._profile_lock = threading.Lock()
-        self._profiles = {}  # (segments bundle id, batch size) -> profile
-
-    def bundles(self):
-        """The split bundles in the store (what inference can use)."""
-        return self.store.scan(KIND_SPLIT)[0]
-
-    def find(self, model, split=None):
-        """The split bundle of ``model`` at ``split`` in the store (split None: its segments bundle), or None."""
-        kind = KIND_SEGMENTS if split is None else KIND_SPLIT
-        for m in self.store.scan(kind)[0]:
-            if m.model_id == model and (split is None or m.split_index == split):
-                return m
-        return None
-
-    def held(self, bundle_id):
-        """The bundle (of any kind) with this id in the store, or None."""
-        for m in self.store.scan()[0]:
-            if m.bundle_id == bundle_id:
-                return m
-        return None
-
-    def manifest(self, bundle_id):
-        """A held bundle's manifest (for fetches), or a HandshakeError."""
-        with self._lock:
-            if bundle_id in self._loaded:
-                return self._loaded[bundle_id][0]
-        manifest = self.held(bundle_id)
-        if manifest is None:
-            raise HandshakeError("unknown_bundle", "the cloud holds no bundle {}".format(bundle_id))
-        return manifest
-
-    def load(self, manifest):
-        """The tail runner of a bundle, loaded on first use only (concurrent first uses wait for one load)."""
-        with self._lock:
-            if manifest.bundle_id in self._loaded:
-                return self._loaded[manifest.bundle_id]
-            lock = self._loading.setdefault(manifest.bundle_id, threading.Lock())
-        with lock:
-            with self._lock:
-                if manifest.bundle_id in self._loaded:
-                    return self._loaded[manifest.bundle_id]
-            manifest.verify_files(parts=("tail",))
-            runner = load_part(manifest, "tail", self.backend, self.device, self.threads, self.cuda_graphs)
-            log.info("loaded tail of %s (%s split %s) with %s on %s", manifest.bundle_id, manifest.model_id,
-                     manifest.split_index, runner.name, runner.provider)
-            with self._lock:
-                self._loaded[manifest.bundle_id] = (manifest, runner)
-            return manifest, runner
-
-    def resolve(self, model, split, bundle_id, notify):
-        """The (manifest, runner) an edge asks for: by id, by split (exported on demand), or the active one."""
-        if bundle_id:
-            with self._lock:
-                if bundle_id in self._loaded:
-                    return self._loaded[bundle_id]
-            manifest = self.held(bundle_id)
-            if manifest is not None and manifest.kind != KIND_SPLIT:
-                raise HandshakeError("unknown_bundle", "bundle {} holds profiling segments, not a split".format(
-                    bundle_id))
-            if manifest is None:
-                same = [m for m in self.bundles() if m.model_id == model and m.split_index == split]
-                if same:
-                    raise HandshakeError("bundle_mismatch", "the edge's bundle {} for {} split {} is not the cloud's "
-                                         "({}): head and tail come from different exports; copy one bundle to "
-                                         "both".format(bundle_id, model, split,
-                                                       ", ".join(m.bundle_id for m in same)))
-                raise HandshakeError("unknown_bundle", "the cloud holds no bundle {} ({} split {}); push it with "
-                                     "`cli.py push`".format(bundle_id, model, split))
-            return self.load(manifest)
-        if split is None:
-            with self._lock:
-                active = self.active.get(model)
-            if active is None:
-                held = sorted(m.split_index for m in self.bundles() if m.model_id == model)
-                raise HandshakeError("no_active", "no bundle is active for {} on the cloud; give --split ({}) or "
-                                     "push one with --activate".format(model, ", ".join(map(str, held)) or
-                                                                         "none held"))
-            return self.load(self.manifest(active))
-        return self.load(self._for_split(model, split, notify))
-
-    def _for_split(self, model, split, notify):
-        while True:
-            found = self.find(model, split)
-            if found is not None:
-                return found
-            if self.exporter is None or self.exporter.model != model:
-                held = ["{}-s{}".format(m.model_id, m.split_index) for m in self.bundles()]
-                raise HandshakeError("unknown_bundle", "the cloud holds no bundle for {} split {} (it holds: {}); "
-                                     "export it on the cloud, or start serve-cloud with --model {}".format(
-                                         model, split, ", ".join(held) or "none", model))
-            with self._lock:
-                event = self._exports.get((model, split))
-                mine = event is None
-                if mine:
-                    event = self._exports[(model, split)] = threading.Event()
-            notify("the cloud is exporting {} split {} for this edge; this takes a minute".format(model, split))
-            if not mine:
-                event.wait(EXPORT_TIMEOUT_S)
-                continue
-            try:
-                log.info("exporting %s split %s on demand", model, split)
-                self.exporter.export(split, self.store.root)
-                log.info("exported %s split %s", model, split)
-            finally:
-                with self._lock:
-                    del self._exports[(model, split)]
-                event.set()
-            found = self.find(model, split)
-            if found is not None:
-                return found
-            raise HandshakeError("export_failed", "the export of {} split {} wrote no bundle".format(model, split))
-
-    def segments(self, model, notify):
-        """The segments bundle of a model (exported on demand when the server can)."""
-        found = self.find(model)
-        if found is not None:
-            return found
-        if self.exporter is None or self.exporter.model != model:
-            raise HandshakeError("no_segments", "the cloud holds no segments bundle for {}; run `cli.py export "
-                                 "--model {} --segments` on the cloud, or start serve-cloud with --model {}".format(
-                                     model, model, model))
-        with self._profile_lock:
-            found = self.find(model)
-            if found is not None:
-                return found
-            notify("the cloud is exporting the segments of {} for profiling; this takes a minute".format(model))
-            self.exporter.export(None, self.store.root)
-        found = self.find(model)
-        if found is not None:
-            return found
-        raise HandshakeError("export_failed", "the export of {} segments wrote no bundle".format(model))
-
-    def profile(self, model, batch_size, notify):
-        """The server's own profile of a model's segments (measured once per batch size, then kept)."""
-        manifest = self.segments(model, notify)
-        with self._profile_lock:
-            key = (manifest.bundle_id, batch_size)
-            if key not in self._profiles:
-                manifest.verify_files(parts=("segments",))
-                notify("the cloud is profiling {} at batch size {}".format(model, batch_size))
-                self._profiles[key] = profile_segments(manifest, self.backend, self.device, batch_size, self.threads)
-                log.info("profiled %s segments at batch %d: %.3f ms in all", model, batch_size,
-                         sum(self._profiles[key]["segment_ms"]))
-            return manifest, self._profiles[key]
-
-    def install(self, tmp, data, activate):
-        """Make a pushed bundle (files verified in ``tmp``) visible, load its tail, maybe activate it."""
-        write_manifest(tmp, data)
-        target = os.path.join(self.store.root, directory_name(data))
-        install_dir(tmp, target)
-        manifest = load_manifest(target)
-        if manifest.kind == KIND_SPLIT:
-            self.load(manifest)
-            if activate:
-                self.activate(manifest)
-        return manifest
-
-    def activate(self, manifest):
-        with self._lock:
-            self.active[manifest.model_id] = manifest.bundle_id
-        log.info("active bundle for %s is now %s (split %s)", manifest.model_id, manifest.bundle_id,
-                 manifest.split_index)
-
-    def active_for(self, model):
-        with self._lock:
-            return self.active.get(model)
-
-
-class Stats(object):
-    def __init__(self):
-        self._lock = threading.Lock()
-        self.connections = 0
-        self.active = 0
-        self.requests = 0
-        self.samples = 0
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.pushes = 0
-        self.fetches = 0
-        self.errors = collections.Counter()
-
-    def add(self, **counts):
-        with self._lock:
-            for k, v in counts.items():
-                setattr(self, k, getattr(self, k) + v)
-
-    def error(self, code):
-        with self._lock:
-            self.errors[code] += 1
-
-    def snapshot(self):
-        with self._lock:
-            return {"connections": self.connections, "active_connections": self.active, "requests": self.requests,
-                    "samples": self.samples, "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
-                    "pushes": self.pushes, "fetches": self.fetches, "errors": dict(self.errors)}
-
-    def line(self):
-        errors = ", ".join("{} {}".format(k, v) for k, v in sorted(self.errors.items())) or "none"
-        return ("summary: {} connections, {} requests, {} samples, {} pushes, {} fetches, {:.1f} MiB in, "
-                "{:.1f} MiB out, errors: {}".format(self.connections, self.requests, self.samples, self.pushes,
-                                                    self.fetches, self.bytes_in / 1048576.0,
-                                                    self.bytes_out / 1048576.0, errors))
 
 
 class Session(object):
@@ -330,7 +79,7 @@ class Session(object):
 
 
 class CloudServer(object):
-    def __init__(self, registry, host="127.0.0.1", port=9999, max_frame_bytes=p.DEFAULT_MAX_FRAME_BYTES,
+    def __init__(self, registry, host="127.0.0.1", port=9999, max_frame_bytes=codec.DEFAULT_MAX_FRAME_BYTES,
                  read_timeout=30.0, admin_token=None, max_batch=1, max_delay_ms=0.0, max_connections=256,
                  hello_timeout=10.0, tls_context=None, token=None):
         self.registry = registry
@@ -344,7 +93,7 @@ class CloudServer(object):
         self._batchers = {}
         self._batchers_lock = threading.Lock()
         self._bound = collections.Counter()  # bundle id -> connections bound to it (for the batchers)
-        self.max_frame_bytes = max(max_frame_bytes, p.CHUNK_BYTES)
+        self.max_frame_bytes = max(max_frame_bytes, codec.CHUNK_BYTES)
         self.read_timeout = read_timeout
         self.admin_token = admin_token
         self.stats = Stats()
@@ -398,8 +147,8 @@ class CloudServer(object):
         self.stats.error("busy")
         log.warning("event=refused peer=%s:%s reason=max_connections open=%d", peer[0], peer[1], len(self._threads))
         try:
-            p.set_timeouts(conn, 1.0)
-            p.send_error(conn, 0, "busy", "the cloud has {} connections open (--max-connections); try again "
+            sockets.set_timeouts(conn, 1.0)
+            sockets.send_error(conn, 0, "busy", "the cloud has {} connections open (--max-connections); try again "
                                          "later".format(len(self._threads)))
         finally:
             conn.close()
@@ -411,7 +160,7 @@ class CloudServer(object):
         key = session.manifest.bundle_id
         with self._batchers_lock:
             if key not in self._batchers:
-                from .batching import DynamicBatcher
+                from runtime.cloud.batching import DynamicBatcher
                 self._batchers[key] = DynamicBatcher(session.runner, self.max_batch, self.max_delay_ms, key,
                                                      sources=lambda: self._bound.get(key, 0))
             return self._batchers[key]
@@ -441,15 +190,15 @@ class CloudServer(object):
         self.stats.add(connections=1, active=1)
         with self._batchers_lock:
             self._sessions.add(session)
-        log.info("event=connect peer=%s tls=%s", session.peer, "yes" if p.is_tls(conn) else "no")
+        log.info("event=connect peer=%s tls=%s", session.peer, "yes" if sockets.is_tls(conn) else "no")
         # without batching each request's tensor is done with before the next is read: receive into one array
-        reader = p.FrameReader(conn, self.max_frame_bytes, allowed_types=p.FROM_EDGE, frame_timeout=self.read_timeout,
+        reader = sockets.FrameReader(conn, self.max_frame_bytes, allowed_types=codec.FROM_EDGE, frame_timeout=self.read_timeout,
                                reuse_arrays=self.max_batch <= 1)
         reason = "closed by edge"
         try:
-            p.tune_socket(conn)
+            sockets.tune_socket(conn)
             # the kernel wakes an idle reader every POLL_S to look at the stop flag; no per-frame system calls
-            p.set_timeouts(conn, POLL_S, send_seconds=self.read_timeout)
+            sockets.set_timeouts(conn, POLL_S, send_seconds=self.read_timeout)
             check = lambda t, dtype, shape, meta: _check_tensor(session, t, dtype, shape, meta)  # noqa: E731
             batching = self.max_batch > 1
             hello_deadline = time.monotonic() + self.hello_timeout
@@ -459,7 +208,7 @@ class CloudServer(object):
                     reason = "server shut down (drain time over)"
                     self._error(conn, session, "shutting_down", "the cloud server is shutting down")
                     break
-                if stopping and not reader.buffered() and not (p.is_tls(conn) and conn.pending()) and \
+                if stopping and not reader.buffered() and not (sockets.is_tls(conn) and conn.pending()) and \
                         not select.select([conn], [], [], 0)[0]:
                     reason = "server shutting down"  # answered everything that had arrived: say why, close
                     self._error(conn, session, "shutting_down", "the cloud server is shutting down")
@@ -468,7 +217,7 @@ class CloudServer(object):
                     session.wait_pending(MAX_QUEUED_PER_CONNECTION)  # backpressure: stop reading this edge
                 try:
                     frame = reader.read(check, idle_ok=True)
-                except p.NoFrameYet:
+                except sockets.NoFrameYet:
                     if stopping:  # nothing in flight: tell the edge why and close
                         reason = "server shutting down"
                         self._error(conn, session, "shutting_down", "the cloud server is shutting down")
@@ -481,14 +230,14 @@ class CloudServer(object):
                         self._error(conn, session, "timeout", reason)
                         break
                     continue
-                if batching and frame.type != p.INFER:  # answered after the batched requests before it
+                if batching and frame.type != codec.INFER:  # answered after the batched requests before it
                     session.wait_pending()
-                if frame.type == p.BYE:
+                if frame.type == codec.BYE:
                     break
                 session.bytes_out += self._handle(conn, reader, frame, session)
-        except p.PeerClosed:
+        except codec.PeerClosed:
             pass
-        except (p.ProtocolError, HandshakeError) as exc:
+        except (codec.ProtocolError, HandshakeError) as exc:
             reason = "error {}: {}".format(exc.code, exc)
             self.stats.error(exc.code)
             log.warning("event=error peer=%s code=%s message=%s", session.peer, exc.code, json.dumps(str(exc)))
@@ -531,21 +280,21 @@ class CloudServer(object):
         """An ERROR frame from the connection's thread, after the batched results it would overtake."""
         session.wait_pending(timeout=DRAIN_S)
         with session.send_lock:
-            p.send_error(conn, 0, code, message)
+            sockets.send_error(conn, 0, code, message)
 
     def _handle(self, conn, reader, frame, session):
-        if frame.type == p.AUTH:
+        if frame.type == codec.AUTH:
             return self._auth(conn, frame, session)
         if not session.authenticated and not (
-                (frame.type == p.HELLO and frame.meta.get("role") == "admin")  # pushes prove the admin token
-                or (frame.type == p.PUSH and session.role == "admin")):
+                (frame.type == codec.HELLO and frame.meta.get("role") == "admin")  # pushes prove the admin token
+                or (frame.type == codec.PUSH and session.role == "admin")):
             raise HandshakeError("auth_required", "this cloud needs its inference token: start the edge with --token "
-                                 "TOKEN or ${}".format(TOKEN_ENV))
-        if frame.type == p.STATUS:
-            return p.send_frame(conn, p.DONE, frame.request_id, {"status": self.status()})
-        if frame.type == p.HELLO:
+                                 "TOKEN or ${}".format(auth.TOKEN_ENV[auth.INFERENCE]))
+        if frame.type == codec.STATUS:
+            return sockets.send_frame(conn, codec.DONE, frame.request_id, {"status": self.status()})
+        if frame.type == codec.HELLO:
             return self._hello(conn, frame, session)
-        if frame.type == p.INFER:  # _check_tensor has required a bound bundle
+        if frame.type == codec.INFER:  # _check_tensor has required a bound bundle
             x = frame.array
             decode_ms = 0.0
             if "encoding" in frame.meta:  # --compress on the edge
@@ -568,7 +317,7 @@ class CloudServer(object):
                     if error is not None:
                         self.stats.error("internal")
                         with session.send_lock:
-                            p.send_error(conn, request_id, "internal", "tail failed: {}".format(type(error).__name__))
+                            sockets.send_error(conn, request_id, "internal", "tail failed: {}".format(type(error).__name__))
                         return
                     self.stats.add(bytes_out=self._result(conn, session, request_id, out, decode_ms + compute_ms,
                                                           queue_ms, batch))
@@ -580,19 +329,19 @@ class CloudServer(object):
             session.begin()
             batcher.submit(x, done, session)
             return 0
-        if frame.type == p.ECHO:  # network probe: the payload goes straight back (or its first reply_bytes)
+        if frame.type == codec.ECHO:  # network probe: the payload goes straight back (or its first reply_bytes)
             reply = frame.meta.get("reply_bytes")
             if reply is not None and (not isinstance(reply, int) or isinstance(reply, bool) or reply < 0):
-                raise p.ProtocolError("bad_meta", "ECHO reply_bytes must be a whole number of bytes, 0 or more")
-            return p.send_frame(conn, p.RESULT, frame.request_id, {},
+                raise codec.ProtocolError("bad_meta", "ECHO reply_bytes must be a whole number of bytes, 0 or more")
+            return sockets.send_frame(conn, codec.RESULT, frame.request_id, {},
                                 frame.array if reply is None else frame.array[:reply])
-        if frame.type == p.PROFILE:
+        if frame.type == codec.PROFILE:
             return self._profile(conn, frame)
-        if frame.type == p.FETCH:
+        if frame.type == codec.FETCH:
             return self._fetch(conn, frame, session)
-        if frame.type == p.PUSH:
+        if frame.type == codec.PUSH:
             return self._push(conn, reader, frame, session)
-        raise p.ProtocolError("bad_type", "{} outside a transfer".format(frame.type_name))
+        raise codec.ProtocolError("bad_type", "{} outside a transfer".format(frame.type_name))
 
     def _result(self, conn, session, request_id, out, cloud_ms, queue_ms=0.0, batch=None):
         meta = {} if batch is None else {"batch": batch}
@@ -600,31 +349,31 @@ class CloudServer(object):
         if active and active != session.manifest.bundle_id:
             meta["active"] = active  # the edge switches at its next batch boundary
         with session.send_lock:
-            return p.send_frame(conn, p.RESULT, request_id, meta, out, cloud_ms, queue_ms)
+            return sockets.send_frame(conn, codec.RESULT, request_id, meta, out, cloud_ms, queue_ms)
 
     def _hello(self, conn, frame, session):
         meta = frame.meta
         if meta.get("role") == "admin":
-            session.role, session.nonce = "admin", uuid.uuid4().hex
-            return p.send_frame(conn, p.WELCOME, frame.request_id, {"nonce": session.nonce, "protocol": p.VERSION})
+            session.role, session.nonce = "admin", auth.new_nonce()
+            return sockets.send_frame(conn, codec.WELCOME, frame.request_id, {"nonce": session.nonce, "protocol": codec.VERSION})
         try:
             model = str(meta["model"])
             split = None if meta.get("split") is None else int(meta["split"])
             bundle_id = None if meta.get("bundle_id") is None else str(meta["bundle_id"])
         except (KeyError, TypeError, ValueError, OverflowError):
-            raise p.ProtocolError("bad_meta", "HELLO needs model, and split or bundle_id (or neither)")
+            raise codec.ProtocolError("bad_meta", "HELLO needs model, and split or bundle_id (or neither)")
 
         def notify(message):
-            p.send_frame(conn, p.NOTICE, frame.request_id, {"message": message, "wait_s": EXPORT_TIMEOUT_S})
+            sockets.send_frame(conn, codec.NOTICE, frame.request_id, {"message": message, "wait_s": EXPORT_TIMEOUT_S})
 
         manifest, runner = self.registry.resolve(model, split, bundle_id, notify)
         self._bind(session, manifest)
         session.role, session.manifest, session.runner = "edge", manifest, runner
         log.info("event=hello peer=%s bundle=%s model=%s split=%s", session.peer, manifest.bundle_id,
                  manifest.model_id, manifest.split_index)
-        return p.send_frame(conn, p.WELCOME, frame.request_id, {
+        return sockets.send_frame(conn, codec.WELCOME, frame.request_id, {
             "bundle_id": manifest.bundle_id, "manifest": manifest.data, "backend": runner.name,
-            "provider": runner.provider, "max_frame_bytes": self.max_frame_bytes, "protocol": p.VERSION,
+            "provider": runner.provider, "max_frame_bytes": self.max_frame_bytes, "protocol": codec.VERSION,
             "codecs": available_codecs(),
             "active": self.registry.active_for(model)})
 
@@ -632,19 +381,19 @@ class CloudServer(object):
         """AUTH without a proof: a fresh challenge; with one: checked against the last challenge (used once)."""
         proof = frame.meta.get("proof")
         if proof is None:
-            session.challenge = secrets.token_hex(16)
-            return p.send_frame(conn, p.CHALLENGE, frame.request_id, {"nonce": session.challenge,
+            session.challenge = auth.new_nonce()
+            return sockets.send_frame(conn, codec.CHALLENGE, frame.request_id, {"nonce": session.challenge,
                                                                       "required": self.token is not None})
         challenge, session.challenge = session.challenge, None
         if challenge is None:
-            raise p.ProtocolError("bad_meta", "AUTH with a proof needs an AUTH without one first (the challenge)")
-        if self.token is not None and not hmac.compare_digest(str(proof), inference_proof(self.token, challenge)):
+            raise codec.ProtocolError("bad_meta", "AUTH with a proof needs an AUTH without one first (the challenge)")
+        if self.token is not None and not auth.verify(self.token, challenge, auth.INFERENCE, proof):
             log.warning("event=auth peer=%s result=refused", session.peer)
             raise HandshakeError("bad_token", "wrong inference token; check --token / ${} on the edge".format(
-                TOKEN_ENV))
+                auth.TOKEN_ENV[auth.INFERENCE]))
         session.authenticated = True
         log.info("event=auth peer=%s result=%s", session.peer, "ok" if self.token else "no_token_needed")
-        return p.send_frame(conn, p.DONE, frame.request_id, {"authenticated": self.token is not None})
+        return sockets.send_frame(conn, codec.DONE, frame.request_id, {"authenticated": self.token is not None})
 
     def status(self):
         """Counters and state for a STATUS request (and the summary on shutdown)."""
@@ -654,7 +403,7 @@ class CloudServer(object):
         data = self.stats.snapshot()
         data["requests"] += sum(r for r, _ in live)  # the open connections' requests so far
         data["samples"] += sum(n for _, n in live)
-        data.update({"uptime_s": round(time.time() - self.started, 3), "protocol": p.VERSION,
+        data.update({"uptime_s": round(time.time() - self.started, 3), "protocol": codec.VERSION,
                      "tls": self.tls_context is not None, "token": self.token is not None,
                      "max_connections": self.max_connections, "batchers": batchers,
                      "active_bundles": dict(self.registry.active)})
@@ -664,22 +413,22 @@ class CloudServer(object):
         try:
             model, batch_size = str(frame.meta["model"]), int(frame.meta.get("batch_size", 1))
         except (KeyError, TypeError, ValueError, OverflowError):
-            raise p.ProtocolError("bad_meta", "PROFILE needs model and batch_size")
+            raise codec.ProtocolError("bad_meta", "PROFILE needs model and batch_size")
         if not 1 <= batch_size <= 1024:
-            raise p.ProtocolError("bad_meta", "PROFILE batch_size must be 1..1024")
+            raise codec.ProtocolError("bad_meta", "PROFILE batch_size must be 1..1024")
 
         def notify(message):
-            p.send_frame(conn, p.NOTICE, frame.request_id, {"message": message, "wait_s": EXPORT_TIMEOUT_S})
+            sockets.send_frame(conn, codec.NOTICE, frame.request_id, {"message": message, "wait_s": EXPORT_TIMEOUT_S})
 
         manifest, profile = self.registry.profile(model, batch_size, notify)
-        return p.send_frame(conn, p.DONE, frame.request_id, {"manifest": manifest.data, "profile": profile})
+        return sockets.send_frame(conn, codec.DONE, frame.request_id, {"manifest": manifest.data, "profile": profile})
 
     def _fetch(self, conn, frame, session):
         manifest = self.registry.manifest(str(frame.meta.get("bundle_id")))
         part, formats = frame.meta.get("part"), frame.meta.get("formats")
         if part not in ("head", "tail", "segments") or not isinstance(formats, list) or not formats or \
                 not all(isinstance(f, str) for f in formats):
-            raise p.ProtocolError("bad_meta", "FETCH needs bundle_id, part (head, tail or segments) and formats")
+            raise codec.ProtocolError("bad_meta", "FETCH needs bundle_id, part (head, tail or segments) and formats")
         available = {fmt for prt, fmt, _ in manifest.iter_files() if prt == part}
         missing = [f for f in formats if available and f not in available]
         if missing:
@@ -693,20 +442,19 @@ class CloudServer(object):
 
     def _push(self, conn, reader, frame, session):
         if session.role != "admin":
-            raise p.ProtocolError("no_hello", "PUSH needs an admin HELLO first")
+            raise codec.ProtocolError("no_hello", "PUSH needs an admin HELLO first")
         if not self.admin_token:
             raise HandshakeError("push_disabled", "this cloud does not accept pushes; start serve-cloud with "
                                  "--allow-push and an admin token")
-        proof = str(frame.meta.get("proof", ""))
-        if not hmac.compare_digest(proof, token_proof(self.admin_token, session.nonce)):
+        if not auth.verify(self.admin_token, session.nonce, auth.ADMIN, frame.meta.get("proof", "")):
             raise HandshakeError("bad_token", "wrong admin token; push refused")
         try:
             data = validate(frame.meta.get("manifest"), "the pushed manifest")
         except ManifestError as exc:
-            raise p.ProtocolError("bad_manifest", str(exc))
+            raise codec.ProtocolError("bad_manifest", str(exc))
         activate = bool(frame.meta.get("activate"))
         held = self.registry.held(data["bundle_id"])
-        p.send_frame(conn, p.READY, frame.request_id, {"have": held is not None})
+        sockets.send_frame(conn, codec.READY, frame.request_id, {"have": held is not None})
         if held is not None:
             manifest = held
             if activate and held.kind == KIND_SPLIT:
@@ -723,31 +471,31 @@ class CloudServer(object):
         self.stats.add(pushes=1)
         log.info("%s pushed %s (%s split %s)%s", session.peer, manifest.bundle_id, manifest.model_id,
                  manifest.split_index, ", activated" if activate else "")
-        return p.send_frame(conn, p.DONE, frame.request_id, {"bundle_id": manifest.bundle_id, "activated": activate,
+        return sockets.send_frame(conn, codec.DONE, frame.request_id, {"bundle_id": manifest.bundle_id, "activated": activate,
                                                              "uploaded": held is None})
 
 
 def _check_tensor(session, type_, dtype, shape, meta=None):
-    if type_ == p.CHUNK:  # during a push, receive_files reads the chunks with its own check
-        raise p.ProtocolError("bad_type", "CHUNK outside a push")
-    if type_ == p.ECHO:
+    if type_ == codec.CHUNK:  # during a push, receive_files reads the chunks with its own check
+        raise codec.ProtocolError("bad_type", "CHUNK outside a push")
+    if type_ == codec.ECHO:
         if dtype != "uint8" or len(shape) != 1:
-            raise p.ProtocolError("bad_shape", "ECHO carries 1-D uint8 bytes")
+            raise codec.ProtocolError("bad_shape", "ECHO carries 1-D uint8 bytes")
         return
     manifest = session.manifest
     if manifest is None:
-        raise p.ProtocolError("no_hello", "INFER before HELLO: the edge must name its bundle first")
+        raise codec.ProtocolError("no_hello", "INFER before HELLO: the edge must name its bundle first")
     spec = manifest["boundary"]
     expected = tuple(spec["shape"][1:])
     if meta and meta.get("encoding") is not None:  # compressed: decode() checks it against the boundary spec
         if dtype not in ("float16", "uint8", "float32"):
-            raise p.ProtocolError("bad_encoding", "a compressed tensor is float16 or uint8, not {}".format(dtype))
+            raise codec.ProtocolError("bad_encoding", "a compressed tensor is float16 or uint8, not {}".format(dtype))
         return
     if dtype != spec["dtype"]:
-        raise p.ProtocolError("bad_dtype", "tensor dtype {} but bundle {} takes {}".format(
+        raise codec.ProtocolError("bad_dtype", "tensor dtype {} but bundle {} takes {}".format(
             dtype, manifest.bundle_id, spec["dtype"]))
     if len(shape) != len(expected) + 1 or tuple(shape[1:]) != expected or shape[0] < 1:
-        raise p.ProtocolError("bad_shape", "tensor shape {} but bundle {} takes (N, {})".format(
+        raise codec.ProtocolError("bad_shape", "tensor shape {} but bundle {} takes (N, {})".format(
             list(shape), manifest.bundle_id, ", ".join(str(d) for d in expected)))
 
 

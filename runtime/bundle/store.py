@@ -4,8 +4,13 @@ Python 3.6 syntax.
 """
 import os
 
-from .errors import UserError
-from .manifest import MANIFEST_NAME, ManifestError, bundle_dir_name, load_manifest
+from runtime.bundle.manifest import (
+    MANIFEST_NAME,
+    ManifestError,
+    bundle_dir_name,
+    load_manifest,
+)
+from runtime.errors import UserError
 
 
 class BundleStore(object):

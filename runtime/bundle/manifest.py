@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 
-from .errors import ManifestError
+from runtime.errors import ManifestError
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"

@@ -13,10 +13,11 @@ Python 3.6 syntax.
 import csv
 import sys
 
-from .data import batches, open_dataset
-from .edge import EdgeSession, measure
-from .errors import UserError
-from .protocol import RemoteError
+from runtime.edge.data import batches, open_dataset
+from runtime.edge.measure import measure
+from runtime.edge.session import EdgeSession
+from runtime.errors import UserError
+from runtime.wire.codec import RemoteError
 
 COLUMNS = ("split", "edge_ms", "transmission_ms", "cloud_ms", "end_to_end_ms")
 
@@ -114,7 +115,7 @@ def run_sweep(cloud, splits, model="resnet50", cache="artifacts", backend="onnx"
     try:
         predictions = None
         try:
-            from .plan import make_plan
+            from runtime.edge.plan import make_plan
             rows, _, network = make_plan(session, batch_size, bandwidth, rtt)
             predictions = {r["split"]: r for r in rows}
             _say("planner: rtt {:.3f} ms, bandwidth {:.1f} Mbit/s".format(network["rtt_ms"],

@@ -1,33 +1,17 @@
-"""TLS and the inference token: who may talk to serve-cloud, and over what.
+"""TLS for the connections between edge and cloud (Python's ``ssl``, TLS 1.2 or newer).
 
-* TLS (Python's ``ssl``): the server loads ``--tls-cert``/``--tls-key``; with
-  ``--tls-client-ca`` it requires a client certificate signed by that CA (mutual
-  TLS).  The edge verifies the server against ``--tls-ca`` (or the system's CAs with
-  ``--tls``) and checks the host name it connects to; with ``--tls-cert``/``--tls-key``
-  it presents its own certificate.  TLS 1.2 or newer.
-* The inference token (``--token`` / ``$EDGESPLIT_TOKEN``), separate from the admin
-  token that guards pushes: proven, never sent.  The edge sends AUTH, the cloud answers
-  CHALLENGE with a fresh random nonce, the edge sends AUTH with
-  ``HMAC-SHA256(token, "edgesplit-inference:" + nonce)``; a wrong proof gets one ERROR
-  ``bad_token`` and the connection is closed.  A cloud with a token answers every other
-  frame of an unauthenticated connection (except an admin's HELLO and PUSH) with ERROR
-  ``auth_required``.  See docs/PROTOCOL.md.
+The server loads ``--tls-cert``/``--tls-key``; with ``--tls-client-ca`` it requires
+a client certificate signed by that CA (mutual TLS).  A client verifies the server
+against ``--tls-ca`` (or the system's CAs with ``--tls``) and checks the host name it
+connects to; with ``--tls-cert``/``--tls-key`` it presents its own certificate.
+``ClientSecurity`` also carries the inference token (see ``auth``).  See
+docs/SECURITY.md.
 
 Python 3.6 syntax: this module runs on the Jetson.
 """
-import hashlib
-import hmac
 import os
 
-from .errors import UserError
-
-TOKEN_ENV = "EDGESPLIT_TOKEN"
-PROOF_CONTEXT = b"edgesplit-inference:"
-
-
-def inference_proof(token, nonce):
-    """What proves knowledge of the inference token without sending it."""
-    return hmac.new(token.encode("utf-8"), PROOF_CONTEXT + nonce.encode("utf-8"), hashlib.sha256).hexdigest()
+from runtime.errors import UserError
 
 
 def _ssl():
@@ -38,7 +22,6 @@ def _ssl():
 def _harden(context):
     ssl = _ssl()
     context.options |= getattr(ssl, "OP_NO_TLSv1", 0) | getattr(ssl, "OP_NO_TLSv1_1", 0)  # TLS 1.2+ (3.6 has no
-    # minimum_version)
 
 
 def _check_file(path, what, flag):

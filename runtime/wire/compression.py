@@ -53,8 +53,8 @@ import threading
 
 import numpy as np
 
-from .errors import UserError
-from .protocol import DEFAULT_MAX_FRAME_BYTES, DTYPES, ProtocolError
+from runtime.errors import UserError
+from runtime.wire.codec import DEFAULT_MAX_FRAME_BYTES, DTYPES, ProtocolError
 
 SCHEMES = ("none", "fp16", "int8")
 CODECS = ("none", "zstd", "lz4")

@@ -20,7 +20,7 @@ import tarfile
 
 import numpy as np
 
-from .errors import UserError
+from runtime.errors import UserError
 
 CIFAR = {
     # name: (url, md5, member inside the archive, label bytes per record, label byte used)

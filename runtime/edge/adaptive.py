@@ -57,7 +57,7 @@ Python 3.6 syntax.
 """
 import time
 
-from .planner import at_cadence, choose, latency_key, predict
+from runtime.edge.planner import at_cadence, choose, latency_key, predict
 
 ALPHA = 0.3        # weight of a new bandwidth sample
 BETA = 0.25        # weight of a new sample's deviation from the mean

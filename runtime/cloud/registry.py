@@ -1,0 +1,241 @@
+"""The tails serve-cloud holds: every bundle of its store, each loaded once on first
+use and shared by all connections; the active bundle per model (hot swap); pushed
+bundles installed; with ``--model``, splits exported on demand in a child process
+(``cli.py export``), so the runtime never imports the exporter.
+"""
+import logging
+import os
+import subprocess
+import threading
+
+from runtime.backends import load_part
+from runtime.backends.profiling import profile_segments
+from runtime.bundle.manifest import (
+    KIND_SEGMENTS,
+    KIND_SPLIT,
+    directory_name,
+    install_dir,
+    load_manifest,
+    write_manifest,
+)
+from runtime.errors import CodedError
+from runtime.launch import cli_command
+
+
+class HandshakeError(CodedError):
+    """A HELLO (or FETCH, PROFILE) that cannot be served: the code and message go back in an ERROR frame."""
+
+
+log = logging.getLogger("edgesplit.server")
+
+
+EXPORT_TIMEOUT_S = 1800
+
+
+class OnDemandExporter(object):
+    """Exports a missing split of one model by running ``cli.py export`` (the runtime never imports the exporter)."""
+
+    def __init__(self, model, weights=None, random_init=False, input_shape=None):
+        self.model = model
+        self.weights = weights
+        self.random_init = random_init
+        self.input_shape = input_shape
+
+    def export(self, split, out_dir):
+        """Export one split (``split`` an int) or the profiling segments (``split`` None)."""
+        where = ["--split", str(split)] if split is not None else ["--segments"]
+        args = cli_command("export", "--model", self.model, *where) + ["--out", out_dir]
+        args += ["--weights", self.weights] if self.weights else (["--random-init"] if self.random_init else [])
+        if self.input_shape:
+            args += ["--input-shape", self.input_shape]
+        proc = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                              timeout=EXPORT_TIMEOUT_S)
+        if proc.returncode != 0:
+            lines = [l for l in proc.stderr.splitlines() if l.strip()]
+            raise HandshakeError("export_failed", "export of {} {} on the cloud failed: {}".format(
+                self.model, "split {}".format(split) if split is not None else "segments",
+                lines[-1] if lines else "exit {}".format(proc.returncode)))
+
+
+class TailRegistry(object):
+    """The server's bundles: found on disk by id, each tail loaded once and shared, one active per model."""
+
+    def __init__(self, store, backend="onnx", device="auto", threads=0, exporter=None, cuda_graphs=False):
+        self.store = store
+        self.backend = backend
+        self.device = device
+        self.threads = threads
+        self.cuda_graphs = cuda_graphs
+        self.exporter = exporter
+        self.active = {}     # model id -> bundle id
+        self._lock = threading.Lock()
+        self._loaded = {}    # bundle id -> (manifest, runner)
+        self._loading = {}   # bundle id -> lock, so each tail is loaded once
+        self._exports = {}   # (model, split) -> threading.Event while an export runs
+        self._profile_lock = threading.Lock()
+        self._profiles = {}  # (segments bundle id, batch size) -> profile
+
+    def bundles(self):
+        """The split bundles in the store (what inference can use)."""
+        return self.store.scan(KIND_SPLIT)[0]
+
+    def find(self, model, split=None):
+        """The split bundle of ``model`` at ``split`` in the store (split None: its segments bundle), or None."""
+        kind = KIND_SEGMENTS if split is None else KIND_SPLIT
+        for m in self.store.scan(kind)[0]:
+            if m.model_id == model and (split is None or m.split_index == split):
+                return m
+        return None
+
+    def held(self, bundle_id):
+        """The bundle (of any kind) with this id in the store, or None."""
+        for m in self.store.scan()[0]:
+            if m.bundle_id == bundle_id:
+                return m
+        return None
+
+    def manifest(self, bundle_id):
+        """A held bundle's manifest (for fetches), or a HandshakeError."""
+        with self._lock:
+            if bundle_id in self._loaded:
+                return self._loaded[bundle_id][0]
+        manifest = self.held(bundle_id)
+        if manifest is None:
+            raise HandshakeError("unknown_bundle", "the cloud holds no bundle {}".format(bundle_id))
+        return manifest
+
+    def load(self, manifest):
+        """The tail runner of a bundle, loaded on first use only (concurrent first uses wait for one load)."""
+        with self._lock:
+            if manifest.bundle_id in self._loaded:
+                return self._loaded[manifest.bundle_id]
+            lock = self._loading.setdefault(manifest.bundle_id, threading.Lock())
+        with lock:
+            with self._lock:
+                if manifest.bundle_id in self._loaded:
+                    return self._loaded[manifest.bundle_id]
+            manifest.verify_files(parts=("tail",))
+            runner = load_part(manifest, "tail", self.backend, self.device, self.threads, self.cuda_graphs)
+            log.info("loaded tail of %s (%s split %s) with %s on %s", manifest.bundle_id, manifest.model_id,
+                     manifest.split_index, runner.name, runner.provider)
+            with self._lock:
+                self._loaded[manifest.bundle_id] = (manifest, runner)
+            return manifest, runner
+
+    def resolve(self, model, split, bundle_id, notify):
+        """The (manifest, runner) an edge asks for: by id, by split (exported on demand), or the active one."""
+        if bundle_id:
+            with self._lock:
+                if bundle_id in self._loaded:
+                    return self._loaded[bundle_id]
+            manifest = self.held(bundle_id)
+            if manifest is not None and manifest.kind != KIND_SPLIT:
+                raise HandshakeError("unknown_bundle", "bundle {} holds profiling segments, not a split".format(
+                    bundle_id))
+            if manifest is None:
+                same = [m for m in self.bundles() if m.model_id == model and m.split_index == split]
+                if same:
+                    raise HandshakeError("bundle_mismatch", "the edge's bundle {} for {} split {} is not the cloud's "
+                                         "({}): head and tail come from different exports; copy one bundle to "
+                                         "both".format(bundle_id, model, split,
+                                                       ", ".join(m.bundle_id for m in same)))
+                raise HandshakeError("unknown_bundle", "the cloud holds no bundle {} ({} split {}); push it with "
+                                     "`cli.py push`".format(bundle_id, model, split))
+            return self.load(manifest)
+        if split is None:
+            with self._lock:
+                active = self.active.get(model)
+            if active is None:
+                held = sorted(m.split_index for m in self.bundles() if m.model_id == model)
+                raise HandshakeError("no_active", "no bundle is active for {} on the cloud; give --split ({}) or "
+                                     "push one with --activate".format(model, ", ".join(map(str, held)) or
+                                                                         "none held"))
+            return self.load(self.manifest(active))
+        return self.load(self._for_split(model, split, notify))
+
+    def _for_split(self, model, split, notify):
+        while True:
+            found = self.find(model, split)
+            if found is not None:
+                return found
+            if self.exporter is None or self.exporter.model != model:
+                held = ["{}-s{}".format(m.model_id, m.split_index) for m in self.bundles()]
+                raise HandshakeError("unknown_bundle", "the cloud holds no bundle for {} split {} (it holds: {}); "
+                                     "export it on the cloud, or start serve-cloud with --model {}".format(
+                                         model, split, ", ".join(held) or "none", model))
+            with self._lock:
+                event = self._exports.get((model, split))
+                mine = event is None
+                if mine:
+                    event = self._exports[(model, split)] = threading.Event()
+            notify("the cloud is exporting {} split {} for this edge; this takes a minute".format(model, split))
+            if not mine:
+                event.wait(EXPORT_TIMEOUT_S)
+                continue
+            try:
+                log.info("exporting %s split %s on demand", model, split)
+                self.exporter.export(split, self.store.root)
+                log.info("exported %s split %s", model, split)
+            finally:
+                with self._lock:
+                    del self._exports[(model, split)]
+                event.set()
+            found = self.find(model, split)
+            if found is not None:
+                return found
+            raise HandshakeError("export_failed", "the export of {} split {} wrote no bundle".format(model, split))
+
+    def segments(self, model, notify):
+        """The segments bundle of a model (exported on demand when the server can)."""
+        found = self.find(model)
+        if found is not None:
+            return found
+        if self.exporter is None or self.exporter.model != model:
+            raise HandshakeError("no_segments", "the cloud holds no segments bundle for {}; run `cli.py export "
+                                 "--model {} --segments` on the cloud, or start serve-cloud with --model {}".format(
+                                     model, model, model))
+        with self._profile_lock:
+            found = self.find(model)
+            if found is not None:
+                return found
+            notify("the cloud is exporting the segments of {} for profiling; this takes a minute".format(model))
+            self.exporter.export(None, self.store.root)
+        found = self.find(model)
+        if found is not None:
+            return found
+        raise HandshakeError("export_failed", "the export of {} segments wrote no bundle".format(model))
+
+    def profile(self, model, batch_size, notify):
+        """The server's own profile of a model's segments (measured once per batch size, then kept)."""
+        manifest = self.segments(model, notify)
+        with self._profile_lock:
+            key = (manifest.bundle_id, batch_size)
+            if key not in self._profiles:
+                manifest.verify_files(parts=("segments",))
+                notify("the cloud is profiling {} at batch size {}".format(model, batch_size))
+                self._profiles[key] = profile_segments(manifest, self.backend, self.device, batch_size, self.threads)
+                log.info("profiled %s segments at batch %d: %.3f ms in all", model, batch_size,
+                         sum(self._profiles[key]["segment_ms"]))
+            return manifest, self._profiles[key]
+
+    def install(self, tmp, data, activate):
+        """Make a pushed bundle (files verified in ``tmp``) visible, load its tail, maybe activate it."""
+        write_manifest(tmp, data)
+        target = os.path.join(self.store.root, directory_name(data))
+        install_dir(tmp, target)
+        manifest = load_manifest(target)
+        if manifest.kind == KIND_SPLIT:
+            self.load(manifest)
+            if activate:
+                self.activate(manifest)
+        return manifest
+
+    def activate(self, manifest):
+        with self._lock:
+            self.active[manifest.model_id] = manifest.bundle_id
+        log.info("active bundle for %s is now %s (split %s)", manifest.model_id, manifest.bundle_id,
+                 manifest.split_index)
+
+    def active_for(self, model):
+        with self._lock:
+            return self.active.get(model)

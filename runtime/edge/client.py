@@ -1,0 +1,233 @@
+"""The edge's connection to serve-cloud: one class, every client verb.
+
+``CloudConnection`` authenticates (AUTH / CHALLENGE / AUTH), binds a bundle
+(HELLO / WELCOME), infers (INFER / RESULT, with an optional busy poll for the
+reply), fetches files (FETCH / CHUNK / DONE), asks for STATUS and says BYE.  A
+connection that breaks raises ``CloudLost`` (worth reconnecting); an ERROR frame
+raises ``RemoteError`` unless its code says "this server, not this request".
+
+Python 3.6 syntax: this module runs on the Jetson.
+"""
+import select
+import socket
+import time
+
+from runtime.edge.report import _say
+from runtime.edge.spin import SpinPolicy
+from runtime.errors import UserError
+from runtime.wire import auth, codec, sockets
+from runtime.wire.tls import PLAIN
+
+BUSY_POLL_LEAD_S = 0.0005  # start spinning this long before the reply is expected ...
+
+BUSY_POLL_MAX_S = 0.002    # ... and spin at most this long before sleeping in recv
+
+
+class CloudLost(UserError):
+    """The connection to the cloud broke (closed, reset, timed out, or the server shut down): the
+    requests in flight may be sent again on a new connection."""
+
+
+_THREAD_CLOCK = getattr(time, "CLOCK_THREAD_CPUTIME_ID", None)
+
+
+def _thread_cpu():
+    """This thread's CPU time in seconds (time.thread_time is Python 3.7+)."""
+    return time.clock_gettime(_THREAD_CLOCK) if _THREAD_CLOCK is not None else time.process_time()
+
+
+RETRY_CODES = ("shutting_down", "busy")  # ERROR codes that mean: this server, not this request
+
+
+class CloudConnection(object):
+    """One TCP connection to serve-cloud, speaking the protocol of docs/PROTOCOL.md.
+
+    With ``busy_poll`` (run-edge's default), ``infer`` waits for its reply in two
+    steps: asleep in ``select`` until shortly before the reply is expected (the mean
+    of the last round trips), then spinning on non-blocking receives for at most
+    2 ms.  A reply that lands on a spinning thread is handled at once; one that has
+    to wake a sleeping thread costs about 0.15 ms more on loopback here (bench/speed.py).
+    The spin costs the edge at most 2.5 ms of CPU per request, and backs off when it
+    does not pay: its reply came later, or it was starved of CPU (``spin``, runtime/spin.py).
+    """
+
+    def __init__(self, address, timeout=30.0, max_frame_bytes=codec.DEFAULT_MAX_FRAME_BYTES, busy_poll=False,
+                 security=None):
+        host, port = sockets.parse_address(address)
+        self.address = address
+        self.timeout = timeout
+        security = security or PLAIN
+        try:
+            sock = socket.create_connection((host, port), timeout=timeout)
+        except OSError as exc:
+            raise UserError("cannot connect to the cloud at {} ({}); is `cli.py serve-cloud` running there?".format(
+                address, exc.strerror or exc))
+        self.sock = security.wrap(sock, host, address)
+        self.tls = sockets.is_tls(self.sock)
+        sockets.set_timeouts(self.sock, timeout)
+        sockets.tune_socket(self.sock)
+        self.reader = sockets.FrameReader(self.sock, max_frame_bytes, allowed_types=codec.FROM_CLOUD)
+        self._waiting = timeout
+        self.busy_poll = busy_poll and not self.tls  # TLS has no non-blocking peek to spin on
+        self._expected_s = None  # smoothed round trip of infer()
+        self.spin = SpinPolicy()
+        self._next_id = 1
+        if security.token:
+            self.authenticate(security.token)
+
+    def authenticate(self, token):
+        """Prove the inference token (docs/PROTOCOL.md, AUTH): the token itself never leaves."""
+        request_id, _ = self.send(codec.AUTH, {})
+        nonce = self.expect(codec.CHALLENGE, request_id).meta.get("nonce")
+        if not isinstance(nonce, str) or len(nonce) < 16:
+            raise codec.ProtocolError("bad_reply", "the cloud's CHALLENGE carries no usable nonce")
+        request_id, _ = self.send(codec.AUTH, {"proof": auth.proof(token, nonce, auth.INFERENCE)})
+        try:
+            return self.expect(codec.DONE, request_id).meta
+        except codec.RemoteError as exc:
+            if exc.code == "bad_token":
+                raise UserError("the cloud at {} refused the inference token; check --token / ${} on both "
+                                "sides".format(self.address, auth.TOKEN_ENV[auth.INFERENCE]))
+            raise
+
+    def send(self, type_, meta, array=None):
+        request_id = self._next_id
+        self._next_id += 1
+        try:
+            sent = sockets.send_frame(self.sock, type_, request_id, meta, array)
+        except OSError as exc:  # reset, broken pipe, send timeout
+            raise self._lost(exc)
+        return request_id, sent
+
+    def _lost(self, exc):
+        """The error for a connection that broke with ``exc``: CloudLost (worth reconnecting), or a
+        UserError where the cloud refused this client's TLS session before answering anything."""
+        if self.tls and not self.reader.bytes_received and (type(exc).__module__ == "ssl" or
+                                                            isinstance(exc, codec.PeerClosed)):
+            return UserError("the cloud at {} ended the TLS session ({}); if it requires client certificates "
+                             "(mutual TLS), pass --tls-cert/--tls-key signed by a CA it trusts".format(
+                                 self.address, getattr(exc, "reason", None) or exc))
+        hint = "" if self.tls or self.reader.bytes_received else \
+            "; if serve-cloud runs with --tls-cert, connect with --tls-ca (or --tls)"
+        return CloudLost("lost the connection to the cloud at {} ({}){}".format(self.address, exc, hint))
+
+    def receive(self, tensor_check=None):
+        """The next frame; NOTICE frames (the cloud explaining a wait) are shown and waited past."""
+        while True:
+            try:
+                frame = self.reader.read(tensor_check)
+            except codec.PeerClosed as exc:
+                if self.tls and not self.reader.bytes_received:
+                    raise self._lost(exc)
+                raise CloudLost("the cloud at {} closed the connection".format(self.address))
+            except socket.timeout:
+                raise CloudLost("no reply from the cloud at {} within {:.0f} s".format(self.address, self._waiting))
+            except codec.ProtocolError as exc:
+                if exc.code != "truncated":
+                    raise
+                raise CloudLost("the cloud at {} closed the connection in the middle of a reply".format(self.address))
+            except OSError as exc:  # reset by the peer
+                raise self._lost(exc)
+            finally:
+                if self._waiting != self.timeout:
+                    sockets.set_timeouts(self.sock, self.timeout)
+                    self._waiting = self.timeout
+            if frame.type == codec.ERROR:
+                code = frame.meta.get("code", "error")
+                if code in RETRY_CODES:
+                    raise CloudLost("cloud: {}".format(frame.meta.get("message", "")))
+                raise codec.RemoteError(code, "cloud: {}".format(frame.meta.get("message", "")))
+            if frame.type != codec.NOTICE:
+                return frame
+            _say("cloud: {}".format(frame.meta.get("message", "")))
+            self._waiting = max(self.timeout, float(frame.meta.get("wait_s", 0)))
+            sockets.set_timeouts(self.sock, self._waiting)
+
+    def expect(self, type_, request_id=None):
+        frame = self.receive()
+        if frame.type != type_:
+            raise codec.ProtocolError("bad_reply", "expected {}, got {}".format(codec.TYPE_NAMES[type_], frame.type_name))
+        if request_id is not None and frame.request_id != request_id:
+            raise codec.ProtocolError("bad_reply", "reply to request {} while waiting for {}".format(
+                frame.request_id, request_id))
+        return frame
+
+    def hello(self, meta):
+        request_id, _ = self.send(codec.HELLO, dict(meta, protocol=codec.VERSION))
+        return self.expect(codec.WELCOME, request_id).meta
+
+    def status(self):
+        """The server's counters and state (a STATUS request)."""
+        request_id, _ = self.send(codec.STATUS, {})
+        return self.expect(codec.DONE, request_id).meta.get("status", {})
+
+    def infer(self, array, meta=None, watch=None):
+        """Send one activation, wait for its result; return (RESULT frame, bytes sent, bytes received).
+
+        With ``watch`` (adaptive.AdaptivePlanner.watch()), a reply that is overdue is reported to it while
+        the edge waits (``watch_reply``)."""
+        before = self.reader.bytes_received
+        t0 = time.perf_counter()
+        request_id, sent = self.send(codec.INFER, meta or {}, array)
+        if self.busy_poll and self._expected_s is not None:
+            self._await_reply(t0)
+        if watch is not None:
+            self.watch_reply(t0, sent, watch)
+        frame = self.expect(codec.RESULT, request_id)
+        took = time.perf_counter() - t0
+        self._expected_s = took if self._expected_s is None else 0.8 * self._expected_s + 0.2 * took
+        return frame, sent, self.reader.bytes_received - before
+
+    def _await_reply(self, t0):
+        """Busy poll (see runtime/spin.py): asleep until shortly before the reply is due, then spinning for it,
+        unless recent spins did not pay."""
+        if not self.spin.should_spin():
+            return  # the blocking read that follows sleeps until the reply is here
+        asleep = t0 + self._expected_s - BUSY_POLL_LEAD_S - time.perf_counter()
+        try:
+            if asleep > 0:
+                select.select([self.sock], [], [], asleep)  # returns at once if the reply is already here
+            wall, cpu = time.perf_counter(), _thread_cpu()
+            hit = self.reader.poll(BUSY_POLL_MAX_S)
+            self.spin.record(hit, time.perf_counter() - wall, _thread_cpu() - cpu)
+        except OSError as exc:  # reset by the peer while we waited: as lost as in receive()
+            raise self._lost(exc)
+
+    def watch_reply(self, t0, sent, watch):
+        """Wait until a reply's first bytes are here, telling ``watch.overdue(sent, waited_ms)`` each time it is
+        overdue: at ``watch.after_ms(sent)`` after ``t0`` (time.perf_counter()), then at twice that wait, and so
+        on up to the connection's timeout, after which it raises CloudLost."""
+        if self.reader.buffered() or (self.tls and self.sock.pending()):
+            return
+        due_ms = watch.after_ms(sent)
+        while True:
+            remaining = t0 + due_ms / 1000.0 - time.perf_counter()
+            try:
+                if select.select([self.sock], [], [], max(remaining, 0.0))[0]:
+                    return
+            except OSError as exc:
+                raise self._lost(exc)
+            waited_ms = (time.perf_counter() - t0) * 1000.0
+            watch.overdue(sent, waited_ms)
+            if waited_ms >= self._waiting * 1000.0:
+                raise CloudLost("no reply from the cloud at {} within {:.0f} s".format(self.address, self._waiting))
+            due_ms = min(2.0 * waited_ms, self._waiting * 1000.0)
+
+    def fetch(self, bundle_id, formats, directory, entries, part="head"):
+        from runtime.wire.transfer import receive_files
+        self.send(codec.FETCH, {"bundle_id": bundle_id, "part": part, "formats": list(formats)})
+        return receive_files(self.reader, directory, entries, what="fetch of {}".format(bundle_id))
+
+    def close(self):
+        try:
+            sockets.send_frame(self.sock, codec.BYE, 0, {})
+        except OSError:
+            pass
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes a receiver thread blocked on this socket
+        except OSError:
+            pass
+        try:
+            self.sock.close()
+        except OSError:
+            pass

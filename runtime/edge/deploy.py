@@ -1,0 +1,75 @@
+"""Bundles to the cloud: ``push_to_cloud`` uploads one with the admin token (PUSH,
+CHUNKs, DONE), ``copy_bundle`` copies one to a local directory (an SD card, for a
+device with no network path), verified and staged like every install.
+
+Python 3.6 syntax: this module runs on the Jetson.
+"""
+import json
+import os
+import shutil
+
+from runtime.bundle.manifest import (
+    MANIFEST_NAME,
+    directory_name,
+    install_dir,
+    load_manifest,
+    validate,
+)
+from runtime.bundle.staging import temp_dir
+from runtime.errors import UserError
+from runtime.wire import auth, codec
+from runtime.wire.transfer import file_entries, send_files
+
+
+def _verified(bundle):
+    manifest = load_manifest(bundle)
+    manifest.verify_files()
+    return manifest
+
+
+def push_to_cloud(bundle, cloud, token, activate=False, timeout=120.0, security=None):
+    """Upload a bundle to serve-cloud; return the server's DONE metadata."""
+    from runtime.edge.client import CloudConnection
+    if not token:
+        raise UserError("push needs the server's admin token: --admin-token TOKEN or ${}".format(auth.TOKEN_ENV[auth.ADMIN]))
+    manifest = _verified(bundle)
+    conn = CloudConnection(cloud, timeout, security=security)
+    try:
+        nonce = conn.hello({"role": "admin"}).get("nonce")
+        if not nonce:
+            raise UserError("the cloud at {} did not offer an admin handshake".format(cloud))
+        conn.send(codec.PUSH, {"manifest": manifest.data, "activate": bool(activate), "proof": auth.proof(token, nonce, auth.ADMIN)})
+        ready = conn.expect(codec.READY)
+        sent = 0
+        if not ready.meta.get("have"):
+            sent = send_files(conn.sock, manifest.directory, file_entries(manifest.data))
+        done = conn.expect(codec.DONE).meta
+        done["bytes_sent"] = sent
+        return done
+    finally:
+        conn.close()
+
+
+def copy_bundle(bundle, destination_root):
+    """Copy a verified bundle into ``destination_root`` atomically; verify the copy; return its directory."""
+    manifest = _verified(bundle)
+    try:
+        tmp = temp_dir(destination_root, "copy")
+    except OSError as exc:
+        raise UserError("cannot write to {} ({})".format(destination_root, exc.strerror or exc))
+    try:
+        for entry in file_entries(manifest.data):
+            shutil.copyfile(os.path.join(manifest.directory, entry["file"]), os.path.join(tmp, entry["file"]))
+        with open(os.path.join(tmp, MANIFEST_NAME), "w") as f:
+            json.dump(validate(manifest.data, bundle), f, indent=2)
+        load_manifest(tmp).verify_files()
+        target = os.path.join(destination_root, directory_name(manifest.data))
+        install_dir(tmp, target)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError("copy to {} failed ({}); nothing was left there".format(destination_root,
+                                                                                 exc.strerror or exc))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target

@@ -1,0 +1,198 @@
+"""The head in use: ``EdgeSession`` holds the connection, the cache and the loaded
+heads, and switches between bundles at batch boundaries (hot swap, adaptive mode),
+reconnecting with backoff when the cloud is lost.
+
+Python 3.6 syntax: this module runs on the Jetson.
+"""
+import collections
+import random
+import time
+
+from runtime.backends import load_part
+from runtime.bundle.manifest import KIND_SPLIT, Manifest, ManifestError, validate
+from runtime.edge.cache import BundleCache
+from runtime.edge.client import CloudConnection, CloudLost
+from runtime.edge.report import _say
+from runtime.errors import UserError
+from runtime.wire import codec
+
+FORMAT_OF_BACKEND = {"onnx": "onnx", "torchscript": "torchscript"}
+
+LOADED_HEADS = 3  # heads kept loaded per edge (adaptive switches back and forth between a few)
+
+RECONNECT_FIRST_S = 0.1    # a lost connection is retried after up to this long (full jitter) ...
+
+RECONNECT_MAX_S = 5.0      # ... doubling each attempt up to this, until --reconnect-timeout
+
+
+class EdgeSession(object):
+    """The edge's side of a run: connection, cache, the bundle in use and its loaded head.
+
+    ``switch_to`` is the hot-swap mechanism: at a batch boundary, bind the
+    connection to another bundle of the same model (by id, or by split), fetch and
+    verify its head if it is not cached, load it, and go on.
+    """
+
+    def __init__(self, cloud, model, cache, cache_keep=8, backend="onnx", device="auto", threads=0, timeout=30.0,
+                 compress="none", codec="none", busy_poll=False, security=None):
+        if backend not in FORMAT_OF_BACKEND:
+            raise UserError("unknown backend {!r}".format(backend))
+        from runtime.wire.compression import Encoder
+        self.encoder = Encoder(compress, codec)
+        self.model = model
+        self.backend, self.device, self.threads = backend, device, threads
+        self.formats = (FORMAT_OF_BACKEND[backend],)
+        self.cache = BundleCache(cache, cache_keep, log=_say)
+        self.cloud, self.timeout, self.busy_poll, self.security = cloud, timeout, busy_poll, security
+        self.conn = CloudConnection(cloud, timeout, busy_poll=busy_poll, security=security)
+        self.reconnects = []  # one record per outage survived
+        self.manifest = None
+        self.head = None
+        self.welcome = None
+        self.fetches = []
+        self.segments = None  # a SegmentLoader once the segments bundle is here (adaptive mode)
+        self.chained = []     # switches served by a chain of cached segments instead of a fetch
+        self._runners = collections.OrderedDict()  # bundle id -> its loaded head, the last LOADED_HEADS used
+
+    def use_segments(self, manifest):
+        """Let switches to uncached splits run the head as a chain of this segments bundle's pieces."""
+        from runtime.backends.chain import SegmentLoader
+        self.segments = SegmentLoader(manifest, self.backend, self.device, self.threads)
+
+    def switch_to(self, bundle_id=None, split=None, chain_ok=False):
+        """Use the cloud's bundle ``bundle_id`` (or its bundle for ``split``; neither: the active one).
+
+        With ``chain_ok``, a head that is not cached is run as a chain of the cached
+        segments (same weights) rather than fetched: adaptive switches happen when the
+        link has just slowed down, the worst moment to download a head over it.
+        """
+        welcome = self.conn.hello({"role": "edge", "model": self.model, "split": split, "bundle_id": bundle_id})
+        data = validate(welcome.get("manifest"), "the cloud's manifest")
+        codec = self.encoder.codec
+        if codec != "none" and codec not in welcome.get("codecs", ()):
+            from runtime.wire.compression import PIP_NAMES
+            raise UserError("the cloud cannot decode --codec {} (it has {}); install it there (pip install {}) or "
+                            "choose another codec".format(codec, ", ".join(welcome.get("codecs", ())) or "none",
+                                                          PIP_NAMES[codec]))
+        if data["bundle_id"] != welcome.get("bundle_id") or (bundle_id and data["bundle_id"] != bundle_id):
+            raise codec.ProtocolError("bad_reply", "the cloud answered with bundle {} for {}".format(
+                data["bundle_id"], bundle_id or "split {}".format(split)))
+        manifest = self.cache.lookup(data, self.formats)
+        if manifest is None and chain_ok and self._segments_match(data):
+            self.head = self.segments.head(data["split"]["index"])
+            self.manifest, self.welcome = Manifest(None, data), welcome  # no directory: the head is a chain
+            self.chained.append({"bundle_id": data["bundle_id"], "split": data["split"]["index"]})
+            _say("split {}: head not cached, running it as a chain of {} cached segments (nothing fetched)".format(
+                data["split"]["index"], data["split"]["index"]))
+            return self.manifest
+        if manifest is None:
+            size = sum(f["bytes"] for f in _head_files(data, self.formats))
+            _say("fetching the head of {} ({} split {}, {:.1f} MiB) from the cloud".format(
+                data["bundle_id"], data["model"]["id"], data["split"]["index"], size / 1048576.0))
+            manifest, received, seconds = self.cache.fetch(self.conn, data, self.formats)
+            self.fetches.append({"bundle_id": data["bundle_id"], "split": data["split"]["index"],
+                                 "bytes": received, "seconds": seconds})
+            _say("fetched and verified {} in {:.2f} s".format(data["bundle_id"], seconds))
+        self.head = self._runners.pop(manifest.bundle_id, None) or \
+            load_part(manifest, "head", self.backend, self.device, self.threads)
+        self._runners[manifest.bundle_id] = self.head  # kept loaded: switching back costs no load
+        while len(self._runners) > LOADED_HEADS:
+            self._runners.popitem(last=False)
+        self.manifest, self.welcome = manifest, welcome
+        return manifest
+
+    def preload(self, splits):
+        """Load the heads of ``splits`` now (fetching or chaining as a switch would), then come back to the
+        current bundle: a later switch to one of them costs no load (adaptive mode, before measuring)."""
+        current = self.manifest.bundle_id
+        for split in splits:
+            self.switch_to(split=split, chain_ok=True)
+        self.switch_to(bundle_id=current)
+
+    def _segments_match(self, data):
+        if self.segments is None:
+            return False
+        seg = self.segments.manifest
+        k = data["split"]["index"]
+        same = ("sha256", "random_init", "random_seed")
+        return (seg.model_id == data["model"]["id"] and 0 <= k < len(seg["points"])
+                and all(seg["model"]["weights"].get(f) == data["model"]["weights"].get(f) for f in same)
+                and seg["points"][k]["name"] == data["split"]["name"]
+                and list(seg["points"][k]["shape"]) == list(data["boundary"]["shape"][1:]))
+
+    def encode(self, boundary):
+        """(frame meta, tensor to send) for one boundary activation, compressed as asked."""
+        encoding, payload = self.encoder.encode(boundary)
+        return ({"encoding": encoding} if encoding else {}), payload
+
+    def infer(self, x):
+        """Head here, tail there: (output, edge_ms, roundtrip_ms, cloud_ms, bytes sent, bytes received, meta)."""
+        t0 = time.perf_counter()
+        meta, payload = self.encode(self.head.run(x))
+        t1 = time.perf_counter()
+        frame, sent, received = self.conn.infer(payload, meta)
+        t2 = time.perf_counter()
+        return (frame.array, (t1 - t0) * 1000.0, (t2 - t1) * 1000.0, frame.compute_ms,
+                sent, received, frame.meta)
+
+    def reconnect(self, give_up_at, reason):
+        """A new connection bound to the same bundle, tried with capped exponential backoff and full
+        jitter until ``give_up_at`` (time.monotonic()); raises CloudLost after that."""
+        lost_at = time.monotonic()
+        self.conn.close()
+        delay, attempts = RECONNECT_FIRST_S, 0
+        while True:
+            attempts += 1
+            try:
+                conn = CloudConnection(self.cloud, self.timeout, busy_poll=self.busy_poll, security=self.security)
+                try:
+                    welcome = conn.hello({"role": "edge", "model": self.model, "split": None,
+                                          "bundle_id": self.manifest.bundle_id})
+                except BaseException:
+                    conn.close()
+                    raise
+                if welcome.get("bundle_id") != self.manifest.bundle_id:
+                    conn.close()
+                    raise UserError("after reconnecting, the cloud serves bundle {} instead of {}".format(
+                        welcome.get("bundle_id"), self.manifest.bundle_id))
+                self.conn = conn
+                record = {"lost": reason, "attempts": attempts, "down_s": round(time.monotonic() - lost_at, 3)}
+                self.reconnects.append(record)
+                _say("reconnected to the cloud after {:.2f} s ({} attempts)".format(record["down_s"], attempts))
+                return record
+            except CloudLost:
+                pass
+            except codec.RemoteError:
+                raise  # the cloud answered and refused (token, bundle): trying again will not help
+            except UserError as exc:
+                if "cannot connect" not in str(exc):
+                    raise
+            now = time.monotonic()
+            if now >= give_up_at:
+                raise CloudLost("the cloud at {} has been unreachable for {:.0f} s ({} attempts to reconnect)".format(
+                    self.cloud, now - lost_at, attempts))
+            time.sleep(min(random.uniform(0, delay), give_up_at - now))  # full jitter
+            delay = min(delay * 2, RECONNECT_MAX_S)
+
+    def close(self):
+        self.conn.close()
+
+
+def find_full_model(cache, model, backend="onnx"):
+    """A bundle of ``model`` in the edge's cache whose head is the whole model (no tail), or None."""
+    from runtime.bundle.store import BundleStore
+    fmt = FORMAT_OF_BACKEND[backend]
+    good, _ = BundleStore(cache).scan(KIND_SPLIT)
+    for manifest in sorted(good, key=lambda m: -m.split_index):
+        if manifest.model_id == model and manifest.part("tail") is None and manifest.part("head") is not None:
+            try:
+                manifest.verify_files(parts=("head",), formats=(fmt,))
+            except ManifestError:
+                continue
+            return manifest
+    return None
+
+
+def _head_files(data, formats):
+    head = data["parts"].get("head")
+    return [f for fmt, f in head["files"].items() if fmt in formats] if head else []
