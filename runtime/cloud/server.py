@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import select
-import shutil
 import signal
 import socket
 import sys
@@ -20,7 +19,7 @@ import threading
 import time
 
 from runtime.bundle.manifest import KIND_SPLIT, validate
-from runtime.bundle.staging import remove_stale_temp_dirs, temp_dir
+from runtime.bundle.staging import remove_stale_temp_dirs, staged
 from runtime.bundle.store import BundleStore
 from runtime.cloud.registry import (
     EXPORT_TIMEOUT_S,
@@ -29,8 +28,8 @@ from runtime.cloud.registry import (
     TailRegistry,
 )
 from runtime.cloud.stats import Stats
-from runtime.errors import ManifestError, UserError
-from runtime.wire import auth, codec, sockets
+from runtime.errors import CodedError, ManifestError, UserError
+from runtime.wire import auth, codec, sockets, states
 from runtime.wire.compression import available_codecs, decode
 from runtime.wire.tls import server_context
 from runtime.wire.transfer import file_entries, receive_files, send_files
@@ -50,12 +49,11 @@ class Session(object):
 
     def __init__(self, peer):
         self.peer = peer
-        self.role = None
         self.manifest = None
         self.runner = None
         self.nonce = None
         self.challenge = None       # the nonce an AUTH proof must answer
-        self.authenticated = False  # proved the inference token (always True on a cloud without one)
+        self.state = states.Connection()  # authenticated, admin, bound: what it may send (wire/states.py)
         self.requests = 0
         self.samples = 0
         self.bytes_out = 0  # folded into the server's Stats when the connection closes (no lock per frame)
@@ -79,23 +77,24 @@ class Session(object):
 
 
 class CloudServer(object):
-    def __init__(self, registry, host="127.0.0.1", port=9999, max_frame_bytes=codec.DEFAULT_MAX_FRAME_BYTES,
-                 read_timeout=30.0, admin_token=None, max_batch=1, max_delay_ms=0.0, max_connections=256,
-                 hello_timeout=10.0, tls_context=None, token=None):
+    def __init__(self, registry, options, tls_context=None):
+        """``options``: ServeOptions (host, port, limits, timeouts, batching, tokens); ``tls_context``: TLS or None."""
+        o = options
+        host, port = o.host, o.port
         self.registry = registry
         self.tls_context = tls_context
-        self.token = token or None
+        self.token = o.token or None
         self.started = time.time()
         self._sessions = set()  # live connections, for STATUS (their counters join Stats when they close)
-        self.max_connections = max_connections
-        self.hello_timeout = hello_timeout
-        self.max_batch, self.max_delay_ms = max_batch, max_delay_ms
+        self.max_connections = o.max_connections
+        self.hello_timeout = o.hello_timeout
+        self.max_batch, self.max_delay_ms = o.max_batch, o.max_delay_ms
         self._batchers = {}
         self._batchers_lock = threading.Lock()
         self._bound = collections.Counter()  # bundle id -> connections bound to it (for the batchers)
-        self.max_frame_bytes = max(max_frame_bytes, codec.CHUNK_BYTES)
-        self.read_timeout = read_timeout
-        self.admin_token = admin_token
+        self.max_frame_bytes = max(int(o.max_frame_mb * 1024 * 1024), codec.CHUNK_BYTES)
+        self.read_timeout = o.read_timeout
+        self.admin_token = o.admin_token if o.allow_push else None
         self.stats = Stats()
         self._stop = threading.Event()
         self._stop_at = None
@@ -186,78 +185,24 @@ class CloudServer(object):
             if conn is None:
                 return
         session = Session("{}:{}".format(peer[0], peer[1]))
-        session.authenticated = self.token is None
+        session.state.authenticated = self.token is None
         self.stats.add(connections=1, active=1)
         with self._batchers_lock:
             self._sessions.add(session)
         log.info("event=connect peer=%s tls=%s", session.peer, "yes" if sockets.is_tls(conn) else "no")
         # without batching each request's tensor is done with before the next is read: receive into one array
-        reader = sockets.FrameReader(conn, self.max_frame_bytes, allowed_types=codec.FROM_EDGE, frame_timeout=self.read_timeout,
-                               reuse_arrays=self.max_batch <= 1)
+        reader = sockets.FrameReader(conn, self.max_frame_bytes, allowed_types=codec.FROM_EDGE,
+                                     frame_timeout=self.read_timeout, reuse_arrays=self.max_batch <= 1)
         reason = "closed by edge"
         try:
             sockets.tune_socket(conn)
             # the kernel wakes an idle reader every POLL_S to look at the stop flag; no per-frame system calls
             sockets.set_timeouts(conn, POLL_S, send_seconds=self.read_timeout)
-            check = lambda t, dtype, shape, meta: _check_tensor(session, t, dtype, shape, meta)  # noqa: E731
-            batching = self.max_batch > 1
-            hello_deadline = time.monotonic() + self.hello_timeout
-            while True:
-                stopping = self._stop.is_set()
-                if stopping and time.monotonic() - self._stop_at > DRAIN_S:
-                    reason = "server shut down (drain time over)"
-                    self._error(conn, session, "shutting_down", "the cloud server is shutting down")
-                    break
-                if stopping and not reader.buffered() and not (sockets.is_tls(conn) and conn.pending()) and \
-                        not select.select([conn], [], [], 0)[0]:
-                    reason = "server shutting down"  # answered everything that had arrived: say why, close
-                    self._error(conn, session, "shutting_down", "the cloud server is shutting down")
-                    break
-                if batching:
-                    session.wait_pending(MAX_QUEUED_PER_CONNECTION)  # backpressure: stop reading this edge
-                try:
-                    frame = reader.read(check, idle_ok=True)
-                except sockets.NoFrameYet:
-                    if stopping:  # nothing in flight: tell the edge why and close
-                        reason = "server shutting down"
-                        self._error(conn, session, "shutting_down", "the cloud server is shutting down")
-                        break
-                    if not reader.bytes_received and time.monotonic() > hello_deadline:  # connected, said nothing
-                        reason = "no frame within {:.0f} s of connecting".format(self.hello_timeout)
-                        self.stats.error("timeout")
-                        log.warning("event=error peer=%s code=timeout reason=no_frame_within_%.0fs", session.peer,
-                                    self.hello_timeout)
-                        self._error(conn, session, "timeout", reason)
-                        break
-                    continue
-                if batching and frame.type != codec.INFER:  # answered after the batched requests before it
-                    session.wait_pending()
-                if frame.type == codec.BYE:
-                    break
-                session.bytes_out += self._handle(conn, reader, frame, session)
+            reason = self._serve_frames(conn, reader, session)
         except codec.PeerClosed:
             pass
-        except (codec.ProtocolError, HandshakeError) as exc:
-            reason = "error {}: {}".format(exc.code, exc)
-            self.stats.error(exc.code)
-            log.warning("event=error peer=%s code=%s message=%s", session.peer, exc.code, json.dumps(str(exc)))
-            self._error(conn, session, exc.code, str(exc))
-        except socket.timeout:
-            reason = "read timeout"
-            self.stats.error("timeout")
-            log.warning("event=error peer=%s code=timeout reason=no_complete_frame_within_%.0fs", session.peer,
-                        self.read_timeout)
-        except (OSError, UserError) as exc:
-            reason = "error: {}".format(exc)
-            self.stats.error("io" if isinstance(exc, OSError) else "server")
-            log.warning("event=error peer=%s code=%s message=%s", session.peer,
-                        "io" if isinstance(exc, OSError) else "server", json.dumps(str(exc)))
-            self._error(conn, session, "server", str(exc))
-        except Exception as exc:  # a bug: keep serving everyone else
-            reason = "internal error"
-            self.stats.error("internal")
-            log.exception("event=error peer=%s code=internal", session.peer)
-            self._error(conn, session, "internal", "internal server error: {}".format(type(exc).__name__))
+        except Exception as exc:  # every failure ends this connection only; _failed says how
+            reason = self._failed(conn, session, exc)
         finally:
             session.wait_pending(timeout=DRAIN_S)  # answer what is queued before closing
             self._bind(session, None)
@@ -268,6 +213,68 @@ class CloudServer(object):
             conn.close()
             log.info("event=disconnect peer=%s requests=%d samples=%d reason=%s", session.peer, session.requests,
                      session.samples, json.dumps(reason))
+
+    def _serve_frames(self, conn, reader, session):
+        """Read and answer frames until BYE, a stop or a silent newcomer; return why the connection ends."""
+        check = lambda t, dtype, shape, meta: _check_tensor(session, t, dtype, shape, meta)  # noqa: E731
+        batching = self.max_batch > 1
+        hello_deadline = time.monotonic() + self.hello_timeout
+        while True:
+            stopping = self._stop.is_set()
+            if stopping and time.monotonic() - self._stop_at > DRAIN_S:
+                return self._shutting_down(conn, session, "server shut down (drain time over)")
+            if stopping and not reader.buffered() and not (sockets.is_tls(conn) and conn.pending()) and \
+                    not select.select([conn], [], [], 0)[0]:
+                # answered everything that had arrived: say why, close
+                return self._shutting_down(conn, session, "server shutting down")
+            if batching:
+                session.wait_pending(MAX_QUEUED_PER_CONNECTION)  # backpressure: stop reading this edge
+            try:
+                frame = reader.read(check, idle_ok=True)
+            except sockets.NoFrameYet:
+                if stopping:  # nothing in flight: tell the edge why and close
+                    return self._shutting_down(conn, session, "server shutting down")
+                if not reader.bytes_received and time.monotonic() > hello_deadline:  # connected, said nothing
+                    reason = "no frame within {:.0f} s of connecting".format(self.hello_timeout)
+                    self.stats.error("timeout")
+                    log.warning("event=error peer=%s code=timeout reason=no_frame_within_%.0fs", session.peer,
+                                self.hello_timeout)
+                    self._error(conn, session, "timeout", reason)
+                    return reason
+                continue
+            if batching and frame.type != codec.INFER:  # answered after the batched requests before it
+                session.wait_pending()
+            if frame.type == codec.BYE:
+                return "closed by edge"
+            session.bytes_out += self._handle(conn, reader, frame, session)
+
+    def _shutting_down(self, conn, session, reason):
+        self._error(conn, session, "shutting_down", "the cloud server is shutting down")
+        return reason
+
+    def _failed(self, conn, session, exc):
+        """What ends a connection with an error: counted, logged, told to the peer; return the reason."""
+        if isinstance(exc, CodedError):  # a broken protocol, a refused handshake
+            self.stats.error(exc.code)
+            log.warning("event=error peer=%s code=%s message=%s", session.peer, exc.code, json.dumps(str(exc)))
+            self._error(conn, session, exc.code, str(exc))
+            return "error {}: {}".format(exc.code, exc)
+        if isinstance(exc, socket.timeout):
+            self.stats.error("timeout")
+            log.warning("event=error peer=%s code=timeout reason=no_complete_frame_within_%.0fs", session.peer,
+                        self.read_timeout)
+            return "read timeout"
+        if isinstance(exc, (OSError, UserError)):
+            code = "io" if isinstance(exc, OSError) else "server"
+            self.stats.error(code)
+            log.warning("event=error peer=%s code=%s message=%s", session.peer, code, json.dumps(str(exc)))
+            self._error(conn, session, "server", str(exc))
+            return "error: {}".format(exc)
+        # a bug: keep serving everyone else
+        self.stats.error("internal")
+        log.exception("event=error peer=%s code=internal", session.peer)
+        self._error(conn, session, "internal", "internal server error: {}".format(type(exc).__name__))
+        return "internal error"
 
     def _bind(self, session, manifest):
         with self._batchers_lock:
@@ -283,65 +290,57 @@ class CloudServer(object):
             sockets.send_error(conn, 0, code, message)
 
     def _handle(self, conn, reader, frame, session):
-        if frame.type == codec.AUTH:
-            return self._auth(conn, frame, session)
-        if not session.authenticated and not (
-                (frame.type == codec.HELLO and frame.meta.get("role") == "admin")  # pushes prove the admin token
-                or (frame.type == codec.PUSH and session.role == "admin")):
-            raise HandshakeError("auth_required", "this cloud needs its inference token: start the edge with --token "
-                                 "TOKEN or ${}".format(auth.TOKEN_ENV[auth.INFERENCE]))
-        if frame.type == codec.STATUS:
-            return sockets.send_frame(conn, codec.DONE, frame.request_id, {"status": self.status()})
-        if frame.type == codec.HELLO:
-            return self._hello(conn, frame, session)
-        if frame.type == codec.INFER:  # _check_tensor has required a bound bundle
-            x = frame.array
-            decode_ms = 0.0
-            if "encoding" in frame.meta:  # --compress on the edge
-                start = time.perf_counter()
-                x = decode(frame.meta["encoding"], x, session.manifest["boundary"]["shape"],
-                           max_bytes=self.max_frame_bytes)
-                decode_ms = (time.perf_counter() - start) * 1000.0
-            session.requests += 1
-            session.samples += x.shape[0]
-            batcher = self._batcher(session)
-            if batcher is None:
-                start = time.perf_counter()
-                out = session.runner.run(x)
-                return self._result(conn, session, frame.request_id, out,
-                                    decode_ms + (time.perf_counter() - start) * 1000.0)
-            request_id = frame.request_id
+        """One frame: refused unless the connection's state allows it, else answered by its handler."""
+        states.check(session.state, frame.type, frame.meta)
+        return self.HANDLERS[frame.type](self, conn, reader, frame, session)
 
-            def done(out, queue_ms, compute_ms, batch, error):
-                try:
-                    if error is not None:
-                        self.stats.error("internal")
-                        with session.send_lock:
-                            sockets.send_error(conn, request_id, "internal", "tail failed: {}".format(type(error).__name__))
-                        return
-                    self.stats.add(bytes_out=self._result(conn, session, request_id, out, decode_ms + compute_ms,
-                                                          queue_ms, batch))
-                except OSError:
-                    pass  # the edge has gone; its connection thread notices
-                finally:
-                    session.end()
+    def _status(self, conn, reader, frame, session):
+        return sockets.send_frame(conn, codec.DONE, frame.request_id, {"status": self.status()})
 
-            session.begin()
-            batcher.submit(x, done, session)
-            return 0
-        if frame.type == codec.ECHO:  # network probe: the payload goes straight back (or its first reply_bytes)
-            reply = frame.meta.get("reply_bytes")
-            if reply is not None and (not isinstance(reply, int) or isinstance(reply, bool) or reply < 0):
-                raise codec.ProtocolError("bad_meta", "ECHO reply_bytes must be a whole number of bytes, 0 or more")
-            return sockets.send_frame(conn, codec.RESULT, frame.request_id, {},
-                                frame.array if reply is None else frame.array[:reply])
-        if frame.type == codec.PROFILE:
-            return self._profile(conn, frame)
-        if frame.type == codec.FETCH:
-            return self._fetch(conn, frame, session)
-        if frame.type == codec.PUSH:
-            return self._push(conn, reader, frame, session)
-        raise codec.ProtocolError("bad_type", "{} outside a transfer".format(frame.type_name))
+    def _infer(self, conn, reader, frame, session):
+        """A request: the tail now, or queued for the batcher, which answers it."""
+        x = frame.array
+        decode_ms = 0.0
+        if "encoding" in frame.meta:  # --compress on the edge
+            start = time.perf_counter()
+            x = decode(frame.meta["encoding"], x, session.manifest["boundary"]["shape"],
+                       max_bytes=self.max_frame_bytes)
+            decode_ms = (time.perf_counter() - start) * 1000.0
+        session.requests += 1
+        session.samples += x.shape[0]
+        batcher = self._batcher(session)
+        if batcher is None:
+            start = time.perf_counter()
+            out = session.runner.run(x)
+            return self._result(conn, session, frame.request_id, out,
+                                decode_ms + (time.perf_counter() - start) * 1000.0)
+        request_id = frame.request_id
+
+        def done(out, queue_ms, compute_ms, batch, error):
+            try:
+                if error is not None:
+                    self.stats.error("internal")
+                    with session.send_lock:
+                        sockets.send_error(conn, request_id, "internal", "tail failed: {}".format(type(error).__name__))
+                    return
+                self.stats.add(bytes_out=self._result(conn, session, request_id, out, decode_ms + compute_ms,
+                                                      queue_ms, batch))
+            except OSError:
+                pass  # the edge has gone; its connection thread notices
+            finally:
+                session.end()
+
+        session.begin()
+        batcher.submit(x, done, session)
+        return 0
+
+    def _echo(self, conn, reader, frame, session):
+        """A network probe: the payload goes straight back (or its first ``reply_bytes``)."""
+        reply = frame.meta.get("reply_bytes")
+        if reply is not None and (not isinstance(reply, int) or isinstance(reply, bool) or reply < 0):
+            raise codec.ProtocolError("bad_meta", "ECHO reply_bytes must be a whole number of bytes, 0 or more")
+        return sockets.send_frame(conn, codec.RESULT, frame.request_id, {},
+                                  frame.array if reply is None else frame.array[:reply])
 
     def _result(self, conn, session, request_id, out, cloud_ms, queue_ms=0.0, batch=None):
         meta = {} if batch is None else {"batch": batch}
@@ -351,10 +350,10 @@ class CloudServer(object):
         with session.send_lock:
             return sockets.send_frame(conn, codec.RESULT, request_id, meta, out, cloud_ms, queue_ms)
 
-    def _hello(self, conn, frame, session):
+    def _hello(self, conn, reader, frame, session):
         meta = frame.meta
         if meta.get("role") == "admin":
-            session.role, session.nonce = "admin", auth.new_nonce()
+            session.state.admin, session.nonce = True, auth.new_nonce()
             return sockets.send_frame(conn, codec.WELCOME, frame.request_id, {"nonce": session.nonce, "protocol": codec.VERSION})
         try:
             model = str(meta["model"])
@@ -368,7 +367,8 @@ class CloudServer(object):
 
         manifest, runner = self.registry.resolve(model, split, bundle_id, notify)
         self._bind(session, manifest)
-        session.role, session.manifest, session.runner = "edge", manifest, runner
+        session.manifest, session.runner = manifest, runner
+        session.state.admin, session.state.bound = False, True
         log.info("event=hello peer=%s bundle=%s model=%s split=%s", session.peer, manifest.bundle_id,
                  manifest.model_id, manifest.split_index)
         return sockets.send_frame(conn, codec.WELCOME, frame.request_id, {
@@ -377,7 +377,7 @@ class CloudServer(object):
             "codecs": available_codecs(),
             "active": self.registry.active_for(model)})
 
-    def _auth(self, conn, frame, session):
+    def _auth(self, conn, reader, frame, session):
         """AUTH without a proof: a fresh challenge; with one: checked against the last challenge (used once)."""
         proof = frame.meta.get("proof")
         if proof is None:
@@ -391,7 +391,7 @@ class CloudServer(object):
             log.warning("event=auth peer=%s result=refused", session.peer)
             raise HandshakeError("bad_token", "wrong inference token; check --token / ${} on the edge".format(
                 auth.TOKEN_ENV[auth.INFERENCE]))
-        session.authenticated = True
+        session.state.authenticated = True
         log.info("event=auth peer=%s result=%s", session.peer, "ok" if self.token else "no_token_needed")
         return sockets.send_frame(conn, codec.DONE, frame.request_id, {"authenticated": self.token is not None})
 
@@ -409,7 +409,7 @@ class CloudServer(object):
                      "active_bundles": dict(self.registry.active)})
         return data
 
-    def _profile(self, conn, frame):
+    def _profile(self, conn, reader, frame, session):
         try:
             model, batch_size = str(frame.meta["model"]), int(frame.meta.get("batch_size", 1))
         except (KeyError, TypeError, ValueError, OverflowError):
@@ -423,7 +423,7 @@ class CloudServer(object):
         manifest, profile = self.registry.profile(model, batch_size, notify)
         return sockets.send_frame(conn, codec.DONE, frame.request_id, {"manifest": manifest.data, "profile": profile})
 
-    def _fetch(self, conn, frame, session):
+    def _fetch(self, conn, reader, frame, session):
         manifest = self.registry.manifest(str(frame.meta.get("bundle_id")))
         part, formats = frame.meta.get("part"), frame.meta.get("formats")
         if part not in ("head", "tail", "segments") or not isinstance(formats, list) or not formats or \
@@ -441,8 +441,6 @@ class CloudServer(object):
         return sent
 
     def _push(self, conn, reader, frame, session):
-        if session.role != "admin":
-            raise codec.ProtocolError("no_hello", "PUSH needs an admin HELLO first")
         if not self.admin_token:
             raise HandshakeError("push_disabled", "this cloud does not accept pushes; start serve-cloud with "
                                  "--allow-push and an admin token")
@@ -461,13 +459,9 @@ class CloudServer(object):
                 self.registry.activate(self.registry.load(held)[0])
         else:
             remove_stale_temp_dirs(self.registry.store.root)
-            tmp = temp_dir(self.registry.store.root, "push")
-            try:
+            with staged(self.registry.store.root, "push") as tmp:
                 receive_files(reader, tmp, file_entries(data), what="push of {}".format(data["bundle_id"]))
                 manifest = self.registry.install(tmp, data, activate)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
         self.stats.add(pushes=1)
         log.info("%s pushed %s (%s split %s)%s", session.peer, manifest.bundle_id, manifest.model_id,
                  manifest.split_index, ", activated" if activate else "")
@@ -475,16 +469,19 @@ class CloudServer(object):
                                                              "uploaded": held is None})
 
 
+    # one handler per frame type an edge (or admin) may send; wire/states.py says when each is allowed
+    HANDLERS = {codec.AUTH: _auth, codec.STATUS: _status, codec.HELLO: _hello, codec.INFER: _infer,
+                codec.ECHO: _echo, codec.PROFILE: _profile, codec.FETCH: _fetch, codec.PUSH: _push}
+
 def _check_tensor(session, type_, dtype, shape, meta=None):
     if type_ == codec.CHUNK:  # during a push, receive_files reads the chunks with its own check
-        raise codec.ProtocolError("bad_type", "CHUNK outside a push")
+        states.check(session.state, type_, meta)  # refused: outside a transfer
     if type_ == codec.ECHO:
         if dtype != "uint8" or len(shape) != 1:
             raise codec.ProtocolError("bad_shape", "ECHO carries 1-D uint8 bytes")
         return
+    states.check(session.state, type_, meta)  # INFER: bound to a bundle (the payload is not received otherwise)
     manifest = session.manifest
-    if manifest is None:
-        raise codec.ProtocolError("no_hello", "INFER before HELLO: the edge must name its bundle first")
     spec = manifest["boundary"]
     expected = tuple(spec["shape"][1:])
     if meta and meta.get("encoding") is not None:  # compressed: decode() checks it against the boundary spec
@@ -499,44 +496,49 @@ def _check_tensor(session, type_, dtype, shape, meta=None):
             list(shape), manifest.bundle_id, ", ".join(str(d) for d in expected)))
 
 
-def serve_cloud(host, port, artifacts, backend="onnx", device="auto", max_frame_mb=64.0, threads=0,
-                admin_token=None, export_model=None, export_weights=None, export_random_init=False,
-                export_input_shape=None, max_batch=1, max_delay_ms=2.0, max_connections=256, read_timeout=30.0,
-                hello_timeout=10.0, cuda_graphs=False, tls=(None, None, None), token=None):
-    """The serve-cloud command: run until SIGINT/SIGTERM, then drain and print the summary."""
+def serve_cloud(options):
+    """The serve-cloud command (``ServeOptions``): run until SIGINT/SIGTERM, then drain and print the summary."""
+    o = options
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s serve-cloud %(levelname)s %(message)s")
-    os.makedirs(artifacts, exist_ok=True)
-    exporter = OnDemandExporter(export_model, export_weights, export_random_init, export_input_shape) \
-        if export_model else None
-    if cuda_graphs and (backend != "torchscript" or device == "cpu"):
-        raise UserError("--cuda-graphs needs --backend torchscript --device cuda")
-    registry = TailRegistry(BundleStore(artifacts), backend, device, threads, exporter, cuda_graphs)
-    good, bad = registry.store.scan()
-    for directory, error in bad:
-        log.warning("skipping %s: %s", directory, error)
-    server = CloudServer(registry, host, port, int(max_frame_mb * 1024 * 1024), admin_token=admin_token,
-                         max_batch=max_batch, max_delay_ms=max_delay_ms, max_connections=max_connections,
-                         read_timeout=read_timeout, hello_timeout=hello_timeout,
-                         tls_context=server_context(*tls), token=token)
+    server = _start(o)
     signal.signal(signal.SIGTERM, server.request_stop)
     signal.signal(signal.SIGINT, server.request_stop)
-    log.info("%d bundles in %s: %s", len(good), artifacts,
-             ", ".join("{}-s{} ({})".format(m.model_id, m.split_index, m.bundle_id) for m in good) or "none")
-    if admin_token:
-        log.info("pushes accepted with the admin token")
-    if max_batch > 1:
-        log.info("dynamic batching: up to %d samples per tail run, waiting at most %.1f ms", max_batch, max_delay_ms)
-    if exporter:
-        log.info("missing splits of %s are exported on demand", export_model)
-    if server.tls_context is not None:
-        log.info("TLS on%s", ", client certificates required (mutual TLS)" if tls[2] else "")
-    if token:
-        log.info("edges must prove the inference token")
-    if host not in ("127.0.0.1", "::1", "localhost") and server.tls_context is None and not token:
-        log.warning("listening on %s without TLS or a token: anyone who reaches this port can use it; "
-                    "use --tls-cert/--tls-key and --token off a trusted lab network", host)
     print("serve-cloud listening on {}:{}".format(server.address[0], server.address[1]), flush=True)
     server.serve_forever()
     log.info(server.stats.line())
     log.info("event=summary status=%s", json.dumps(server.status(), sort_keys=True))
+
+
+def _start(o):
+    """The server for ``o``, listening, with what it serves and how said in the log."""
+    if o.allow_push and not o.admin_token:
+        raise UserError("--allow-push needs an admin token: --admin-token TOKEN or ${}".format(
+            auth.TOKEN_ENV[auth.ADMIN]))
+    if o.cuda_graphs and (o.backend != "torchscript" or o.device == "cpu"):
+        raise UserError("--cuda-graphs needs --backend torchscript --device cuda")
+    os.makedirs(o.artifacts, exist_ok=True)
+    exporter = OnDemandExporter(o.export_model, o.export_weights, o.export_random_init, o.export_input_shape) \
+        if o.export_model else None
+    registry = TailRegistry(BundleStore(o.artifacts), o.backend, o.device, o.threads, exporter, o.cuda_graphs)
+    good, bad = registry.store.scan()
+    for directory, error in bad:
+        log.warning("skipping %s: %s", directory, error)
+    server = CloudServer(registry, o, server_context(o.tls_cert, o.tls_key, o.tls_client_ca))
+    log.info("%d bundles in %s: %s", len(good), o.artifacts,
+             ", ".join("{}-s{} ({})".format(m.model_id, m.split_index, m.bundle_id) for m in good) or "none")
+    if server.admin_token:
+        log.info("pushes accepted with the admin token")
+    if o.max_batch > 1:
+        log.info("dynamic batching: up to %d samples per tail run, waiting at most %.1f ms", o.max_batch,
+                 o.max_delay_ms)
+    if exporter:
+        log.info("missing splits of %s are exported on demand", o.export_model)
+    if server.tls_context is not None:
+        log.info("TLS on%s", ", client certificates required (mutual TLS)" if o.tls_client_ca else "")
+    if o.token:
+        log.info("edges must prove the inference token")
+    if o.host not in ("127.0.0.1", "::1", "localhost") and server.tls_context is None and not o.token:
+        log.warning("listening on %s without TLS or a token: anyone who reaches this port can use it; "
+                    "use --tls-cert/--tls-key and --token off a trusted lab network", o.host)
+    return server
