@@ -125,34 +125,32 @@ def layers(model, input_shape, as_json):
               help="C,H,W of one input (default: the model's own).")
 @click.option("--mean", default=None, callback=floats_option, help="Per-channel normalisation mean, e.g. 0.5,0.5,0.5.")
 @click.option("--std", default=None, callback=floats_option, help="Per-channel normalisation std.")
-@click.option("--out", default="artifacts", show_default=True, help="Directory that receives the bundle.")
+@click.option("--artifacts", "--out", "out", default="artifacts", show_default=True,
+              help="Directory that receives the bundle (the store serve-cloud serves).")
 @click.option("--atol", default=None, type=float, callback=positive_option,
               help="Verification: max |diff| may reach atol + rtol x max |reference| [default: 1e-4].")
 @click.option("--rtol", default=None, type=float, callback=positive_option,
               help="Verification tolerance relative to the tensor's max |value| [default: 1e-3].")
 @handle_errors
-def export(model, split, segments, weights, random_init, formats, opset, input_shape, mean, std, out, atol, rtol):
+def export(model, split, segments, out, **options):
     """Cut a model at a split point and write a verified head/tail bundle."""
-    from exporter.bundle import export_bundle
-    from exporter.report import print_export
-    from exporter.verify import DEFAULT_ATOL, DEFAULT_RTOL
+    from exporter.options import ExportOptions
+    from exporter.report import print_export, verification_summary
     if (split is None) == (not segments):
         raise click.UsageError("give --split K (one bundle) or --segments (every segment, for profiling)")
+    given = {k: v for k, v in options.items() if not (k in ("atol", "rtol") and v is None)}  # None: the default
+    options = ExportOptions(out_dir=out, **given)
     if segments:
         from exporter.segments import export_segments
-        path, manifest = export_segments(model, weights, random_init, formats, opset, out, input_shape,
-                                         DEFAULT_ATOL if atol is None else atol, DEFAULT_RTOL if rtol is None else rtol)
-        from exporter.report import verification_summary
+        path, manifest = export_segments(model, options)
         ver = manifest["verification"]
         click.echo("segments {} -> {} ({} segments, verified: {})".format(
             manifest["bundle_id"], path, len(manifest["segments"]), verification_summary(ver)))
         if not ver["meaningful"]:
             click.echo("verification NOT MEANINGFUL: {}".format(ver["reason"]))
         return
-    path, manifest = export_bundle(
-        model, split, weights=weights, random_init=random_init, formats=formats, opset=opset,
-        out_dir=out, input_shape=input_shape, mean=mean, std=std,
-        atol=DEFAULT_ATOL if atol is None else atol, rtol=DEFAULT_RTOL if rtol is None else rtol)
+    from exporter.bundle import export_bundle
+    path, manifest = export_bundle(model, split, options)
     print_export(path, manifest)
 
 
@@ -202,17 +200,63 @@ def client_security(token=True):
     return decorate
 
 
+def with_options(*options):
+    """Apply click options in the order given (the first is listed first in --help)."""
+    def decorate(f):
+        for option in reversed(options):
+            f = option(f)
+        return f
+    return decorate
+
+
+# options that several commands take, declared once
+def cloud_option(required=True, help="HOST:PORT of serve-cloud."):
+    return click.option("--cloud", required=required, default=None, help=help)
+
+
+MODEL_ID_OPTION = click.option("--model", default="resnet50", show_default=True,
+                               help="Model id of the bundles (see their manifests).")
+CACHE_OPTION = click.option("--cache", "--artifacts", "cache", default="artifacts", show_default=True,
+                            help="The edge's bundle cache; heads missing here are fetched from the cloud.")
+BACKEND_OPTION = click.option("--backend", default="onnx", show_default=True, type=BACKEND_CHOICE)
+DEVICE_OPTION = click.option("--device", default="auto", show_default=True, type=DEVICE_CHOICE)
+
+
+def timeout_option(default, help="Seconds to wait for the cloud."):
+    return click.option("--timeout", default=default, show_default=True, type=float, help=help)
+
+
+def threads_option(help="Compute threads for the head (0: library default)."):
+    return click.option("--threads", default=0, type=click.IntRange(0, 256), help=help)
+
+
+def batch_size_option(most=None):
+    return click.option("--batch-size", default=1, show_default=True, type=click.IntRange(1, most))
+
+
+BANDWIDTH_OPTION = click.option("--bandwidth", default=None, type=click.FloatRange(0.001, None),
+                                help="Plan for this bandwidth (Mbit/s) instead of the measured one.")
+RTT_OPTION = click.option("--rtt", default=None, type=click.FloatRange(0, None),
+                          help="Plan for this round-trip time (ms).")
+DATASET_OPTIONS = (
+    click.option("--dataset", default="cifar100", show_default=True,
+                 help="cifar100, cifar10, npz:PATH, folder:PATH or synthetic."),
+    click.option("--data-dir", default="data", show_default=True, help="Where CIFAR archives are kept."),
+    click.option("--limit", default=100, show_default=True, type=click.IntRange(1, None), help="Samples to run."),
+)
+
+
 @main.command("serve-cloud")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: all).")
 @click.option("--port", default=9999, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port.")
 @click.option("--artifacts", default="artifacts", show_default=True, help="Directory of bundles to serve (the store).")
-@click.option("--backend", default="onnx", show_default=True, type=BACKEND_CHOICE)
-@click.option("--device", default="auto", show_default=True, type=DEVICE_CHOICE)
+@with_options(BACKEND_OPTION, DEVICE_OPTION)
 @click.option("--max-frame-mb", default=64.0, show_default=True, type=click.FloatRange(0.001, 4096),
               help="Largest tensor payload accepted.")
-@click.option("--threads", default=0, type=click.IntRange(0, 256), help="Compute threads per tail (0: library default).")
+@threads_option("Compute threads per tail (0: library default).")
 @click.option("--allow-push", is_flag=True, help="Accept bundles pushed with the admin token.")
-@click.option("--admin-token", default=None, envvar=ADMIN_TOKEN_ENV, help="Admin token for pushes [env {}].".format(ADMIN_TOKEN_ENV))
+@click.option("--admin-token", default=None, envvar=ADMIN_TOKEN_ENV, help="Admin token for pushes [env {}].".format(
+    ADMIN_TOKEN_ENV))
 @click.option("--model", "export_model", default=None,
               help="Export splits of this model on demand when an edge asks for one not held (needs the exporter).")
 @click.option("--weights", "export_weights", default=None, help="Weights for on-demand exports.")
@@ -236,51 +280,36 @@ def client_security(token=True):
 @click.option("--cuda-graphs", is_flag=True,
               help="Replay each tail as a captured CUDA graph per batch shape (--backend torchscript --device cuda).")
 @handle_errors
-def serve_cloud(host, port, artifacts, backend, device, max_frame_mb, threads, allow_push, admin_token, export_model,
-                export_weights, export_random_init, max_batch, max_delay_ms, max_connections, read_timeout,
-                hello_timeout, tls_cert, tls_key, tls_client_ca, token, cuda_graphs):
+def serve_cloud(**options):
     """Serve the tails of the bundles in --artifacts to edges (until SIGINT/SIGTERM)."""
+    from runtime.cloud.options import ServeOptions
     from runtime.cloud.server import serve_cloud as serve
-    if allow_push and not admin_token:
-        raise UserError("--allow-push needs an admin token: --admin-token TOKEN or ${}".format(ADMIN_TOKEN_ENV))
-    serve(host, port, artifacts, backend, device, max_frame_mb, threads, admin_token if allow_push else None,
-          export_model, export_weights, export_random_init, max_batch=max_batch, max_delay_ms=max_delay_ms,
-          max_connections=max_connections, read_timeout=read_timeout, hello_timeout=hello_timeout,
-          cuda_graphs=cuda_graphs, tls=(tls_cert, tls_key, tls_client_ca), token=token)
+    serve(ServeOptions(**options))
 
 
 @main.command("run-edge")
-@click.option("--cloud", required=True, help="HOST:PORT of serve-cloud.")
-@click.option("--model", default="resnet50", show_default=True, help="Model id of the bundle (see its manifest).")
+@cloud_option()
+@MODEL_ID_OPTION
 @click.option("--split", default=None, callback=split_option,
               help="Split point, or 'auto' (planned from profiles); default: the bundle active on the cloud.")
 @click.option("--objective", default="latency", show_default=True, type=OBJECTIVE_CHOICE,
               help="What --split auto optimises.")
-@click.option("--bandwidth", default=None, type=click.FloatRange(0.001, None),
-              help="Plan for this bandwidth (Mbit/s) instead of the measured one.")
-@click.option("--rtt", default=None, type=click.FloatRange(0, None), help="Plan for this round-trip time (ms).")
-@click.option("--cache", "--artifacts", "cache", default="artifacts", show_default=True,
-              help="The edge's bundle cache; heads missing here are fetched from the cloud.")
+@with_options(BANDWIDTH_OPTION, RTT_OPTION, CACHE_OPTION)
 @click.option("--cache-keep", default=8, show_default=True, type=click.IntRange(1, None),
               help="Bundles kept in the cache (least recently used go first).")
 @click.option("--no-follow", is_flag=True, help="Do not switch when the cloud activates another bundle.")
 @click.option("--adaptive", is_flag=True, help="Re-plan from the bandwidth seen during the run; switch split "
               "when another is predicted better by 15%.")
-@click.option("--backend", default="onnx", show_default=True, type=BACKEND_CHOICE)
-@click.option("--device", default="auto", show_default=True, type=DEVICE_CHOICE)
-@click.option("--dataset", default="cifar100", show_default=True,
-              help="cifar100, cifar10, npz:PATH, folder:PATH or synthetic.")
-@click.option("--data-dir", default="data", show_default=True, help="Where CIFAR archives are kept.")
-@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, None), help="Samples to run.")
-@click.option("--batch-size", default=1, show_default=True, type=click.IntRange(1, None))
+@with_options(BACKEND_OPTION, DEVICE_OPTION, *DATASET_OPTIONS)
+@batch_size_option()
 @click.option("--shuffle", is_flag=True, help="Shuffle the samples (with --seed).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--warmup", default=3, show_default=True, type=click.IntRange(0, None),
               help="Requests before measuring (excluded).")
 @click.option("--verbose", is_flag=True, help="Print Prediction / Ground Truth per sample.")
 @click.option("--report", default=None, help="Write the full report as JSON to this file.")
-@click.option("--timeout", default=30.0, show_default=True, type=float, help="Seconds to wait for the cloud.")
-@click.option("--threads", default=0, type=click.IntRange(0, 256), help="Compute threads for the head.")
+@timeout_option(30.0)
+@threads_option()
 @click.option("--inflight", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Requests in flight at once: >1 overlaps the next head with the transfer and tail of earlier "
                    "ones (throughput); 1 keeps every latency figure free of waiting.")
@@ -305,97 +334,70 @@ def serve_cloud(host, port, artifacts, backend, device, max_frame_mb, threads, a
                    "edges up on one clock.")
 @handle_errors
 @client_security()
-def run_edge(cloud, model, split, objective, bandwidth, rtt, cache, cache_keep, no_follow, adaptive, backend, device,
-             dataset, data_dir, limit, batch_size, shuffle, seed, warmup, verbose, report, timeout, threads, inflight,
-             compress, codec, busy_poll, reconnect_timeout, fallback, interval_ms, start_at, security):
+def run_edge(**options):
     """Run the head here, the tail on the cloud, and print the seed's report."""
+    from runtime.edge.options import RunOptions
     from runtime.edge.run import run_edge as run
-    run(cloud, model, split, cache, backend, device, dataset, data_dir, limit, batch_size, shuffle, seed,
-        warmup, verbose, report, timeout, threads, cache_keep, not no_follow,
-        plan_options={"objective": objective, "bandwidth": bandwidth, "rtt": rtt}, adaptive=adaptive,
-        inflight=inflight, compress=compress, codec=codec, busy_poll=busy_poll, reconnect_s=reconnect_timeout,
-        fallback=fallback, security=security, interval_ms=interval_ms, start_at=start_at)
+    run(RunOptions(**options))
 
 
 @main.command()
-@click.option("--cloud", required=True, help="HOST:PORT of serve-cloud.")
-@click.option("--model", default="resnet50", show_default=True)
-@click.option("--cache", "--artifacts", "cache", default="artifacts", show_default=True)
-@click.option("--backend", default="onnx", show_default=True, type=BACKEND_CHOICE)
-@click.option("--device", default="auto", show_default=True, type=DEVICE_CHOICE)
-@click.option("--batch-size", default=1, show_default=True, type=click.IntRange(1, 1024))
-@click.option("--bandwidth", default=None, type=click.FloatRange(0.001, None),
-              help="Plan for this bandwidth (Mbit/s) instead of the measured one.")
-@click.option("--rtt", default=None, type=click.FloatRange(0, None), help="Plan for this round-trip time (ms).")
+@cloud_option()
+@with_options(MODEL_ID_OPTION, CACHE_OPTION, BACKEND_OPTION, DEVICE_OPTION, batch_size_option(1024), BANDWIDTH_OPTION,
+              RTT_OPTION)
 @click.option("--objective", default="latency", show_default=True, type=OBJECTIVE_CHOICE)
 @click.option("--edge-profile", default=None, help="Use this edge profile (from `profile --out`).")
 @click.option("--cloud-profile", default=None, help="Use this cloud profile instead of asking the cloud.")
 @click.option("--json", "as_json", is_flag=True)
-@click.option("--timeout", default=600.0, show_default=True, type=float)
-@click.option("--threads", default=0, type=click.IntRange(0, 256), help="Compute threads for the edge's profile.")
+@timeout_option(600.0)
+@threads_option("Compute threads for the edge's profile.")
 @handle_errors
 @client_security()
-def plan(cloud, model, cache, backend, device, batch_size, bandwidth, rtt, objective, edge_profile, cloud_profile,
-         as_json, timeout, threads, security):
+def plan(**options):
     """Predict the latency of every split from measured profiles and the network, and choose one."""
+    from runtime.edge.options import PlanOptions
     from runtime.edge.plan import run_plan
-    run_plan(cloud, model, cache, backend, device, batch_size, bandwidth, rtt, objective, edge_profile,
-             cloud_profile, as_json, timeout, threads, security=security)
+    run_plan(PlanOptions(**options))
 
 
 @main.command()
-@click.option("--cloud", required=True, help="HOST:PORT of serve-cloud.")
-@click.option("--splits", default="0,3,10,16,20,22", show_default=True, help="Comma-separated split points.")
-@click.option("--model", default="resnet50", show_default=True)
-@click.option("--cache", "--artifacts", "cache", default="artifacts", show_default=True)
-@click.option("--backend", default="onnx", show_default=True, type=BACKEND_CHOICE)
-@click.option("--device", default="auto", show_default=True, type=DEVICE_CHOICE)
-@click.option("--dataset", default="cifar100", show_default=True)
-@click.option("--data-dir", default="data", show_default=True)
-@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, None))
-@click.option("--batch-size", default=1, show_default=True, type=click.IntRange(1, None))
+@cloud_option()
+@click.option("--splits", default="0,3,10,16,20,22", show_default=True, help="Comma-separated split points.",
+              callback=lambda ctx, param, value: _split_values(value, int, "0,3,10,16,20,22", param))
+@with_options(MODEL_ID_OPTION, CACHE_OPTION, BACKEND_OPTION, DEVICE_OPTION, *DATASET_OPTIONS)
+@batch_size_option()
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--warmup", default=3, show_default=True, type=click.IntRange(0, None))
 @click.option("--csv", "csv_path", default=None, help="Write the table as CSV here.")
 @click.option("--png", "png_path", default=None, help="Write the chart (stacked bars + predictions) here.")
-@click.option("--bandwidth", default=None, type=click.FloatRange(0.001, None), help="Predict for this Mbit/s.")
-@click.option("--rtt", default=None, type=click.FloatRange(0, None), help="Predict for this round trip (ms).")
-@click.option("--timeout", default=600.0, show_default=True, type=float)
-@click.option("--threads", default=0, type=click.IntRange(0, 256), help="Compute threads for the head.")
+@with_options(BANDWIDTH_OPTION, RTT_OPTION, timeout_option(600.0), threads_option())
 @handle_errors
 @client_security()
-def sweep(cloud, splits, model, cache, backend, device, dataset, data_dir, limit, batch_size, seed, warmup, csv_path,
-          png_path, bandwidth, rtt, timeout, threads, security):
+def sweep(**options):
     """Measure every split in --splits on the same samples: the seed's table, a CSV and a chart."""
+    from runtime.edge.options import SweepOptions
     from runtime.edge.sweep import run_sweep
-    points = _split_values(splits, int, "0,3,10,16,20,22", None)
-    run_sweep(cloud, list(points), model, cache, backend, device, dataset, data_dir, limit, batch_size, seed, warmup,
-              csv_path, png_path, bandwidth, rtt, timeout, threads, security=security)
+    run_sweep(SweepOptions(**options))
 
 
 @main.command()
 @click.option("--out", required=True, help="Write the profile (JSON) here.")
-@click.option("--cloud", default=None, help="Fetch the segments from this serve-cloud.")
+@cloud_option(required=False, help="Fetch the segments from this serve-cloud.")
 @click.option("--segments", "segments_dir", default=None, help="...or profile this local segments bundle.")
-@click.option("--model", default="resnet50", show_default=True)
-@click.option("--cache", "--artifacts", "cache", default="artifacts", show_default=True)
-@click.option("--backend", default="onnx", show_default=True, type=BACKEND_CHOICE)
-@click.option("--device", default="auto", show_default=True, type=DEVICE_CHOICE)
-@click.option("--batch-size", default=1, show_default=True, type=click.IntRange(1, 1024))
-@click.option("--timeout", default=600.0, show_default=True, type=float)
-@click.option("--threads", default=0, type=click.IntRange(0, 256), help="Compute threads (0: library default).")
+@with_options(MODEL_ID_OPTION, CACHE_OPTION, BACKEND_OPTION, DEVICE_OPTION, batch_size_option(1024),
+              timeout_option(600.0), threads_option("Compute threads (0: library default)."))
 @handle_errors
 @client_security()
-def profile(out, cloud, segments_dir, model, cache, backend, device, batch_size, timeout, threads, security):
+def profile(**options):
     """Measure this side's latency of every segment of a model; write it as JSON for `plan --edge-profile`."""
+    from runtime.edge.options import ProfileOptions
     from runtime.edge.plan import run_profile
-    run_profile(out, cloud, segments_dir, model, cache, backend, device, batch_size, threads, timeout,
-                security=security)
+    run_profile(ProfileOptions(**options))
 
 
 @main.command()
-@click.option("--cloud", required=True, help="HOST:PORT of serve-cloud.")
-@click.option("--timeout", default=10.0, show_default=True, type=float)
+@cloud_option()
+@timeout_option(10.0)
 @handle_errors
 @client_security()
 def status(cloud, timeout, security):

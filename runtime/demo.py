@@ -67,6 +67,7 @@ def stop_server(proc):
 
 def run_demo(split="20", weights=None, dataset=None, artifacts="artifacts", data_dir="data", limit=100,
              backend="onnx"):
+    from runtime.edge.options import RunOptions
     from runtime.edge.run import run_edge
     if weights is None and os.path.isfile(DEFAULT_WEIGHTS):
         weights = DEFAULT_WEIGHTS
@@ -83,7 +84,7 @@ def run_demo(split="20", weights=None, dataset=None, artifacts="artifacts", data
     proc, address = start_server(artifacts, backend)
     print("demo: serve-cloud is up at {}; running the edge".format(address), flush=True)
     try:
-        return run_edge(address, "resnet50", int(split), artifacts, backend=backend, dataset=dataset,
-                        data_dir=data_dir, limit=limit)
+        return run_edge(RunOptions(cloud=address, split=int(split), cache=artifacts, backend=backend, dataset=dataset,
+                                   data_dir=data_dir, limit=limit))
     finally:
         stop_server(proc)

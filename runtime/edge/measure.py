@@ -113,153 +113,198 @@ class _Pipelined(object):
         self._tickets.put(None)
 
 
-def measure(session, data, plan, warmup=3, follow=True, verbose=False, out=None, adaptive=None, inflight=1,
-            reconnect_s=60.0, fallback=None, cadence=None):
+def measure(session, data, plan, settings, adaptive=None, fallback=None, out=None):
     """Run every batch of ``plan`` through the session, timing each request; return the RunRecorder.
 
-    The first batch is first sent ``warmup`` times (excluded).  With ``inflight`` > 1
-    up to that many requests are in flight (head of the next batch overlapping the
-    transfer and tail of the previous ones); results are recorded in input order.
-    With ``follow``, a bundle activated on the cloud is switched to at the next batch
+    ``settings`` (RunOptions) gives ``warmup``, ``no_follow``, ``verbose``,
+    ``inflight``, ``reconnect_timeout``, ``interval_ms`` and ``start_at``.  The first
+    batch is first sent ``warmup`` times (excluded).  With ``inflight`` > 1 up to that
+    many requests are in flight (head of the next batch overlapping the transfer and
+    tail of the previous ones); results are recorded in input order.  Unless
+    ``no_follow``, a bundle activated on the cloud is switched to at the next batch
     boundary (after the requests in flight are answered); with ``adaptive`` (an
     AdaptivePlanner), a split predicted better for the bandwidth seen so far is.
 
     A lost connection (the server killed, restarted, shutting down) is reconnected
-    with backoff for up to ``reconnect_s`` seconds, and the requests that had no reply
-    are sent again (inference is idempotent; a reply is only taken from the connection
-    its request went out on, so none is counted twice).  After that, with ``fallback``
-    (a callable returning the loaded full model) the rest runs on the edge alone and
-    is marked "local" in the report; without it the run stops with the count done.
+    with backoff for up to ``reconnect_timeout`` seconds, and the requests that had no
+    reply are sent again (inference is idempotent; a reply is only taken from the
+    connection its request went out on, so none is counted twice).  After that, with
+    ``fallback`` (a callable returning the loaded full model) the rest runs on the
+    edge alone and is marked "local" in the report; without it the run stops with the
+    count done.
 
-    ``cadence`` (runtime.cadence.Cadence) says when each batch is released: back to
-    back by default, or every ``--interval-ms`` from ``--start-at``; a batch waits for
-    its release (answering the requests in flight meanwhile), and the time it waited
-    for the edge to be free after its release is recorded with it.
+    The cadence (``edge.cadence.Cadence``) says when each batch is released: back to
+    back by default, or every ``interval_ms`` from ``start_at``; a batch waits for its
+    release (answering the requests in flight meanwhile), and the time it waited for
+    the edge to be free after its release is recorded with it.
     """
-    out = out or sys.stdout
-    preprocess = session.manifest["input"].get("preprocess") or {}
-    recorder = RunRecorder()
-    first = preprocess_batch(data.images(plan[0]), preprocess)
-    for _ in range(warmup):  # excluded from every figure, counted in the report
-        session.infer(first)
-        recorder.warmup_requests += 1
-    bar = _progress(sum(len(b) for b in plan), not verbose and sys.stderr.isatty())
-    watch = adaptive.watch if adaptive is not None else None
-    make_pipe = (lambda: _Pipelined(session.conn, inflight)) if inflight > 1 else \
-        (lambda: _Sequential(session.conn, watch))
-    pipe = make_pipe()
-    switch = None  # (reason, new split, active bundle) once decided; done when nothing is in flight
-    cadence = cadence or Cadence()
-    recorder.interval_ms = cadence.interval_s * 1000.0
-    cadence.start()
-    recorder.started_unix = cadence.started_unix
-    started, cpu_started = cadence.started, time.process_time()
-    position = 0
-    outstanding = collections.deque()  # (payload, meta, context) sent and not answered yet, in order
-    resend = collections.deque()       # of those, the ones to send again on a new connection
-    try:
-        while position < len(plan) or outstanding:
-            try:
-                if resend:
-                    pipe.send(*resend.popleft())
-                    continue
-                due = cadence.due_in(position) if position < len(plan) else 0.0
-                if position < len(plan) and switch is None and not pipe.full() and not (due and pipe.pending):
-                    if due:  # the next frame is not there yet, and nothing is in flight
-                        time.sleep(due)
-                    release = cadence.release(position)
-                    indices = plan[position]
-                    position += 1
-                    x = preprocess_batch(data.images(indices), preprocess)
-                    t0 = time.perf_counter()
-                    meta, payload = session.encode(session.head.run(x))  # edge time: head and compression
-                    released = t0 if release is None else min(release, t0)
-                    request = (payload, meta, (indices, (time.perf_counter() - t0) * 1000.0,
-                                               session.manifest.bundle_id, released - started,
-                                               (t0 - released) * 1000.0, session.manifest.split_index))
-                    outstanding.append(request)
-                    pipe.send(*request)
-                    continue
-                frame, roundtrip_ms, sent, received, (indices, edge_ms, bundle_id, release_s, wait_ms,
-                                                      split) = pipe.next()
-                outstanding.popleft()
-                meta = frame.meta
-                cloud_ms, queue_ms = frame.compute_ms, frame.queue_ms
-                predictions = frame.array.reshape(len(indices), -1).argmax(axis=1)
-                labels = data.labels[indices]
-                recorder.add(edge_ms, roundtrip_ms, cloud_ms, predictions, labels, sent, received, bundle_id,
-                             queue_ms, wait_ms)
-                recorder.timeline.append((release_s, split))
-                if verbose:
-                    for pred, label in zip(predictions, labels):
-                        out.write("Prediction: {} / Ground Truth: {}\n".format(int(pred), int(label)))
-                if bar is not None:
-                    bar.update(len(indices))
-                active = meta.get("active")
-                if switch is None and follow and active and active != session.manifest.bundle_id:
-                    switch = ("bundle {} activated on the cloud".format(active), None, active)
-                elif switch is None and adaptive is not None:
-                    adaptive.observe(sent, received, roundtrip_ms - cloud_ms - queue_ms,
-                                     cloud_ms=cloud_ms + queue_ms, edge_ms=edge_ms, split=split)
-                    idle_ms = cadence.due_in(position) * 1000.0 if cadence.interval_s and position < len(plan) \
-                        else None
-                    probe = adaptive.probe_size(idle_ms)
-                    if probe:
-                        cap_ms = PROBE_CAP_MS if idle_ms is None else min(PROBE_CAP_MS, idle_ms / 2)
-                        sent_b, back_b, probe_ms = echo_train(session.conn, probe, cap_ms,
-                                                              reply_bytes=PROBE_REPLY_BYTES)
-                        adaptive.observe(sent_b, back_b, probe_ms, probe=True)
-                    new_split, reason = adaptive.decide(session.manifest.split_index)
-                    if reason:
-                        switch = (reason, new_split, None)
-                if switch is not None and position >= len(plan):
-                    switch = None  # nothing left to run on another split
-                if switch is not None and not pipe.pending:  # hot swap at the batch boundary
-                    reason, new_split, active = switch
-                    switch = None
-                    pipe.close()
-                    old = session.manifest
-                    session.switch_to(bundle_id=active, split=new_split, chain_ok=new_split is not None)
-                    pipe = make_pipe()
-                    recorder.switches.append({"after_samples": recorder.samples,
-                                              "time_s": time.perf_counter() - started,
-                                              "from": old.bundle_id, "from_split": old.split_index,
-                                              "to": session.manifest.bundle_id,
-                                              "to_split": session.manifest.split_index,
-                                              "head": session.head.name, "reason": reason})
-                    _say("switched from split {} to split {} ({})".format(old.split_index,
-                                                                         session.manifest.split_index, reason))
-            except CloudLost as exc:
-                _say("{}; {} requests unanswered, reconnecting (up to {:.0f} s)".format(exc, len(outstanding),
-                                                                                         reconnect_s))
-                pipe.abandon()
-                if adaptive is not None:
-                    adaptive.lost()  # what the unanswered request's wait said about the link stays
+    return _Loop(session, data, plan, settings, adaptive, fallback, out or sys.stdout).run()
+
+
+class _Loop(object):
+    """One measured run, in steps: warm up, then send the next batch or take the next reply until done."""
+
+    def __init__(self, session, data, plan, settings, adaptive, fallback, out):
+        self.session, self.data, self.plan, self.settings = session, data, plan, settings
+        self.adaptive, self.fallback, self.out = adaptive, fallback, out
+        self.preprocess = session.manifest["input"].get("preprocess") or {}
+        self.recorder = RunRecorder()
+        self.cadence = Cadence(settings.interval_ms, settings.start_at)
+        self.bar = None
+        self.pipe = None
+        self.switch = None  # (reason, new split, active bundle) once decided; done when nothing is in flight
+        self.position = 0
+        self.outstanding = collections.deque()  # (payload, meta, context) sent and not answered yet, in order
+        self.resend = collections.deque()       # of those, the ones to send again on a new connection
+        self.started = None
+
+    def _make_pipe(self):
+        if self.settings.inflight > 1:
+            return _Pipelined(self.session.conn, self.settings.inflight)
+        return _Sequential(self.session.conn, self.adaptive.watch if self.adaptive is not None else None)
+
+    def run(self):
+        recorder, plan = self.recorder, self.plan
+        first = preprocess_batch(self.data.images(plan[0]), self.preprocess)
+        for _ in range(self.settings.warmup):  # excluded from every figure, counted in the report
+            self.session.infer(first)
+            recorder.warmup_requests += 1
+        self.bar = _progress(sum(len(b) for b in plan), not self.settings.verbose and sys.stderr.isatty())
+        self.pipe = self._make_pipe()
+        recorder.interval_ms = self.cadence.interval_s * 1000.0
+        self.cadence.start()
+        recorder.started_unix = self.cadence.started_unix
+        self.started, cpu_started = self.cadence.started, time.process_time()
+        try:
+            while self.position < len(plan) or self.outstanding:
                 try:
-                    session.reconnect(time.monotonic() + reconnect_s, str(exc))
-                except CloudLost as gone:
-                    if fallback is None:
-                        raise CloudLost("{}; {} of {} samples done. Start the edge with --fallback local (and the "
-                                        "full model in its cache) to finish on its own".format(
-                                            gone, recorder.samples, sum(len(b) for b in plan)))
-                    _say("{}: running the remaining samples on the edge alone (--fallback local)".format(gone))
-                    rest = [request[2][0] for request in outstanding] + plan[position:]
-                    _run_locally(fallback(), data, rest, preprocess, recorder, bar)
-                    recorder.fallback = {"after_samples": recorder.samples - sum(len(b) for b in rest),
-                                         "time_s": time.perf_counter() - started, "reason": str(gone)}
-                    outstanding.clear()
-                    position = len(plan)
-                    break
-                pipe = make_pipe()
-                resend = collections.deque(outstanding)
-        recorder.reconnects = session.reconnects
-    finally:
-        pipe.close()
-    recorder.wall_s = time.perf_counter() - started
-    recorder.cpu_s = time.process_time() - cpu_started
-    if bar is not None:
-        bar.close()
-    return recorder
+                    self._step()
+                except CloudLost as exc:
+                    if not self._recover(exc):
+                        break
+            recorder.reconnects = self.session.reconnects
+        finally:
+            self.pipe.close()
+        recorder.wall_s = time.perf_counter() - self.started
+        recorder.cpu_s = time.process_time() - cpu_started
+        if self.bar is not None:
+            self.bar.close()
+        return recorder
+
+    def _step(self):
+        """Send again what a lost connection left unanswered, else send the next batch, else take a reply."""
+        if self.resend:
+            self.pipe.send(*self.resend.popleft())
+            return
+        more = self.position < len(self.plan)
+        due = self.cadence.due_in(self.position) if more else 0.0
+        if more and self.switch is None and not self.pipe.full() and not (due and self.pipe.pending):
+            if due:  # the next frame is not there yet, and nothing is in flight
+                time.sleep(due)
+            self._send_next()
+            return
+        self._receive()
+        if self.switch is not None and self.position >= len(self.plan):
+            self.switch = None  # nothing left to run on another split
+        if self.switch is not None and not self.pipe.pending:  # hot swap at the batch boundary
+            self._switch()
+
+    def _send_next(self):
+        session = self.session
+        release = self.cadence.release(self.position)
+        indices = self.plan[self.position]
+        self.position += 1
+        x = preprocess_batch(self.data.images(indices), self.preprocess)
+        t0 = time.perf_counter()
+        meta, payload = session.encode(session.head.run(x))  # edge time: head and compression
+        released = t0 if release is None else min(release, t0)
+        request = (payload, meta, (indices, (time.perf_counter() - t0) * 1000.0, session.manifest.bundle_id,
+                                   released - self.started, (t0 - released) * 1000.0, session.manifest.split_index))
+        self.outstanding.append(request)
+        self.pipe.send(*request)
+
+    def _receive(self):
+        """The next reply, in the order sent: recorded, shown, and looked at for a reason to switch."""
+        frame, roundtrip_ms, sent, received, context = self.pipe.next()
+        indices, edge_ms, bundle_id, release_s, wait_ms, split = context
+        self.outstanding.popleft()
+        cloud_ms, queue_ms = frame.compute_ms, frame.queue_ms
+        predictions = frame.array.reshape(len(indices), -1).argmax(axis=1)
+        labels = self.data.labels[indices]
+        times = {"edge_ms": edge_ms, "roundtrip_ms": roundtrip_ms, "cloud_ms": cloud_ms, "queue_ms": queue_ms,
+                 "wait_ms": wait_ms}
+        self.recorder.add(times, predictions, labels, sent, received, bundle_id)
+        self.recorder.timeline.append((release_s, split))
+        if self.settings.verbose:
+            for pred, label in zip(predictions, labels):
+                self.out.write("Prediction: {} / Ground Truth: {}\n".format(int(pred), int(label)))
+        if self.bar is not None:
+            self.bar.update(len(indices))
+        active = frame.meta.get("active")
+        if self.switch is None and not self.settings.no_follow and active and \
+                active != self.session.manifest.bundle_id:
+            self.switch = ("bundle {} activated on the cloud".format(active), None, active)
+        elif self.switch is None and self.adaptive is not None:
+            self.adaptive.observe(sent, received, roundtrip_ms - cloud_ms - queue_ms, cloud_ms=cloud_ms + queue_ms,
+                                  edge_ms=edge_ms, split=split)
+            self._probe()
+            new_split, reason = self.adaptive.decide(self.session.manifest.split_index)
+            if reason:
+                self.switch = (reason, new_split, None)
+
+    def _probe(self):
+        """Adaptive mode's bandwidth probe, when it wants one, in the time before the next release."""
+        more = self.position < len(self.plan)
+        idle_ms = self.cadence.due_in(self.position) * 1000.0 if self.cadence.interval_s and more else None
+        probe = self.adaptive.probe_size(idle_ms)
+        if probe:
+            cap_ms = PROBE_CAP_MS if idle_ms is None else min(PROBE_CAP_MS, idle_ms / 2)
+            sent_b, back_b, probe_ms = echo_train(self.session.conn, probe, cap_ms, reply_bytes=PROBE_REPLY_BYTES)
+            self.adaptive.observe(sent_b, back_b, probe_ms, probe=True)
+
+    def _switch(self):
+        """Hot swap to the decided bundle or split, nothing being in flight."""
+        session = self.session
+        reason, new_split, active = self.switch
+        self.switch = None
+        self.pipe.close()
+        old = session.manifest
+        session.switch_to(bundle_id=active, split=new_split, chain_ok=new_split is not None)
+        self.pipe = self._make_pipe()
+        self.recorder.switches.append({"after_samples": self.recorder.samples,
+                                       "time_s": time.perf_counter() - self.started,
+                                       "from": old.bundle_id, "from_split": old.split_index,
+                                       "to": session.manifest.bundle_id, "to_split": session.manifest.split_index,
+                                       "head": session.head.name, "reason": reason})
+        _say("switched from split {} to split {} ({})".format(old.split_index, session.manifest.split_index, reason))
+
+    def _recover(self, exc):
+        """After a lost connection: reconnect and resend (True), or finish locally / give up (False / raise)."""
+        reconnect_s = self.settings.reconnect_timeout
+        _say("{}; {} requests unanswered, reconnecting (up to {:.0f} s)".format(exc, len(self.outstanding),
+                                                                                 reconnect_s))
+        self.pipe.abandon()
+        if self.adaptive is not None:
+            self.adaptive.lost()  # what the unanswered request's wait said about the link stays
+        try:
+            self.session.reconnect(time.monotonic() + reconnect_s, str(exc))
+        except CloudLost as gone:
+            total = sum(len(b) for b in self.plan)
+            if self.fallback is None:
+                raise CloudLost("{}; {} of {} samples done. Start the edge with --fallback local (and the "
+                                "full model in its cache) to finish on its own".format(gone, self.recorder.samples,
+                                                                                       total))
+            _say("{}: running the remaining samples on the edge alone (--fallback local)".format(gone))
+            rest = [request[2][0] for request in self.outstanding] + self.plan[self.position:]
+            _run_locally(self.fallback(), self.data, rest, self.preprocess, self.recorder, self.bar)
+            self.recorder.fallback = {"after_samples": self.recorder.samples - sum(len(b) for b in rest),
+                                      "time_s": time.perf_counter() - self.started, "reason": str(gone)}
+            self.outstanding.clear()
+            self.position = len(self.plan)
+            return False
+        self.pipe = self._make_pipe()
+        self.resend = collections.deque(self.outstanding)
+        return True
 
 
 def _run_locally(model, data, batches_left, preprocess, recorder, bar):

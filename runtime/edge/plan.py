@@ -81,12 +81,14 @@ def measure_network(conn, bandwidth=None, rtt=None):
     return net
 
 
-def make_plan(session, batch_size=1, bandwidth=None, rtt=None, objective="latency", edge_file=None,
-              cloud_file=None, profiles=None, interval_ms=0.0):
+def make_plan(session, options, profiles=None):
     """Profiles of both sides + the network -> (rows, choice, network); ``profiles`` (a dict) receives both.
 
-    With ``interval_ms`` (run-edge --interval-ms) the latency objective is the latency from release
-    (planner.at_cadence), the link's deviation taken as a quarter of its time per bit until measured."""
+    ``options`` (ClientOptions): ``batch_size``, ``bandwidth`` and ``rtt`` (None: measured), ``objective``,
+    ``edge_profile`` / ``cloud_profile`` (files instead of measuring), ``interval_ms``.  With ``interval_ms``
+    (run-edge --interval-ms) the latency objective is the latency from release (planner.at_cadence), the
+    link's deviation taken as a quarter of its time per bit until measured."""
+    batch_size, cloud_file, edge_file = options.batch_size, options.cloud_profile, options.edge_profile
     segments_data, cloud = cloud_profile(session.conn, session.model, batch_size)
     if cloud_file:
         cloud = read_profile(cloud_file)
@@ -95,58 +97,55 @@ def make_plan(session, batch_size=1, bandwidth=None, rtt=None, objective="latenc
     edge = with_encoded_sizes(edge, getattr(session, "encoder", None))
     if profiles is not None:
         profiles.update(edge=edge, cloud=cloud)
-    network = measure_network(session.conn, bandwidth, rtt)
+    network = measure_network(session.conn, options.bandwidth, options.rtt)
     rows = predict(edge["points"], edge["segment_ms"], cloud["segment_ms"], network["rtt_ms"],
                    network["bandwidth_mbps"], batch_size, edge.get("output_bytes_per_sample", 0))
-    if interval_ms:
-        rows = at_cadence(rows, interval_ms, 0.25 / network["bandwidth_mbps"], batch_size,
+    if options.interval_ms:
+        rows = at_cadence(rows, options.interval_ms, 0.25 / network["bandwidth_mbps"], batch_size,
                           edge.get("output_bytes_per_sample", 0))
-    return rows, choose(rows, objective), network
+    return rows, choose(rows, options.objective), network
 
 
-def run_plan(cloud, model="resnet50", cache="artifacts", backend="onnx", device="auto", batch_size=1,
-             bandwidth=None, rtt=None, objective="latency", edge_profile_file=None, cloud_profile_file=None,
-             as_json=False, timeout=600.0, threads=0, out=None, security=None):
-    """The plan command: print the predicted table and the choice."""
+def run_plan(options, out=None):
+    """The plan command (``PlanOptions``): print the predicted table and the choice."""
     import json
 
     from runtime.edge.session import EdgeSession
+    o = options
     out = out or sys.stdout
-    session = EdgeSession(cloud, model, cache, backend=backend, device=device, threads=threads, timeout=timeout,
-                          security=security)
+    session = EdgeSession(o)
     try:
-        rows, choice, network = make_plan(session, batch_size, bandwidth, rtt, objective, edge_profile_file,
-                                          cloud_profile_file)
+        rows, choice, network = make_plan(session, o)
     finally:
         session.close()
-    if as_json:
-        out.write(json.dumps({"network": network, "objective": objective, "batch_size": batch_size,
+    if o.as_json:
+        out.write(json.dumps({"network": network, "objective": o.objective, "batch_size": o.batch_size,
                               "choice": choice, "rows": rows}, indent=1) + "\n")
     else:
-        out.write(format_plan(rows, choice, network, objective) + "\n")
+        out.write(format_plan(rows, choice, network, o.objective) + "\n")
     return rows, choice, network
 
 
-def run_profile(out_path, cloud=None, segments_dir=None, model="resnet50", cache="artifacts", backend="onnx",
-                device="auto", batch_size=1, threads=0, timeout=600.0, security=None):
-    """The profile command: this side's profile, from a local segments bundle or one fetched from the cloud."""
-    if bool(cloud) == bool(segments_dir):
+def run_profile(options):
+    """The profile command (``ProfileOptions``): this side's profile, from a local segments bundle or one fetched
+    from the cloud."""
+    o = options
+    if bool(o.cloud) == bool(o.segments_dir):
         raise UserError("give --cloud HOST:PORT (fetch the segments) or --segments DIR (a local segments bundle)")
-    if segments_dir:
-        manifest = load_manifest(segments_dir)
-        manifest.verify_files(formats=("onnx" if backend == "onnx" else "torchscript",))
-        profile = profile_segments(manifest, backend, device, batch_size, threads)
+    if o.segments_dir:
+        manifest = load_manifest(o.segments_dir)
+        manifest.verify_files(formats=("onnx" if o.backend == "onnx" else "torchscript",))
+        profile = profile_segments(manifest, o.backend, o.device, o.batch_size, o.threads)
     else:
         from runtime.edge.session import EdgeSession
-        session = EdgeSession(cloud, model, cache, backend=backend, device=device, threads=threads, timeout=timeout,
-                              security=security)
+        session = EdgeSession(o)
         try:
-            segments_data, _ = cloud_profile(session.conn, model, batch_size)
-            profile = edge_profile(session, segments_data, batch_size)
+            segments_data, _ = cloud_profile(session.conn, o.model, o.batch_size)
+            profile = edge_profile(session, segments_data, o.batch_size)
         finally:
             session.close()
-    write_profile(out_path, profile)
+    write_profile(o.out, profile)
     sys.stdout.write("profile of {} ({} segments, {:.3f} ms in all, {} {} batch {}) -> {}\n".format(
         profile["key"]["model"], len(profile["segment_ms"]), sum(profile["segment_ms"]), profile["key"]["backend"],
-        profile["key"]["provider"], batch_size, out_path))
+        profile["key"]["provider"], o.batch_size, o.out))
     return profile

@@ -54,8 +54,10 @@ class RunRecorder(object):
         self.wall_s = 0.0
         self.cpu_s = 0.0  # the edge process's CPU time (user + system, all threads) over the measured part
 
-    def add(self, edge_ms, roundtrip_ms, cloud_ms, predictions, labels, bytes_sent, bytes_received, bundle_id=None,
-            queue_ms=0.0, wait_ms=0.0):
+    def add(self, times, predictions, labels, bytes_sent, bytes_received, bundle_id=None):
+        """One answered request: ``times`` holds its edge_ms, roundtrip_ms, cloud_ms, queue_ms and wait_ms."""
+        edge_ms, roundtrip_ms, cloud_ms = times["edge_ms"], times["roundtrip_ms"], times["cloud_ms"]
+        queue_ms, wait_ms = times.get("queue_ms", 0.0), times.get("wait_ms", 0.0)
         self.records["edge_ms"].append(edge_ms)
         self.records["wait_ms"].append(wait_ms)
         self.records["from_release_ms"].append(wait_ms + edge_ms + roundtrip_ms)

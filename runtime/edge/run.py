@@ -12,7 +12,6 @@ Python 3.6 syntax: this module runs on the Jetson.
 import sys
 
 from runtime.backends import load_part
-from runtime.edge.cadence import Cadence
 from runtime.edge.client import CloudConnection
 from runtime.edge.data import batches, open_dataset
 from runtime.edge.measure import measure
@@ -31,49 +30,15 @@ def print_status(cloud, timeout=10.0, security=None, out=None):
         conn.close()
 
 
-def run_edge(cloud, model="resnet50", split=None, cache="artifacts", backend="onnx", device="auto",
-             dataset="cifar100", data_dir="data", limit=100, batch_size=1, shuffle=False, seed=0, warmup=3,
-             verbose=False, report=None, timeout=30.0, threads=0, cache_keep=8, follow=True, out=None,
-             plan_options=None, adaptive=False, inflight=1, compress="none", codec="none", busy_poll=True,
-             reconnect_s=60.0, fallback="none", security=None, interval_ms=0.0, start_at=None):
-    """The run-edge command.  Returns the report dict; prints the seed's report to ``out``."""
+def run_edge(options, out=None):
+    """The run-edge command (``RunOptions``).  Returns the report dict; prints the seed's report to ``out``."""
+    o = options
     out = out or sys.stdout
-    if batch_size < 1:
-        raise UserError("--batch-size must be at least 1")
-    if inflight < 1:
-        raise UserError("--inflight must be at least 1")
-    if adaptive and inflight > 1:
-        raise UserError("--adaptive needs --inflight 1: pipelined round trips include the wait behind earlier "
-                        "requests, which would read as a slow link")
-    # busy polling only where one thread waits for one reply: a spinning receiver thread would hold the GIL
-    if fallback not in ("none", "local"):
-        raise UserError("--fallback must be none or local")
-    full = find_full_model(cache, model, backend) if fallback == "local" else None
-    if fallback == "local" and full is None:
-        raise UserError("--fallback local needs the full model of {} in {}: a bundle of its last split point, whose "
-                        "tail is empty (resnet50: split 22; `cli.py layers` lists them); fetch it with one "
-                        "`run-edge --split 22` or copy it there with `push --to`".format(model, cache))
-    session = EdgeSession(cloud, model, cache, cache_keep, backend, device, threads, timeout, compress, codec,
-                          busy_poll=busy_poll and inflight == 1, security=security)
-    planned, adapter = None, None
+    _check(o)
+    full = _full_model(o)
+    session = EdgeSession(o, o.compress, o.codec, busy_poll=o.busy_poll and o.inflight == 1)
     try:
-        if split == "auto" or adaptive:
-            from runtime.edge.adaptive import AdaptivePlanner
-            from runtime.edge.plan import make_plan
-            plan_options = plan_options or {}
-            objective = plan_options.get("objective", "latency")
-            profiles = {}
-            rows, choice, network = make_plan(session, batch_size, plan_options.get("bandwidth"),
-                                              plan_options.get("rtt"), objective, profiles=profiles,
-                                              interval_ms=interval_ms)
-            planned = {"choice": choice, "network": network, "objective": objective}
-            if split == "auto":
-                split = choice["split"]
-                _say("planned split {} ({}): predicted {:.3f} ms at {:.1f} Mbit/s, rtt {:.3f} ms".format(
-                    split, choice["name"], choice["latency_ms"], network["bandwidth_mbps"], network["rtt_ms"]))
-            if adaptive:
-                adapter = AdaptivePlanner(profiles["edge"], profiles["cloud"], network, batch_size, objective,
-                                          interval_ms=interval_ms)
+        planned, adapter, split = _plan(session, o)
         manifest = session.switch_to(split=split)
         if adapter is not None:
             alternates = adapter.alternates(manifest.split_index)
@@ -82,13 +47,13 @@ def run_edge(cloud, model="resnet50", split=None, cache="artifacts", backend="on
                     " and ".join(str(k) for k in alternates)))
                 session.preload(alternates)
         num_classes = manifest["output"]["shape"][-1]
-        data = open_dataset(dataset, manifest["input"], num_classes, limit=limit, seed=seed, data_dir=data_dir)
-        plan = batches(data, batch_size, limit, shuffle, seed)
+        data = open_dataset(o.dataset, manifest["input"], num_classes, limit=o.limit, seed=o.seed,
+                            data_dir=o.data_dir)
+        plan = batches(data, o.batch_size, o.limit, o.shuffle, o.seed)
         if not plan:
-            raise UserError("the dataset {} is empty".format(dataset))
-        local = (lambda: (load_part(full, "head", backend, device, threads), full.bundle_id)) if full else None
-        recorder = measure(session, data, plan, warmup, follow, verbose, out, adapter, inflight, reconnect_s, local,
-                           Cadence(interval_ms, start_at))
+            raise UserError("the dataset {} is empty".format(o.dataset))
+        local = (lambda: (load_part(full, "head", o.backend, o.device, o.threads), full.bundle_id)) if full else None
+        recorder = measure(session, data, plan, o, adapter, local, out)
     finally:
         session.close()
 
@@ -97,19 +62,71 @@ def run_edge(cloud, model="resnet50", split=None, cache="artifacts", backend="on
     if recorder.switches:
         out.write("Switches: {}\n".format(", ".join("split {} -> {} after {} samples ({:.2f} s)".format(
             s["from_split"], s["to_split"], s["after_samples"], s["time_s"]) for s in recorder.switches)))
+    info = _run_info(o, session, manifest, data, recorder, planned, adapter)
+    if o.report:
+        return write_report(o.report, info, recorder)
+    info.update(summary)
+    return info
+
+
+def _check(o):
+    """Refuse option combinations that cannot work, before anything connects."""
+    if o.batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
+    if o.inflight < 1:
+        raise UserError("--inflight must be at least 1")
+    if o.adaptive and o.inflight > 1:
+        raise UserError("--adaptive needs --inflight 1: pipelined round trips include the wait behind earlier "
+                        "requests, which would read as a slow link")
+    if o.fallback not in ("none", "local"):
+        raise UserError("--fallback must be none or local")
+
+
+def _full_model(o):
+    """The full model's bundle for ``--fallback local`` (None without it)."""
+    if o.fallback != "local":
+        return None
+    full = find_full_model(o.cache, o.model, o.backend)
+    if full is None:
+        raise UserError("--fallback local needs the full model of {} in {}: a bundle of its last split point, whose "
+                        "tail is empty (resnet50: split 22; `cli.py layers` lists them); fetch it with one "
+                        "`run-edge --split 22` or copy it there with `push --to`".format(o.model, o.cache))
+    return full
+
+
+def _plan(session, o):
+    """For ``--split auto`` and ``--adaptive``: (the plan made, the adaptive planner or None, the split to start at)."""
+    if o.split != "auto" and not o.adaptive:
+        return None, None, o.split
+    from runtime.edge.adaptive import AdaptivePlanner
+    from runtime.edge.plan import make_plan
+    profiles = {}
+    _rows, choice, network = make_plan(session, o, profiles=profiles)
+    planned = {"choice": choice, "network": network, "objective": o.objective}
+    split = o.split
+    if split == "auto":
+        split = choice["split"]
+        _say("planned split {} ({}): predicted {:.3f} ms at {:.1f} Mbit/s, rtt {:.3f} ms".format(
+            split, choice["name"], choice["latency_ms"], network["bandwidth_mbps"], network["rtt_ms"]))
+    adapter = None
+    if o.adaptive:
+        adapter = AdaptivePlanner(profiles["edge"], profiles["cloud"], network, o.batch_size, o.objective,
+                                  interval_ms=o.interval_ms)
+    return planned, adapter, split
+
+
+def _run_info(o, session, manifest, data, recorder, planned, adapter):
+    """The report's description of the run: what ran where, and what adaptive mode and the busy poll did."""
     welcome = session.welcome
-    info = {"model": manifest.model_id, "split": manifest.split_index, "bundle_id": manifest.bundle_id,
+    spin = session.conn.spin
+    return {"model": manifest.model_id, "split": manifest.split_index, "bundle_id": manifest.bundle_id,
             "backend": session.head.name, "provider": session.head.provider,
             "cloud_backend": welcome.get("backend"), "cloud_provider": welcome.get("provider"),
-            "dataset": data.name, "batch_size": batch_size, "inflight": inflight,
-            "compress": compress, "codec": codec, "busy_poll": session.conn.busy_poll, "random_init": manifest["model"]["weights"]["random_init"],
+            "dataset": data.name, "batch_size": o.batch_size, "inflight": o.inflight,
+            "compress": o.compress, "codec": o.codec, "busy_poll": session.conn.busy_poll,
+            "random_init": manifest["model"]["weights"]["random_init"],
             "fetches": session.fetches, "chained_heads": session.chained, "switches": recorder.switches,
             "plan": planned, "probes": adapter.probes if adapter is not None else 0,
             "stalls": adapter.stalls if adapter is not None else 0,
             "compute_scales": {"edge": adapter.edge_scale, "cloud": adapter.cloud_scale} if adapter else None,
-            "busy_poll_spins": session.conn.spin.spins, "busy_poll_starved": session.conn.spin.starved,
-            "busy_poll_missed": session.conn.spin.missed}
-    if report:
-        return write_report(report, info, recorder)
-    info.update(summary)
-    return info
+            "busy_poll_spins": spin.spins, "busy_poll_starved": spin.starved, "busy_poll_missed": spin.missed}

@@ -33,16 +33,18 @@ class EdgeSession(object):
     verify its head if it is not cached, load it, and go on.
     """
 
-    def __init__(self, cloud, model, cache, cache_keep=8, backend="onnx", device="auto", threads=0, timeout=30.0,
-                 compress="none", codec="none", busy_poll=False, security=None):
+    def __init__(self, options, compress="none", codec="none", busy_poll=False):
+        """``options``: ClientOptions (cloud, model, cache, cache_keep, backend, device, threads, timeout, security)."""
+        cloud, model, backend, timeout, security = (options.cloud, options.model, options.backend, options.timeout,
+                                                    options.security)
         if backend not in FORMAT_OF_BACKEND:
             raise UserError("unknown backend {!r}".format(backend))
         from runtime.wire.compression import Encoder
         self.encoder = Encoder(compress, codec)
         self.model = model
-        self.backend, self.device, self.threads = backend, device, threads
+        self.backend, self.device, self.threads = backend, options.device, options.threads
         self.formats = (FORMAT_OF_BACKEND[backend],)
-        self.cache = BundleCache(cache, cache_keep, log=_say)
+        self.cache = BundleCache(options.cache, options.cache_keep, log=_say)
         self.cloud, self.timeout, self.busy_poll, self.security = cloud, timeout, busy_poll, security
         self.conn = CloudConnection(cloud, timeout, busy_poll=busy_poll, security=security)
         self.reconnects = []  # one record per outage survived

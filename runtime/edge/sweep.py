@@ -15,6 +15,7 @@ import sys
 
 from runtime.edge.data import batches, open_dataset
 from runtime.edge.measure import measure
+from runtime.edge.options import RunOptions
 from runtime.edge.session import EdgeSession
 from runtime.errors import UserError
 from runtime.wire.codec import RemoteError
@@ -27,17 +28,19 @@ def _say(message):
     sys.stderr.flush()
 
 
-def sweep(session, splits, dataset, data_dir, limit, batch_size, seed, warmup, predictions=None):
-    """Rows of measured (and predicted) figures, one per split."""
+def sweep(session, options, predictions=None):
+    """Rows of measured (and predicted) figures, one per split in ``options.splits`` (SweepOptions)."""
+    o = options
+    dataset, data_dir, limit, batch_size, seed, warmup = o.dataset, o.data_dir, o.limit, o.batch_size, o.seed, o.warmup
     rows, data, plan = [], None, None
-    for split in splits:
+    for split in o.splits:
         manifest = session.switch_to(split=split)
         if data is None:
             data = open_dataset(dataset, manifest["input"], manifest["output"]["shape"][-1], limit=limit, seed=seed,
                                 data_dir=data_dir)
             plan = batches(data, batch_size, limit)
         _say("split {}: {} samples".format(split, sum(len(b) for b in plan)))
-        summary = measure(session, data, plan, warmup, follow=False).summary()
+        summary = measure(session, data, plan, RunOptions(warmup=warmup, no_follow=True)).summary()
         row = {"split": split, "name": manifest["split"]["name"], "bundle_id": manifest.bundle_id,
                "accuracy": summary["accuracy"], "throughput_samples_per_s": summary["throughput_samples_per_s"],
                "bytes_per_sample": summary["bytes_sent_per_sample"]}
@@ -103,20 +106,19 @@ def write_png(path, rows, title):
     return True
 
 
-def run_sweep(cloud, splits, model="resnet50", cache="artifacts", backend="onnx", device="auto",
-              dataset="cifar100", data_dir="data", limit=100, batch_size=1, seed=0, warmup=3, csv_path=None,
-              png_path=None, bandwidth=None, rtt=None, timeout=600.0, threads=0, out=None, security=None):
-    """The sweep command."""
+def run_sweep(options, out=None):
+    """The sweep command (``SweepOptions``)."""
+    o = options
     out = out or sys.stdout
+    splits, model, limit, batch_size = list(o.splits), o.model, o.limit, o.batch_size
     if not splits:
         raise UserError("--splits needs at least one split, e.g. 0,3,10,16,20,22")
-    session = EdgeSession(cloud, model, cache, backend=backend, device=device, threads=threads, timeout=timeout,
-                          busy_poll=True, security=security)
+    session = EdgeSession(o, busy_poll=True)
     try:
         predictions = None
         try:
             from runtime.edge.plan import make_plan
-            rows, _, network = make_plan(session, batch_size, bandwidth, rtt)
+            rows, _, network = make_plan(session, o)
             predictions = {r["split"]: r for r in rows}
             _say("planner: rtt {:.3f} ms, bandwidth {:.1f} Mbit/s".format(network["rtt_ms"],
                                                                          network["bandwidth_mbps"]))
@@ -124,13 +126,13 @@ def run_sweep(cloud, splits, model="resnet50", cache="artifacts", backend="onnx"
             if exc.code != "no_segments":
                 raise
             _say("no predictions: {}".format(exc))
-        rows, data = sweep(session, splits, dataset, data_dir, limit, batch_size, seed, warmup, predictions)
+        rows, data = sweep(session, o, predictions)
     finally:
         session.close()
     out.write(format_table(rows) + "\n")
-    if csv_path:
-        write_csv(csv_path, rows)
-    if png_path:
-        write_png(png_path, rows, "{}: {} ({} samples, batch {})".format(model, data.name, len(data) if limit is None
+    if o.csv_path:
+        write_csv(o.csv_path, rows)
+    if o.png_path:
+        write_png(o.png_path, rows, "{}: {} ({} samples, batch {})".format(model, data.name, len(data) if limit is None
                                                                           else min(limit, len(data)), batch_size))
     return rows

@@ -1,0 +1,73 @@
+"""The options of the commands that connect to serve-cloud (run-edge, plan, sweep, profile, status).
+
+``ClientOptions`` are those every client takes (where the cloud is, which model,
+where heads are cached, how the head runs); each command's class adds its own.
+The defaults are the command line's.
+
+Python 3.6 syntax: this module runs on the Jetson.
+"""
+from runtime.options import Options
+
+
+class ClientOptions(Options):
+    cloud = None        # HOST:PORT of serve-cloud
+    model = "resnet50"  # model id of the bundles
+    cache = "artifacts"  # the edge's bundle cache
+    cache_keep = 8
+    backend = "onnx"
+    device = "auto"
+    threads = 0         # compute threads for the head (0: the library's default)
+    timeout = 30.0      # seconds to wait for the cloud
+    security = None     # wire.tls.ClientSecurity (None: plain TCP, no token)
+    batch_size = 1
+    # planning (plan, run-edge --split auto / --adaptive, sweep's predictions)
+    objective = "latency"
+    bandwidth = None    # plan for this Mbit/s instead of the measured one
+    rtt = None          # ... and this round trip (ms)
+    edge_profile = None  # a profile file instead of measuring the edge
+    cloud_profile = None
+    interval_ms = 0.0   # plan for a batch released every this many ms (0: back to back)
+
+
+class PlanOptions(ClientOptions):
+    timeout = 600.0
+    as_json = False
+
+
+class RunOptions(ClientOptions):
+    split = None        # a split index, "auto", or None: the bundle active on the cloud
+    no_follow = False   # do not switch when the cloud activates another bundle
+    adaptive = False
+    dataset = "cifar100"
+    data_dir = "data"
+    limit = 100
+    shuffle = False
+    seed = 0
+    warmup = 3
+    verbose = False
+    report = None       # write the full report as JSON here
+    inflight = 1
+    compress = "none"
+    codec = "none"
+    busy_poll = True
+    reconnect_timeout = 60.0
+    fallback = "none"
+    start_at = None
+
+
+class SweepOptions(ClientOptions):
+    timeout = 600.0
+    splits = (0, 3, 10, 16, 20, 22)
+    dataset = "cifar100"
+    data_dir = "data"
+    limit = 100
+    seed = 0
+    warmup = 3
+    csv_path = None
+    png_path = None
+
+
+class ProfileOptions(ClientOptions):
+    timeout = 600.0
+    out = None          # write the profile (JSON) here
+    segments_dir = None  # profile this local segments bundle instead of fetching one
