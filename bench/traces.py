@@ -194,6 +194,7 @@ def prepare(out, weights, n, modes):
     """The modes' bundles (ONNX) in OUT/store, the segments where planning needs them, ``n`` images, and the
     unsplit model's predictions for them (the labels every run must reproduce)."""
     from exporter.bundle import export_bundle
+    from exporter.options import ExportOptions
     from exporter.segments import export_segments
     store = os.path.join(out, "store")
     os.makedirs(store, exist_ok=True)
@@ -201,10 +202,10 @@ def prepare(out, weights, n, modes):
     for k in sorted(set(needed_splits(modes)) | {22}):
         if "resnet50-s{}".format(k) not in have:
             _say("exporting split {}".format(k))
-            export_bundle("resnet50", str(k), weights=weights, out_dir=store, formats=("onnx",))
+            export_bundle("resnet50", str(k), ExportOptions(weights=weights, out_dir=store, formats=("onnx",)))
     if needed_splits(modes) == list(ALL_SPLITS) and not any(d.startswith("resnet50-segments") for d in have):
         _say("exporting the segments")
-        export_segments("resnet50", weights=weights, out_dir=store, formats=("onnx",))
+        export_segments("resnet50", ExportOptions(weights=weights, out_dir=store, formats=("onnx",)))
     data = os.path.join(out, "samples-{}.npz".format(n))
     if not os.path.exists(data):
         from runtime.backends import load_part

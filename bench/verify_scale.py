@@ -35,6 +35,7 @@ from exporter.bundle import export_bundle, prepare_model  # noqa: E402
 from exporter.cutpoints import TracedModel  # noqa: E402
 from exporter.errors import VerificationError  # noqa: E402
 from exporter.models.configs import resolve  # noqa: E402
+from exporter.options import ExportOptions  # noqa: E402
 from exporter.verify import DEFAULT_ATOL, DEFAULT_RTOL  # noqa: E402
 
 DEFAULT_WEIGHTS = os.path.join(REPO, "weights", "proxy-resnet50.pth")
@@ -54,7 +55,7 @@ def export_table(model, weights, splits, formats, out_dir):
     for split in splits:
         start = time.time()
         try:
-            _, manifest = export_bundle(model, str(split), weights=weights, formats=formats, out_dir=out_dir)
+            _, manifest = export_bundle(model, str(split), ExportOptions(weights=weights, formats=formats, out_dir=out_dir))
         except VerificationError as exc:
             rows.append("| {} | all | FAILED: {} |".format(split, exc))
             continue

@@ -1,30 +1,33 @@
 """Export: cut a model at a split point and write a verified bundle, atomically.
 
 The bundle is first built in a hidden temporary directory beside its destination
-(``artifacts/.tmp-*``): compiled files, then ``manifest.json``, then verification.
-Only when all of that succeeded is it renamed into place, so a failed or
-interrupted export leaves no bundle behind and never damages an existing one.
+(``artifacts/.tmp-export-*``, ``runtime.bundle.staging``): compiled files, then
+``manifest.json`` (built with ``runtime.bundle.schema``), then verification.  Only
+when all of that succeeded is it renamed into place, so a failed or interrupted
+export leaves no bundle behind and never damages an existing one.
 """
 import contextlib
+import dataclasses
 import datetime
 import os
 import platform
 import shutil
-import tempfile
 from typing import Optional, Sequence, Tuple
 
 import onnx
 import torch
 
 from runtime.bundle import manifest as mf
+from runtime.bundle import schema, staging
 
 from . import compile as compiler
 from .cutpoints import CutPoint, TracedModel
 from .errors import ExportError
 from .models.configs import ModelConfig, resolve
+from .options import ExportOptions
 from .progress import Steps
-from .verify import BATCH_SIZES, DEFAULT_ATOL, DEFAULT_RTOL, verify_bundle
 from .verify import record as verification_record
+from .verify import verify_bundle
 from .weights import find_default_weights, load_weights
 
 INPUT_NAME, BOUNDARY_NAME, OUTPUT_NAME = "input", "boundary", "output"
@@ -36,17 +39,16 @@ def staged(destination: str):
     """A hidden temporary directory beside ``destination``; renamed into place if the block succeeds, else removed."""
     out_dir = os.path.dirname(destination) or "."
     try:
-        os.makedirs(out_dir, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=".tmp-{}-".format(os.path.basename(destination)), dir=out_dir)
+        tmp = staging.temp_dir(out_dir, "export")
     except OSError as exc:
-        raise ExportError("cannot write to output directory {} ({}); choose another with --out".format(
+        raise ExportError("cannot write to output directory {} ({}); choose another with --artifacts".format(
             out_dir, exc.strerror or exc))
     try:
         yield tmp
-        mf.install_dir(tmp, destination)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        staging.install_dir(tmp, destination)
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def prepare_model(config: ModelConfig, weights: Optional[str], random_init: bool):
@@ -77,55 +79,69 @@ def select_point(traced: TracedModel, split: str) -> CutPoint:
     return matches[0]
 
 
-def _tensor_spec(name: str, shape: Tuple[int, ...], dtype: str = "float32") -> dict:
-    numel = 1
-    for d in shape:
-        numel *= d
-    return {"name": name, "shape": [None] + list(shape), "dtype": dtype, "bytes_per_sample": numel * 4}
+def created_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _toolchain() -> dict:
+def toolchain() -> dict:
     import torchvision
     return {"torch": torch.__version__, "torchvision": torchvision.__version__, "onnx": onnx.__version__,
             "python": platform.python_version()}
 
 
-def export_bundle(model_spec: str, split: str, weights: Optional[str] = None, random_init: bool = False,
-                  formats: Sequence[str] = mf.FORMATS, opset: int = compiler.JETSON_OPSET,
-                  out_dir: str = "artifacts", input_shape: Optional[Tuple[int, ...]] = None,
-                  atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
-                  mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
-                  batch_sizes: Sequence[int] = BATCH_SIZES) -> Tuple[str, dict]:
+def export_bundle(model_spec: str, split: str, options: Optional[ExportOptions] = None) -> Tuple[str, dict]:
     """Export one bundle; return its directory and manifest.  Raises ExportError on any problem."""
-    formats = [f for f in mf.FORMATS if f in set(formats)]
+    o = options or ExportOptions()
+    formats = [f for f in mf.FORMATS if f in set(o.formats)]
     if not formats:
         raise ExportError("--formats must name at least one of {}".format(", ".join(mf.FORMATS)))
-    config = resolve(model_spec, input_shape)
-    if mean is not None:
-        config.mean = tuple(mean)
-    if std is not None:
-        config.std = tuple(std)
-    steps = Steps("export {}".format(config.model_id), 2 + 2 * len(formats) + len(formats) * len(batch_sizes))
+    config = resolve(model_spec, o.input_shape)
+    if o.mean is not None:
+        config.mean = tuple(o.mean)
+    if o.std is not None:
+        config.std = tuple(o.std)
+    steps = Steps("export {}".format(config.model_id), 2 + 2 * len(formats) + len(formats) * len(o.batch_sizes))
     with steps:
         steps.advance("build and load weights")
-        model, weights_path, weights_sha = prepare_model(config, weights, random_init)
+        model, weights_path, weights_sha = prepare_model(config, o.weights, o.random_init)
         traced = TracedModel(model, config.input_shape)
         point = select_point(traced, split)
         steps.advance("traced: {} split points".format(len(traced.points)))
-        head, tail = traced.head(point.index), traced.tail(point.index)
-        destination = os.path.join(out_dir, mf.bundle_dir_name(config.model_id, point.index))
+        job = _Job(config=config, traced=traced, point=point, head=traced.head(point.index),
+                   tail=traced.tail(point.index), formats=formats, opset=o.opset, weights_path=weights_path,
+                   weights_sha=weights_sha, random_init=o.random_init or weights_path is None, steps=steps)
+        destination = os.path.join(o.out_dir, mf.bundle_dir_name(config.model_id, point.index))
         with staged(destination) as tmp:
-            manifest = _build(tmp, config, traced, point, head, tail, formats, opset, weights_path,
-                              weights_sha, random_init or weights_path is None, steps)
-            results = verify_bundle(tmp, manifest, model, head, formats, atol, rtol, batch_sizes,
+            manifest = _build(tmp, job)
+            results = verify_bundle(tmp, manifest, model, job.head, formats, o,
                                     progress=lambda: steps.advance("verified"))
-            manifest["verification"] = verification_record(results, atol, rtol, batch_sizes=list(batch_sizes),
+            manifest["verification"] = verification_record(results, o.atol, o.rtol, batch_sizes=list(o.batch_sizes),
                                                            reference="unsplit PyTorch model")
             mf.write_manifest(tmp, manifest)
     return destination, manifest
 
 
-def _build(tmp, config, traced, point, head, tail, formats, opset, weights_path, weights_sha, random_init, steps):
+@dataclasses.dataclass
+class _Job:
+    """One export's model, cut and settings, as ``_build`` needs them."""
+    config: ModelConfig
+    traced: TracedModel
+    point: CutPoint
+    head: Optional[torch.nn.Module]
+    tail: Optional[torch.nn.Module]
+    formats: Sequence[str]
+    opset: int
+    weights_path: Optional[str]
+    weights_sha: Optional[str]
+    random_init: bool
+    steps: Steps
+
+
+def _build(tmp, job: _Job) -> dict:
+    """Compile head and tail into ``tmp`` in every format; return the manifest (verification not yet in it)."""
+    config, traced, point, head, tail, steps = job.config, job.traced, job.point, job.head, job.tail, job.steps
+    formats, opset = job.formats, job.opset
+    weights_path, weights_sha, random_init = job.weights_path, job.weights_sha, job.random_init
     last = len(traced.points) - 1
     example = torch.randn((2,) + config.input_shape, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -152,27 +168,18 @@ def _build(tmp, config, traced, point, head, tail, formats, opset, weights_path,
             for _ in formats:
                 steps.advance("no {} at split {}".format(part, point.index))
     out_node = traced.points[-1]
-    hashes = [f["sha256"] for p in parts.values() if p for f in p["files"].values()]
-    return {
-        "schema_version": mf.SCHEMA_VERSION,
-        "bundle_id": mf.bundle_id(config.model_id, weights_sha, point.index, hashes),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "model": {
-            "id": config.model_id, "source": config.source, "notes": config.notes,
-            "weights": {"path": weights_path, "sha256": weights_sha, "random_init": bool(random_init),
-                        "random_seed": RANDOM_INIT_SEED if random_init else None},
-            "num_split_points": len(traced.points),
-        },
-        "split": {"index": point.index, "name": point.name, "node": point.node,
-                  "first": point.index == 0, "last": point.index == last,
-                  "head_params": point.params, "head_flops": point.flops,
-                  "total_flops": out_node.flops},
-        "input": dict(_tensor_spec(INPUT_NAME, config.input_shape), preprocess=config.preprocess_spec()),
-        "boundary": _tensor_spec(BOUNDARY_NAME, point.shape),
-        "output": _tensor_spec(OUTPUT_NAME, out_node.shape),
-        "parts": parts,
-        "toolchain": _toolchain(),
-    }
+    model = schema.model_spec(config.model_id, config.source, config.notes, weights_path, weights_sha, random_init,
+                              RANDOM_INIT_SEED, len(traced.points))
+    split = {"index": point.index, "name": point.name, "node": point.node,
+             "first": point.index == 0, "last": point.index == last,
+             "head_params": point.params, "head_flops": point.flops, "total_flops": out_node.flops}
+    return schema.split_manifest(model, split, input_spec(config), schema.tensor_spec(BOUNDARY_NAME, point.shape),
+                                 schema.tensor_spec(OUTPUT_NAME, out_node.shape), parts, created_now(), toolchain())
+
+
+def input_spec(config: ModelConfig) -> dict:
+    """The input tensor's spec, with the preprocessing the edge applies to raw images."""
+    return dict(schema.tensor_spec(INPUT_NAME, config.input_shape), preprocess=config.preprocess_spec())
 
 
 def describe_points(model_spec: str, input_shape: Optional[Tuple[int, ...]] = None):

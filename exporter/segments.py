@@ -7,30 +7,24 @@ really use; the planner adds them up (head = segments before the split, tail =
 segments after it).  Chained together the segments must reproduce the unsplit
 model, which is verified as for a split bundle.
 """
-import datetime
 import os
 import warnings
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
 
 from runtime.bundle import manifest as mf
+from runtime.bundle import schema
 
 from . import compile as compiler
-from .bundle import (
-    INPUT_NAME,
-    RANDOM_INIT_SEED,
-    _tensor_spec,
-    _toolchain,
-    prepare_model,
-    staged,
-)
+from .bundle import RANDOM_INIT_SEED, created_now, input_spec, prepare_model, staged, toolchain
 from .cutpoints import TracedModel
 from .errors import VerificationError
 from .models.configs import resolve
+from .options import ExportOptions
 from .progress import Steps
-from .verify import DEFAULT_ATOL, DEFAULT_RTOL, compare, failure_message
+from .verify import compare, failure_message
 from .verify import record as verification_record
 
 SEGMENT_NAME = "x"
@@ -51,16 +45,16 @@ def _run_chain(directory: str, segments, fmt: str, x: np.ndarray) -> np.ndarray:
     return x
 
 
-def export_segments(model_spec: str, weights: Optional[str] = None, random_init: bool = False,
-                    formats: Sequence[str] = mf.FORMATS, opset: int = compiler.JETSON_OPSET,
-                    out_dir: str = "artifacts", input_shape: Optional[Tuple[int, ...]] = None,
-                    atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL) -> Tuple[str, dict]:
-    formats = [f for f in mf.FORMATS if f in set(formats)]
-    config = resolve(model_spec, input_shape)
-    model, weights_path, weights_sha = prepare_model(config, weights, random_init)
+def export_segments(model_spec: str, options: Optional[ExportOptions] = None) -> Tuple[str, dict]:
+    """Export the segments bundle of a model; return its directory and manifest.  Raises ExportError."""
+    o = options or ExportOptions()
+    formats = [f for f in mf.FORMATS if f in set(o.formats)]
+    opset, atol, rtol = o.opset, o.atol, o.rtol
+    config = resolve(model_spec, o.input_shape)
+    model, weights_path, weights_sha = prepare_model(config, o.weights, o.random_init)
     traced = TracedModel(model, config.input_shape)
     n = len(traced.points) - 1
-    destination = os.path.join(out_dir, mf.segments_dir_name(config.model_id))
+    destination = os.path.join(o.out_dir, mf.segments_dir_name(config.model_id))
     with staged(destination) as tmp:
         x = torch.randn((2,) + config.input_shape, generator=torch.Generator().manual_seed(1))
         segments = []
@@ -81,22 +75,12 @@ def export_segments(model_spec: str, weights: Optional[str] = None, random_init:
                                  "output": {"shape": [None] + list(y.shape[1:])},
                                  "params": sum(p.numel() for p in module.parameters()), "files": files})
                 x = y
-            hashes = [f["sha256"] for seg in segments for f in seg["files"].values()]
-            manifest = {
-                "schema_version": mf.SCHEMA_VERSION, "kind": mf.KIND_SEGMENTS,
-                "bundle_id": mf.bundle_id(config.model_id, weights_sha, mf.KIND_SEGMENTS, hashes),
-                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                "model": {"id": config.model_id, "source": config.source, "notes": config.notes,
-                          "weights": {"path": weights_path, "sha256": weights_sha,
-                                      "random_init": weights_path is None,
-                                      "random_seed": RANDOM_INIT_SEED if weights_path is None else None},
-                          "num_split_points": len(traced.points)},
-                "input": dict(_tensor_spec(INPUT_NAME, config.input_shape), preprocess=config.preprocess_spec()),
-                "output": _tensor_spec("output", traced.points[-1].shape),
-                "points": [p.as_dict() for p in traced.points],
-                "segments": segments,
-                "toolchain": _toolchain(),
-            }
+            model_spec = schema.model_spec(config.model_id, config.source, config.notes, weights_path, weights_sha,
+                                           weights_path is None, RANDOM_INIT_SEED, len(traced.points))
+            manifest = schema.segments_manifest(model_spec, input_spec(config),
+                                                schema.tensor_spec("output", traced.points[-1].shape),
+                                                [p.as_dict() for p in traced.points], segments, created_now(),
+                                                toolchain())
             steps.advance("verify the chain")
             sample = torch.randn((3,) + config.input_shape, generator=torch.Generator().manual_seed(2))
             with torch.no_grad():

@@ -182,9 +182,14 @@ def record(results: List[dict], atol: float, rtol: float, **extra) -> dict:
 
 
 def verify_bundle(directory: str, manifest: dict, model: nn.Module, head: Optional[nn.Module],
-                  formats: Sequence[str], atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
-                  batch_sizes: Sequence[int] = BATCH_SIZES, seed: int = 0, progress=None) -> List[dict]:
-    """Check every format of the bundle in ``directory`` by RULE; return per-check results or raise VerificationError."""
+                  formats: Sequence[str], options=None, progress=None) -> List[dict]:
+    """Check every format of the bundle in ``directory`` by RULE; return per-check results or raise VerificationError.
+
+    ``options`` (ExportOptions, default its defaults) gives ``atol``, ``rtol`` and ``batch_sizes``."""
+    atol = options.atol if options is not None else DEFAULT_ATOL
+    rtol = options.rtol if options is not None else DEFAULT_RTOL
+    batch_sizes = options.batch_sizes if options is not None else BATCH_SIZES
+    seed = 0
     shape = tuple(manifest["input"]["shape"][1:])
     generator = torch.Generator().manual_seed(seed)
     batches = [torch.randn((b,) + shape, generator=generator) for b in batch_sizes]

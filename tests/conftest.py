@@ -35,10 +35,11 @@ SEED_SPLITS = list(range(23))
 def seed_bundles(tmp_path_factory, seed_weights):
     """Bundles of the seed's ResNet-50 at every split point, exported once from ``seed_weights``."""
     from exporter.bundle import export_bundle
+    from exporter.options import ExportOptions
     root = tmp_path_factory.mktemp("seed-artifacts")
     manifests = {}
     for split in SEED_SPLITS:
-        _, manifests[split] = export_bundle("resnet50", str(split), weights=seed_weights, out_dir=str(root))
+        _, manifests[split] = export_bundle("resnet50", str(split), ExportOptions(weights=seed_weights, out_dir=str(root)))
     return root, manifests
 
 
@@ -46,17 +47,19 @@ def seed_bundles(tmp_path_factory, seed_weights):
 def edge_bundles(tmp_path_factory, seed_weights):
     """Splits 20 and 22 (the full model: no tail) of the seed's ResNet-50, ONNX only: quicker than seed_bundles."""
     from exporter.bundle import export_bundle
+    from exporter.options import ExportOptions
     root = tmp_path_factory.mktemp("edge-artifacts")
     for split in ("20", "22"):
-        export_bundle("resnet50", split, weights=seed_weights, out_dir=str(root), formats=("onnx",))
+        export_bundle("resnet50", split, ExportOptions(weights=seed_weights, out_dir=str(root), formats=("onnx",)))
     return root
 
 
 @pytest.fixture(scope="session")
 def seed_segments(seed_bundles, seed_weights):
     """The seed model's profiling segments, beside its split bundles."""
+    from exporter.options import ExportOptions
     from exporter.segments import export_segments
-    export_segments("resnet50", weights=seed_weights, out_dir=str(seed_bundles[0]))
+    export_segments("resnet50", ExportOptions(weights=seed_weights, out_dir=str(seed_bundles[0])))
     return seed_bundles[0]
 
 

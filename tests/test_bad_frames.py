@@ -12,13 +12,14 @@ from cloud_server import ServerProcess
 from conftest import REPO
 
 from exporter.bundle import export_bundle
+from exporter.options import ExportOptions
 from runtime.wire import codec, sockets
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     root = tmp_path_factory.mktemp("artifacts")
-    _, manifest = export_bundle("resnet50", "20", random_init=True, out_dir=str(root), formats=["onnx"])
+    _, manifest = export_bundle("resnet50", "20", ExportOptions(random_init=True, out_dir=str(root), formats=["onnx"]))
     return root, manifest
 
 

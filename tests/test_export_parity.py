@@ -10,6 +10,7 @@ from seed_reference import forward
 
 from exporter.bundle import export_bundle
 from exporter.cutpoints import TracedModel
+from exporter.options import ExportOptions
 from runtime.bundle.manifest import load_manifest
 
 
@@ -82,8 +83,7 @@ def test_torchvision_models_split_and_verify(name, shape, splits, tmp_path):
     n_points = len(TracedModel(model, shape).points)
     for split in splits + [n_points - 1]:
         assert split < n_points
-        path, manifest = export_bundle("torchvision:" + name, str(split), weights=str(weights),
-                                       input_shape=shape, out_dir=str(tmp_path / "out"))
+        path, manifest = export_bundle("torchvision:" + name, str(split), ExportOptions(weights=str(weights), input_shape=shape, out_dir=str(tmp_path / "out")))
         assert manifest["model"]["num_split_points"] == n_points
         assert manifest["verification"]["meaningful"] is True, manifest["verification"]["reason"]
         for fmt in ("onnx", "torchscript"):

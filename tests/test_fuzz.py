@@ -405,9 +405,9 @@ def test_decode_allocates_nothing_for_huge_claims_and_bombs():
 def fuzz_bundle(tmp_path_factory):
     """One small bundle (ResNet-50 split 20: the tail is pooling and the classifier), ONNX only."""
     from exporter.bundle import export_bundle
+    from exporter.options import ExportOptions
     root = tmp_path_factory.mktemp("fuzz-artifacts")
-    directory, manifest = export_bundle("resnet50", "20", random_init=True, out_dir=str(root), formats=("onnx",),
-                                        batch_sizes=(1,))
+    directory, manifest = export_bundle("resnet50", "20", ExportOptions(random_init=True, out_dir=str(root), formats=("onnx",), batch_sizes=(1,)))
     return root, directory, manifest
 
 

@@ -17,11 +17,12 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA d
 @pytest.fixture(scope="module")
 def gpu_artifacts(tmp_path_factory, seed_weights):
     from exporter.bundle import export_bundle
+    from exporter.options import ExportOptions
     root = tmp_path_factory.mktemp("gpu-artifacts")
     from runtime.bundle.manifest import load_manifest
     manifests = {}
     for split in (3, 16):
-        directory, _ = export_bundle("resnet50", str(split), weights=seed_weights, out_dir=str(root))
+        directory, _ = export_bundle("resnet50", str(split), ExportOptions(weights=seed_weights, out_dir=str(root)))
         manifests[split] = load_manifest(directory)
     return root, manifests
 

@@ -8,6 +8,7 @@ from cloud_server import ServerProcess
 from conftest import run_cli
 
 from exporter.bundle import export_bundle
+from exporter.options import ExportOptions
 from exporter.segments import export_segments
 from runtime.backends.profiling import ProfileCache, profile_segments
 from runtime.bundle.manifest import load_manifest
@@ -50,9 +51,9 @@ def test_throughput_objective_takes_the_slowest_stage():
 def store(tmp_path_factory):
     """A cloud store with every split and the segments of a model whose graph is not a chain (a skip connection)."""
     root = tmp_path_factory.mktemp("store")
-    path, manifest = export_segments(MODEL, random_init=True, out_dir=str(root))
+    path, manifest = export_segments(MODEL, ExportOptions(random_init=True, out_dir=str(root)))
     for split in range(len(manifest["points"])):
-        export_bundle(MODEL, str(split), random_init=True, out_dir=str(root))
+        export_bundle(MODEL, str(split), ExportOptions(random_init=True, out_dir=str(root)))
     return root, load_manifest(path)
 
 
@@ -133,7 +134,7 @@ def test_sweep_measures_each_split_on_the_same_samples(server, store, tmp_path):
 
 def test_plan_without_segments_says_how_to_make_them(tmp_path):
     root = tmp_path / "store"
-    export_bundle(MODEL, "1", random_init=True, out_dir=str(root))
+    export_bundle(MODEL, "1", ExportOptions(random_init=True, out_dir=str(root)))
     srv = ServerProcess(root)
     try:
         proc = run_cli("plan", "--cloud", srv.address, "--model", MODEL_ID, "--cache", tmp_path / "c")

@@ -12,6 +12,7 @@ from cloud_server import ServerProcess
 from conftest import REPO, run_cli
 
 from exporter.bundle import export_bundle
+from exporter.options import ExportOptions
 
 SPLITS = [0, 3, 10, 16, 20, 22]  # the seed's table
 SEED_REPORT = re.compile(r"Accuracy: (\d+\.\d\d)%\nAvg edge inference latency: \d+\.\d{3} ms\n"
@@ -92,7 +93,7 @@ def test_server_loads_each_tail_once(server):
 
 def test_a_cached_head_from_another_export_is_never_paired_with_the_cloud_tail(server, labelled_npz, tmp_path):
     cache = tmp_path / "edge-cache"
-    _, foreign = export_bundle("resnet50", "20", random_init=True, out_dir=str(cache), formats=["onnx"])
+    _, foreign = export_bundle("resnet50", "20", ExportOptions(random_init=True, out_dir=str(cache), formats=["onnx"]))
     data, labels = labelled_npz
     report = tmp_path / "r.json"
     proc = run_edge(server, cache, "--split", 20, "--dataset", "npz:" + data, "--limit", 8, "--report", report)

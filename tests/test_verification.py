@@ -11,6 +11,7 @@ from tiny_models import build
 from exporter.bundle import export_bundle
 from exporter.cutpoints import TracedModel
 from exporter.errors import VerificationError
+from exporter.options import ExportOptions
 from exporter.verify import compare, failure_message, verify_bundle
 
 
@@ -18,7 +19,7 @@ from exporter.verify import compare, failure_message, verify_bundle
 def tiny(tmp_path):
     model = build().eval()
     traced = TracedModel(model, build.input_shape)
-    bundles = {k: export_bundle("tiny_models:build", str(k), random_init=True, out_dir=str(tmp_path))
+    bundles = {k: export_bundle("tiny_models:build", str(k), ExportOptions(random_init=True, out_dir=str(tmp_path)))
                for k in (1, 2)}
     return model, traced, bundles
 
@@ -161,8 +162,7 @@ def test_realistic_resnet50_a_changed_weight_or_a_tail_of_other_weights_fails(sp
     from seed_reference import make_state_dict
     other = tmp_path / "other.pth"
     torch.save(make_state_dict(seed=99), str(other))
-    other_path, _ = export_bundle("resnet50", str(split), weights=str(other), out_dir=str(tmp_path / "other"),
-                                  formats=("torchscript",))
+    other_path, _ = export_bundle("resnet50", str(split), ExportOptions(weights=str(other), out_dir=str(tmp_path / "other"), formats=("torchscript",)))
     shutil.copy(other_path + "/tail.pt", path + "/tail.pt")
     with pytest.raises(VerificationError, match=r"torchscript split {} batch 1: output differs.*report a bug"
                        .format(split)):

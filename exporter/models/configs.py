@@ -8,6 +8,7 @@ verification all read the same config.  Three kinds exist:
 * ``torchvision:NAME``: any torchvision classification model, weights from a file;
 * ``package.module:function``: a user's function returning an ``nn.Module``.
 """
+import dataclasses
 import importlib
 import os
 from typing import Callable, Optional, Sequence, Tuple
@@ -22,22 +23,24 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+@dataclasses.dataclass
 class ModelConfig:
     """What the exporter needs to know about one model."""
 
-    def __init__(self, model_id: str, source: str, builder: Callable[[], nn.Module],
-                 input_shape: Tuple[int, ...], mean: Optional[Sequence[float]] = None,
-                 std: Optional[Sequence[float]] = None, resize: Optional[int] = None,
-                 default_weights: Optional[str] = None, notes: str = ""):
-        self.model_id = model_id
-        self.source = source
-        self.builder = builder
-        self.input_shape = tuple(input_shape)
-        self.mean = tuple(mean) if mean is not None else None
-        self.std = tuple(std) if std is not None else None
-        self.resize = resize
-        self.default_weights = default_weights
-        self.notes = notes
+    model_id: str
+    source: str
+    builder: Callable[[], nn.Module]
+    input_shape: Tuple[int, ...]
+    mean: Optional[Sequence[float]] = None
+    std: Optional[Sequence[float]] = None
+    resize: Optional[int] = None
+    default_weights: Optional[str] = None
+    notes: str = ""
+
+    def __post_init__(self):
+        self.input_shape = tuple(self.input_shape)
+        self.mean = tuple(self.mean) if self.mean is not None else None
+        self.std = tuple(self.std) if self.std is not None else None
 
     def build(self) -> nn.Module:
         model = self.builder()

@@ -1,22 +1,22 @@
 """The contract between exporter and runtime: ``manifest.json`` of a bundle.
 
 A bundle is a directory ``<model>-s<split>/`` holding ``manifest.json`` and the
-compiled head and tail files it lists.  The exporter writes it with
-:func:`write_manifest`; the edge and cloud runtimes read it with
-:func:`load_manifest` and never import the exporter.  The fields are described in
-docs/ARCHITECTURE.md ("The manifest").
+compiled head and tail files it lists.  The exporter builds the manifest with
+``schema``'s builders and writes it with :func:`write_manifest`; the edge and cloud
+runtimes read it with :func:`load_manifest` (checked against ``schema.FIELDS``, then
+the file names and the bundle id) and never import the exporter.  The fields are
+described in docs/ARCHITECTURE.md ("The manifest").
 
 Python 3.6 syntax: this module runs on the Jetson.
 """
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 
+from runtime.bundle import schema
+from runtime.bundle.schema import KIND_SEGMENTS, KIND_SPLIT, SCHEMA_VERSION, bundle_id  # noqa: F401 (re-exported)
 from runtime.errors import ManifestError
 
-SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 FORMATS = ("onnx", "torchscript")
 PARTS = ("head", "tail")
@@ -27,10 +27,7 @@ FILE_NAMES = {
     ("head", "torchscript"): "head.pt",
     ("tail", "torchscript"): "tail.pt",
 }
-_REQUIRED = ("schema_version", "bundle_id", "model", "split", "input", "boundary", "output", "parts")
 # A "segments" bundle holds the model cut at every point, segment by segment, for profiling.
-KIND_SPLIT, KIND_SEGMENTS = "split", "segments"
-_REQUIRED_SEGMENTS = ("schema_version", "bundle_id", "model", "input", "output", "points", "segments")
 SEGMENTS_DIR_SUFFIX = "-segments"
 
 
@@ -65,19 +62,6 @@ def file_entry(path, **extra):
     entry = {"file": os.path.basename(path), "bytes": os.path.getsize(path), "sha256": sha256_file(path)}
     entry.update(extra)
     return entry
-
-
-def bundle_id(model_id, weights_sha256, split_index, file_hashes):
-    """A short id naming what a bundle computes: the same model, weights, split and files give the same id.
-
-    Edge and cloud compare it in the handshake, so a head is never paired with a
-    tail cut from other weights or at another split.
-    """
-    digest = hashlib.sha256()
-    for part in [model_id, weights_sha256 or "random-init", str(split_index)] + sorted(file_hashes):
-        digest.update(part.encode("utf-8"))
-        digest.update(b"\0")
-    return digest.hexdigest()[:16]
 
 
 def bundle_dir_name(model_id, split_index):
@@ -177,26 +161,12 @@ def load_manifest(directory):
 
 
 def validate(data, where):
-    """Check a manifest's structure (from a file or from the network); return it or raise ManifestError."""
-    if not isinstance(data, dict):
-        raise ManifestError("{} is not a JSON object; re-export the bundle".format(where))
-    if data.get("kind", KIND_SPLIT) == KIND_SEGMENTS:
+    """Check a manifest (from a file or from the network) against the schema, its file names and its bundle id;
+    return it or raise ManifestError naming what is wrong."""
+    if schema.check(data, where) == KIND_SEGMENTS:
         return _validate_segments(data, where)
-    if data.get("kind", KIND_SPLIT) != KIND_SPLIT:
-        raise ManifestError("{}: unknown bundle kind {!r}".format(where, data.get("kind")))
-    missing = [k for k in _REQUIRED if k not in data]
-    if missing:
-        raise ManifestError("{} lacks {}; re-export the bundle".format(where, ", ".join(missing)))
-    if data["schema_version"] != SCHEMA_VERSION:
-        raise ManifestError("{} has schema version {}, this runtime reads version {}; "
-                            "re-export with this version of the tool".format(where, data["schema_version"],
-                                                                             SCHEMA_VERSION))
-    try:
-        model_id, split = str(data["model"]["id"]), int(data["split"]["index"])
-        boundary = data["boundary"]["shape"]
-    except (KeyError, TypeError, ValueError):
-        raise ManifestError("{}: model.id, split.index and boundary.shape are required".format(where))
-    if bundle_dir_name(model_id, split) != "{}-s{}".format(model_id, split) or not isinstance(boundary, list):
+    model_id, split = data["model"]["id"], data["split"]["index"]
+    if bundle_dir_name(model_id, split) != "{}-s{}".format(model_id, split):
         raise ManifestError("{}: model id {!r} must be letters, digits, '-', '_' or '.'".format(where, model_id))
     parts = data["parts"]
     if not isinstance(parts, dict) or set(parts) - set(PARTS):
@@ -222,12 +192,6 @@ def validate(data, where):
 
 
 def _validate_segments(data, where):
-    missing = [k for k in _REQUIRED_SEGMENTS if k not in data]
-    if missing:
-        raise ManifestError("{} lacks {}; re-export the segments".format(where, ", ".join(missing)))
-    if data["schema_version"] != SCHEMA_VERSION:
-        raise ManifestError("{} has schema version {}, this runtime reads version {}".format(
-            where, data["schema_version"], SCHEMA_VERSION))
     points, segments = data["points"], data["segments"]
     if not isinstance(points, list) or not isinstance(segments, list) or len(segments) != len(points) - 1:
         raise ManifestError("{}: a segments bundle has one segment between each pair of points".format(where))
@@ -249,15 +213,3 @@ def expected_bundle_id(data):
     hashes = [f["sha256"] for _, _, f in iter_file_entries(data)]
     split = data["split"]["index"] if data.get("kind", KIND_SPLIT) == KIND_SPLIT else KIND_SEGMENTS
     return bundle_id(data["model"]["id"], data["model"].get("weights", {}).get("sha256"), split, hashes)
-
-
-def install_dir(tmp, destination):
-    """Move a finished bundle directory into place; an existing one is swapped out, never half-overwritten."""
-    os.chmod(tmp, 0o755)  # temporary directories are private; a bundle is readable like any other directory
-    old = None
-    if os.path.exists(destination):
-        old = tempfile.mkdtemp(prefix=".old-", dir=os.path.dirname(destination) or ".")
-        os.rename(destination, os.path.join(old, "bundle"))
-    os.rename(tmp, destination)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)

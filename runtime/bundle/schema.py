@@ -1,0 +1,181 @@
+"""The manifest's schema: the one contract between the exporter and the runtime.
+
+Every field a manifest may hold is in ``FIELDS``, per bundle kind, with its type,
+whether it is required, and the schema version that added it.  The exporter writes
+manifests only through the builders below (``split_manifest``,
+``segments_manifest`` and the specs they take), and the runtime checks every
+manifest it reads, from a file or from the network, against the same table
+(``check``) before ``manifest.validate`` checks what a table cannot say (file
+names, the bundle id against the contents).
+
+Evolution rules, as for ExecuTorch's program schema:
+
+* Add fields; never remove or rename one, and never change a field's type or
+  meaning.  A new field gets ``since`` = the version that adds it and is optional
+  for readers, which must accept manifests written before it existed.
+* A field that is no longer wanted is deprecated: still written, ignored by
+  readers, marked deprecated here, and removed only with a version bump.
+* A change that an older reader cannot ignore bumps ``SCHEMA_VERSION``; readers
+  refuse any other version with a message that says to re-export.
+* The bundle id covers the model id, the weights' sha256, the split and every
+  file's sha256, so no field added later can change what a bundle id names.
+
+Python 3.6 syntax: this module runs on the Jetson.
+"""
+import hashlib
+
+from runtime.errors import ManifestError
+
+SCHEMA_VERSION = 1
+KIND_SPLIT, KIND_SEGMENTS = "split", "segments"
+NUMBER = (int, float)
+OPTIONAL_STR = (str, type(None))
+# a tensor's spec: dtype, shape with None for the batch dimension
+TENSOR = (("name", str, False), ("shape", list, True), ("dtype", str, True), ("bytes_per_sample", int, False))
+
+# kind -> (dotted field, type(s), required, since); a dict field's own fields follow it
+_COMMON = (
+    ("schema_version", int, True, 1),
+    ("kind", str, False, 1),  # absent: "split"
+    ("bundle_id", str, True, 1),
+    ("created", str, False, 1),
+    ("model", dict, True, 1),
+    ("model.id", str, True, 1),
+    ("model.source", OPTIONAL_STR, False, 1),
+    ("model.notes", OPTIONAL_STR, False, 1),
+    ("model.weights", dict, False, 1),
+    ("model.weights.path", OPTIONAL_STR, False, 1),
+    ("model.weights.sha256", OPTIONAL_STR, False, 1),
+    ("model.weights.random_init", bool, False, 1),
+    ("model.weights.random_seed", (int, type(None)), False, 1),
+    ("model.num_split_points", int, False, 1),
+    ("input", dict, True, 1),
+) + tuple(("input." + n, t, r, 1) for n, t, r in TENSOR) + (
+    ("input.preprocess", (dict, type(None)), False, 1),
+    ("output", dict, True, 1),
+) + tuple(("output." + n, t, r, 1) for n, t, r in TENSOR) + (
+    ("verification", dict, False, 1),
+    ("toolchain", dict, False, 1),
+)
+FIELDS = {
+    KIND_SPLIT: _COMMON + (
+        ("split", dict, True, 1),
+        ("split.index", int, True, 1),
+        ("split.name", str, False, 1),
+        ("split.node", str, False, 1),
+        ("split.first", bool, False, 1),
+        ("split.last", bool, False, 1),
+        ("split.head_params", int, False, 1),
+        ("split.head_flops", NUMBER, False, 1),
+        ("split.total_flops", NUMBER, False, 1),
+        ("boundary", dict, True, 1),
+    ) + tuple(("boundary." + n, t, r, 1) for n, t, r in TENSOR) + (
+        ("parts", dict, True, 1),  # head / tail -> {"files": {format: file entry}, ...} or null
+    ),
+    KIND_SEGMENTS: _COMMON + (
+        ("points", list, True, 1),
+        ("segments", list, True, 1),  # {"index", "from", "to", "name", "input", "output", "params", "files"}
+    ),
+}
+_MISSING = object()
+
+
+def check(data, where):
+    """Check ``data`` against its kind's fields: present where required, of the right type; return the kind."""
+    if not isinstance(data, dict):
+        raise ManifestError("{} is not a JSON object; re-export the bundle".format(where))
+    kind = data.get("kind", KIND_SPLIT)
+    if kind not in FIELDS:
+        raise ManifestError("{}: unknown bundle kind {!r}".format(where, kind))
+    missing = [name for name, _, required, _ in FIELDS[kind] if required and "." not in name and name not in data]
+    if missing:
+        raise ManifestError("{} lacks {}; re-export the bundle".format(where, ", ".join(missing)))
+    if data["schema_version"] != SCHEMA_VERSION:
+        raise ManifestError("{} has schema version {}, this runtime reads version {}; re-export with this version "
+                            "of the tool".format(where, data["schema_version"], SCHEMA_VERSION))
+    for name, types, required, _ in FIELDS[kind]:
+        value = _get(data, name)
+        if value is _MISSING:
+            if required:
+                raise ManifestError("{}: {} is required; re-export the bundle".format(where, name))
+            continue
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in _tuple(types)):
+            raise ManifestError("{}: {} must be {}, not {!r}; re-export the bundle".format(
+                where, name, " or ".join(t.__name__ for t in _tuple(types)), value))
+    return kind
+
+
+def _tuple(types):
+    return types if isinstance(types, tuple) else (types,)
+
+
+def _get(data, dotted):
+    value = data
+    for key in dotted.split("."):
+        if not isinstance(value, dict) or key not in value:
+            return _MISSING
+        value = value[key]
+    return value
+
+
+# ---------------------------------------------------------------- builders (the exporter's only way to write)
+
+def tensor_spec(name, shape, dtype="float32"):
+    """A tensor's spec: ``shape`` is one sample's (the batch dimension is written as None)."""
+    numel = 1
+    for d in shape:
+        numel *= d
+    return {"name": name, "shape": [None] + list(shape), "dtype": dtype, "bytes_per_sample": numel * 4}
+
+
+def model_spec(model_id, source, notes, weights_path, weights_sha256, random_init, random_seed, num_split_points):
+    return {"id": model_id, "source": source, "notes": notes,
+            "weights": {"path": weights_path, "sha256": weights_sha256, "random_init": bool(random_init),
+                        "random_seed": random_seed if random_init else None},
+            "num_split_points": num_split_points}
+
+
+def bundle_id(model_id, weights_sha256, split_index, file_hashes):
+    """A short id naming what a bundle computes: the same model, weights, split and files give the same id.
+
+    Edge and cloud compare it in the handshake, so a head is never paired with a
+    tail cut from other weights or at another split.
+    """
+    digest = hashlib.sha256()
+    for part in [model_id, weights_sha256 or "random-init", str(split_index)] + sorted(file_hashes):
+        digest.update(part.encode("utf-8"))
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+def split_manifest(model, split, input_spec, boundary, output, parts, created, toolchain):
+    """The manifest of a split bundle; ``parts`` maps head / tail to their entry (or None)."""
+    hashes = [f["sha256"] for p in parts.values() if p for f in p["files"].values()]
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "bundle_id": bundle_id(model["id"], model["weights"]["sha256"], split["index"], hashes),
+        "created": created,
+        "model": model,
+        "split": split,
+        "input": input_spec,
+        "boundary": boundary,
+        "output": output,
+        "parts": parts,
+        "toolchain": toolchain,
+    }
+
+
+def segments_manifest(model, input_spec, output, points, segments, created, toolchain):
+    """The manifest of a segments bundle: the model cut at every point, one segment between each pair."""
+    hashes = [f["sha256"] for seg in segments for f in seg["files"].values()]
+    return {
+        "schema_version": SCHEMA_VERSION, "kind": KIND_SEGMENTS,
+        "bundle_id": bundle_id(model["id"], model["weights"]["sha256"], KIND_SEGMENTS, hashes),
+        "created": created,
+        "model": model,
+        "input": input_spec,
+        "output": output,
+        "points": points,
+        "segments": segments,
+        "toolchain": toolchain,
+    }
