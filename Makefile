@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # torch/torchvision pinned to the wheels this workplace keeps on disk; elsewhere pip downloads them.
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test install clean
+.PHONY: demo test test-fast install clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv --system-site-packages $(VENV)
@@ -21,8 +21,18 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(PY) cli.py demo
 
+# ruff first (pyflakes, bugbear, import order, size limits: pyproject.toml), then the suite
 test: $(VENV)/.installed
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
+
+# the fast layer: no torch, no sockets, no subprocesses (codec, states, schema, planner, compression, layout)
+test-fast: $(VENV)/.installed
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q tests/test_wire_golden.py tests/test_states.py tests/test_layout.py tests/test_schema.py \
+		tests/test_compression.py tests/test_spin.py tests/test_cadence.py \
+		tests/test_planning.py::test_planner_moves_the_split_later_as_bandwidth_drops \
+		tests/test_planning.py::test_throughput_objective_takes_the_slowest_stage
 
 clean:
 	rm -rf $(VENV) artifacts/*/ artifacts/.tmp-* artifacts/.old-*
