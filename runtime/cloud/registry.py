@@ -14,10 +14,10 @@ from runtime.bundle.manifest import (
     KIND_SEGMENTS,
     KIND_SPLIT,
     directory_name,
-    install_dir,
     load_manifest,
     write_manifest,
 )
+from runtime.bundle.staging import install_dir
 from runtime.errors import CodedError
 from runtime.launch import cli_command
 

@@ -14,11 +14,10 @@ from runtime.bundle.manifest import (
     MANIFEST_NAME,
     ManifestError,
     directory_name,
-    install_dir,
     load_manifest,
     write_manifest,
 )
-from runtime.bundle.staging import remove_stale_temp_dirs, temp_dir
+from runtime.bundle.staging import install_dir, remove_stale_temp_dirs, staged
 from runtime.wire.transfer import file_entries
 
 
@@ -64,14 +63,10 @@ class BundleCache(object):
             if cached is not None:
                 return cached, 0, time.perf_counter() - started
             entries = file_entries(manifest_data, (part,), formats)
-            tmp = temp_dir(self.root, "fetch")
-            try:
+            with staged(self.root, "fetch") as tmp:
                 received = conn.fetch(manifest_data["bundle_id"], formats, tmp, entries, part)
                 write_manifest(tmp, manifest_data)
                 install_dir(tmp, self.directory(manifest_data))
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
             seconds = time.perf_counter() - started
             self.prune()
             return load_manifest(self.directory(manifest_data)), received, seconds

@@ -11,11 +11,10 @@ import shutil
 from runtime.bundle.manifest import (
     MANIFEST_NAME,
     directory_name,
-    install_dir,
     load_manifest,
     validate,
 )
-from runtime.bundle.staging import temp_dir
+from runtime.bundle.staging import install_dir, staged
 from runtime.errors import UserError
 from runtime.wire import auth, codec
 from runtime.wire.transfer import file_entries, send_files
@@ -53,23 +52,16 @@ def push_to_cloud(bundle, cloud, token, activate=False, timeout=120.0, security=
 def copy_bundle(bundle, destination_root):
     """Copy a verified bundle into ``destination_root`` atomically; verify the copy; return its directory."""
     manifest = _verified(bundle)
+    target = os.path.join(destination_root, directory_name(manifest.data))
     try:
-        tmp = temp_dir(destination_root, "copy")
+        with staged(destination_root, "copy") as tmp:
+            for entry in file_entries(manifest.data):
+                shutil.copyfile(os.path.join(manifest.directory, entry["file"]), os.path.join(tmp, entry["file"]))
+            with open(os.path.join(tmp, MANIFEST_NAME), "w") as f:
+                json.dump(validate(manifest.data, bundle), f, indent=2)
+            load_manifest(tmp).verify_files()
+            install_dir(tmp, target)
     except OSError as exc:
-        raise UserError("cannot write to {} ({})".format(destination_root, exc.strerror or exc))
-    try:
-        for entry in file_entries(manifest.data):
-            shutil.copyfile(os.path.join(manifest.directory, entry["file"]), os.path.join(tmp, entry["file"]))
-        with open(os.path.join(tmp, MANIFEST_NAME), "w") as f:
-            json.dump(validate(manifest.data, bundle), f, indent=2)
-        load_manifest(tmp).verify_files()
-        target = os.path.join(destination_root, directory_name(manifest.data))
-        install_dir(tmp, target)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise UserError("copy to {} failed ({}); nothing was left there".format(destination_root,
                                                                                  exc.strerror or exc))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
