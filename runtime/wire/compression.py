@@ -370,7 +370,8 @@ def decode(meta, array, expected_shape, expected_dtype="float32", max_bytes=DEFA
     shape (its batch entry, e.g. None, is ignored: N comes from meta["shape"]).
     Raises ProtocolError("bad_encoding") for anything that does not fit, or that would
     decode to more than ``max_bytes`` (the server passes its --max-frame-mb: a compressed
-    frame may not grow beyond what an uncompressed one could carry).
+    frame may not grow beyond what an uncompressed one could carry).  Every check comes
+    before anything is decompressed or allocated.
     """
     if expected_dtype not in DTYPES:
         raise UserError("unknown tensor dtype {!r}".format(expected_dtype))
@@ -387,6 +388,27 @@ def decode(meta, array, expected_shape, expected_dtype="float32", max_bytes=DEFA
             raise _bad("unencoded tensor {} {} does not match the expected {} (N, {})".format(
                 array.dtype, list(array.shape), expected_dtype, ", ".join(str(d) for d in tail)))
         return array
+    scheme, codec, shape = _encoded_layout(meta, tail, expected_dtype)
+    numel = _numel(shape)
+    limit = min(max_bytes, MAX_DECODED_BYTES)
+    if numel * out_dtype.itemsize > limit:
+        raise _bad("encoded shape {} would decode to {} bytes, more than the limit of {}".format(
+            list(shape), numel * out_dtype.itemsize, limit))
+    raw_dtype = _RAW_DTYPES.get(scheme, out_dtype)
+    params = _int8_params(meta, shape) if scheme == "int8" else None
+    raw = _raw_values(array, scheme, codec, raw_dtype, numel, shape)
+    if scheme == "none":
+        out = raw.reshape(shape)
+        if codec != "none":
+            out = out.copy()  # decompressed bytes are read-only; backends want a writable array
+        return out
+    if scheme == "fp16":
+        return _fp16_to_f32(raw, shape)
+    return _dequantize(raw, shape, numel, *params)
+
+
+def _encoded_layout(meta, tail, expected_dtype):
+    """(scheme, codec, shape) of an "encoding" value, checked against the receiver's (N,) + tail."""
     if not isinstance(meta, dict):
         raise _bad("the encoding must be a JSON object")
     scheme = meta.get("scheme")
@@ -396,52 +418,49 @@ def decode(meta, array, expected_shape, expected_dtype="float32", max_bytes=DEFA
     if not isinstance(codec, str) or codec not in CODECS:
         raise _bad("unknown compression codec {!r}; this side knows {}".format(codec, ", ".join(CODECS)))
     shape = meta.get("shape")
-    if not isinstance(shape, list) or len(shape) != len(expected_shape) or not all(
+    if not isinstance(shape, list) or len(shape) != len(tail) + 1 or not all(
             isinstance(d, int) and not isinstance(d, bool) for d in shape):
-        raise _bad("encoded shape {!r} is not a list of {} integers".format(shape, len(expected_shape)))
+        raise _bad("encoded shape {!r} is not a list of {} integers".format(shape, len(tail) + 1))
     if shape[0] < 1 or tuple(shape[1:]) != tail:
         raise _bad("encoded shape {} does not match the expected (N, {}) with N >= 1".format(
             shape, ", ".join(str(d) for d in tail)))
-    shape = tuple(shape)
     if scheme != "none" and expected_dtype != "float32":
         raise _bad("scheme {} encodes float32 tensors; this one is {}".format(scheme, expected_dtype))
-    numel = _numel(shape)
-    limit = min(max_bytes, MAX_DECODED_BYTES)
-    if numel * out_dtype.itemsize > limit:
-        raise _bad("encoded shape {} would decode to {} bytes, more than the limit of {}".format(
-            list(shape), numel * out_dtype.itemsize, limit))
-    raw_dtype = _RAW_DTYPES.get(scheme, out_dtype)
-    lo = scale = None
-    if scheme == "int8":
-        counts = (1, shape[1]) if len(shape) >= 2 and shape[1] > 1 else (1,)
-        lo = _params(meta, "lo", counts)
-        scale = _params(meta, "scale", counts)
-        if lo.size != scale.size:
-            raise _bad("int8 parameters 'lo' ({}) and 'scale' ({}) differ in length".format(lo.size, scale.size))
-        if not np.isfinite(lo).all():
-            raise _bad("int8 parameter 'lo' holds NaN or inf")
-        if not (np.isfinite(scale).all() and (scale > 0).all()):
-            raise _bad("int8 parameter 'scale' must be finite and positive")
-        if not (np.abs(lo.astype(np.float64)) + 255.0 * scale.astype(np.float64) <= _INT8_MAX_SPAN).all():
-            raise _bad("int8 parameters 'lo' and 'scale' reach beyond float32's range")
+    return scheme, codec, tuple(shape)
+
+
+def _int8_params(meta, shape):
+    """(lo, scale) of an int8 encoding: one pair per channel (or one in all), finite, in float32's range."""
+    counts = (1, shape[1]) if len(shape) >= 2 and shape[1] > 1 else (1,)
+    lo = _params(meta, "lo", counts)
+    scale = _params(meta, "scale", counts)
+    if lo.size != scale.size:
+        raise _bad("int8 parameters 'lo' ({}) and 'scale' ({}) differ in length".format(lo.size, scale.size))
+    if not np.isfinite(lo).all():
+        raise _bad("int8 parameter 'lo' holds NaN or inf")
+    if not (np.isfinite(scale).all() and (scale > 0).all()):
+        raise _bad("int8 parameter 'scale' must be finite and positive")
+    if not (np.abs(lo.astype(np.float64)) + 255.0 * scale.astype(np.float64) <= _INT8_MAX_SPAN).all():
+        raise _bad("int8 parameters 'lo' and 'scale' reach beyond float32's range")
+    return lo, scale
+
+
+def _raw_values(array, scheme, codec, raw_dtype, numel, shape):
+    """The scheme's values: the frame's tensor as it is, or decompressed (at most the bytes they need)."""
     if codec == "none":
         if array.dtype != raw_dtype or array.size != numel:
             raise _bad("scheme {} needs {} {} values for shape {}; the frame carries {} {}".format(
                 scheme, numel, raw_dtype.name, list(shape), array.size, array.dtype.name))
-        raw = array
-    else:
-        if array.dtype != np.uint8 or array.ndim != 1:
-            raise _bad("codec {} needs a 1-D uint8 tensor, the frame carries {} {}".format(
-                codec, array.dtype.name, list(array.shape)))
-        raw = np.frombuffer(_decompress(codec, np.ascontiguousarray(array), numel * raw_dtype.itemsize),
-                            dtype=raw_dtype)
-    if scheme == "none":
-        out = raw.reshape(shape)
-        if codec != "none":
-            out = out.copy()  # decompressed bytes are read-only; backends want a writable array
-        return out
-    if scheme == "fp16":
-        return _fp16_to_f32(raw, shape)
+        return array
+    if array.dtype != np.uint8 or array.ndim != 1:
+        raise _bad("codec {} needs a 1-D uint8 tensor, the frame carries {} {}".format(
+            codec, array.dtype.name, list(array.shape)))
+    return np.frombuffer(_decompress(codec, np.ascontiguousarray(array), numel * raw_dtype.itemsize),
+                         dtype=raw_dtype)
+
+
+def _dequantize(raw, shape, numel, lo, scale):
+    """int8 codes back to float32: ``lo + code * scale``, per channel when there is a scale per channel."""
     out = np.empty(shape, dtype=_F32)
     if lo.size == 1:
         o, q, lo_b, scale_b = out.reshape(-1), raw.reshape(-1), lo, scale
