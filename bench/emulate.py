@@ -25,6 +25,11 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLI = os.path.join(REPO, "cli.py")
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+from runtime import launch  # noqa: E402
+
 CGROUP_CPU = "/sys/fs/cgroup/cpu"
 
 
@@ -144,13 +149,9 @@ class CpuQuota(object):
 
 
 def start_server(link, store, *extra):
-    proc = link.cloud([sys.executable, CLI, "serve-cloud", "--host", link.cloud_ip, "--port", "9999",
-                       "--artifacts", store] + list(extra), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                      universal_newlines=True)
-    line = proc.stdout.readline()
-    if "listening on" not in line:
-        raise RuntimeError("serve-cloud did not start in the cloud namespace")
-    return proc, "{}:9999".format(link.cloud_ip)
+    server = launch.serve_cloud("--host", link.cloud_ip, "--port", "9999", "--artifacts", store, *extra,
+                                popen=link.cloud, keep_log=False)
+    return server.proc, "{}:9999".format(link.cloud_ip)
 
 
 def check_planner(rate, edge_cpu, store, cache, splits, limit, dataset="synthetic", threads=1, model="resnet50",

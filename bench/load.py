@@ -50,7 +50,6 @@ import json
 import os
 import re
 import select
-import signal
 import subprocess
 import sys
 import threading
@@ -63,6 +62,8 @@ REPO = os.path.dirname(HERE)
 CLI = os.path.join(REPO, "cli.py")
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
+
+from runtime import launch  # noqa: E402
 
 ENV = dict(os.environ, PYTHONUNBUFFERED="1")
 MODEL = "resnet50"
@@ -125,33 +126,16 @@ def compare(got, expected):
     return None
 
 
-class Server(object):
-    """``cli.py serve-cloud`` as a real subprocess on a free loopback port; its log is kept."""
+class Server(launch.Started):
+    """``cli.py serve-cloud`` as a real subprocess on a free loopback port; its log is kept (runtime.launch)."""
 
     def __init__(self, store, extra=()):
-        self.proc = subprocess.Popen([sys.executable, CLI, "serve-cloud", "--port", "0", "--artifacts", store]
-                                     + [str(e) for e in extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     universal_newlines=True, env=ENV, cwd=REPO)
-        line = self.proc.stdout.readline()
-        if "listening on" not in line:
-            self.proc.kill()
-            raise RuntimeError("serve-cloud did not start: {} {}".format(line.strip(), self.proc.stderr.read()))
-        self.address = line.strip().rsplit(" ", 1)[1]
-        self.log = []
-        self._reader = threading.Thread(target=lambda: self.log.extend(self.proc.stderr), daemon=True)
-        self._reader.start()
+        launch.Started.__init__(self, launch.cli_command("serve-cloud", "--port", "0", "--artifacts", store, *extra),
+                                env=ENV, cwd=REPO)
 
     def stop(self):
         """SIGTERM (the server drains and logs its summary); returns (exit code, log text)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait()
-        self._reader.join(10)
-        return code, "".join(self.log)
+        return launch.Started.stop(self), self.log_text()
 
 
 class RssSampler(object):

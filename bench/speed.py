@@ -41,7 +41,6 @@ import argparse
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -56,6 +55,8 @@ CLI = os.path.join(REPO, "cli.py")
 sys.path.insert(0, REPO)
 sys.path.insert(0, HERE)
 
+from runtime import launch  # noqa: E402
+
 CHECKS = ("transport", "contention", "pipelining", "batching", "compression", "lean")
 ENV = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
 
@@ -67,29 +68,16 @@ def _say(message):
 
 # ---------------------------------------------------------------- processes
 
-class Server(object):
-    """A server process (ours or the seed-style one) on a free loopback port."""
+class Server(launch.Started):
+    """A server process (ours or the seed-style one) on a free loopback port (runtime.launch)."""
 
     def __init__(self, argv, ready, cpu=None):
         prefix = ["taskset", "-c", str(cpu)] if cpu is not None else []
-        self.proc = subprocess.Popen(prefix + argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     universal_newlines=True, env=ENV, cwd=REPO)
-        line = self.proc.stdout.readline()
-        if ready not in line:
-            self.proc.kill()
-            raise RuntimeError("server did not start: {} {}".format(line, self.proc.stderr.read()))
-        self.address = line.strip().rsplit(" ", 1)[1]
-        self.log = []
-        threading.Thread(target=lambda: self.log.extend(self.proc.stderr), daemon=True).start()
+        launch.Started.__init__(self, prefix + argv, ready, env=ENV, cwd=REPO)
 
     def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        return "".join(self.log)
+        launch.Started.stop(self)
+        return self.log_text()
 
 
 def ours_server(store, cpu=None, *extra):

@@ -6,9 +6,9 @@ subprocess, then ``run-edge`` against it, then SIGTERM to the server.
 Python 3.6 syntax; it imports no exporter code (export runs as a subprocess).
 """
 import os
-import signal
 import subprocess
 
+from runtime import launch
 from runtime.bundle.manifest import (
     ManifestError,
     bundle_dir_name,
@@ -46,25 +46,6 @@ def ensure_bundle(split, weights, artifacts):
         raise UserError("demo: the export failed (see above)")
 
 
-def start_server(artifacts, backend="onnx"):
-    """Start serve-cloud on a free loopback port; return (process, 'host:port')."""
-    proc = subprocess.Popen(cli_command("serve-cloud", "--host", "127.0.0.1", "--port", 0, "--artifacts", artifacts,
-                                 "--backend", backend), stdout=subprocess.PIPE, universal_newlines=True)
-    line = proc.stdout.readline()
-    if not line.startswith("serve-cloud listening on "):
-        proc.kill()
-        raise UserError("demo: serve-cloud did not start (see above)")
-    return proc, line.rsplit(" ", 1)[1].strip()
-
-
-def stop_server(proc):
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
 def run_demo(split="20", weights=None, dataset=None, artifacts="artifacts", data_dir="data", limit=100,
              backend="onnx"):
     from runtime.edge.options import RunOptions
@@ -81,10 +62,11 @@ def run_demo(split="20", weights=None, dataset=None, artifacts="artifacts", data
             os.path.join(data_dir, "cifar-100-binary.tar.gz"))
         dataset = "cifar100" if present else "synthetic"
         print("demo: dataset {}{}".format(dataset, "" if present else " (CIFAR-100 not in {}/)".format(data_dir)))
-    proc, address = start_server(artifacts, backend)
-    print("demo: serve-cloud is up at {}; running the edge".format(address), flush=True)
+    server = launch.serve_cloud("--host", "127.0.0.1", "--port", 0, "--artifacts", artifacts, "--backend", backend,
+                                keep_log=False)
+    print("demo: serve-cloud is up at {}; running the edge".format(server.address), flush=True)
     try:
-        return run_edge(RunOptions(cloud=address, split=int(split), cache=artifacts, backend=backend, dataset=dataset,
+        return run_edge(RunOptions(cloud=server.address, split=int(split), cache=artifacts, backend=backend, dataset=dataset,
                                    data_dir=data_dir, limit=limit))
     finally:
-        stop_server(proc)
+        server.stop(30)

@@ -74,6 +74,7 @@ def test_pushing_the_same_bundle_again_uploads_nothing(cloud, seed_bundles):
 
 def test_push_without_or_with_a_wrong_token_is_refused(seed_bundles, tmp_path):
     src = bundle(seed_bundles, 20)
+    (tmp_path / "closed").mkdir()
     closed = ServerProcess(tmp_path / "closed")
     try:
         proc = push(closed, src)

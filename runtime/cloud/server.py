@@ -517,7 +517,13 @@ def _start(o):
             auth.TOKEN_ENV[auth.ADMIN]))
     if o.cuda_graphs and (o.backend != "torchscript" or o.device == "cpu"):
         raise UserError("--cuda-graphs needs --backend torchscript --device cuda")
-    os.makedirs(o.artifacts, exist_ok=True)
+    if not os.path.isdir(o.artifacts):
+        if not (o.allow_push or o.export_model):  # a typo would give a server that refuses every edge
+            raise UserError("--artifacts {} is not a directory; export bundles into it first (`cli.py export "
+                            "--artifacts {}`), or start with --allow-push or --model to fill an empty store".format(
+                                o.artifacts, o.artifacts))
+        os.makedirs(o.artifacts)
+        log.info("created the empty store %s", o.artifacts)
     exporter = OnDemandExporter(o.export_model, o.export_weights, o.export_random_init, o.export_input_shape) \
         if o.export_model else None
     registry = TailRegistry(BundleStore(o.artifacts), o.backend, o.device, o.threads, exporter, o.cuda_graphs)

@@ -213,6 +213,23 @@ def _synthetic(n, num_classes, seed, hw):
     return Dataset("synthetic", y, lambda indices: x[indices], "seed {}".format(seed))
 
 
+def check_source(spec):
+    """Refuse a ``--dataset`` that names no dataset, or a local file or folder that is not there, before anything
+    connects (the bundle's input spec, which the rest of the checks need, comes from the cloud)."""
+    if spec in CIFAR or spec == "synthetic":
+        return
+    kind, _, path = spec.partition(":")
+    if kind == "npz" and path:
+        if not os.path.isfile(path):
+            raise UserError("dataset file {} not found; pass --dataset npz:PATH of an existing .npz".format(path))
+        return
+    if kind == "folder" and path:
+        if not os.path.isdir(path):
+            raise UserError("dataset folder {} not found; pass --dataset folder:DIR of an existing folder".format(path))
+        return
+    raise UserError("unknown dataset {!r}; use cifar100, cifar10, npz:PATH, folder:PATH or synthetic".format(spec))
+
+
 def open_dataset(spec, input_spec, num_classes, limit=None, seed=0, data_dir="data"):
     """The dataset named by ``--dataset`` for a bundle's input spec."""
     channels, height, width = _input_hw(input_spec)

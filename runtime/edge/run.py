@@ -13,7 +13,7 @@ import sys
 
 from runtime.backends import load_part
 from runtime.edge.client import CloudConnection
-from runtime.edge.data import batches, open_dataset
+from runtime.edge.data import batches, check_source, open_dataset
 from runtime.edge.measure import measure
 from runtime.edge.report import _say, format_report, write_report
 from runtime.edge.session import EdgeSession, find_full_model
@@ -35,6 +35,7 @@ def run_edge(options, out=None):
     o = options
     out = out or sys.stdout
     _check(o)
+    check_source(o.dataset)  # a missing local dataset is said before a cloud that is down
     full = _full_model(o)
     session = EdgeSession(o, o.compress, o.codec, busy_poll=o.busy_poll and o.inflight == 1)
     try:

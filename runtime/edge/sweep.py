@@ -13,7 +13,7 @@ Python 3.6 syntax.
 import csv
 import sys
 
-from runtime.edge.data import batches, open_dataset
+from runtime.edge.data import batches, check_source, open_dataset
 from runtime.edge.measure import measure
 from runtime.edge.options import RunOptions
 from runtime.edge.session import EdgeSession
@@ -113,6 +113,7 @@ def run_sweep(options, out=None):
     splits, model, limit, batch_size = list(o.splits), o.model, o.limit, o.batch_size
     if not splits:
         raise UserError("--splits needs at least one split, e.g. 0,3,10,16,20,22")
+    check_source(o.dataset)
     session = EdgeSession(o, busy_poll=True)
     try:
         predictions = None
