@@ -6,9 +6,9 @@ import os
 import socket
 
 import pytest
-
 from cloud_server import ServerProcess
 from conftest import run_cli
+
 from runtime.edge.options import RunOptions
 
 
