@@ -2,7 +2,7 @@
 """The load check (issue #7, item 5): many concurrent edges against one serve-cloud, every reply checked.
 
 Starts one ``cli.py serve-cloud`` process on this machine and ``--edges`` edges (default 32),
-each with its own TCP connection speaking the real protocol (``runtime.edge.CloudConnection``),
+each with its own TCP connection speaking the real protocol (``runtime.edge.client.CloudConnection``),
 each in its own process by default (spawn; ``--procs N`` packs them into N processes, a thread
 per edge).  Every edge sends ``--requests`` (default 500) distinct activations at ``--split``
 (default 20: the tail is one small layer, so the test is about the server, not the model) and

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Seed-style baseline: split inference the way the original prototype did it.
 
-Written from ../shared/FACTS.md section 1 (no code copied), for the benchmark
-harness to compare the product against:
+Written from the description of the original prototype (no code copied), for the
+benchmark harness to compare the product against:
 
 * cloud: ``socketserver.ThreadingTCPServer``, one thread and one model copy per
   client (the traced model is built once at start-up; each client gets a

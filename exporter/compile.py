@@ -2,7 +2,7 @@
 
 ONNX goes through torch's TorchScript-based exporter (``dynamo=False``): in torch
 2.x the dynamo exporter always writes IR version 10 / opset 18, which the
-onnxruntime 1.10/1.11 of JetPack 4.6 refuses (docs: FACTS section 3).  The
+onnxruntime 1.10/1.11 of JetPack 4.6 refuses (it reads opset <= 15, IR <= 8).  The
 written file is checked: its default-domain opset must be the one asked for and
 its IR version the lowest that opset needs (8 for opset 15), or the export fails.
 """

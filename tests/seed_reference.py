@@ -1,4 +1,6 @@
-"""An independent description of the seed's ResNet-50, written from ../shared/FACTS.md section 2.
+"""An independent description of the seed's ResNet-50 (weiaicunzai/pytorch-cifar100's layout), written from the
+published facts of that model: stem conv1 (3x3, 64) + BN + ReLU, bottleneck stages of 3, 4, 6 and 3 blocks
+(widths 64, 128, 256, 512, expansion 4, strides 1, 2, 2, 2), average pool, fc to 100 classes.
 
 It shares no code with exporter/: the key list, the shapes and a functional forward
 pass are derived here from the facts alone, so the tests can check that the

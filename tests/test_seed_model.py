@@ -1,4 +1,10 @@
-"""The seed's ResNet-50: state_dict layout and split points, checked against ../shared/FACTS.md."""
+"""The seed's ResNet-50: state_dict layout and split points, checked against the facts of the original system.
+
+The seed (weiaicunzai/pytorch-cifar100's ResNet-50 on CIFAR-100, 32x32 inputs) has
+23 split points, 0..22: the input, after conv1, after each of the 16 bottleneck
+blocks of conv2_x..conv5_x (3, 4, 6, 3), after the average pool, after the flatten,
+and the logits (100 classes).
+"""
 import pytest
 import torch
 from seed_reference import forward, make_state_dict, seed_keys
@@ -6,7 +12,7 @@ from seed_reference import forward, make_state_dict, seed_keys
 from exporter.cutpoints import TracedModel
 from exporter.models.cifar_resnet import resnet50
 
-# FACTS section 2: boundary after each split point, for one 32x32 image
+# the boundary after each split point, for one 32x32 image
 SEED_BOUNDARIES = [(3, 32, 32)] + [(64, 32, 32)] * 3 + [(256, 32, 32)] * 3 + [(512, 16, 16)] * 4 + \
     [(1024, 8, 8)] * 6 + [(2048, 4, 4)] * 3 + [(2048, 1, 1), (2048,), (100,)]
 

@@ -10,8 +10,6 @@ connection.  One worker thread per tail, so a tail never runs two batches at onc
 (on a GPU that is what batching is for; on a CPU the backend's own threads share
 the cores).  Figures per request: ``queue_ms`` (from arrival to the start of its
 batch's run) and ``compute_ms`` (the batch's run), and the batch's size.
-
-Python 3.6 syntax.
 """
 import collections
 import logging

@@ -15,7 +15,7 @@ Schemes (lossy, or not):
 * ``int8``: asymmetric affine, ``q = round((x - lo) / scale)`` stored as uint8 with
   ``scale = (hi - lo) / 255`` from this tensor's own min ``lo`` and max ``hi``: one
   (lo, scale) per channel (axis 1), or one for the whole tensor when it is 1-D or 2-D
-  or has fewer than 64 values per channel and sample (so the parameters never
+  or has fewer than 512 values per channel and sample (so the parameters never
   outweigh the data).  The receiver computes ``lo + q * scale``: max error scale / 2.
   A constant channel gets scale 1 and comes back exactly.
 
