@@ -353,7 +353,7 @@ def check_compression(work, store, data, limit, label="random weights", targets=
                 note = "transmission p50 {:.3f} ms (fp32 {:.3f})".format(r["transmission_ms"]["p50"],
                                                                         base["transmission_ms"]["p50"])
                 if not targets:
-                    note = "no target: random weights make near-ties (see README); " + note
+                    note = "no target: random weights make near-ties (see docs/BENCHMARKS.md, Compression); " + note
                 rows.append(row("compression", "split {} {}+{}: top-1 agreement with fp32, {} ({} samples)".format(
                     split, scheme, codec, label, limit), agree, 1.0, ">= {}".format(need) if targets else "-",
                     agree >= need if targets else None, unit="", note=note))

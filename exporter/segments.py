@@ -14,6 +14,7 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
+from runtime.backends.ort import cpu_session
 from runtime.bundle import manifest as mf
 from runtime.bundle import schema
 
@@ -32,10 +33,8 @@ SEGMENT_NAME = "x"
 
 def _run_chain(directory: str, segments, fmt: str, x: np.ndarray) -> np.ndarray:
     if fmt == "onnx":
-        import onnxruntime as ort
         for seg in segments:
-            session = ort.InferenceSession(os.path.join(directory, seg["files"]["onnx"]["file"]),
-                                           providers=["CPUExecutionProvider"])
+            session = cpu_session(os.path.join(directory, seg["files"]["onnx"]["file"]))
             x = session.run(None, {session.get_inputs()[0].name: x})[0]
         return x
     with torch.no_grad(), warnings.catch_warnings():

@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from runtime.backends.ort import cpu_session
+
 from .errors import VerificationError
 
 DEFAULT_ATOL = 1e-4
@@ -39,10 +41,7 @@ BATCH_SIZES = (1, 4)
 
 
 def _onnx_runner(path: str, input_name: str, output_name: str, what: str) -> Callable[[np.ndarray], np.ndarray]:
-    import onnxruntime as ort
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    session = cpu_session(path)
     inputs = [i.name for i in session.get_inputs()]
     outputs = [o.name for o in session.get_outputs()]
     if inputs != [input_name] or outputs != [output_name]:

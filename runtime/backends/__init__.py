@@ -10,7 +10,14 @@ from runtime.errors import UserError
 
 BACKENDS = ("onnx", "torchscript")
 DEVICES = ("auto", "cpu", "cuda")
-_FORMAT = {"onnx": "onnx", "torchscript": "torchscript"}
+FORMAT = {"onnx": "onnx", "torchscript": "torchscript"}  # the file format each backend runs: the one map
+
+
+def format_of(backend):
+    """The file format ``backend`` runs (a UserError naming the choices for an unknown one)."""
+    if backend not in FORMAT:
+        raise UserError("unknown backend {!r}; choose from {}".format(backend, ", ".join(BACKENDS)))
+    return FORMAT[backend]
 
 
 class PassThrough(object):
@@ -31,7 +38,7 @@ def load_part(manifest, part, backend="onnx", device="auto", threads=0, cuda_gra
         raise UserError("unknown device {!r}; choose from {}".format(device, ", ".join(DEVICES)))
     if manifest.part(part) is None:
         return PassThrough()
-    fmt = _FORMAT[backend]
+    fmt = format_of(backend)
     return load_file(manifest.file_path(part, fmt), backend, device, threads, manifest.directory,
                      manifest.part(part)["files"][fmt].get("sha256"), cuda_graphs)
 

@@ -10,7 +10,7 @@ Python 3.6 syntax.
 """
 import os
 
-from runtime.backends import load_file
+from runtime.backends import format_of, load_file
 
 
 class SegmentChain(object):
@@ -34,7 +34,7 @@ class SegmentLoader(object):
     def __init__(self, manifest, backend="onnx", device="auto", threads=0):
         self.manifest = manifest
         self.backend, self.device, self.threads = backend, device, threads
-        self._fmt = "onnx" if backend == "onnx" else "torchscript"
+        self._fmt = format_of(backend)
         self._loaded = {}
 
     def head(self, split):

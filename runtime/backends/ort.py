@@ -65,18 +65,31 @@ def _optimised_path(path, source_sha256, ort, cache_dir):
     return os.path.join(cache_dir, ".ort-opt", "{}.{}.onnx".format(base, key))
 
 
+def session_options(threads=0):
+    """onnxruntime's session options as this project sets them, for every session it makes."""
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    # onnxruntime's intra-op threads spin-wait for work after each op and each run: on a busy CPU that
+    # takes cores from the other work (docs/BENCHMARKS.md: 1.4x the head's time under load)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_wait() else "0")
+    return options
+
+
+def cpu_session(path, threads=0):
+    """A plain onnxruntime session on the CPU (the exporter's verification and segment chains use it)."""
+    import onnxruntime as ort
+    return ort.InferenceSession(path, session_options(threads), providers=["CPUExecutionProvider"])
+
+
 class OnnxBackend(object):
     name = "onnx"
 
     def __init__(self, path, device="auto", threads=0, cache_dir=".", source_sha256=None):
         import onnxruntime as ort
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = threads
-        # onnxruntime's intra-op threads spin-wait for work after each op and each run: on a busy CPU that
-        # takes cores from the other work (docs/BENCHMARKS.md: 1.4x the head's time under load)
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_wait() else "0")
+        options = session_options(threads)
         providers = _providers(ort, device, cache_dir)
         if providers[0][0] == "TensorrtExecutionProvider":
             try:

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from runtime.backends import load_file
+from runtime.backends import format_of, load_file
 from runtime.errors import UserError
 
 RUNS = 10
@@ -41,7 +41,7 @@ def profile_segments(manifest, backend="onnx", device="auto", batch_size=1, thre
     quota's throttling, another process) are real time the edge will spend, and a
     median per segment would drop them.
     """
-    fmt = "onnx" if backend == "onnx" else "torchscript"
+    fmt = format_of(backend)
     runners = []
     for seg in manifest["segments"]:
         if fmt not in seg["files"]:

@@ -5,7 +5,7 @@ Python 3.6 syntax: this module runs on the Jetson.
 import os
 import sys
 
-from runtime.backends import load_file
+from runtime.backends import format_of, load_file
 from runtime.backends.profiling import (
     ProfileCache,
     profile_key,
@@ -134,7 +134,7 @@ def run_profile(options):
         raise UserError("give --cloud HOST:PORT (fetch the segments) or --segments DIR (a local segments bundle)")
     if o.segments_dir:
         manifest = load_manifest(o.segments_dir)
-        manifest.verify_files(formats=("onnx" if o.backend == "onnx" else "torchscript",))
+        manifest.verify_files(formats=(format_of(o.backend),))
         profile = profile_segments(manifest, o.backend, o.device, o.batch_size, o.threads)
     else:
         from runtime.edge.session import EdgeSession

@@ -8,15 +8,13 @@ import collections
 import random
 import time
 
-from runtime.backends import load_part
+from runtime.backends import format_of, load_part
 from runtime.bundle.manifest import KIND_SPLIT, Manifest, ManifestError, validate
 from runtime.edge.cache import BundleCache
 from runtime.edge.client import CloudConnection, CloudLost
 from runtime.edge.report import _say
 from runtime.errors import UserError
 from runtime.wire import codec
-
-FORMAT_OF_BACKEND = {"onnx": "onnx", "torchscript": "torchscript"}
 
 LOADED_HEADS = 3  # heads kept loaded per edge (adaptive switches back and forth between a few)
 
@@ -37,13 +35,11 @@ class EdgeSession(object):
         """``options``: ClientOptions (cloud, model, cache, cache_keep, backend, device, threads, timeout, security)."""
         cloud, model, backend, timeout, security = (options.cloud, options.model, options.backend, options.timeout,
                                                     options.security)
-        if backend not in FORMAT_OF_BACKEND:
-            raise UserError("unknown backend {!r}".format(backend))
         from runtime.wire.compression import Encoder
         self.encoder = Encoder(compress, codec)
         self.model = model
         self.backend, self.device, self.threads = backend, options.device, options.threads
-        self.formats = (FORMAT_OF_BACKEND[backend],)
+        self.formats = (format_of(backend),)
         self.cache = BundleCache(options.cache, options.cache_keep, log=_say)
         self.cloud, self.timeout, self.busy_poll, self.security = cloud, timeout, busy_poll, security
         self.conn = CloudConnection(cloud, timeout, busy_poll=busy_poll, security=security)
@@ -183,7 +179,7 @@ class EdgeSession(object):
 def find_full_model(cache, model, backend="onnx"):
     """A bundle of ``model`` in the edge's cache whose head is the whole model (no tail), or None."""
     from runtime.bundle.store import BundleStore
-    fmt = FORMAT_OF_BACKEND[backend]
+    fmt = format_of(backend)
     good, _ = BundleStore(cache).scan(KIND_SPLIT)
     for manifest in sorted(good, key=lambda m: -m.split_index):
         if manifest.model_id == model and manifest.part("tail") is None and manifest.part("head") is not None:
