@@ -23,6 +23,10 @@ BUSY_POLL_LEAD_S = 0.0005  # start spinning this long before the reply is expect
 BUSY_POLL_MAX_S = 0.002    # ... and spin at most this long before sleeping in recv
 
 
+class CannotConnect(UserError):
+    """No connection could be opened to the cloud (refused, unreachable, timed out): worth trying again later."""
+
+
 class CloudLost(UserError):
     """The connection to the cloud broke (closed, reset, timed out, or the server shut down): the
     requests in flight may be sent again on a new connection."""
@@ -60,8 +64,8 @@ class CloudConnection(object):
         try:
             sock = socket.create_connection((host, port), timeout=timeout)
         except OSError as exc:
-            raise UserError("cannot connect to the cloud at {} ({}); is `cli.py serve-cloud` running there?".format(
-                address, exc.strerror or exc))
+            raise CannotConnect("cannot connect to the cloud at {} ({}); is `cli.py serve-cloud` running "
+                                "there?".format(address, exc.strerror or exc))
         self.sock = security.wrap(sock, host, address)
         self.tls = sockets.is_tls(self.sock)
         sockets.set_timeouts(self.sock, timeout)

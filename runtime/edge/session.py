@@ -11,10 +11,9 @@ import time
 from runtime.backends import format_of, load_part
 from runtime.bundle.manifest import KIND_SPLIT, Manifest, ManifestError, validate
 from runtime.edge.cache import BundleCache
-from runtime.edge.client import CloudConnection, CloudLost
+from runtime.edge.client import CannotConnect, CloudConnection, CloudLost
 from runtime.edge.report import _say
 from runtime.errors import UserError
-from runtime.wire import codec
 
 LOADED_HEADS = 3  # heads kept loaded per edge (adaptive switches back and forth between a few)
 
@@ -158,13 +157,8 @@ class EdgeSession(object):
                 self.reconnects.append(record)
                 _say("reconnected to the cloud after {:.2f} s ({} attempts)".format(record["down_s"], attempts))
                 return record
-            except CloudLost:
-                pass
-            except codec.RemoteError:
-                raise  # the cloud answered and refused (token, bundle): trying again will not help
-            except UserError as exc:
-                if "cannot connect" not in str(exc):
-                    raise
+            except (CloudLost, CannotConnect):
+                pass  # not back yet; any other error (a refusal, another bundle) is final
             now = time.monotonic()
             if now >= give_up_at:
                 raise CloudLost("the cloud at {} has been unreachable for {:.0f} s ({} attempts to reconnect)".format(
