@@ -32,6 +32,8 @@ CLI = os.path.join(REPO, "cli.py")
 sys.path.insert(0, REPO)
 sys.path.insert(0, HERE)
 
+from runtime import launch  # noqa: E402
+
 
 def _say(message):
     sys.stderr.write("gpu-check: {}\n".format(message))
@@ -121,14 +123,10 @@ def serve_throughput(store, streams, seconds, split, server_args, cpu=None, warm
     captures) are not counted.  ``details``, a dict, receives the latency p50/p99."""
     import multiprocessing
     prefix = ["taskset", "-c", str(cpu)] if cpu is not None else []
-    proc = subprocess.Popen(prefix + [sys.executable, CLI, "serve-cloud", "--port", "0", "--artifacts", store]
-                            + [str(a) for a in server_args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, cwd=REPO)
+    server = launch.Started(prefix + launch.cli_command("serve-cloud", "--port", "0", "--artifacts", store,
+                                                        *server_args), cwd=REPO)
     try:
-        line = proc.stdout.readline()
-        if "listening on" not in line:
-            raise RuntimeError("serve-cloud did not start: " + proc.stderr.read())
-        address = line.strip().rsplit(" ", 1)[1]
+        address = server.address
         from runtime.bundle.manifest import load_manifest
         shape = load_manifest(os.path.join(store, "resnet50-s{}".format(split)))["boundary"]["shape"][1:]
         context = multiprocessing.get_context("spawn")
@@ -160,11 +158,7 @@ def serve_throughput(store, streams, seconds, split, server_args, cpu=None, warm
             details["p99_ms"] = float(np.percentile(latencies, 99)) if latencies else None
         return sum(r[0] for r in results) / float(seconds)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        server.stop()
 
 
 def main():
