@@ -1,12 +1,6 @@
 """Progress of long exporter work, shown on stderr with rich (quiet when stderr is not a terminal)."""
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 
 class Steps:

@@ -9,12 +9,7 @@ import os
 import subprocess
 
 from runtime import launch
-from runtime.bundle.manifest import (
-    ManifestError,
-    bundle_dir_name,
-    load_manifest,
-    sha256_file,
-)
+from runtime.bundle.manifest import ManifestError, bundle_dir_name, load_manifest, sha256_file
 from runtime.errors import UserError
 from runtime.launch import cli_command
 

@@ -12,13 +12,7 @@ from conftest import REPO
 from runtime.errors import UserError
 from runtime.wire import compression
 from runtime.wire.codec import DTYPES, ProtocolError
-from runtime.wire.compression import (
-    CODECS,
-    SCHEMES,
-    Encoder,
-    decode,
-    encoded_bytes_estimate,
-)
+from runtime.wire.compression import CODECS, SCHEMES, Encoder, decode, encoded_bytes_estimate
 
 COMBOS = [(s, c) for s in SCHEMES for c in CODECS]
 

@@ -9,19 +9,7 @@ import numpy as np
 import pytest
 
 from runtime.wire import codec, sockets, states
-from runtime.wire.codec import (
-    AUTH,
-    BYE,
-    CHUNK,
-    DONE,
-    ECHO,
-    FETCH,
-    HELLO,
-    INFER,
-    PROFILE,
-    PUSH,
-    STATUS,
-)
+from runtime.wire.codec import AUTH, BYE, CHUNK, DONE, ECHO, FETCH, HELLO, INFER, PROFILE, PUSH, STATUS
 
 
 def run(frames, token=True):

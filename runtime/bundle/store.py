@@ -4,12 +4,7 @@ Python 3.6 syntax.
 """
 import os
 
-from runtime.bundle.manifest import (
-    MANIFEST_NAME,
-    ManifestError,
-    bundle_dir_name,
-    load_manifest,
-)
+from runtime.bundle.manifest import MANIFEST_NAME, ManifestError, bundle_dir_name, load_manifest
 from runtime.errors import UserError
 
 

@@ -10,13 +10,7 @@ import threading
 
 from runtime.backends import load_part
 from runtime.backends.profiling import profile_segments
-from runtime.bundle.manifest import (
-    KIND_SEGMENTS,
-    KIND_SPLIT,
-    directory_name,
-    load_manifest,
-    write_manifest,
-)
+from runtime.bundle.manifest import KIND_SEGMENTS, KIND_SPLIT, directory_name, load_manifest, write_manifest
 from runtime.bundle.staging import install_dir
 from runtime.errors import CodedError
 from runtime.launch import cli_command

@@ -21,12 +21,7 @@ import time
 from runtime.bundle.manifest import KIND_SPLIT, validate
 from runtime.bundle.staging import remove_stale_temp_dirs, staged
 from runtime.bundle.store import BundleStore
-from runtime.cloud.registry import (
-    EXPORT_TIMEOUT_S,
-    HandshakeError,
-    OnDemandExporter,
-    TailRegistry,
-)
+from runtime.cloud.registry import EXPORT_TIMEOUT_S, HandshakeError, OnDemandExporter, TailRegistry
 from runtime.cloud.stats import Stats
 from runtime.errors import CodedError, ManifestError, UserError
 from runtime.wire import auth, codec, sockets, states

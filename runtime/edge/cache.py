@@ -10,13 +10,7 @@ import shutil
 import sys
 import time
 
-from runtime.bundle.manifest import (
-    MANIFEST_NAME,
-    ManifestError,
-    directory_name,
-    load_manifest,
-    write_manifest,
-)
+from runtime.bundle.manifest import MANIFEST_NAME, ManifestError, directory_name, load_manifest, write_manifest
 from runtime.bundle.staging import install_dir, remove_stale_temp_dirs, staged
 from runtime.wire.transfer import file_entries
 

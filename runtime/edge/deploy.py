@@ -8,12 +8,7 @@ import json
 import os
 import shutil
 
-from runtime.bundle.manifest import (
-    MANIFEST_NAME,
-    directory_name,
-    load_manifest,
-    validate,
-)
+from runtime.bundle.manifest import MANIFEST_NAME, directory_name, load_manifest, validate
 from runtime.bundle.staging import install_dir, staged
 from runtime.errors import UserError
 from runtime.wire import auth, codec

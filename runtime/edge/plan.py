@@ -6,21 +6,9 @@ import os
 import sys
 
 from runtime.backends import format_of, load_file
-from runtime.backends.profiling import (
-    ProfileCache,
-    profile_key,
-    profile_segments,
-    read_profile,
-    write_profile,
-)
+from runtime.backends.profiling import ProfileCache, profile_key, profile_segments, read_profile, write_profile
 from runtime.bundle.manifest import load_manifest, validate
-from runtime.edge.planner import (
-    at_cadence,
-    check_profiles,
-    choose,
-    format_plan,
-    predict,
-)
+from runtime.edge.planner import at_cadence, check_profiles, choose, format_plan, predict
 from runtime.edge.probe import probe_network
 from runtime.errors import UserError
 from runtime.wire import codec

@@ -16,15 +16,7 @@ import numpy as np
 
 from runtime.errors import UserError
 from runtime.wire import codec
-from runtime.wire.codec import (
-    DTYPES,
-    ERROR,
-    HEADER_SIZE,
-    INFER,
-    Frame,
-    PeerClosed,
-    ProtocolError,
-)
+from runtime.wire.codec import DTYPES, ERROR, HEADER_SIZE, INFER, Frame, PeerClosed, ProtocolError
 
 
 def parse_address(text, default_port=9999):

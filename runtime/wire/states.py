@@ -19,20 +19,7 @@ Python 3.6 syntax: this module runs on the Jetson.
 """
 from runtime.wire import codec
 from runtime.wire.auth import INFERENCE, TOKEN_ENV
-from runtime.wire.codec import (
-    AUTH,
-    BYE,
-    CHUNK,
-    DONE,
-    ECHO,
-    FETCH,
-    HELLO,
-    INFER,
-    PROFILE,
-    PUSH,
-    STATUS,
-    ProtocolError,
-)
+from runtime.wire.codec import AUTH, BYE, CHUNK, DONE, ECHO, FETCH, HELLO, INFER, PROFILE, PUSH, STATUS, ProtocolError
 
 ANY, BOUND, ADMIN, TRANSFER = "any", "bound", "admin", "transfer"
 
