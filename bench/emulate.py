@@ -150,7 +150,7 @@ class CpuQuota(object):
 
 def start_server(link, store, *extra):
     server = launch.serve_cloud("--host", link.cloud_ip, "--port", "9999", "--artifacts", store, *extra,
-                                popen=link.cloud, keep_log=False)
+                                popen=link.cloud, log="discard")
     return server.proc, "{}:9999".format(link.cloud_ip)
 
 

@@ -58,7 +58,7 @@ def run_demo(split="20", weights=None, dataset=None, artifacts="artifacts", data
         dataset = "cifar100" if present else "synthetic"
         print("demo: dataset {}{}".format(dataset, "" if present else " (CIFAR-100 not in {}/)".format(data_dir)))
     server = launch.serve_cloud("--host", "127.0.0.1", "--port", 0, "--artifacts", artifacts, "--backend", backend,
-                                keep_log=False)
+                                log="inherit")
     print("demo: serve-cloud is up at {}; running the edge".format(server.address), flush=True)
     try:
         return run_edge(RunOptions(cloud=server.address, split=int(split), cache=artifacts, backend=backend, dataset=dataset,

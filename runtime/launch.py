@@ -29,14 +29,17 @@ class Started(object):
     """A server process, started and seen ready: its first line of output contains ``ready``, then its address.
 
     ``popen`` starts it (``subprocess.Popen``, or a wrapper that runs it elsewhere, e.g. in a network
-    namespace); with ``keep_log`` its stderr is collected in ``log``.  ``stop`` sends SIGTERM, as a user's
-    Ctrl-C or a service manager would, and returns the exit code.
+    namespace).  Its stderr (the log): ``log="keep"`` collects it in ``log``, ``"inherit"`` lets it through
+    to this process's stderr, ``"discard"`` drops it.  ``stop`` sends SIGTERM, as a user's Ctrl-C or a
+    service manager would, and returns the exit code.
     """
 
-    def __init__(self, argv, ready=READY, popen=subprocess.Popen, keep_log=True, **popen_kw):
-        self.proc = popen([str(a) for a in argv], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE if keep_log else subprocess.DEVNULL, universal_newlines=True,
-                          **popen_kw)
+    LOG = {"keep": subprocess.PIPE, "inherit": None, "discard": subprocess.DEVNULL}
+
+    def __init__(self, argv, ready=READY, popen=subprocess.Popen, log="keep", **popen_kw):
+        keep_log = log == "keep"
+        self.proc = popen([str(a) for a in argv], stdout=subprocess.PIPE, stderr=self.LOG[log],
+                          universal_newlines=True, **popen_kw)
         line = self.proc.stdout.readline()
         if ready not in line:
             self.proc.kill()

@@ -281,8 +281,8 @@ def encoded(draw):
     x = (rng.standard_normal((n,) + expected[1:]) * draw(st.sampled_from([1e-3, 1.0, 50.0]))).astype(np.float32)
     if draw(st.booleans()):
         x[:, 0] = 1.5  # a constant channel
-    scheme, codec = draw(st.sampled_from(compression.SCHEMES)), draw(st.sampled_from(compression.CODECS))
-    meta, array = compression.Encoder(scheme, codec).encode(x)
+    scheme, lossless = draw(st.sampled_from(compression.SCHEMES)), draw(st.sampled_from(compression.CODECS))
+    meta, array = compression.Encoder(scheme, lossless).encode(x)
     array = np.array(array)  # the receiver's own copy, as FrameReader makes
     kind = draw(st.sampled_from(("none", "none", "meta_field", "meta_replace", "bitflip", "truncate", "extend",
                                  "random_bytes", "retype", "bomb")))
@@ -321,17 +321,17 @@ def encoded(draw):
         array = flat.view(codec.DTYPES[name])
         if draw(st.booleans()) and array.size:
             array = array.reshape(1, -1)
-    elif kind == "bomb" and codec != "none":
+    elif kind == "bomb" and lossless != "none":
         size = draw(st.sampled_from([1, 2, 64])) * x.nbytes + draw(st.integers(0, 4))
         zeros = bytes(size)
-        if codec == "zstd":
+        if lossless == "zstd":
             import zstandard
             blob = zstandard.ZstdCompressor().compress(zeros)
         else:
             import lz4.frame
             blob = lz4.frame.compress(zeros)
         array = np.frombuffer(blob, np.uint8).copy()
-    return x, expected, meta, array, "{}/{} {}".format(scheme, codec, kind), kind
+    return x, expected, meta, array, "{}/{} {}".format(scheme, lossless, kind), kind
 
 
 @settings(max_examples=ff.scaled(1000), **FUZZ)

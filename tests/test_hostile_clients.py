@@ -48,7 +48,7 @@ def test_a_silent_connection_is_closed_while_a_good_edge_is_served(server, seed_
     assert took is not None and took < 4  # --hello-timeout 2, checked every 0.2 s
     out, err = edge.communicate(timeout=300)
     assert edge.returncode == 0 and "Accuracy:" in out, err
-    assert any("code=timeout reason=no_frame_within_2s" in l for l in server.log)
+    assert any("code=timeout reason=no_frame_within_2s" in l for l in server.log), server.log_text()
 
 
 def test_a_client_sending_a_byte_a_second_is_cut_off_at_the_read_timeout(server, seed_bundles):

@@ -14,6 +14,7 @@ from runtime.edge.cache import BundleCache
 from runtime.edge.client import CannotConnect, CloudConnection, CloudLost
 from runtime.edge.report import _say
 from runtime.errors import UserError
+from runtime.wire.codec import ProtocolError
 
 LOADED_HEADS = 3  # heads kept loaded per edge (adaptive switches back and forth between a few)
 
@@ -65,14 +66,14 @@ class EdgeSession(object):
         """
         welcome = self.conn.hello({"role": "edge", "model": self.model, "split": split, "bundle_id": bundle_id})
         data = validate(welcome.get("manifest"), "the cloud's manifest")
-        codec = self.encoder.codec
-        if codec != "none" and codec not in welcome.get("codecs", ()):
+        lossless = self.encoder.codec
+        if lossless != "none" and lossless not in welcome.get("codecs", ()):
             from runtime.wire.compression import PIP_NAMES
             raise UserError("the cloud cannot decode --codec {} (it has {}); install it there (pip install {}) or "
-                            "choose another codec".format(codec, ", ".join(welcome.get("codecs", ())) or "none",
-                                                          PIP_NAMES[codec]))
+                            "choose another codec".format(lossless, ", ".join(welcome.get("codecs", ())) or "none",
+                                                          PIP_NAMES[lossless]))
         if data["bundle_id"] != welcome.get("bundle_id") or (bundle_id and data["bundle_id"] != bundle_id):
-            raise codec.ProtocolError("bad_reply", "the cloud answered with bundle {} for {}".format(
+            raise ProtocolError("bad_reply", "the cloud answered with bundle {} for {}".format(
                 data["bundle_id"], bundle_id or "split {}".format(split)))
         manifest = self.cache.lookup(data, self.formats)
         if manifest is None and chain_ok and self._segments_match(data):
