@@ -2,10 +2,8 @@
 STATUS reply and the summary printed on shutdown.
 """
 import collections
-import logging
 import threading
 
-log = logging.getLogger("edgesplit.server")
 
 
 class Stats(object):
