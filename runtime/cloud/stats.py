@@ -5,7 +5,6 @@ import collections
 import threading
 
 
-
 class Stats(object):
     def __init__(self):
         self._lock = threading.Lock()
