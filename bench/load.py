@@ -316,7 +316,7 @@ class Edge(object):
             try:
                 while index < self.requests and len(pending) < self.inflight:
                     sent_at = time.perf_counter()
-                    rid, _ = self.conn.send(codec.INFER, {}, self.inputs[index])
+                    rid, _ = self.conn.request(codec.INFER, {}, self.inputs[index])
                     pending[rid] = (index, sent_at)
                     index += 1
                 frame = self._read()

@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import pytest
+from hand_cloud import welcome
 
 from runtime.edge.adaptive import PROBE_BYTES, PROBE_BYTES_PACED, AdaptivePlanner
 from runtime.edge.client import CloudConnection, CloudLost
@@ -85,6 +86,7 @@ class _Peer(object):
         self.conn = CloudConnection("127.0.0.1:{}".format(self.listener.getsockname()[1]), 3.0)
         self.sock, _ = self.listener.accept()
         self.reader = sockets.FrameReader(self.sock, codec.DEFAULT_MAX_FRAME_BYTES)
+        welcome(self.conn, self.reader, self.sock)
 
     def answer(self, delay_s, count=1, rate_bytes_per_s=None):
         def run():
@@ -251,7 +253,7 @@ def test_serve_cloud_echoes_only_the_bytes_a_probe_asks_back_and_refuses_a_bad_c
         assert sent == 4 * 16384 and back == 4 * 64
         sent, back, ms = echo_train(conn, 16384, cap_ms=5000.0)  # no reply_bytes: all of it, as before
         assert back == 16384
-        conn.send(codec.ECHO, {"reply_bytes": -1}, np.zeros(10, np.uint8))
+        conn.request(codec.ECHO, {"reply_bytes": -1}, np.zeros(10, np.uint8))
         with pytest.raises(Exception, match="reply_bytes"):
             conn.receive()
         conn.close()

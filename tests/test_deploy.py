@@ -109,15 +109,11 @@ def test_a_tampered_file_is_refused_at_push_by_the_client_and_by_the_server(clou
     # the server checks too: send the tampered bytes under the genuine manifest, bypassing the client's check
     from runtime.edge.client import CloudConnection
     from runtime.wire import auth, codec
-    from runtime.wire.transfer import file_entries, send_files
     manifest = json.load(open(str(bad / "manifest.json")))
     conn = CloudConnection(cloud.address)
     nonce = conn.hello({"role": "admin"})["nonce"]
-    conn.send(codec.PUSH, {"manifest": manifest, "activate": True, "proof": auth.proof(TOKEN, nonce, auth.ADMIN)})
-    assert conn.expect(codec.READY).meta["have"] is False
-    send_files(conn.sock, str(bad), file_entries(manifest))
     with pytest.raises(codec.RemoteError, match=r"tail.onnx has sha256 \w+ but the manifest says \w+"):
-        conn.expect(codec.DONE)
+        conn.push(manifest, str(bad), True, auth.proof(TOKEN, nonce, auth.ADMIN))
     conn.sock.close()
     store = tmp_path / "store"
     assert os.listdir(str(store)) == []  # nothing visible, no temporary directory left

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from cloud_server import ServerProcess
 from conftest import REPO
+from hand_cloud import welcome
 
 from runtime.edge.client import CloudConnection, CloudLost
 from runtime.wire import codec, sockets
@@ -173,6 +174,7 @@ def test_a_reset_while_the_edge_spins_for_its_reply_is_a_lost_cloud_not_a_crash(
     try:
         conn._expected_s = 5.0  # a reply is due in 5 s: the edge sleeps in select, and the RST wakes it
         reader = sockets.FrameReader(peer, codec.DEFAULT_MAX_FRAME_BYTES)
+        welcome(conn, reader, peer)
 
         def reset_after_the_request():
             assert reader.read().type == codec.INFER

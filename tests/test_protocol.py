@@ -57,3 +57,36 @@ def test_parse_address(text, expected):
 def test_parse_address_rejects(text):
     with pytest.raises(UserError, match="address"):
         sockets.parse_address(text)
+
+
+def test_the_client_sends_nothing_the_state_table_refuses_and_takes_only_the_answers_it_names():
+    from hand_cloud import EDGE_HELLO, welcome
+
+    from runtime.edge.client import CloudConnection
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    conn = CloudConnection("127.0.0.1:{}".format(listener.getsockname()[1]), 3.0)
+    sock, _ = listener.accept()
+    reader = sockets.FrameReader(sock)
+    try:
+        with pytest.raises(codec.ProtocolError) as before_hello:
+            conn.infer(np.zeros((1, 8), np.float32))
+        assert before_hello.value.code == "no_hello"
+        sock.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            sock.recv(1)  # refused before a byte was sent
+        sock.setblocking(True)
+
+        request_id, _ = conn.request(codec.HELLO, EDGE_HELLO)
+        sockets.send_frame(sock, codec.CHALLENGE, reader.read().request_id, {})  # not what answers a HELLO
+        with pytest.raises(codec.ProtocolError, match="expected WELCOME in answer to HELLO, got CHALLENGE"):
+            conn.answer(codec.HELLO, EDGE_HELLO, request_id)
+        assert not conn.state.bound
+
+        welcome(conn, reader, sock)  # the answer the table names binds the connection
+        assert conn.state.bound
+    finally:
+        conn.close()
+        sock.close()
+        listener.close()

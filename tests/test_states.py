@@ -13,7 +13,7 @@ from runtime.wire.codec import AUTH, BYE, CHUNK, DONE, ECHO, FETCH, HELLO, INFER
 
 
 def run(frames, token=True):
-    """Feed (type, meta) frames through check(), applying each accepted frame's transition like the server."""
+    """Feed (type, meta) frames through check(), advancing the state on each accepted frame as the server does."""
     state = states.Connection(authenticated=not token)
     codes = []
     for type_, meta in frames:
@@ -23,12 +23,7 @@ def run(frames, token=True):
             codes.append(exc.code)
             continue
         codes.append(None)
-        if type_ == AUTH and meta.get("proof"):
-            state.authenticated = True
-        elif type_ == HELLO and meta.get("role") == "admin":
-            state.admin = True
-        elif type_ == HELLO:
-            state.admin, state.bound = False, True
+        states.advance(state, type_, meta)
     return codes
 
 
@@ -57,8 +52,23 @@ def test_a_cloud_without_a_token_starts_authenticated():
                token=False) == [None, None, "no_hello", None, None, "bad_type"]
 
 
-def test_every_frame_an_edge_may_send_has_a_rule_and_no_other():
-    assert set(states.RULES) == set(codec.FROM_EDGE)
+def test_every_frame_an_edge_may_send_has_a_rule_and_its_answers_and_no_other():
+    assert set(states.RULES) == set(codec.FROM_EDGE) == {t for t, _ in states.REPLIES}
+    assert states.replies(AUTH, {}) == (codec.CHALLENGE,) and states.replies(AUTH, {"proof": "p"}) == (DONE,)
+    assert states.replies(PUSH, {}) == (codec.READY, DONE) and states.replies(BYE, {}) == ()
+
+
+def test_only_an_answered_auth_proof_or_hello_changes_the_state():
+    state = states.Connection()
+    for type_, meta in [(AUTH, {}), (INFER, {}), (ECHO, {}), (STATUS, {}), (FETCH, {}), (PROFILE, {}),
+                        (PUSH, {}), (CHUNK, {}), (DONE, {}), (BYE, {})]:
+        states.advance(state, type_, meta)
+    assert (state.authenticated, state.admin, state.bound) == (False, False, False)
+    states.advance(state, HELLO, {"role": "admin"})
+    assert (state.authenticated, state.admin, state.bound) == (False, True, False)
+    states.advance(state, AUTH, {"proof": "p"})
+    states.advance(state, HELLO, EDGE)
+    assert (state.authenticated, state.admin, state.bound) == (True, False, True)
 
 
 class Pipe(object):

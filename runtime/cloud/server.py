@@ -348,7 +348,8 @@ class CloudServer(object):
     def _hello(self, conn, reader, frame, session):
         meta = frame.meta
         if meta.get("role") == "admin":
-            session.state.admin, session.nonce = True, auth.new_nonce()
+            session.nonce = auth.new_nonce()
+            states.advance(session.state, frame.type, meta)
             return sockets.send_frame(conn, codec.WELCOME, frame.request_id, {"nonce": session.nonce, "protocol": codec.VERSION})
         try:
             model = str(meta["model"])
@@ -363,7 +364,7 @@ class CloudServer(object):
         manifest, runner = self.registry.resolve(model, split, bundle_id, notify)
         self._bind(session, manifest)
         session.manifest, session.runner = manifest, runner
-        session.state.admin, session.state.bound = False, True
+        states.advance(session.state, frame.type, meta)
         log.info("event=hello peer=%s bundle=%s model=%s split=%s", session.peer, manifest.bundle_id,
                  manifest.model_id, manifest.split_index)
         return sockets.send_frame(conn, codec.WELCOME, frame.request_id, {
@@ -386,7 +387,7 @@ class CloudServer(object):
             log.warning("event=auth peer=%s result=refused", session.peer)
             raise HandshakeError("bad_token", "wrong inference token; check --token / ${} on the edge".format(
                 auth.TOKEN_ENV[auth.INFERENCE]))
-        session.state.authenticated = True
+        states.advance(session.state, frame.type, frame.meta)
         log.info("event=auth peer=%s result=%s", session.peer, "ok" if self.token else "no_token_needed")
         return sockets.send_frame(conn, codec.DONE, frame.request_id, {"authenticated": self.token is not None})
 

@@ -2,8 +2,13 @@
 
 ``CloudConnection`` authenticates (AUTH / CHALLENGE / AUTH), binds a bundle
 (HELLO / WELCOME), infers (INFER / RESULT, with an optional busy poll for the
-reply), fetches files (FETCH / CHUNK / DONE), asks for STATUS and says BYE.  A
-connection that breaks raises ``CloudLost`` (worth reconnecting); an ERROR frame
+reply), echoes probes (ECHO / RESULT), asks for the cloud's profile (PROFILE /
+DONE), fetches files (FETCH / CHUNK / DONE), pushes a bundle (PUSH / READY /
+CHUNK / DONE / DONE), asks for STATUS and says BYE.  Every frame goes out through
+``request``, which asks the state table (``wire/states.py``) whether this
+connection may send it, and every answer comes in through ``answer``, which takes
+only the frame the table says answers it and applies the request's transition.
+A connection that breaks raises ``CloudLost`` (worth reconnecting); an ERROR frame
 raises ``RemoteError`` unless its code says "this server, not this request".
 
 Python 3.6 syntax: this module runs on the Jetson.
@@ -15,7 +20,7 @@ import time
 from runtime.edge.report import _say
 from runtime.edge.spin import SpinPolicy
 from runtime.errors import UserError
-from runtime.wire import auth, codec, sockets
+from runtime.wire import auth, codec, sockets, states
 from runtime.wire.tls import PLAIN
 
 BUSY_POLL_LEAD_S = 0.0005  # start spinning this long before the reply is expected ...
@@ -76,25 +81,28 @@ class CloudConnection(object):
         self._expected_s = None  # smoothed round trip of infer()
         self.spin = SpinPolicy()
         self._next_id = 1
+        # what this connection may send (wire/states.py): without a token the edge takes the cloud to need none
+        # (a cloud that does answers auth_required); with one, it proves it before anything else
+        self.state = states.Connection(authenticated=not security.token)
         if security.token:
             self.authenticate(security.token)
 
     def authenticate(self, token):
         """Prove the inference token (docs/PROTOCOL.md, AUTH): the token itself never leaves."""
-        request_id, _ = self.send(codec.AUTH, {})
-        nonce = self.expect(codec.CHALLENGE, request_id).meta.get("nonce")
+        nonce = self.call(codec.AUTH, {}).meta.get("nonce")
         if not isinstance(nonce, str) or len(nonce) < 16:
             raise codec.ProtocolError("bad_reply", "the cloud's CHALLENGE carries no usable nonce")
-        request_id, _ = self.send(codec.AUTH, {"proof": auth.proof(token, nonce, auth.INFERENCE)})
         try:
-            return self.expect(codec.DONE, request_id).meta
+            return self.call(codec.AUTH, {"proof": auth.proof(token, nonce, auth.INFERENCE)}).meta
         except codec.RemoteError as exc:
             if exc.code == "bad_token":
                 raise UserError("the cloud at {} refused the inference token; check --token / ${} on both "
                                 "sides".format(self.address, auth.TOKEN_ENV[auth.INFERENCE]))
             raise
 
-    def send(self, type_, meta, array=None):
+    def request(self, type_, meta, array=None):
+        """Send one frame the state table allows this connection; return (its request id, bytes sent)."""
+        states.check(self.state, type_, meta)
         request_id = self._next_id
         self._next_id += 1
         try:
@@ -147,23 +155,48 @@ class CloudConnection(object):
             self._waiting = max(self.timeout, float(frame.meta.get("wait_s", 0)))
             sockets.set_timeouts(self.sock, self._waiting)
 
-    def expect(self, type_, request_id=None):
+    def answer(self, type_, meta, request_id, step=0):
+        """The ``step``-th frame answering request ``request_id`` (a ``type_`` frame with ``meta``): the frame
+        ``states.REPLIES`` names, or ProtocolError; the last answer applies the request's transition."""
+        answers = states.replies(type_, meta)
         frame = self.receive()
-        if frame.type != type_:
-            raise codec.ProtocolError("bad_reply", "expected {}, got {}".format(codec.TYPE_NAMES[type_], frame.type_name))
-        if request_id is not None and frame.request_id != request_id:
+        if frame.type != answers[step]:
+            raise codec.ProtocolError("bad_reply", "expected {} in answer to {}, got {}".format(
+                codec.TYPE_NAMES[answers[step]], codec.TYPE_NAMES[type_], frame.type_name))
+        if frame.request_id != request_id:
             raise codec.ProtocolError("bad_reply", "reply to request {} while waiting for {}".format(
                 frame.request_id, request_id))
+        if step == len(answers) - 1:
+            states.advance(self.state, type_, meta)
         return frame
 
+    def call(self, type_, meta, array=None):
+        """One request and its (one-frame) answer."""
+        request_id, _ = self.request(type_, meta, array)
+        return self.answer(type_, meta, request_id)
+
     def hello(self, meta):
-        request_id, _ = self.send(codec.HELLO, dict(meta, protocol=codec.VERSION))
-        return self.expect(codec.WELCOME, request_id).meta
+        return self.call(codec.HELLO, dict(meta, protocol=codec.VERSION)).meta
 
     def status(self):
         """The server's counters and state (a STATUS request)."""
-        request_id, _ = self.send(codec.STATUS, {})
-        return self.expect(codec.DONE, request_id).meta.get("status", {})
+        return self.call(codec.STATUS, {}).meta.get("status", {})
+
+    def profile(self, model, batch_size):
+        """The cloud's segments manifest and its own profile of them (PROFILE): the DONE frame's metadata."""
+        return self.call(codec.PROFILE, {"model": model, "batch_size": batch_size}).meta
+
+    def push(self, manifest_data, directory, activate, proof):
+        """Upload a bundle's files (PUSH, READY, CHUNKs, DONE); return (the cloud's DONE metadata, bytes sent).
+        Files the cloud already holds (READY ``have``) are not sent again."""
+        from runtime.wire.transfer import file_entries, send_files
+        meta = {"manifest": manifest_data, "activate": bool(activate), "proof": proof}
+        request_id, _ = self.request(codec.PUSH, meta)
+        ready = self.answer(codec.PUSH, meta, request_id, step=0)
+        sent = 0
+        if not ready.meta.get("have"):
+            sent = send_files(self.sock, directory, file_entries(manifest_data))
+        return self.answer(codec.PUSH, meta, request_id, step=1).meta, sent
 
     def infer(self, array, meta=None, watch=None):
         """Send one activation, wait for its result; return (RESULT frame, bytes sent, bytes received).
@@ -172,12 +205,13 @@ class CloudConnection(object):
         the edge waits (``watch_reply``)."""
         before = self.reader.bytes_received
         t0 = time.perf_counter()
-        request_id, sent = self.send(codec.INFER, meta or {}, array)
+        meta = meta or {}
+        request_id, sent = self.request(codec.INFER, meta, array)
         if self.busy_poll and self._expected_s is not None:
             self._await_reply(t0)
         if watch is not None:
             self.watch_reply(t0, sent, watch)
-        frame = self.expect(codec.RESULT, request_id)
+        frame = self.answer(codec.INFER, meta, request_id)
         took = time.perf_counter() - t0
         self._expected_s = took if self._expected_s is None else 0.8 * self._expected_s + 0.2 * took
         return frame, sent, self.reader.bytes_received - before
@@ -219,7 +253,7 @@ class CloudConnection(object):
 
     def fetch(self, bundle_id, formats, directory, entries, part="head"):
         from runtime.wire.transfer import receive_files
-        self.send(codec.FETCH, {"bundle_id": bundle_id, "part": part, "formats": list(formats)})
+        self.request(codec.FETCH, {"bundle_id": bundle_id, "part": part, "formats": list(formats)})
         return receive_files(self.reader, directory, entries, what="fetch of {}".format(bundle_id))
 
     def close(self):

@@ -11,8 +11,8 @@ import shutil
 from runtime.bundle.manifest import MANIFEST_NAME, directory_name, load_manifest, validate
 from runtime.bundle.staging import install_dir, staged
 from runtime.errors import UserError
-from runtime.wire import auth, codec
-from runtime.wire.transfer import file_entries, send_files
+from runtime.wire import auth
+from runtime.wire.transfer import file_entries
 
 
 def _verified(bundle):
@@ -32,13 +32,8 @@ def push_to_cloud(bundle, cloud, token, activate=False, timeout=120.0, security=
         nonce = conn.hello({"role": "admin"}).get("nonce")
         if not nonce:
             raise UserError("the cloud at {} did not offer an admin handshake".format(cloud))
-        conn.send(codec.PUSH, {"manifest": manifest.data, "activate": bool(activate), "proof": auth.proof(token, nonce, auth.ADMIN)})
-        ready = conn.expect(codec.READY)
-        sent = 0
-        if not ready.meta.get("have"):
-            sent = send_files(conn.sock, manifest.directory, file_entries(manifest.data))
-        done = conn.expect(codec.DONE).meta
-        done["bytes_sent"] = sent
+        done, done["bytes_sent"] = conn.push(manifest.data, manifest.directory, activate,
+                                             auth.proof(token, nonce, auth.ADMIN))
         return done
     finally:
         conn.close()

@@ -80,7 +80,7 @@ class _Pipelined(object):
         for request_id in iter(self._tickets.get, None):
             before = self.conn.reader.bytes_received
             try:
-                frame = self.conn.expect(codec.RESULT, request_id)
+                frame = self.conn.answer(codec.INFER, {}, request_id)
             except Exception as exc:  # handed to the main thread, which raises it
                 self._replies.put((None, 0.0, 0, exc))
                 return
@@ -91,7 +91,7 @@ class _Pipelined(object):
 
     def send(self, array, meta, context):
         t0 = time.perf_counter()
-        request_id, sent = self.conn.send(codec.INFER, meta, array)
+        request_id, sent = self.conn.request(codec.INFER, meta, array)
         self.pending.append((request_id, t0, sent, context))
         self._tickets.put(request_id)
 

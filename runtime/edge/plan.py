@@ -11,7 +11,6 @@ from runtime.bundle.manifest import load_manifest, validate
 from runtime.edge.planner import at_cadence, check_profiles, choose, format_plan, predict
 from runtime.edge.probe import probe_network
 from runtime.errors import UserError
-from runtime.wire import codec
 
 
 def _say(message):
@@ -21,8 +20,7 @@ def _say(message):
 
 def cloud_profile(conn, model, batch_size):
     """The cloud's segments manifest and its own profile of them (PROFILE)."""
-    request_id, _ = conn.send(codec.PROFILE, {"model": model, "batch_size": batch_size})
-    done = conn.expect(codec.DONE, request_id).meta
+    done = conn.profile(model, batch_size)
     return validate(done.get("manifest"), "the cloud's segments manifest"), done.get("profile")
 
 

@@ -24,8 +24,8 @@ def echo_once(conn, size):
     """Milliseconds for ``size`` bytes to go to the cloud and come back (one ECHO)."""
     payload = np.zeros(size, dtype=np.uint8)
     t0 = time.perf_counter()
-    request_id, _ = conn.send(codec.ECHO, {}, payload)
-    conn.expect(codec.RESULT, request_id)
+    request_id, _ = conn.request(codec.ECHO, {}, payload)
+    conn.answer(codec.ECHO, {}, request_id)
     return (time.perf_counter() - t0) * 1000.0
 
 
@@ -49,7 +49,7 @@ def echo_train(conn, size, cap_ms, chunk=TRAIN_CHUNK, reply_bytes=None):
     for i, n in enumerate(sizes):
         if i and (time.perf_counter() - t0) * 1000.0 > cap_ms:
             break
-        in_flight.append(conn.send(codec.ECHO, meta, np.zeros(n, dtype=np.uint8))[0])
+        in_flight.append(conn.request(codec.ECHO, meta, np.zeros(n, dtype=np.uint8))[0])
         sent += n
         back += _echoes_back(conn, in_flight, keep=0 if i == 0 else 1)
     back += _echoes_back(conn, in_flight, keep=0)
@@ -60,7 +60,7 @@ def _echoes_back(conn, in_flight, keep):
     """Wait for the oldest echoes until ``keep`` are left in flight; the bytes they brought back."""
     done = 0
     while len(in_flight) > keep:
-        frame = conn.expect(codec.RESULT, in_flight.popleft())
+        frame = conn.answer(codec.ECHO, {}, in_flight.popleft())
         done += frame.array.nbytes if frame.array is not None else 0
     return done
 
