@@ -3,6 +3,7 @@ use and shared by all connections; the active bundle per model (hot swap); pushe
 bundles installed; with ``--model``, splits exported on demand in a child process
 (``cli.py export``), so the runtime never imports the exporter.
 """
+import json
 import logging
 import os
 import subprocess
@@ -12,7 +13,7 @@ from runtime.backends import load_part
 from runtime.backends.profiling import profile_segments
 from runtime.bundle.manifest import KIND_SEGMENTS, KIND_SPLIT, directory_name, load_manifest, write_manifest
 from runtime.bundle.staging import install_dir
-from runtime.errors import CodedError
+from runtime.errors import CodedError, UserError
 from runtime.launch import cli_command
 
 
@@ -27,13 +28,33 @@ EXPORT_TIMEOUT_S = 1800
 
 
 class OnDemandExporter(object):
-    """Exports a missing split of one model by running ``cli.py export`` (the runtime never imports the exporter)."""
+    """Exports a missing split of one model by running ``cli.py export`` (the runtime never imports the exporter).
+
+    ``model`` is serve-cloud's ``--model`` as the exporter takes it (``resnet50``, ``torchvision:NAME``,
+    ``package.module:function``); edges name the model by the id its manifests carry (``torchvision-NAME``, ...),
+    which ``describe`` asks the exporter for (``cli.py layers --json``) when the server starts: a --model the
+    exporter cannot build stops serve-cloud then, not at the first edge."""
 
     def __init__(self, model, weights=None, random_init=False, input_shape=None):
         self.model = model
+        self.model_id = None  # set by describe()
         self.weights = weights
         self.random_init = random_init
         self.input_shape = input_shape
+
+    def describe(self):
+        """Learn the model's id from the exporter; raise UserError if it cannot build the model."""
+        args = cli_command("layers", "--model", self.model, "--json")
+        if self.input_shape:
+            args += ["--input-shape", self.input_shape]
+        proc = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                              timeout=EXPORT_TIMEOUT_S)
+        lines = [l for l in proc.stderr.splitlines() if l.strip()]
+        if proc.returncode != 0:
+            raise UserError("serve-cloud --model {}: the exporter cannot build it ({})".format(
+                self.model, lines[-1] if lines else "exit {}".format(proc.returncode)))
+        self.model_id = json.loads(proc.stdout)["model"]
+        return self.model_id
 
     def export(self, split, out_dir):
         """Export one split (``split`` an int) or the profiling segments (``split`` None)."""
@@ -152,7 +173,7 @@ class TailRegistry(object):
             found = self.find(model, split)
             if found is not None:
                 return found
-            if self.exporter is None or self.exporter.model != model:
+            if self.exporter is None or self.exporter.model_id != model:
                 held = ["{}-s{}".format(m.model_id, m.split_index) for m in self.bundles()]
                 raise HandshakeError("unknown_bundle", "the cloud holds no bundle for {} split {} (it holds: {}); "
                                      "export it on the cloud, or start serve-cloud with --model {}".format(
@@ -184,7 +205,7 @@ class TailRegistry(object):
         found = self.find(model)
         if found is not None:
             return found
-        if self.exporter is None or self.exporter.model != model:
+        if self.exporter is None or self.exporter.model_id != model:
             raise HandshakeError("no_segments", "the cloud holds no segments bundle for {}; run `cli.py export "
                                  "--model {} --segments` on the cloud, or start serve-cloud with --model {}".format(
                                      model, model, model))

@@ -102,6 +102,9 @@ class CloudServer(object):
             raise UserError("cannot listen on {}:{} ({}); is another server running there? choose --port".format(
                 host, port, exc.strerror or exc))
         self.listener.listen(128)
+        # set here, not in serve_forever: a SIGTERM just after the ready line closes the listener before
+        # serve_forever runs, and a timeout set then would fail on the closed socket (exit 1, not 0)
+        self.listener.settimeout(POLL_S)
         self.address = self.listener.getsockname()[:2]
 
     def request_stop(self, *_):
@@ -113,7 +116,6 @@ class CloudServer(object):
             pass
 
     def serve_forever(self):
-        self.listener.settimeout(POLL_S)
         while not self._stop.is_set():
             try:
                 conn, peer = self.listener.accept()
@@ -522,6 +524,8 @@ def _start(o):
         log.info("created the empty store %s", o.artifacts)
     exporter = OnDemandExporter(o.export_model, o.export_weights, o.export_random_init, o.export_input_shape) \
         if o.export_model else None
+    if exporter:
+        exporter.describe()
     registry = TailRegistry(BundleStore(o.artifacts), o.backend, o.device, o.threads, exporter, o.cuda_graphs)
     good, bad = registry.store.scan()
     for directory, error in bad:
@@ -535,7 +539,7 @@ def _start(o):
         log.info("dynamic batching: up to %d samples per tail run, waiting at most %.1f ms", o.max_batch,
                  o.max_delay_ms)
     if exporter:
-        log.info("missing splits of %s are exported on demand", o.export_model)
+        log.info("missing splits of %s (model id %s) are exported on demand", o.export_model, exporter.model_id)
     if server.tls_context is not None:
         log.info("TLS on%s", ", client certificates required (mutual TLS)" if o.tls_client_ca else "")
     if o.token:
