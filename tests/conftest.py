@@ -44,17 +44,6 @@ def seed_bundles(tmp_path_factory, seed_weights):
 
 
 @pytest.fixture(scope="session")
-def edge_bundles(tmp_path_factory, seed_weights):
-    """Splits 20 and 22 (the full model: no tail) of the seed's ResNet-50, ONNX only: quicker than seed_bundles."""
-    from exporter.bundle import export_bundle
-    from exporter.options import ExportOptions
-    root = tmp_path_factory.mktemp("edge-artifacts")
-    for split in ("20", "22"):
-        export_bundle("resnet50", split, ExportOptions(weights=seed_weights, out_dir=str(root), formats=("onnx",)))
-    return root
-
-
-@pytest.fixture(scope="session")
 def seed_segments(seed_bundles, seed_weights):
     """The seed model's profiling segments, beside its split bundles."""
     from exporter.options import ExportOptions
@@ -84,5 +73,52 @@ def labelled_npz(tmp_path_factory, seed_weights):
     x, labels = x[clear][:500], logits.argmax(1)[clear][:500]
     assert len(x) == 500
     path = tmp_path_factory.mktemp("data") / "labelled.npz"
+    np.savez(str(path), x=x, y=labels)
+    return str(path), labels
+
+
+TINY = "tiny_models:classifier"  # tests/fixtures/tiny_models.py: a conv net with a skip, 3x16x16 in, 10 classes out
+TINY_ID = "tiny_models-classifier"
+TINY_SPLITS = list(range(8))  # `cli.py layers --model tiny_models:classifier`: 0 (all on the cloud) .. 7 (on the edge)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundles(tmp_path_factory):
+    """The tiny model at every split point, ONNX and TorchScript, with its profiling segments: the store for tests
+    where ResNet-50 is not the point (serving, faults, security, deploy), in a second where ResNet-50 takes minutes."""
+    from exporter.bundle import export_bundle
+    from exporter.options import ExportOptions
+    from exporter.segments import export_segments
+    root = tmp_path_factory.mktemp("tiny-artifacts")
+    for split in TINY_SPLITS:
+        export_bundle(TINY, str(split), ExportOptions(random_init=True, out_dir=str(root)))
+    export_segments(TINY, ExportOptions(random_init=True, out_dir=str(root)))
+    return root
+
+
+def tiny_bundle(root, split):
+    return root / "{}-s{}".format(TINY_ID, split)
+
+
+@pytest.fixture(scope="session")
+def tiny_labelled_npz(tmp_path_factory):
+    """500 raw 16x16 images labelled by the tiny model run in torch here (not by the exporter): a correct split
+    run scores 100%, and the labels spread over all ten classes.  Near-ties (a margin within 1e-3 of the largest
+    logit) are left out, as in labelled_npz."""
+    import numpy as np
+    import torch
+    from tiny_models import classifier
+
+    from runtime.edge.data import preprocess_batch
+    rng = np.random.RandomState(12)
+    x = rng.randint(0, 256, size=(700, 16, 16, 3)).astype(np.uint8)
+    with torch.no_grad():
+        pp = {"scale": 1 / 255.0, "mean": list(classifier.mean), "std": list(classifier.std)}
+        logits = classifier()(torch.from_numpy(preprocess_batch(x, pp))).numpy()
+    top2 = np.sort(logits, axis=1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) > 1e-3 * np.abs(logits).max()
+    x, labels = x[clear][:500], logits.argmax(1)[clear][:500]
+    assert len(x) == 500 and len(set(labels.tolist())) == 10
+    path = tmp_path_factory.mktemp("tiny-data") / "labelled.npz"
     np.savez(str(path), x=x, y=labels)
     return str(path), labels

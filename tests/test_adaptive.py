@@ -244,9 +244,9 @@ def test_at_a_cadence_probes_fit_the_idle_time_before_the_next_frame_and_wait_wh
     assert c.probe_size() >= PROBE_BYTES[0]  # back to back: as before
 
 
-def test_serve_cloud_echoes_only_the_bytes_a_probe_asks_back_and_refuses_a_bad_count(edge_bundles):
+def test_serve_cloud_echoes_only_the_bytes_a_probe_asks_back_and_refuses_a_bad_count(tmp_path):
     from cloud_server import ServerProcess
-    server = ServerProcess(edge_bundles)
+    server = ServerProcess(tmp_path)  # an ECHO needs no bundle
     try:
         conn = CloudConnection(server.address, timeout=10)
         sent, back, ms = echo_train(conn, 4 * 16384, cap_ms=5000.0, reply_bytes=64)

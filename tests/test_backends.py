@@ -1,20 +1,24 @@
-"""onnxruntime's optimised-graph cache beside a bundle (CPU): same outputs, rebuilt when damaged."""
+"""onnxruntime's optimised-graph cache beside a bundle (CPU): same outputs, rebuilt when damaged.
+
+On the tests' tiny model (tests/fixtures/tiny_models.py): the cache's mechanism does not depend on the model's size.
+"""
 import glob
 import os
 import shutil
 
 import numpy as np
+from conftest import tiny_bundle
 
 from runtime.backends import load_part
 from runtime.bundle.manifest import load_manifest
 
 
-def test_the_optimised_graph_is_saved_once_then_loaded_and_gives_the_same_outputs(seed_bundles, tmp_path):
-    bundle = str(tmp_path / "resnet50-s16")
-    shutil.copytree(str(seed_bundles[0] / "resnet50-s16"), bundle)
+def test_the_optimised_graph_is_saved_once_then_loaded_and_gives_the_same_outputs(tiny_bundles, tmp_path):
+    bundle = str(tmp_path / "s4")
+    shutil.copytree(str(tiny_bundle(tiny_bundles, 4)), bundle)
     shutil.rmtree(os.path.join(bundle, ".ort-opt"), ignore_errors=True)
     manifest = load_manifest(bundle)
-    x = np.random.RandomState(0).rand(2, 3, 32, 32).astype(np.float32)
+    x = np.random.RandomState(0).rand(2, 3, 16, 16).astype(np.float32)
     first = load_part(manifest, "head", "onnx", "cpu", threads=1)
     assert first.optimised == "saved"
     second = load_part(manifest, "head", "onnx", "cpu", threads=1)
@@ -31,9 +35,9 @@ def test_the_optimised_graph_is_saved_once_then_loaded_and_gives_the_same_output
     manifest.verify_files()  # the bundle's own files are untouched
 
 
-def test_a_read_only_bundle_loads_without_a_cache(seed_bundles, tmp_path):
-    bundle = str(tmp_path / "resnet50-s3")
-    shutil.copytree(str(seed_bundles[0] / "resnet50-s3"), bundle)
+def test_a_read_only_bundle_loads_without_a_cache(tiny_bundles, tmp_path):
+    bundle = str(tmp_path / "s3")
+    shutil.copytree(str(tiny_bundle(tiny_bundles, 3)), bundle)
     shutil.rmtree(os.path.join(bundle, ".ort-opt"), ignore_errors=True)
     os.chmod(bundle, 0o555)
     try:
@@ -41,16 +45,16 @@ def test_a_read_only_bundle_loads_without_a_cache(seed_bundles, tmp_path):
             open(os.path.join(bundle, ".ort-opt"), "w").close()
         tail = load_part(load_manifest(bundle), "tail", "onnx", "cpu", threads=1)
         assert tail.optimised is None
-        assert tail.run(np.zeros((1, 64, 32, 32), np.float32)).shape == (1, 100)
+        assert tail.run(np.zeros((1, 8, 16, 16), np.float32)).shape == (1, 10)
     finally:
         os.chmod(bundle, 0o755)
 
 
-def test_onnxruntime_threads_do_not_spin_wait_unless_asked(edge_bundles, monkeypatch):
+def test_onnxruntime_threads_do_not_spin_wait_unless_asked(tiny_bundles, monkeypatch):
     """Spin-waiting intra-op threads take cores from other work (docs/BENCHMARKS.md): off by default, on with
     EDGESPLIT_ORT_SPIN=1, in the session onnxruntime really built."""
     from runtime.backends.ort import SPIN_ENV
-    manifest = load_manifest(str(edge_bundles / "resnet50-s20"))
+    manifest = load_manifest(str(tiny_bundle(tiny_bundles, 4)))
     key = "session.intra_op.allow_spinning"
     monkeypatch.delenv(SPIN_ENV, raising=False)
     head = load_part(manifest, "head", "onnx", "cpu", 2)

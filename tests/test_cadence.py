@@ -53,17 +53,18 @@ def test_negative_interval_is_refused():
         Cadence(-1)
 
 
-def test_run_edge_releases_at_the_cadence_and_counts_the_wait(edge_bundles, labelled_npz, tmp_path):
+def test_run_edge_releases_at_the_cadence_and_counts_the_wait(seed_bundles, labelled_npz, tmp_path):
     """A real run: 200 ms between releases is longer than a request here, so none waits and releases are
     200 ms apart from --start-at; at 1 ms every request after the first waits for the one before."""
     from cloud_server import ServerProcess
     from conftest import run_cli
     data = labelled_npz[0]
-    server = ServerProcess(edge_bundles)
+    artifacts = seed_bundles[0]
+    server = ServerProcess(artifacts)
     try:
         slow, fast = tmp_path / "slow.json", tmp_path / "fast.json"
         start_at = time.time() + 3.0
-        proc = run_cli("run-edge", "--cloud", server.address, "--artifacts", edge_bundles, "--split", 20,
+        proc = run_cli("run-edge", "--cloud", server.address, "--artifacts", artifacts, "--split", 20,
                        "--dataset", "npz:" + data, "--limit", 6, "--interval-ms", 200, "--start-at", repr(start_at),
                        "--report", slow)
         assert proc.returncode == 0, proc.stderr
@@ -75,7 +76,7 @@ def test_run_edge_releases_at_the_cadence_and_counts_the_wait(edge_bundles, labe
         assert max(r["timeline"]["wait_ms"]) < 20 and r["timeline"]["split"] == [20] * 6
         assert r["wall_s"] >= 1.0
         assert all(f > w for f, w in zip(r["timeline"]["from_release_ms"], r["timeline"]["wait_ms"]))
-        proc = run_cli("run-edge", "--cloud", server.address, "--artifacts", edge_bundles, "--split", 20,
+        proc = run_cli("run-edge", "--cloud", server.address, "--artifacts", artifacts, "--split", 20,
                        "--dataset", "npz:" + data, "--limit", 6, "--interval-ms", 1, "--report", fast)
         assert proc.returncode == 0, proc.stderr
         r = json.loads(fast.read_text())

@@ -1,4 +1,7 @@
-"""push, fetch, export on demand and hot swap, with real server and edge processes over loopback."""
+"""push, fetch, export on demand and hot swap, with real server and edge processes over loopback.
+
+The tests' tiny model (tests/fixtures/tiny_models.py) is pushed and fetched, except where a test needs a head
+big enough to be caught half-way through its download or to fill a small disk: there, the seed's ResNet-50."""
 import json
 import os
 import shutil
@@ -9,7 +12,7 @@ import time
 
 import pytest
 from cloud_server import ServerProcess
-from conftest import REPO, run_cli
+from conftest import REPO, TINY_ID, run_cli, tiny_bundle
 from slow_proxy import SlowProxy
 
 TOKEN = "test-admin-token"
@@ -27,7 +30,12 @@ def cloud(tmp_path):
     assert srv.stop() == 0, srv.log_text()
 
 
-def bundle(seed_bundles, split):
+@pytest.fixture(scope="module")
+def labelled_npz(tiny_labelled_npz):
+    return tiny_labelled_npz
+
+
+def resnet50_bundle(seed_bundles, split):
     return seed_bundles[0] / "resnet50-s{}".format(split)
 
 
@@ -35,16 +43,16 @@ def push(srv, path, *extra, **kw):
     return run_cli("push", path, "--cloud", srv.address, "--admin-token", TOKEN, *extra, **kw)
 
 
-def run_edge(srv, cache, *args):
-    return run_cli("run-edge", "--cloud", srv.address, "--cache", cache, *args)
+def run_edge(srv, cache, *args, model=TINY_ID):
+    return run_cli("run-edge", "--cloud", srv.address, "--cache", cache, "--model", model, *args)
 
 
 def bundle_id(path):
     return json.load(open(os.path.join(str(path), "manifest.json")))["bundle_id"]
 
 
-def test_empty_store_push_then_an_empty_cache_fetches_verifies_and_runs(cloud, seed_bundles, labelled_npz, tmp_path):
-    src = bundle(seed_bundles, 20)
+def test_empty_store_push_then_an_empty_cache_fetches_verifies_and_runs(cloud, tiny_bundles, labelled_npz, tmp_path):
+    src = tiny_bundle(tiny_bundles, 4)
     proc = push(cloud, src, "--activate")
     assert proc.returncode == 0, proc.stderr
     assert "pushed {}".format(bundle_id(src)) in proc.stdout and "active" in proc.stdout
@@ -53,10 +61,10 @@ def test_empty_store_push_then_an_empty_cache_fetches_verifies_and_runs(cloud, s
     first = run_edge(cloud, cache, "--dataset", "npz:" + data, "--limit", 16, "--report", tmp_path / "r1.json")
     assert first.returncode == 0, first.stderr
     r1 = json.loads((tmp_path / "r1.json").read_text())
-    assert r1["predictions"] == labels[:16].tolist() and r1["split"] == 20
+    assert r1["predictions"] == labels[:16].tolist() and r1["split"] == 4
     head = os.path.getsize(str(src / "head.onnx"))
-    assert len(r1["fetches"]) == 1 and head <= r1["fetches"][0]["bytes"] < head * 1.01
-    assert sorted(f for f in os.listdir(str(cache / "resnet50-s20")) if not f.startswith(".")) == [
+    assert len(r1["fetches"]) == 1 and head <= r1["fetches"][0]["bytes"] < head * 1.01 + 512  # + the frames
+    assert sorted(f for f in os.listdir(str(cache / src.name)) if not f.startswith(".")) == [
         "head.onnx", "manifest.json"]  # the head only (and onnxruntime's optimised copy, .ort-opt/)
     second = run_edge(cloud, cache, "--dataset", "npz:" + data, "--limit", 16, "--report", tmp_path / "r2.json")
     assert second.returncode == 0, second.stderr
@@ -65,15 +73,15 @@ def test_empty_store_push_then_an_empty_cache_fetches_verifies_and_runs(cloud, s
     assert sum("event=fetch" in l and "part=head" in l for l in cloud.log) == 1
 
 
-def test_pushing_the_same_bundle_again_uploads_nothing(cloud, seed_bundles):
-    src = bundle(seed_bundles, 16)
+def test_pushing_the_same_bundle_again_uploads_nothing(cloud, tiny_bundles):
+    src = tiny_bundle(tiny_bundles, 5)
     assert push(cloud, src).returncode == 0
     again = push(cloud, src)
     assert again.returncode == 0 and "already there, nothing uploaded" in again.stdout
 
 
-def test_push_without_or_with_a_wrong_token_is_refused(seed_bundles, tmp_path):
-    src = bundle(seed_bundles, 20)
+def test_push_without_or_with_a_wrong_token_is_refused(tiny_bundles, tmp_path):
+    src = tiny_bundle(tiny_bundles, 4)
     (tmp_path / "closed").mkdir()
     closed = ServerProcess(tmp_path / "closed")
     try:
@@ -102,8 +110,8 @@ def _tampered_copy(src, dest, name="tail.onnx"):
     return dest
 
 
-def test_a_tampered_file_is_refused_at_push_by_the_client_and_by_the_server(cloud, seed_bundles, tmp_path):
-    bad = _tampered_copy(bundle(seed_bundles, 20), tmp_path / "resnet50-s20")
+def test_a_tampered_file_is_refused_at_push_by_the_client_and_by_the_server(cloud, tiny_bundles, tmp_path):
+    bad = _tampered_copy(tiny_bundle(tiny_bundles, 4), tmp_path / "s4")
     proc = push(cloud, bad)
     assert proc.returncode != 0 and "tail.onnx is corrupt: sha256" in proc.stderr and "manifest says" in proc.stderr
     # the server checks too: send the tampered bytes under the genuine manifest, bypassing the client's check
@@ -119,22 +127,24 @@ def test_a_tampered_file_is_refused_at_push_by_the_client_and_by_the_server(clou
     assert os.listdir(str(store)) == []  # nothing visible, no temporary directory left
 
 
-def test_a_file_that_changed_in_the_cloud_store_is_refused_at_fetch(cloud, seed_bundles, tmp_path):
-    assert push(cloud, bundle(seed_bundles, 10), "--activate").returncode == 0
-    with open(str(tmp_path / "store" / "resnet50-s10" / "head.onnx"), "r+b") as f:
+def test_a_file_that_changed_in_the_cloud_store_is_refused_at_fetch(cloud, tiny_bundles, tmp_path):
+    src = tiny_bundle(tiny_bundles, 3)
+    assert push(cloud, src, "--activate").returncode == 0
+    with open(str(tmp_path / "store" / src.name / "head.onnx"), "r+b") as f:
         f.seek(100)
         f.write(b"bitrot")
     proc = run_edge(cloud, tmp_path / "cache", "--dataset", "synthetic", "--limit", 2)
     assert proc.returncode != 0 and "head.onnx is corrupt: sha256" in proc.stderr
-    assert not os.path.exists(str(tmp_path / "cache" / "resnet50-s10"))
+    assert not os.path.exists(str(tmp_path / "cache" / src.name))
 
 
-def test_a_corrupt_cache_entry_is_deleted_and_fetched_again(cloud, seed_bundles, labelled_npz, tmp_path):
-    assert push(cloud, bundle(seed_bundles, 3), "--activate").returncode == 0
+def test_a_corrupt_cache_entry_is_deleted_and_fetched_again(cloud, tiny_bundles, labelled_npz, tmp_path):
+    src = tiny_bundle(tiny_bundles, 3)
+    assert push(cloud, src, "--activate").returncode == 0
     cache = tmp_path / "cache"
     data, labels = labelled_npz
     assert run_edge(cloud, cache, "--dataset", "npz:" + data, "--limit", 4).returncode == 0
-    with open(str(cache / "resnet50-s3" / "head.onnx"), "r+b") as f:
+    with open(str(cache / src.name / "head.onnx"), "r+b") as f:
         f.seek(200)
         f.write(b"\0\0\0\0")
     proc = run_edge(cloud, cache, "--dataset", "npz:" + data, "--limit", 4, "--report", tmp_path / "r.json")
@@ -144,15 +154,17 @@ def test_a_corrupt_cache_entry_is_deleted_and_fetched_again(cloud, seed_bundles,
     assert len(r["fetches"]) == 1 and r["predictions"] == labels[:4].tolist()
 
 
-def test_edges_sharing_one_empty_cache_fetch_the_head_once(cloud, seed_bundles, labelled_npz, tmp_path):
-    assert push(cloud, bundle(seed_bundles, 10), "--activate").returncode == 0
+def test_edges_sharing_one_empty_cache_fetch_the_head_once(cloud, tiny_bundles, labelled_npz, tmp_path):
+    src = tiny_bundle(tiny_bundles, 3)
+    assert push(cloud, src, "--activate").returncode == 0
     cache = tmp_path / "shared-cache"
     data, labels = labelled_npz
     procs = []
     for i in range(4):  # at once, as processes on one device would
         report = tmp_path / "r{}.json".format(i)
         procs.append((subprocess.Popen([sys.executable, os.path.join(REPO, "cli.py"), "run-edge", "--cloud",
-                                        cloud.address, "--cache", str(cache), "--dataset", "npz:" + data,
+                                        cloud.address, "--cache", str(cache), "--model", TINY_ID,
+                                        "--dataset", "npz:" + data,
                                         "--limit", "6", "--report", str(report)],
                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), report))
     downloaded = 0
@@ -163,16 +175,16 @@ def test_edges_sharing_one_empty_cache_fetch_the_head_once(cloud, seed_bundles, 
         assert r["predictions"] == labels[:6].tolist()
         downloaded += sum(1 for f in r["fetches"] if f["bytes"] > 0)
     assert downloaded == 1  # the others waited on the cache's lock and found it there
-    assert sorted(os.listdir(str(cache))) == [".lock", "resnet50-s10"]
+    assert sorted(os.listdir(str(cache))) == [".lock", src.name]
 
 
 def test_a_fetch_killed_half_way_leaves_nothing_and_the_next_run_succeeds(cloud, seed_bundles, tmp_path):
-    assert push(cloud, bundle(seed_bundles, 20), "--activate").returncode == 0
+    assert push(cloud, resnet50_bundle(seed_bundles, 20), "--activate").returncode == 0
     proxy = SlowProxy(cloud.host, cloud.port, bytes_per_s=20 * 1024 * 1024)  # the 90 MiB head takes ~4.5 s
     cache = tmp_path / "cache"
     try:
         edge = subprocess.Popen(cli_args("run-edge", "--cloud", proxy.address, "--cache", cache,
-                                         "--dataset", "synthetic", "--limit", 2),
+                                         "--model", "resnet50", "--dataset", "synthetic", "--limit", 2),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         deadline = time.time() + 60
         while proxy.forwarded < 20 * 1024 * 1024 and time.time() < deadline:
@@ -183,7 +195,7 @@ def test_a_fetch_killed_half_way_leaves_nothing_and_the_next_run_succeeds(cloud,
     finally:
         proxy.close()
     assert [d for d in os.listdir(str(cache)) if not d.startswith(".tmp-fetch-") and d != ".lock"] == []  # no bundle
-    proc = run_edge(cloud, cache, "--dataset", "synthetic", "--limit", 2)
+    proc = run_edge(cloud, cache, "--dataset", "synthetic", "--limit", 2, model="resnet50")
     assert proc.returncode == 0, proc.stderr
     assert sorted(os.listdir(str(cache))) == [".lock", "resnet50-s20"]  # the dead fetch's temp dir is gone
 
@@ -195,8 +207,8 @@ def test_a_full_disk_is_one_clear_line_and_leaves_nothing(cloud, seed_bundles, t
                        stderr=subprocess.DEVNULL) != 0:
         pytest.skip("cannot mount a small tmpfs here (needs root and CAP_SYS_ADMIN)")
     try:
-        assert push(cloud, bundle(seed_bundles, 20), "--activate").returncode == 0
-        proc = run_edge(cloud, mount, "--dataset", "synthetic", "--limit", 2)
+        assert push(cloud, resnet50_bundle(seed_bundles, 20), "--activate").returncode == 0
+        proc = run_edge(cloud, mount, "--dataset", "synthetic", "--limit", 2, model="resnet50")
         assert proc.returncode != 0 and "Traceback" not in proc.stderr
         assert "No space left on device" in proc.stderr and "head.onnx" in proc.stderr
         assert [d for d in os.listdir(str(mount)) if d != ".lock"] == []  # the lock file is empty
@@ -205,30 +217,43 @@ def test_a_full_disk_is_one_clear_line_and_leaves_nothing(cloud, seed_bundles, t
 
 
 def test_export_on_demand_once_for_two_waiting_edges(tmp_path):
-    srv = ServerProcess(tmp_path / "store", "--model", "resnet50", "--random-init")
+    """serve-cloud --model takes the exporter's name (package.module:function); edges ask by the model id its
+    manifests carry (package-module-function), which the server learns from the exporter when it starts."""
+    srv = ServerProcess(tmp_path / "store", "--model", "tiny_models:classifier", "--random-init")
     try:
         edges = [subprocess.Popen(cli_args("run-edge", "--cloud", srv.address, "--cache", tmp_path / "cache{}".format(i),
-                                           "--split", 7, "--dataset", "synthetic", "--limit", 3, "--timeout", 20),
+                                           "--model", TINY_ID, "--split", 3, "--dataset", "synthetic", "--limit", 3,
+                                           "--timeout", 20),
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
         for edge in edges:
             out, err = edge.communicate(timeout=600)
             assert edge.returncode == 0, err
-            assert "the cloud is exporting resnet50 split 7" in err and "Accuracy:" in out
+            assert "the cloud is exporting {} split 3".format(TINY_ID) in err and "Accuracy:" in out
     finally:
         assert srv.stop() == 0
-    assert srv.log_text().count("exporting resnet50 split 7 on demand") == 1
-    assert os.listdir(str(tmp_path / "store")) == ["resnet50-s7"]
+    assert "(model id {}) are exported on demand".format(TINY_ID) in srv.log_text()
+    assert srv.log_text().count("exporting {} split 3 on demand".format(TINY_ID)) == 1
+    assert os.listdir(str(tmp_path / "store")) == [TINY_ID + "-s3"]
 
 
-def test_hot_swap_20_to_10_and_back_loses_and_repeats_no_sample(cloud, seed_bundles, labelled_npz, tmp_path):
-    s20, s10 = bundle(seed_bundles, 20), bundle(seed_bundles, 10)
-    id20, id10 = bundle_id(s20), bundle_id(s10)
-    assert push(cloud, s20, "--activate").returncode == 0
-    assert push(cloud, s10).returncode == 0
+def test_serve_cloud_with_a_model_the_exporter_cannot_build_stops_at_start(tmp_path):
+    proc = run_cli("serve-cloud", "--port", 0, "--artifacts", tmp_path / "store", "--model", "tiny_models:nothing")
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "tiny_models:nothing" in last and "cannot build it" in last and "Traceback" not in proc.stderr
+
+
+def test_hot_swap_4_to_1_and_back_loses_and_repeats_no_sample(cloud, tiny_bundles, labelled_npz, tmp_path):
+    """A sample every 20 ms (--interval-ms): the 10 s run spans both swaps (each push takes about a second)."""
+    s4, s1 = tiny_bundle(tiny_bundles, 4), tiny_bundle(tiny_bundles, 1)
+    id4, id1 = bundle_id(s4), bundle_id(s1)
+    assert push(cloud, s4, "--activate").returncode == 0
+    assert push(cloud, s1).returncode == 0
     data, labels = labelled_npz
     report = tmp_path / "r.json"
     edge = subprocess.Popen(cli_args("run-edge", "--cloud", cloud.address, "--cache", tmp_path / "cache",
-                                     "--dataset", "npz:" + data, "--limit", 500, "--report", report),
+                                     "--model", TINY_ID, "--interval-ms", 20, "--dataset", "npz:" + data,
+                                     "--limit", 500, "--report", report),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def wait_for(text, after=0):
@@ -237,30 +262,30 @@ def test_hot_swap_20_to_10_and_back_loses_and_repeats_no_sample(cloud, seed_bund
             time.sleep(0.05)
         time.sleep(1.0)  # let some samples run on it
 
-    wait_for("bundle={} model=".format(id20))  # event=hello
-    assert push(cloud, s10, "--activate").returncode == 0
-    wait_for("bundle={} model=".format(id10))
-    assert push(cloud, s20, "--activate").returncode == 0
+    wait_for("bundle={} model=".format(id4))  # event=hello
+    assert push(cloud, s1, "--activate").returncode == 0
+    wait_for("bundle={} model=".format(id1))
+    assert push(cloud, s4, "--activate").returncode == 0
     out, err = edge.communicate(timeout=300)
     assert edge.returncode == 0, err
     r = json.loads(report.read_text())
     assert r["n"] == 500 and r["labels"] == labels.tolist()
     assert r["predictions"] == labels.tolist()  # every sample answered once, and correctly
-    assert [(s["from_split"], s["to_split"]) for s in r["switches"]] == [(20, 10), (10, 20)]
+    assert [(s["from_split"], s["to_split"]) for s in r["switches"]] == [(4, 1), (1, 4)]
     served = r["bundles"]
     first, second = r["switches"][0]["after_samples"], r["switches"][1]["after_samples"]
     assert 0 < first < second < 500
-    assert set(served[:first]) == {id20} and set(served[first:second]) == {id10} and set(served[second:]) == {id20}
-    assert "Switches: split 20 -> 10" in out
+    assert set(served[:first]) == {id4} and set(served[first:second]) == {id1} and set(served[second:]) == {id4}
+    assert "Switches: split 4 -> 1" in out
 
 
-def test_push_to_a_directory_copies_verified_and_atomically(seed_bundles, tmp_path):
-    src = bundle(seed_bundles, 16)
+def test_push_to_a_directory_copies_verified_and_atomically(tiny_bundles, tmp_path):
+    src = tiny_bundle(tiny_bundles, 5)
     proc = run_cli("push", src, "--to", tmp_path / "sdcard")
     assert proc.returncode == 0, proc.stderr
     from runtime.bundle.manifest import load_manifest
-    load_manifest(str(tmp_path / "sdcard" / "resnet50-s16")).verify_files()
-    bad = _tampered_copy(src, tmp_path / "bad" / "resnet50-s16", "head.pt")
+    load_manifest(str(tmp_path / "sdcard" / src.name)).verify_files()
+    bad = _tampered_copy(src, tmp_path / "bad" / src.name, "head.pt")
     proc = run_cli("push", bad, "--to", tmp_path / "sdcard2")
     assert proc.returncode != 0 and "head.pt is corrupt" in proc.stderr
     assert not os.path.exists(str(tmp_path / "sdcard2")) or os.listdir(str(tmp_path / "sdcard2")) == []
@@ -268,14 +293,14 @@ def test_push_to_a_directory_copies_verified_and_atomically(seed_bundles, tmp_pa
     assert proc.returncode == 2 and "exactly one of --cloud" in proc.stderr
 
 
-def test_the_cache_keeps_the_newest_bundles(cloud, seed_bundles, tmp_path):
-    for split in (20, 22):
-        assert push(cloud, bundle(seed_bundles, split)).returncode == 0
+def test_the_cache_keeps_the_newest_bundles(cloud, tiny_bundles, tmp_path):
+    for split in (4, 7):
+        assert push(cloud, tiny_bundle(tiny_bundles, split)).returncode == 0
     cache = tmp_path / "cache"
-    for split in (20, 22):
+    for split in (4, 7):
         proc = run_edge(cloud, cache, "--split", split, "--dataset", "synthetic", "--limit", 2, "--cache-keep", 1)
         assert proc.returncode == 0, proc.stderr
-    assert sorted(os.listdir(str(cache))) == [".lock", "resnet50-s22"]
+    assert sorted(os.listdir(str(cache))) == [".lock", tiny_bundle(tiny_bundles, 7).name]
 
 
 def test_only_transfer_directories_of_dead_processes_are_cleaned(tmp_path):

@@ -1,8 +1,10 @@
 """Faults with nothing lost: the server SIGKILLed and restarted mid-run, SIGTERM drain, local fallback.
 
-Real serve-cloud and run-edge processes over loopback.  Every run labels 300 samples with
-the tests' independent model, so "every sample answered exactly once, correctly" is one
-comparison of the report's predictions with the labels.
+Real serve-cloud and run-edge processes over loopback, serving the tests' tiny model
+(tests/fixtures/tiny_models.py) at split 4.  Every run labels 300 samples with the tests'
+own torch copy of that model, so "every sample answered exactly once, correctly" is one
+comparison of the report's predictions with the labels.  The edge releases a sample every
+10 ms (--interval-ms), so a run lasts 3 s and the faults land in the middle of it.
 """
 import json
 import os
@@ -17,7 +19,7 @@ import time
 import numpy as np
 import pytest
 from cloud_server import ServerProcess
-from conftest import REPO
+from conftest import REPO, TINY_ID
 from hand_cloud import welcome
 
 from runtime.edge.client import CloudConnection, CloudLost
@@ -27,8 +29,13 @@ N = 300
 
 
 @pytest.fixture(scope="module")
-def artifacts(edge_bundles):
-    return edge_bundles
+def artifacts(tiny_bundles):
+    return tiny_bundles
+
+
+@pytest.fixture(scope="module")
+def labelled_npz(tiny_labelled_npz):
+    return tiny_labelled_npz
 
 
 def free_port():
@@ -43,7 +50,8 @@ def start_edge(address, artifacts, labelled_npz, report, *args):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.Popen(
         [sys.executable, os.path.join(REPO, "cli.py"), "run-edge", "--cloud", address, "--artifacts", str(artifacts),
-         "--split", "20", "--dataset", "npz:" + labelled_npz[0], "--limit", str(N), "--report", str(report)]
+         "--model", TINY_ID, "--split", "4", "--interval-ms", "10", "--dataset", "npz:" + labelled_npz[0],
+         "--limit", str(N), "--report", str(report)]
         + [str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
 
 

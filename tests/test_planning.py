@@ -5,26 +5,21 @@ import os
 
 import pytest
 from cloud_server import ServerProcess
-from conftest import run_cli
+from conftest import TINY, TINY_ID, run_cli
 
 from exporter.bundle import export_bundle
 from exporter.options import ExportOptions
-from exporter.segments import export_segments
 from runtime.backends.profiling import ProfileCache, profile_segments
 from runtime.bundle.manifest import load_manifest
 from runtime.edge.planner import predict
 
-MODEL = "tiny_models:build"
-MODEL_ID = "tiny_models-build"
+MODEL, MODEL_ID = TINY, TINY_ID
+
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(tiny_bundles):
     """A cloud store with every split and the segments of a model whose graph is not a chain (a skip connection)."""
-    root = tmp_path_factory.mktemp("store")
-    path, manifest = export_segments(MODEL, ExportOptions(random_init=True, out_dir=str(root)))
-    for split in range(len(manifest["points"])):
-        export_bundle(MODEL, str(split), ExportOptions(random_init=True, out_dir=str(root)))
-    return root, load_manifest(path)
+    return tiny_bundles, load_manifest(str(tiny_bundles / (TINY_ID + "-segments")))
 
 
 def test_segments_profile_and_its_cache(store, tmp_path):
@@ -57,7 +52,7 @@ def test_plan_measures_both_sides_and_the_network(server, tmp_path):
     slow = json.loads(run_cli("plan", "--cloud", server.address, "--model", MODEL_ID, "--cache", tmp_path,
                               "--bandwidth", "0.01", "--rtt", "5", "--json").stdout)
     assert slow["network"]["source"] == "given"
-    assert slow["choice"]["split"] == len(slow["rows"]) - 1  # 10 kbit/s: send the 5 logits, not a feature map
+    assert slow["choice"]["split"] == len(slow["rows"]) - 1  # 10 kbit/s: send the 10 logits, not a feature map
     assert "profiling" not in run_cli("plan", "--cloud", server.address, "--model", MODEL_ID, "--cache",
                                       tmp_path).stderr  # the edge profile came from the cache
 

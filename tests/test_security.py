@@ -1,4 +1,5 @@
-"""TLS, mutual TLS and the inference token, with real serve-cloud and run-edge processes over loopback.
+"""TLS, mutual TLS and the inference token, with real serve-cloud and run-edge processes over loopback,
+serving the tests' tiny model (tests/fixtures/tiny_models.py) at split 4.
 
 Certificates are made here with trustme (a throwaway CA); nothing is read from the system's store.
 """
@@ -8,7 +9,7 @@ import socket
 import numpy as np
 import pytest
 from cloud_server import ServerProcess
-from conftest import run_cli
+from conftest import TINY_ID, run_cli
 
 from runtime.wire import auth, codec, sockets
 
@@ -17,8 +18,13 @@ TOKEN = "correct-horse-battery-staple"
 
 
 @pytest.fixture(scope="module")
-def artifacts(edge_bundles):
-    return edge_bundles
+def artifacts(tiny_bundles):
+    return tiny_bundles
+
+
+@pytest.fixture(scope="module")
+def labelled_npz(tiny_labelled_npz):
+    return tiny_labelled_npz
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +48,7 @@ def pki(tmp_path_factory):
 
 def edge(server, artifacts, labelled_npz, tmp_path, *args, limit=20):
     report = tmp_path / "r.json"
-    proc = run_cli("run-edge", "--cloud", server.address, "--artifacts", artifacts, "--split", "20",
+    proc = run_cli("run-edge", "--cloud", server.address, "--artifacts", artifacts, "--model", TINY_ID, "--split", "4",
                    "--dataset", "npz:" + labelled_npz[0], "--limit", limit, "--report", report,
                    "--reconnect-timeout", "0", *args, timeout=300)
     return proc, (json.loads(report.read_text()) if proc.returncode == 0 else None)
@@ -123,7 +129,8 @@ def test_the_token_is_proven_never_sent_and_every_other_frame_waits_for_it(artif
         good, report = edge(srv, artifacts, labelled_npz, tmp_path, "--token", TOKEN)
         assert good.returncode == 0, good.stderr
         assert report["predictions"] == labelled_npz[1][:20].tolist()
-        from_env = run_cli("run-edge", "--cloud", srv.address, "--artifacts", artifacts, "--split", "20",
+        from_env = run_cli("run-edge", "--cloud", srv.address, "--artifacts", artifacts, "--model", TINY_ID,
+                           "--split", "4",
                            "--dataset", "synthetic", "--limit", 3, env={"EDGESPLIT_TOKEN": TOKEN}, timeout=300)
         assert from_env.returncode == 0, from_env.stderr
         status = run_cli("status", "--cloud", srv.address, "--token", TOKEN, timeout=60)
@@ -177,12 +184,9 @@ def test_the_token_is_proven_never_sent_and_every_other_frame_waits_for_it(artif
 
 def test_a_cloud_reachable_off_loopback_without_tls_or_token_warns(tmp_path):
     srv = ServerProcess(tmp_path, "--host", "0.0.0.0")
-    try:
-        pass
-    finally:
-        assert srv.stop() == 0
+    assert srv.stop() == 0, srv.log_text()
     warnings = [l for l in srv.log if "WARNING" in l and "without TLS or a token" in l]
     assert len(warnings) == 1
     quiet = ServerProcess(tmp_path, "--host", "0.0.0.0", "--token", TOKEN)
-    assert quiet.stop() == 0
+    assert quiet.stop() == 0, quiet.log_text()
     assert not any("without TLS or a token" in l for l in quiet.log)
