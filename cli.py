@@ -7,6 +7,7 @@ Python 3.6 syntax: this file is on the edge path.
 """
 import functools
 import json
+import os
 import sys
 
 import click
@@ -156,6 +157,39 @@ def export(model, split, segments, out, **options):
 
 BACKEND_CHOICE = click.Choice(["onnx", "torchscript"])
 OBJECTIVE_CHOICE = click.Choice(["latency", "throughput"])
+
+
+def ints_option(ctx, param, value):
+    values = _split_values(value, int, "4,8", param)
+    return tuple(values) if values else ()
+
+
+@main.command("export-triton")
+@click.argument("bundle")
+@click.option("--repo", required=True, help="The Triton model repository that receives the tail (created if missing).")
+@click.option("--platform", default="onnxruntime", show_default=True,
+              type=click.Choice(["onnxruntime", "pytorch", "python"]),
+              help="onnxruntime_onnx, pytorch_libtorch, or the python backend running this project's backends.")
+@click.option("--name", default=None, help="The model's name in the repository [default: <model id>-s<split>].")
+@click.option("--version", default=1, show_default=True, type=click.IntRange(1, None))
+@click.option("--max-batch", default=8, show_default=True, type=click.IntRange(0, None),
+              help="Triton's max_batch_size (0: no batching).")
+@click.option("--max-queue-delay-us", default=100, show_default=True, type=click.IntRange(0, None),
+              help="Dynamic batching: how long a request may wait for others.")
+@click.option("--preferred-batch", default=None, callback=ints_option, help="Dynamic batching's preferred sizes, e.g. 4,8.")
+@click.option("--instances", default=1, show_default=True, type=click.IntRange(1, None))
+@click.option("--kind", default="cpu", show_default=True, type=click.Choice(["cpu", "gpu"]))
+@click.option("--tensorrt", is_flag=True, help="onnxruntime: TensorRT as the GPU execution accelerator.")
+@click.option("--backend", default="onnx", show_default=True, type=BACKEND_CHOICE,
+              help="python platform: this project's backend that runs the tail.")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
+              help="python platform: auto = CUDA for --kind gpu, else the CPU.")
+@handle_errors
+def export_triton(bundle, **options):
+    """Write a bundle's tail into an NVIDIA Triton model repository (config checked against the model file)."""
+    from runtime.cloud.triton import TritonOptions, export_triton
+    entry, _ = export_triton(bundle, TritonOptions(**options))
+    click.echo("triton model {} ({}) -> {}".format(os.path.basename(entry), options["platform"], entry))
 
 
 def split_option(ctx, param, value):
