@@ -66,13 +66,19 @@ def labelled_npz(tmp_path_factory, seed_weights):
     pp = {"scale": 1 / 255.0, "mean": list(CIFAR100_MEAN), "std": list(CIFAR100_STD)}
     with torch.no_grad():
         logits = forward(torch.load(seed_weights), torch.from_numpy(preprocess_batch(x, pp))).numpy()
+    return _save_labelled(tmp_path_factory.mktemp("data"), x, logits)
+
+
+def _save_labelled(directory, x, logits, n=500):
+    """The first ``n`` images whose top-1 is clear, with their labels, saved as ``directory/labelled.npz``."""
+    import numpy as np
     top2 = np.sort(logits, axis=1)[:, -2:]
     # drop near-ties, so every label is unambiguous: a margin within export's tolerance (1e-3 of the largest
     # logit, ~20x the ONNX rounding of these trained-scale weights) could flip in a correct bundle
     clear = (top2[:, 1] - top2[:, 0]) > 1e-3 * np.abs(logits).max()
-    x, labels = x[clear][:500], logits.argmax(1)[clear][:500]
-    assert len(x) == 500
-    path = tmp_path_factory.mktemp("data") / "labelled.npz"
+    x, labels = x[clear][:n], logits.argmax(1)[clear][:n]
+    assert len(x) == n
+    path = directory / "labelled.npz"
     np.savez(str(path), x=x, y=labels)
     return str(path), labels
 
@@ -115,10 +121,6 @@ def tiny_labelled_npz(tmp_path_factory):
     with torch.no_grad():
         pp = {"scale": 1 / 255.0, "mean": list(classifier.mean), "std": list(classifier.std)}
         logits = classifier()(torch.from_numpy(preprocess_batch(x, pp))).numpy()
-    top2 = np.sort(logits, axis=1)[:, -2:]
-    clear = (top2[:, 1] - top2[:, 0]) > 1e-3 * np.abs(logits).max()
-    x, labels = x[clear][:500], logits.argmax(1)[clear][:500]
-    assert len(x) == 500 and len(set(labels.tolist())) == 10
-    path = tmp_path_factory.mktemp("tiny-data") / "labelled.npz"
-    np.savez(str(path), x=x, y=labels)
-    return str(path), labels
+    path, labels = _save_labelled(tmp_path_factory.mktemp("tiny-data"), x, logits)
+    assert len(set(labels.tolist())) == 10
+    return path, labels

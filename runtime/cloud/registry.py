@@ -44,32 +44,33 @@ class OnDemandExporter(object):
 
     def describe(self):
         """Learn the model's id from the exporter; raise UserError if it cannot build the model."""
-        args = cli_command("layers", "--model", self.model, "--json")
-        if self.input_shape:
-            args += ["--input-shape", self.input_shape]
-        proc = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
-                              timeout=EXPORT_TIMEOUT_S)
-        lines = [l for l in proc.stderr.splitlines() if l.strip()]
-        if proc.returncode != 0:
-            raise UserError("serve-cloud --model {}: the exporter cannot build it ({})".format(
-                self.model, lines[-1] if lines else "exit {}".format(proc.returncode)))
-        self.model_id = json.loads(proc.stdout)["model"]
+        out, failed = self._run("layers", "--json")
+        if failed:
+            raise UserError("serve-cloud --model {}: the exporter cannot build it ({})".format(self.model, failed))
+        self.model_id = json.loads(out)["model"]
         return self.model_id
 
     def export(self, split, out_dir):
         """Export one split (``split`` an int) or the profiling segments (``split`` None)."""
         where = ["--split", str(split)] if split is not None else ["--segments"]
-        args = cli_command("export", "--model", self.model, *where) + ["--out", out_dir]
-        args += ["--weights", self.weights] if self.weights else (["--random-init"] if self.random_init else [])
-        if self.input_shape:
-            args += ["--input-shape", self.input_shape]
-        proc = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
-                              timeout=EXPORT_TIMEOUT_S)
-        if proc.returncode != 0:
-            lines = [l for l in proc.stderr.splitlines() if l.strip()]
+        weights = ["--weights", self.weights] if self.weights else (["--random-init"] if self.random_init else [])
+        _, failed = self._run("export", *(where + ["--out", out_dir] + weights))
+        if failed:
             raise HandshakeError("export_failed", "export of {} {} on the cloud failed: {}".format(
-                self.model, "split {}".format(split) if split is not None else "segments",
-                lines[-1] if lines else "exit {}".format(proc.returncode)))
+                self.model, "split {}".format(split) if split is not None else "segments", failed))
+
+    def _run(self, command, *args):
+        """``cli.py COMMAND --model M ARGS [--input-shape S]``: (its stdout, None), or (stdout, the last line
+        of its stderr) when it fails."""
+        argv = cli_command(command, "--model", self.model, *args)
+        if self.input_shape:
+            argv += ["--input-shape", self.input_shape]
+        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                              timeout=EXPORT_TIMEOUT_S)
+        if proc.returncode == 0:
+            return proc.stdout, None
+        lines = [l for l in proc.stderr.splitlines() if l.strip()]
+        return proc.stdout, lines[-1] if lines else "exit {}".format(proc.returncode)
 
 
 class TailRegistry(object):
