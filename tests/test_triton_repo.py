@@ -7,16 +7,18 @@ installs here (nvidia-pytriton bundles the python backend only), so those config
 against their model files, as NVIDIA's container would load them.
 """
 import filecmp
+import hashlib
 import os
 import shutil
 
+import numpy as np
 import pytest
 from conftest import TINY_ID, run_cli, tiny_bundle
 
 pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient (the triton extra) is missing")
 
 from runtime.bundle.manifest import load_manifest  # noqa: E402
-from runtime.cloud.triton import check_entry, manifest_sha256, read_config  # noqa: E402
+from runtime.cloud.triton import check_entry, check_input_dtype, manifest_sha256, read_config  # noqa: E402
 from runtime.errors import UserError  # noqa: E402
 
 
@@ -117,6 +119,8 @@ def test_re_export_replaces_the_entry_whole(tiny_bundles, tmp_path):
     (7, (), ("has no tail", "export another split")),
     (4, ("--platform", "python", "--tensorrt"), ("--tensorrt is an onnxruntime accelerator",)),
     (4, ("--preferred-batch", "4,32"), ("--preferred-batch sizes must lie in 1..--max-batch (8)",)),
+    (4, ("--input-dtype", "int8"), ("unknown --input-dtype 'int8'", "choose float32 or float16")),
+    (4, ("--platform", "pytorch", "--input-dtype", "fp16"), ("unknown --input-dtype 'fp16'",)),
 ])
 def test_what_cannot_make_an_entry_is_one_line_and_leaves_nothing(split, args, fragments, tiny_bundles, tmp_path):
     proc = export(tiny_bundle(tiny_bundles, split), tmp_path / "repo", *args)
@@ -146,3 +150,96 @@ def test_bad_bundles_platforms_and_repositories(tiny_bundles, tmp_path):
     usage = export(tiny_bundle(tiny_bundles, 4), tmp_path / "repo", "--platform", "tensorflow")
     assert usage.returncode == 2 and "tensorflow" in usage.stderr and "Traceback" not in usage.stderr
     assert not (tmp_path / "repo").exists()
+
+
+# --input-dtype float16: the tail takes what `run-edge --compress fp16` sends, the cast to float32 compiled in
+
+def sha256(path):
+    with open(str(path), "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def activation(bundle, n=32, seed=3):
+    """The bundle's boundary for ``n`` random images, as its own fp32 head gives it."""
+    from runtime.backends.ort import cpu_session
+    head = cpu_session(str(bundle / "head.onnx"))
+    x = np.random.RandomState(seed).randn(n, *head.get_inputs()[0].shape[1:]).astype(np.float32)
+    return head.run(None, {head.get_inputs()[0].name: x})[0]
+
+
+def assert_close_to_fp32(got, ref):
+    """fp16 rounding of the activation: values within 1e-2 of the logits' scale, the same top-1 where it is clear."""
+    scale = float(np.abs(ref).max())
+    assert got.shape == ref.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-2 * scale)
+    top2 = np.sort(ref, axis=1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) > 2e-2 * scale
+    assert clear.sum() >= len(ref) // 2
+    assert (got.argmax(1) == ref.argmax(1))[clear].all()
+
+
+def test_onnxruntime_entry_with_a_float16_input_casts_inside_and_leaves_the_bundle_alone(tiny_bundles, tmp_path):
+    from runtime.backends.ort import cpu_session
+    bundle = tiny_bundle(tiny_bundles, 4)
+    before = sha256(bundle / "tail.onnx")
+    proc = export(bundle, tmp_path / "repo", "--input-dtype", "float16")
+    assert proc.returncode == 0, proc.stderr
+    entry = tmp_path / "repo" / (TINY_ID + "-s4")
+    assert sha256(bundle / "tail.onnx") == before
+    load_manifest(str(bundle)).verify_files(parts=("tail",))
+    assert os.listdir(str(entry / "1")) == ["model.onnx"]
+    config = read_config(str(entry))
+    assert tensors(config) == [("boundary", "TYPE_FP16", [8, 16, 16]), ("output", "TYPE_FP32", [10])]
+    assert config.parameters["input_dtype"].string_value == "float16"
+    session = cpu_session(str(entry / "1" / "model.onnx"))
+    assert [(t.name, t.type) for t in session.get_inputs()] == [("boundary", "tensor(float16)")]
+    x = activation(bundle)
+    got = session.run(None, {"boundary": x.astype(np.float16)})[0]
+    tail = cpu_session(str(bundle / "tail.onnx"))
+    assert_close_to_fp32(got, tail.run(None, {"boundary": x})[0])
+    manifest, sha = load_manifest(str(bundle)), manifest_sha256(str(bundle))
+    check_entry(str(entry), manifest, "onnxruntime", sha)
+    shutil.copyfile(str(bundle / "tail.onnx"), str(entry / "1" / "model.onnx"))  # the fp32 tail under the fp16 config
+    with pytest.raises(UserError, match="tensor\\(float\\) .* does not match the config's boundary tensor\\(float16\\)"):
+        check_entry(str(entry), manifest, "onnxruntime", sha)
+
+
+def test_pytorch_entry_with_a_float16_input_is_a_scripted_cast_before_the_tail(tiny_bundles, tmp_path):
+    torch = pytest.importorskip("torch")
+    bundle = tiny_bundle(tiny_bundles, 5)
+    before = sha256(bundle / "tail.pt")
+    proc = export(bundle, tmp_path / "repo", "--platform", "pytorch", "--input-dtype", "float16", "--name", "t")
+    assert proc.returncode == 0, proc.stderr
+    assert sha256(bundle / "tail.pt") == before
+    config = read_config(str(tmp_path / "repo" / "t"))
+    assert tensors(config) == [("INPUT__0", "TYPE_FP16", [8, 8, 8]), ("OUTPUT__0", "TYPE_FP32", [10])]
+    x = activation(bundle)
+    with torch.no_grad():
+        got = torch.jit.load(str(tmp_path / "repo" / "t" / "1" / "model.pt"))(torch.from_numpy(x).half())
+        ref = torch.jit.load(str(bundle / "tail.pt"))(torch.from_numpy(x))
+    assert got.dtype == torch.float32
+    assert_close_to_fp32(got.numpy(), ref.numpy())
+
+
+def test_python_entry_with_a_float16_input_declares_it(tiny_bundles, tmp_path):
+    """The cast itself runs in a real Triton server: tests/test_triton_serve.py."""
+    bundle = tiny_bundle(tiny_bundles, 4)
+    proc = export(bundle, tmp_path / "repo", "--platform", "python", "--input-dtype", "float16", "--name", "p")
+    assert proc.returncode == 0, proc.stderr
+    config = read_config(str(tmp_path / "repo" / "p"))
+    assert tensors(config)[0] == ("boundary", "TYPE_FP16", [8, 16, 16])
+    assert config.parameters["input_dtype"].string_value == "float16"
+
+
+class Manifest(dict):
+    directory = "b"
+
+
+def test_float16_input_needs_a_float32_boundary():
+    check_input_dtype(Manifest(boundary={"dtype": "float32"}), "float16")
+    check_input_dtype(Manifest(boundary={"dtype": "float16"}), "float16")
+    check_input_dtype(Manifest(boundary={"dtype": "float32"}), None)
+    for boundary, asked in (("int8", "float16"), ("float16", "float32")):
+        with pytest.raises(UserError, match="--input-dtype {} does not fit bundle b's {} boundary".format(
+                asked, boundary)):
+            check_input_dtype(Manifest(boundary={"dtype": boundary}), asked)

@@ -16,6 +16,12 @@ that the tail it is about to use pairs with its head (as HELLO does with
 serve-cloud).  TorchScript tails take Triton's libtorch names (``INPUT__0``,
 ``OUTPUT__0``); ONNX and python tails keep the manifest's names.
 
+``--input-dtype float16`` (for a float32 boundary) makes the tail take what ``run-edge
+--compress fp16`` sends: the config's input becomes ``TYPE_FP16`` (``input_dtype`` in its
+``parameters``) and the cast to float32 is compiled in: a rewritten ``model.onnx`` whose
+float16 input feeds a Cast, a scripted ``model.pt`` wrapping the tail, or ``model.py``
+casting the numpy arrays.  The bundle's own files are never modified.
+
 Before anything is installed, the written config is parsed back from its text and
 checked against the model file: an ONNX file's input and output names, dtypes and
 dims as onnxruntime reads them, a TorchScript file's one-tensor forward, the
@@ -25,6 +31,7 @@ config or a failed copy leaves the repository as it was.
 """
 import os
 import shutil
+import warnings
 
 from runtime.bundle.manifest import KIND_SPLIT, MANIFEST_NAME, ManifestError, load_manifest, sha256_file
 from runtime.bundle.staging import install_dir, staged
@@ -43,6 +50,8 @@ DATA_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int8": "TYPE_INT8
               "int64": "TYPE_INT64"}
 ONNX_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)", "int8": "tensor(int8)",
               "uint8": "tensor(uint8)", "int64": "tensor(int64)"}
+INPUT_DTYPES = ("float32", "float16")  # --input-dtype: the boundary's float32, or float16 cast to it in the tail
+ONNX_ELEM_TYPES = {"float32": "FLOAT", "float16": "FLOAT16"}  # onnx.TensorProto's names, for the input's cast
 PYTHON_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "triton_model.py")
 RUNTIME_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -61,6 +70,7 @@ class TritonOptions(Options):
     backend = "onnx"            # python: which of this project's backends runs the tail ...
     device = "auto"             # ... on which device
     runtime_path = RUNTIME_ROOT  # python: where the stub finds this project's runtime/ (a path in the server)
+    input_dtype = None          # the input Triton takes: float16 casts to the boundary's float32 (default: the boundary's)
 
 
 def _pb2():
@@ -101,9 +111,10 @@ def model_config(manifest, options, sha256):
     else:
         config.platform = backend
     in_name, out_name = tensor_names(o.platform, manifest)
-    for repeated, name, spec in ((config.input, in_name, manifest["boundary"]),
-                                 (config.output, out_name, manifest["output"])):
-        tensor = repeated.add(name=name, data_type=pb2.DataType.Value(DATA_TYPES[spec["dtype"]]))
+    in_dtype = o.input_dtype or manifest["boundary"]["dtype"]
+    for repeated, name, spec, dtype in ((config.input, in_name, manifest["boundary"], in_dtype),
+                                        (config.output, out_name, manifest["output"], manifest["output"]["dtype"])):
+        tensor = repeated.add(name=name, data_type=pb2.DataType.Value(DATA_TYPES[dtype]))
         tensor.dims.extend(dims(spec, o.max_batch))
     if o.max_batch > 0:
         config.dynamic_batching.max_queue_delay_microseconds = o.max_queue_delay_us
@@ -116,6 +127,8 @@ def model_config(manifest, options, sha256):
                   "split": str(manifest.split_index)}
     if o.platform == "python":
         parameters.update(backend=o.backend, device=o.device, runtime_path=o.runtime_path)
+    if in_dtype != manifest["boundary"]["dtype"]:  # a cast is compiled in: say so (model.py reads it)
+        parameters["input_dtype"] = in_dtype
     for key, value in sorted(parameters.items()):
         config.parameters[key].string_value = value
     return config
@@ -143,6 +156,19 @@ def check_options(manifest, options):
     if fmt is not None and fmt not in formats:
         raise UserError("bundle {} has no {} tail for --platform {}; re-export it with --formats {}".format(
             manifest.directory, fmt, o.platform, fmt))
+    check_input_dtype(manifest, o.input_dtype)
+
+
+def check_input_dtype(manifest, input_dtype):
+    """--input-dtype: the boundary's own dtype, or float16 cast in the tail to a float32 boundary."""
+    if input_dtype is None:
+        return
+    if input_dtype not in INPUT_DTYPES:
+        raise UserError("unknown --input-dtype {!r}; choose float32 or float16".format(input_dtype))
+    boundary = manifest["boundary"]["dtype"]
+    if input_dtype != boundary and not (input_dtype == "float16" and boundary == "float32"):
+        raise UserError("--input-dtype {} does not fit bundle {}'s {} boundary: a tail takes its boundary's dtype, "
+                        "or float16 cast to a float32 boundary".format(input_dtype, manifest.directory, boundary))
 
 
 def export_triton(bundle_dir, options):
@@ -156,6 +182,8 @@ def export_triton(bundle_dir, options):
     check_options(manifest, o)
     if o.name is None:
         o = o.replace(name="{}-s{}".format(manifest.model_id, manifest.split_index))
+    if o.input_dtype is None:
+        o = o.replace(input_dtype=manifest["boundary"]["dtype"])
     _, text_format = _pb2()
     sha256 = manifest_sha256(bundle_dir)
     text = text_format.MessageToString(model_config(manifest, o, sha256))
@@ -178,6 +206,13 @@ def export_triton(bundle_dir, options):
 def _write_model(manifest, o, version):
     _, fmt, file_name = PLATFORMS[o.platform]
     tail = manifest.part("tail")["files"]
+    cast = o.input_dtype != manifest["boundary"]["dtype"]
+    if fmt == "onnx" and cast:
+        _write_onnx_cast(manifest.file_path("tail", fmt), os.path.join(version, file_name), manifest["boundary"])
+        return
+    if fmt == "torchscript" and cast:
+        _write_torchscript_cast(manifest.file_path("tail", fmt), os.path.join(version, file_name))
+        return
     if fmt is not None:
         shutil.copyfile(manifest.file_path("tail", fmt), os.path.join(version, file_name))
         return
@@ -185,6 +220,86 @@ def _write_model(manifest, o, version):
     shutil.copyfile(os.path.join(manifest.directory, MANIFEST_NAME), os.path.join(version, MANIFEST_NAME))
     for entry in tail.values():
         shutil.copyfile(os.path.join(manifest.directory, entry["file"]), os.path.join(version, entry["file"]))
+
+
+def _write_onnx_cast(src, dst, boundary):
+    """``src`` (never modified) rewritten into ``dst``: the boundary input is float16 and a Cast to the boundary's
+    dtype feeds its consumers.  A tail with external data keeps it external, in one ``model.onnx.data`` beside."""
+    try:
+        import onnx
+        from onnx import external_data_helper
+    except ImportError as exc:
+        raise UserError("--input-dtype float16 with --platform onnxruntime needs the onnx package ({})".format(exc))
+    model = onnx.load(src, load_external_data=False)
+    external = any(external_data_helper.uses_external_data(t) for t in model.graph.initializer)
+    if external:
+        external_data_helper.load_external_data_for_model(model, os.path.dirname(os.path.abspath(src)))
+    _cast_graph_input(onnx, model.graph, boundary["name"], onnx.TensorProto.FLOAT16,
+                      getattr(onnx.TensorProto, ONNX_ELEM_TYPES[boundary["dtype"]]))
+    try:
+        if external:
+            onnx.save_model(model, dst, save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=os.path.basename(dst) + ".data")
+            onnx.checker.check_model(dst)
+        else:
+            onnx.checker.check_model(model)
+            onnx.save(model, dst)
+    except onnx.checker.ValidationError as exc:
+        raise UserError("{}: the tail with a float16 input is not valid ONNX ({})".format(
+            src, (str(exc).splitlines() or [""])[0][:300]))
+
+
+def _cast_graph_input(onnx, graph, name, new_type, old_type):
+    """Make graph input ``name`` of type ``new_type``, cast back to ``old_type`` for every node that read it."""
+    inputs = [i for i in graph.input if i.name == name]
+    if len(inputs) != 1:
+        raise UserError("the tail's ONNX graph has no input {!r} (it has {})".format(
+            name, ", ".join(i.name for i in graph.input)))
+    if name in {v.name for v in graph.output}:
+        raise UserError("the tail's ONNX graph gives its input {!r} as an output".format(name))
+    taken = {v for node in graph.node for v in list(node.input) + list(node.output)}
+    taken |= {v.name for v in list(graph.input) + list(graph.initializer) + list(graph.value_info)}
+    cast_name = name + "_cast"
+    while cast_name in taken:
+        cast_name += "_"
+    _rename_uses(graph, name, cast_name)
+    inputs[0].type.tensor_type.elem_type = new_type
+    graph.node.insert(0, onnx.helper.make_node("Cast", [name], [cast_name], to=old_type, name=cast_name))
+
+
+def _rename_uses(graph, old, new):
+    """Every node input ``old`` of the graph, and of its subgraphs (If, Loop, Scan bodies), becomes ``new``."""
+    for node in graph.node:
+        node.input[:] = [new if v == old else v for v in node.input]
+        for attribute in node.attribute:
+            for subgraph in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                _rename_uses(subgraph, old, new)
+
+
+def _torch(why):
+    try:
+        import torch
+    except ImportError as exc:
+        raise UserError("{} needs torch ({}); install it (pip install torch) or use --platform onnxruntime".format(
+            why, exc))
+    return torch
+
+
+def _write_torchscript_cast(src, dst):
+    """A scripted module that takes float16, casts it to float32 and runs the tail of ``src`` (never modified)."""
+    torch = _torch("--input-dtype float16 with --platform pytorch")
+
+    class CastInput(torch.nn.Module):
+        def __init__(self, tail):
+            super().__init__()
+            self.tail = tail
+
+        def forward(self, x):
+            return self.tail(x.float())
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch 2.x deprecates TorchScript; Triton's libtorch needs it
+        torch.jit.script(CastInput(torch.jit.load(src, map_location="cpu"))).save(dst)
 
 
 def read_config(entry_dir):
@@ -205,9 +320,13 @@ def check_entry(entry_dir, manifest, platform, sha256):
     versions = [d for d in os.listdir(entry_dir) if d.isdigit()]
     version = os.path.join(entry_dir, max(versions, key=int))
     in_name, out_name = tensor_names(platform, manifest)
-    expected = [(in_name, manifest["boundary"]), (out_name, manifest["output"])]
+    in_dtype = manifest["boundary"]["dtype"]
+    if "input_dtype" in config.parameters:
+        in_dtype = config.parameters["input_dtype"].string_value
+    check_input_dtype(manifest, in_dtype)
+    expected = [(in_name, manifest["boundary"], in_dtype), (out_name, manifest["output"], manifest["output"]["dtype"])]
     declared = [(t.name, pb2.DataType.Name(t.data_type), list(t.dims)) for t in list(config.input) + list(config.output)]
-    wanted = [(name, DATA_TYPES[spec["dtype"]], dims(spec, config.max_batch_size)) for name, spec in expected]
+    wanted = [(name, DATA_TYPES[dtype], dims(spec, config.max_batch_size)) for name, spec, dtype in expected]
     if declared != wanted:
         raise UserError("{}: the config declares {} but the bundle's tail takes and gives {}".format(
             entry_dir, declared, wanted))
@@ -217,7 +336,7 @@ def check_entry(entry_dir, manifest, platform, sha256):
     if platform == "onnxruntime":
         _check_onnx(os.path.join(version, "model.onnx"), expected)
     elif platform == "pytorch":
-        _check_torchscript(os.path.join(version, "model.pt"))
+        _check_torchscript(os.path.join(version, "model.pt"), manifest, in_dtype)
     else:
         _check_copies(version, manifest, sha256)
 
@@ -229,26 +348,46 @@ def _check_onnx(path, expected):
     found = [(t.name, t.type, t.shape) for t in list(session.get_inputs()) + list(session.get_outputs())]
     if len(found) != 2:
         raise UserError("{} has {} inputs and outputs; a tail has one of each".format(path, len(found)))
-    for (name, spec), (got_name, got_type, got_shape) in zip(expected, found):
+    for (name, spec, dtype), (got_name, got_type, got_shape) in zip(expected, found):
         # the exported batch dimension is symbolic (a name, or None): Triton's -1
         shape = [-1 if not isinstance(d, int) else d for d in got_shape]
         want = [-1] + list(spec["shape"][1:])
-        if got_name != name or got_type != ONNX_TYPES[spec["dtype"]] or shape != want:
+        if got_name != name or got_type != ONNX_TYPES[dtype] or shape != want:
             raise UserError("{}: tensor {} {} {} does not match the config's {} {} {}".format(
-                path, got_name, got_type, shape, name, ONNX_TYPES[spec["dtype"]], want))
+                path, got_name, got_type, shape, name, ONNX_TYPES[dtype], want))
 
 
-def _check_torchscript(path):
-    """A TorchScript tail is a module whose forward takes one tensor (Triton binds it to INPUT__0)."""
+def _check_torchscript(path, manifest, input_dtype):
+    """A TorchScript tail is a module whose forward takes one tensor (Triton binds it to INPUT__0); one with a cast
+    compiled in is also run once, on zeros of the config's dtype, and must give the manifest's output shape."""
     try:
         import torch
     except ImportError:
         return  # the file's sha256 was checked against the manifest; its signature needs torch to read
-    forward = torch.jit.load(path, map_location="cpu").forward
-    arguments = [a for a in forward.schema.arguments if a.name != "self"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        module = torch.jit.load(path, map_location="cpu")
+    arguments = [a for a in module.forward.schema.arguments if a.name != "self"]
     if len(arguments) != 1:
         raise UserError("{}: forward takes {} arguments; Triton's INPUT__0 needs exactly one".format(
             path, len(arguments)))
+    if input_dtype != manifest["boundary"]["dtype"]:
+        _run_torchscript_once(torch, module, path, manifest, input_dtype)
+
+
+def _run_torchscript_once(torch, module, path, manifest, input_dtype):
+    shape = [1] + list(manifest["boundary"]["shape"][1:])
+    want = [1] + list(manifest["output"]["shape"][1:])
+    try:
+        with torch.no_grad():
+            out = module(torch.zeros(shape, dtype=getattr(torch, input_dtype)))
+    except RuntimeError as exc:
+        raise UserError("{}: forward on {} zeros of shape {} failed ({})".format(
+            path, input_dtype, shape, (str(exc).splitlines() or [""])[0][:300]))
+    got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if got != want or (isinstance(out, torch.Tensor) and out.dtype != getattr(torch, manifest["output"]["dtype"])):
+        raise UserError("{}: forward on {} zeros of shape {} gives {} {}, not the manifest's {} {}".format(
+            path, input_dtype, shape, getattr(out, "dtype", ""), got, manifest["output"]["dtype"], want))
 
 
 def _check_copies(version, manifest, sha256):

@@ -11,6 +11,10 @@ for a ``KIND_GPU`` instance, else the CPU), and which bundle this is
 
 Triton's dynamic batcher may hand several requests to one ``execute``: their
 activations are run as one batch, and each response gets its own rows back.
+
+An entry exported with ``--input-dtype float16`` says so in its ``parameters``
+(``input_dtype``): Triton hands float16 arrays, cast here to the tail's dtype (the
+manifest's boundary dtype) before the tail runs.
 """
 import json
 import os
@@ -39,10 +43,16 @@ class TritonPythonModel(object):
             device = "cuda" if args.get("model_instance_kind") == "GPU" else "cpu"
         self.tail = load_part(manifest, "tail", params.get("backend", "onnx"), device)
         self.input_name = manifest["boundary"]["name"]
+        # --input-dtype float16: cast what Triton hands to the tail's own dtype (None: it takes it as it comes)
+        self.cast_to = None
+        if params.get("input_dtype", manifest["boundary"]["dtype"]) != manifest["boundary"]["dtype"]:
+            self.cast_to = np.dtype(manifest["boundary"]["dtype"])
         self.output_name = manifest["output"]["name"]
 
     def execute(self, requests):
         arrays = [pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests]
+        if self.cast_to is not None:
+            arrays = [x.astype(self.cast_to) for x in arrays]
         out = self.tail.run(np.ascontiguousarray(np.concatenate(arrays)) if len(arrays) > 1 else arrays[0])
         responses, start = [], 0
         for x in arrays:
