@@ -7,7 +7,15 @@ PY := $(VENV)/bin/python
 # torch/torchvision pinned to the wheels this workplace keeps on disk; elsewhere pip downloads them.
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test test-fast install clean
+# The python backend's environment for serve-triton (tests run real Triton servers): nvidia-pytriton bundles the
+# real tritonserver, but pins numpy<2 and its backend stub needs numpy 1, while .venv has numpy 2 beside torch; so
+# it gets an environment of its own, which borrows torch (TorchScript tails) and this project from .venv through a
+# .pth file placed after its own packages.  Where the wheel cannot be installed, UNAVAILABLE says why and the
+# Triton tests skip with that reason.
+TRITON_ENV ?= .venv-triton
+TRITON_PKGS ?= numpy<2 onnxruntime nvidia-pytriton==0.7.0
+
+.PHONY: demo test test-fast install triton-env clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv --system-site-packages $(VENV)
@@ -18,11 +26,25 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 install: $(VENV)/.installed
 
+$(TRITON_ENV)/.installed: Makefile $(VENV)/.installed
+	rm -rf $(TRITON_ENV)
+	$(PYTHON) -m venv $(TRITON_ENV)
+	$(TRITON_ENV)/bin/python -m pip install -q --upgrade pip
+	if $(TRITON_ENV)/bin/python -m pip install -q $(foreach p,$(TRITON_PKGS),'$(p)') 2> $(TRITON_ENV)/pip.log; then \
+		$(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' > \
+			"$$($(TRITON_ENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/zz-edgesplit.pth"; \
+	else \
+		echo "pip could not install $(TRITON_PKGS): $$(tail -1 $(TRITON_ENV)/pip.log)" | tee $(TRITON_ENV)/UNAVAILABLE; \
+	fi
+	touch $@
+
+triton-env: $(TRITON_ENV)/.installed
+
 demo: $(VENV)/.installed
 	$(PY) cli.py demo
 
 # ruff first (pyflakes, bugbear, import order, size limits: pyproject.toml), then the suite
-test: $(VENV)/.installed
+test: $(VENV)/.installed $(TRITON_ENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
@@ -33,4 +55,4 @@ test-fast: $(VENV)/.installed
 		tests/test_compression.py tests/test_spin.py tests/test_planner.py tests/test_cadence.py -k "not run_edge"
 
 clean:
-	rm -rf $(VENV) artifacts/*/ artifacts/.tmp-* artifacts/.old-*
+	rm -rf $(VENV) $(TRITON_ENV) artifacts/*/ artifacts/.tmp-* artifacts/.old-*

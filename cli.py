@@ -184,6 +184,9 @@ def ints_option(ctx, param, value):
               help="python platform: this project's backend that runs the tail.")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
               help="python platform: auto = CUDA for --kind gpu, else the CPU.")
+@click.option("--input-dtype", default=None, metavar="float32|float16",
+              help="The dtype the tail takes; float16 (for run-edge --compress fp16) casts to the float32 boundary "
+                   "inside the model [default: the manifest's boundary dtype].")
 @handle_errors
 def export_triton(bundle, **options):
     """Write a bundle's tail into an NVIDIA Triton model repository (config checked against the model file)."""
@@ -280,6 +283,31 @@ DATASET_OPTIONS = (
 )
 
 
+@main.command("serve-triton")
+@click.option("--repo", required=True, help="The Triton model repository to serve (export-triton writes it).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: all).")
+@click.option("--http-port", default=8000, show_default=True, type=click.IntRange(0, 65535),
+              help="KServe v2 over HTTP (0 picks a free port).")
+@click.option("--grpc-port", default=8001, show_default=True, type=click.IntRange(0, 65535),
+              help="KServe v2 over gRPC (0 picks a free port).")
+@click.option("--metrics-port", default=8002, show_default=True, type=click.IntRange(0, 65535),
+              help="Prometheus metrics (0 picks a free port).")
+@click.option("--model-control", default="explicit", show_default=True, type=click.Choice(["explicit", "none"]),
+              help="explicit: every model loaded at start, then loads and unloads through the repository API.")
+@click.option("--python-env", default=None,
+              help="Environment of the python backend's models (numpy<2, onnxruntime) [default: $EDGESPLIT_TRITON_ENV, "
+                   "else .venv-triton, else this Python's].")
+@click.option("--tritonserver", default=None, help="The tritonserver binary [default: PATH, else nvidia-pytriton's].")
+@click.option("--start-timeout", default=120.0, show_default=True, type=click.FloatRange(1, 3600),
+              help="Seconds for every model of the repository to be ready.")
+@handle_errors
+def serve_triton(**options):
+    """Run an NVIDIA Triton server on a model repository (development and tests; until SIGINT/SIGTERM)."""
+    from runtime.cloud.triton_server import ServeTritonOptions
+    from runtime.cloud.triton_server import serve_triton as serve
+    sys.exit(serve(ServeTritonOptions(**options)))
+
+
 @main.command("serve-cloud")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: all).")
 @click.option("--port", default=9999, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port.")
@@ -322,7 +350,10 @@ def serve_cloud(**options):
 
 
 @main.command("run-edge")
-@cloud_option()
+@cloud_option(help="HOST:PORT of serve-cloud, or grpc://HOST:PORT / http://HOST:PORT of an NVIDIA Triton server "
+                   "(KServe v2).")
+@click.option("--triton-model", default=None,
+              help="With a Triton --cloud: the repository's model to use [default: <model>-s<split>].")
 @MODEL_ID_OPTION
 @click.option("--split", default=None, callback=split_option,
               help="Split point, or 'auto' (planned from profiles); default: the bundle active on the cloud.")

@@ -160,6 +160,8 @@ class _Loop(object):
 
     def _make_pipe(self):
         if self.settings.inflight > 1:
+            if hasattr(self.session.conn, "pipeline"):  # Triton: tritonclient's asynchronous requests
+                return self.session.conn.pipeline(self.settings.inflight)
             return _Pipelined(self.session.conn, self.settings.inflight)
         return _Sequential(self.session.conn, self.adaptive.watch if self.adaptive is not None else None)
 
@@ -171,6 +173,7 @@ class _Loop(object):
             recorder.warmup_requests += 1
         self.bar = _progress(sum(len(b) for b in plan), not self.settings.verbose and sys.stderr.isatty())
         self.pipe = self._make_pipe()
+        self.session.begin_measure()
         recorder.interval_ms = self.cadence.interval_s * 1000.0
         self.cadence.start()
         recorder.started_unix = self.cadence.started_unix
@@ -187,6 +190,7 @@ class _Loop(object):
             self.pipe.close()
         recorder.wall_s = time.perf_counter() - self.started
         recorder.cpu_s = time.process_time() - cpu_started
+        self.session.end_measure(recorder)
         if self.bar is not None:
             self.bar.close()
         return recorder

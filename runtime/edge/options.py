@@ -10,7 +10,7 @@ from runtime.options import Options
 
 
 class ClientOptions(Options):
-    cloud = None        # HOST:PORT of serve-cloud
+    cloud = None        # HOST:PORT of serve-cloud, or grpc://HOST:PORT or http://HOST:PORT of a Triton server
     model = "resnet50"  # model id of the bundles
     cache = "artifacts"  # the edge's bundle cache
     cache_keep = 8
@@ -36,6 +36,7 @@ class PlanOptions(ClientOptions):
 
 class RunOptions(ClientOptions):
     split = None        # a split index, "auto", or None: the bundle active on the cloud
+    triton_model = None  # with a Triton --cloud (grpc:// or http://): the model's name (default <model>-s<split>)
     no_follow = False   # do not switch when the cloud activates another bundle
     adaptive = False
     dataset = "cifar100"

@@ -3,9 +3,12 @@
 Figures, per request (one batch; at ``--batch-size 1``, per sample as in the seed):
 
 * edge         = head compute on the edge (the backend's run(), which waits for the device);
-* cloud        = tail compute, measured by the server around its run() and sent back in the reply;
+* cloud        = tail compute, measured by the server around its run() and sent back in the reply
+                 (against Triton, which sends no timing back: the run's average from Triton's
+                 per-model statistics, the same for every request; see ``edge/kserve.py``);
 * queue        = time the request waited on the cloud for its batch to start (``serve-cloud
-                 --max-batch``; 0 without dynamic batching), measured by the server;
+                 --max-batch``; 0 without dynamic batching), measured by the server (Triton:
+                 the run's average, as cloud);
 * transmission = wall time from sending the request to having the reply, minus cloud and
                  queue: both directions, framing, (de)serialisation, and with
                  ``--inflight N`` > 1 the wait behind the requests sent before it;
@@ -53,6 +56,16 @@ class RunRecorder(object):
         self.warmup_requests = 0
         self.wall_s = 0.0
         self.cpu_s = 0.0  # the edge process's CPU time (user + system, all threads) over the measured part
+        self.cloud_counted = None  # against Triton: {"requests", "executions"} its statistics counted
+
+    def apportion_cloud(self, compute_ms, queue_ms, counted):
+        """Against Triton, which times no request in its reply: every request's cloud and queue figures become
+        the run's averages from Triton's statistics, and its transmission its round trip minus those."""
+        records = self.records
+        for i, roundtrip_ms in enumerate(records["transmission_ms"]):  # cloud and queue were 0 until now
+            records["cloud_ms"][i], records["queue_ms"][i] = compute_ms, queue_ms
+            records["transmission_ms"][i] = max(roundtrip_ms - compute_ms - queue_ms, 0.0)
+        self.cloud_counted = counted
 
     def add(self, times, predictions, labels, bytes_sent, bytes_received, bundle_id=None):
         """One answered request: ``times`` holds its edge_ms, roundtrip_ms, cloud_ms, queue_ms and wait_ms."""
@@ -105,6 +118,7 @@ class RunRecorder(object):
         out["interval_ms"] = self.interval_ms
         out["reconnects"] = list(self.reconnects)
         out["fallback"] = self.fallback
+        out["cloud_counted"] = self.cloud_counted
         return out
 
 
@@ -130,6 +144,11 @@ def format_report(summary, samples, requests, warmup):
     lines.append("Bytes sent per sample: {:.0f}".format(summary["bytes_sent_per_sample"]))
     if summary.get("edge_cpu_ms_per_sample"):
         lines.append("Edge CPU time per sample: {:.3f} ms".format(summary["edge_cpu_ms_per_sample"]))
+    counted = summary.get("cloud_counted")
+    if counted:
+        lines.append("Cloud and queue: run averages from Triton's statistics ({} requests in {} executions); "
+                     "transmission per request is its round trip minus them".format(
+                         counted["requests"], counted["executions"]))
     for r in summary.get("reconnects") or ():
         lines.append("Reconnected after {:.2f} s ({} attempts): {}".format(r["down_s"], r["attempts"], r["lost"]))
     if summary.get("local_samples"):

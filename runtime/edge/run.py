@@ -14,6 +14,7 @@ import sys
 from runtime.backends import load_part
 from runtime.edge.client import CloudConnection
 from runtime.edge.data import batches, check_source, open_dataset
+from runtime.edge.kserve import is_kserve
 from runtime.edge.measure import measure
 from runtime.edge.report import _say, format_report, write_report
 from runtime.edge.session import EdgeSession, find_full_model
@@ -81,6 +82,21 @@ def _check(o):
                         "requests, which would read as a slow link")
     if o.fallback not in ("none", "local"):
         raise UserError("--fallback must be none or local")
+    if is_kserve(o.cloud):
+        _check_kserve(o)
+
+
+def _check_kserve(o):
+    """What a run against Triton cannot do: planning needs serve-cloud's profiles and probes, TLS and tokens
+    its handshake."""
+    if o.split == "auto" or o.adaptive:
+        raise UserError("--split auto and --adaptive need serve-cloud (its profiles and echo probes); with a Triton "
+                        "--cloud give --split K")
+    if o.security is not None and (o.security.context is not None or o.security.token):
+        raise UserError("--tls and --token are serve-cloud's; put a TLS-terminating balancer in front of Triton")
+    if o.split is None and not o.triton_model:
+        raise UserError("with a Triton --cloud, give --split K (the model {}-sK) or --triton-model NAME".format(
+            o.model))
 
 
 def _full_model(o):

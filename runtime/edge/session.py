@@ -10,6 +10,7 @@ import time
 
 from runtime.backends import format_of, load_part
 from runtime.bundle.manifest import KIND_SPLIT, Manifest, ManifestError, validate
+from runtime.edge import kserve
 from runtime.edge.cache import BundleCache
 from runtime.edge.client import CannotConnect, CloudConnection, CloudLost
 from runtime.edge.report import _say
@@ -35,14 +36,22 @@ class EdgeSession(object):
         """``options``: ClientOptions (cloud, model, cache, cache_keep, backend, device, threads, timeout, security)."""
         cloud, model, backend, timeout, security = (options.cloud, options.model, options.backend, options.timeout,
                                                     options.security)
-        from runtime.wire.compression import Encoder
-        self.encoder = Encoder(compress, codec)
+        self.kserve = kserve.is_kserve(cloud)
+        if self.kserve:
+            self.encoder = kserve.TensorCast(compress, codec)
+        else:
+            from runtime.wire.compression import Encoder
+            self.encoder = Encoder(compress, codec)
         self.model = model
         self.backend, self.device, self.threads = backend, options.device, options.threads
         self.formats = (format_of(backend),)
         self.cache = BundleCache(options.cache, options.cache_keep, log=_say)
         self.cloud, self.timeout, self.busy_poll, self.security = cloud, timeout, busy_poll, security
-        self.conn = CloudConnection(cloud, timeout, busy_poll=busy_poll, security=security)
+        self.triton_model = getattr(options, "triton_model", None)
+        self.batch_size = options.batch_size
+        self.inflight = getattr(options, "inflight", 1)
+        self.run_statistics = None  # kserve.RunStatistics while a run against Triton is measured
+        self.conn = self._connect()
         self.reconnects = []  # one record per outage survived
         self.manifest = None
         self.head = None
@@ -51,6 +60,27 @@ class EdgeSession(object):
         self.segments = None  # a SegmentLoader once the segments bundle is here (adaptive mode)
         self.chained = []     # switches served by a chain of cached segments instead of a fetch
         self._runners = collections.OrderedDict()  # bundle id -> its loaded head, the last LOADED_HEADS used
+
+    def _connect(self):
+        """A new connection to the cloud: serve-cloud's protocol, or KServe v2 to a Triton server."""
+        if self.kserve:
+            return kserve.KServeConnection(self.cloud, self.timeout, self.model, self.cache.root, self.triton_model,
+                                           self.encoder.dtype_name, self.batch_size, self.inflight)
+        return CloudConnection(self.cloud, self.timeout, busy_poll=self.busy_poll, security=self.security)
+
+    def begin_measure(self):
+        """The measured part starts (after the warm-up): note Triton's counters (nothing for serve-cloud)."""
+        if self.kserve:
+            self.run_statistics = kserve.RunStatistics()
+            self.run_statistics.begin(self.conn)
+
+    def end_measure(self, recorder):
+        """The measured part is over: with Triton, its counters give the cloud and queue figures (run averages)."""
+        stats, self.run_statistics = self.run_statistics, None
+        if stats is not None:
+            stats.end()
+            compute_ms, queue_ms, requests, executions = stats.per_request()
+            recorder.apportion_cloud(compute_ms, queue_ms, {"requests": requests, "executions": executions})
 
     def use_segments(self, manifest):
         """Let switches to uncached splits run the head as a chain of this segments bundle's pieces."""
@@ -64,6 +94,8 @@ class EdgeSession(object):
         segments (same weights) rather than fetched: adaptive switches happen when the
         link has just slowed down, the worst moment to download a head over it.
         """
+        if self.run_statistics is not None:
+            self.run_statistics.end()  # Triton's counters are per model: the next one's start at the switch
         welcome = self.conn.hello({"role": "edge", "model": self.model, "split": split, "bundle_id": bundle_id})
         data = validate(welcome.get("manifest"), "the cloud's manifest")
         lossless = self.encoder.codec
@@ -97,6 +129,8 @@ class EdgeSession(object):
         while len(self._runners) > LOADED_HEADS:
             self._runners.popitem(last=False)
         self.manifest, self.welcome = manifest, welcome
+        if self.run_statistics is not None:
+            self.run_statistics.begin(self.conn)
         return manifest
 
     def preload(self, splits):
@@ -142,7 +176,7 @@ class EdgeSession(object):
         while True:
             attempts += 1
             try:
-                conn = CloudConnection(self.cloud, self.timeout, busy_poll=self.busy_poll, security=self.security)
+                conn = self._connect()
                 try:
                     welcome = conn.hello({"role": "edge", "model": self.model, "split": None,
                                           "bundle_id": self.manifest.bundle_id})
@@ -154,6 +188,8 @@ class EdgeSession(object):
                     raise UserError("after reconnecting, the cloud serves bundle {} instead of {}".format(
                         welcome.get("bundle_id"), self.manifest.bundle_id))
                 self.conn = conn
+                if self.run_statistics is not None:
+                    self.run_statistics.lost(conn)  # a server that was lost took its counters with it
                 record = {"lost": reason, "attempts": attempts, "down_s": round(time.monotonic() - lost_at, 3)}
                 self.reconnects.append(record)
                 _say("reconnected to the cloud after {:.2f} s ({} attempts)".format(record["down_s"], attempts))

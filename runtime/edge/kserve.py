@@ -1,0 +1,381 @@
+"""The edge's connection to a tail served by NVIDIA Triton: KServe v2 over gRPC
+(``--cloud grpc://HOST:PORT``) or HTTP (``http://HOST:PORT``), through tritonclient
+(the ``triton`` extra).
+
+``KServeConnection`` has the verbs of ``client.CloudConnection`` that a run uses:
+
+* ``hello`` binds the model: the repository entry named by ``--triton-model``, else
+  ``<model>-s<split>`` (export-triton's default name).  It reads the entry's config
+  and pairs it with a head of the edge's cache, as HELLO does with serve-cloud: the
+  config's ``bundle_id`` parameter must name a bundle whose head is cached (Triton
+  serves no files: the head comes by ``push --to`` or a fetch from serve-cloud), and
+  its input must take that head's boundary, per-sample dims and dtype (float16 with
+  ``--compress fp16``, the tail exported with ``export-triton --input-dtype
+  float16``), at the run's batch size.  Anything else is refused in one line.
+* ``infer`` sends one activation as binary tensor data (never JSON lists) and
+  returns the output; ``pipeline(depth)`` keeps up to ``depth`` requests in flight
+  (``--inflight``) with tritonclient's asynchronous requests.
+* ``statistics`` reads Triton's per-model counters.  Triton does not time a request
+  in its reply, so the run's cloud and queue figures are those counters' differences
+  over the measured part divided by the requests counted (``RunStatistics``): run
+  averages, over every request the model served meanwhile (other edges' too).
+
+An unreachable server raises ``CloudLost`` / ``CannotConnect`` (the run reconnects
+and sends again what had no reply: inference is idempotent); a refusal raises
+``UserError``.
+
+Python 3.6 syntax: this module runs on the Jetson.
+"""
+import collections
+import threading
+import time
+
+import numpy as np
+
+from runtime.bundle.manifest import KIND_SPLIT
+from runtime.edge.client import CannotConnect, CloudLost
+from runtime.edge.spin import SpinPolicy
+from runtime.errors import UserError
+
+SCHEMES = ("grpc://", "http://")
+DATATYPES = {"float32": "FP32", "float16": "FP16"}
+CONFIG_TYPES = {"TYPE_FP32": "float32", "TYPE_FP16": "float16"}
+
+
+def is_kserve(address):
+    return bool(address) and address.startswith(SCHEMES)
+
+
+def _tritonclient(scheme):
+    """tritonclient's grpc or http module (ImportError -> one line naming the extra)."""
+    try:
+        if scheme == "grpc":
+            import tritonclient.grpc as module
+        else:
+            import tritonclient.http as module
+        from tritonclient.utils import InferenceServerException
+    except (ImportError, RuntimeError) as exc:  # RuntimeError: tritonclient installed without this protocol
+        raise UserError("--cloud {}:// needs tritonclient ({}); install the triton extra: pip install -e "
+                        "'.[triton]' (for http://: pip install 'tritonclient[http]')".format(scheme, exc))
+    return module, InferenceServerException
+
+
+class TensorCast(object):
+    """The edge's encoder for Triton: the activation as it is, or cast to float16 (``--compress fp16``); a
+    lossless codec or int8 would need a decoder in front of the tail, which Triton does not have."""
+
+    codec = "none"
+
+    def __init__(self, compress="none", codec="none"):
+        if compress not in ("none", "fp16") or codec != "none":
+            raise UserError("with a Triton --cloud, --compress takes none or fp16 (a tail exported with "
+                            "--input-dtype float16) and --codec none")
+        self.dtype_name = "float16" if compress == "fp16" else "float32"
+
+    def encode(self, array):
+        if self.dtype_name == "float16":
+            return None, np.ascontiguousarray(array, dtype=np.float16)
+        return None, array
+
+
+class Reply(object):
+    """What ``infer`` returns in place of serve-cloud's RESULT frame."""
+
+    def __init__(self, array):
+        self.array = array
+        self.compute_ms = 0.0  # Triton does not time a request in its reply: see RunStatistics
+        self.queue_ms = 0.0
+        self.meta = {}
+
+
+class KServeConnection(object):
+    """One client of a Triton server, bound by ``hello`` to one model of its repository."""
+
+    busy_poll = False  # tritonclient waits for its replies itself
+
+    def __init__(self, address, timeout, model, cache, triton_model=None, input_dtype="float32", batch_size=1,
+                 inflight=1):
+        self.address = address
+        self.scheme, _, self.hostport = address.partition("://")
+        self.module, self.error = _tritonclient(self.scheme)
+        self.timeout, self.model, self.cache = timeout, model, cache
+        self.triton_model, self.input_dtype, self.batch_size = triton_model, input_dtype, batch_size
+        self.spin = SpinPolicy()
+        self.name = None
+        self.config = None
+        self.input_name = self.output_name = None
+        # a request's timeout: gRPC takes it per call, HTTP once for the client
+        kw = {"network_timeout": timeout, "connection_timeout": timeout, "concurrency": inflight} \
+            if self.scheme == "http" else {}
+        self.per_call = {"client_timeout": timeout} if self.scheme == "grpc" else {}
+        self.client = self.module.InferenceServerClient(self.hostport, **kw)
+
+    # -- binding -------------------------------------------------------------------------------------------------
+
+    def hello(self, meta):
+        """Bind the model for ``meta``'s split or bundle id; return a welcome as serve-cloud's HELLO would."""
+        manifest = self._cached(bundle_id=meta.get("bundle_id")) if meta.get("bundle_id") else None
+        split = manifest.split_index if manifest is not None else meta.get("split")
+        name = self.triton_model or ("{}-s{}".format(self.model, split) if split is not None else None)
+        if name is None:
+            raise UserError("with --cloud {}, give --split K (the model {}-sK) or --triton-model NAME".format(
+                self.address, self.model))
+        self._ready(name)
+        config = self._call(self._config, name)
+        params = {k: v.get("string_value") for k, v in config.get("parameters", {}).items()}
+        bundle_id = params.get("bundle_id")
+        if not bundle_id:
+            raise UserError("Triton's model {} has no bundle_id parameter: write it with `cli.py export-triton`".format(
+                name))
+        if meta.get("bundle_id") and bundle_id != meta["bundle_id"]:
+            raise UserError("Triton's model {} now serves bundle {}, not {}".format(name, bundle_id, meta["bundle_id"]))
+        manifest = self._cached(bundle_id=bundle_id, name=name)
+        if meta.get("split") is not None and manifest.split_index != meta["split"]:
+            raise UserError("Triton's model {} serves bundle {} of split {}, not split {}".format(
+                name, bundle_id, manifest.split_index, meta["split"]))
+        self._pair(name, config, manifest)
+        self.name, self.config = name, config
+        kind = config.get("backend") or config.get("platform")
+        return {"bundle_id": bundle_id, "manifest": manifest.data, "backend": "triton {}".format(kind),
+                "provider": "{} ({})".format(name, self.address), "codecs": ["none"]}
+
+    def _ready(self, name):
+        """A server that is up but not ready (starting, its models loading) is not there yet (CloudLost); a
+        ready server without this model ready is a refusal."""
+        if not self._call(self.client.is_server_ready):
+            raise CloudLost("Triton at {} is not ready".format(self.address))
+        if not self._call(self.client.is_model_ready, name):
+            raise UserError("Triton at {} has no model {} ready (its repository holds: {}); export it with `cli.py "
+                            "export-triton` or name another with --triton-model".format(
+                                self.address, name, ", ".join(self._model_names()) or "nothing"))
+
+    def _model_names(self):
+        if self.scheme == "grpc":
+            index = self._call(self.client.get_model_repository_index, as_json=True).get("models", [])
+        else:
+            index = self._call(self.client.get_model_repository_index)
+        return sorted(m.get("name", "") for m in index)
+
+    def _config(self, name):
+        if self.scheme == "grpc":
+            return self.client.get_model_config(name, as_json=True)["config"]
+        return self.client.get_model_config(name)
+
+    def _cached(self, bundle_id, name=None):
+        """The cached bundle ``bundle_id`` of this model (None when only looking it up for a name)."""
+        from runtime.bundle.store import BundleStore
+        good, _ = BundleStore(self.cache).scan(KIND_SPLIT)
+        for manifest in good:
+            if manifest.bundle_id == bundle_id and manifest.part("head") is not None:
+                return manifest
+        if name is None:
+            return None
+        raise UserError("Triton's model {} serves bundle {}, whose head is not in the edge's cache {}: copy the bundle "
+                        "there (`cli.py push BUNDLE --to ...`) or fetch it once from a serve-cloud".format(
+                            name, bundle_id, self.cache))
+
+    def _pair(self, name, config, manifest):
+        """The pairing rule of HELLO: the model's input takes this head's boundary, dtype and batch."""
+        if manifest.model_id != self.model:
+            raise UserError("Triton's model {} serves bundle {} of model {}, not {} (--model)".format(
+                name, manifest.bundle_id, manifest.model_id, self.model))
+        inputs, outputs = config.get("input", []), config.get("output", [])
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise UserError("Triton's model {} has {} inputs and {} outputs; a tail has one of each".format(
+                name, len(inputs), len(outputs)))
+        max_batch = int(config.get("max_batch_size", 0))
+        shape = list(manifest["boundary"]["shape"][1:])
+        dims = [int(d) for d in inputs[0].get("dims", [])]
+        if max_batch == 0:
+            dims = dims[1:] if dims and dims[0] in (-1, self.batch_size) else [None]
+        dtype = CONFIG_TYPES.get(inputs[0].get("data_type"), inputs[0].get("data_type"))
+        if dims != shape or dtype != self.input_dtype:
+            raise UserError("Triton's model {} takes {} {} per sample, but this head gives {} {}{}".format(
+                name, dtype, dims, self.input_dtype, shape,
+                " (--compress fp16 needs a tail exported with --input-dtype float16)"
+                if dtype != self.input_dtype else ""))
+        if max_batch and self.batch_size > max_batch:
+            raise UserError("Triton's model {} takes batches of at most {} (max_batch_size); --batch-size is {}"
+                            .format(name, max_batch, self.batch_size))
+        self.input_name, self.output_name = inputs[0]["name"], outputs[0]["name"]
+
+    # -- requests --------------------------------------------------------------------------------------------------
+
+    def _call(self, fn, *args, **kwargs):
+        """``fn(...)``; an unreachable server -> CloudLost/CannotConnect, any other Triton error -> UserError."""
+        try:
+            return fn(*args, **kwargs)
+        except self.error as exc:
+            raise self._translate(exc)
+        except OSError as exc:
+            raise CannotConnect("cannot reach Triton at {} ({}); is it running (`cli.py serve-triton`)?".format(
+                self.address, exc.strerror or exc))
+
+    def _translate(self, exc):
+        status = str(exc.status() or "")
+        said = (exc.message() or str(exc)).splitlines()[0] if (exc.message() or str(exc)) else status
+        if "UNAVAILABLE" in status or "DEADLINE" in status or "failed to connect" in said.lower():
+            return CloudLost("Triton at {} is unreachable ({})".format(self.address, said))
+        return UserError("Triton at {} refused: {}".format(self.address, said))
+
+    def _inputs(self, array):
+        tensor = self.module.InferInput(self.input_name, list(array.shape), DATATYPES[array.dtype.name])
+        if self.scheme == "http":
+            tensor.set_data_from_numpy(array, binary_data=True)
+        else:
+            tensor.set_data_from_numpy(array)
+        outputs = [self.module.InferRequestedOutput(self.output_name, binary_data=True)
+                   if self.scheme == "http" else self.module.InferRequestedOutput(self.output_name)]
+        return [tensor], outputs
+
+    def infer(self, array, meta=None, watch=None):
+        """One activation to the model, its output back: (Reply, tensor bytes sent, tensor bytes received)."""
+        array = np.ascontiguousarray(array)
+        inputs, outputs = self._inputs(array)
+        result = self._call(self.client.infer, self.name, inputs, outputs=outputs, **self.per_call)
+        out = result.as_numpy(self.output_name)
+        return Reply(out), array.nbytes, out.nbytes
+
+    def pipeline(self, depth):
+        return KServePipe(self, depth)
+
+    def statistics(self):
+        """Triton's cumulative counters for the bound model (``RunStatistics.counters``)."""
+        if self.scheme == "grpc":
+            stats = self._call(self.client.get_inference_statistics, self.name, as_json=True)
+        else:
+            stats = self._call(self.client.get_inference_statistics, self.name)
+        return RunStatistics.counters(stats, self.name)
+
+    def fetch(self, *args, **kwargs):
+        raise UserError("Triton serves no files: put the head into the edge's cache with `cli.py push BUNDLE --to`")
+
+    def close(self):
+        try:
+            self.client.close()
+        except Exception:  # closing a client whose server is gone
+            pass
+
+
+class KServePipe(object):
+    """Up to ``depth`` requests in flight (``--inflight``), answered in the order sent (measure's pipe interface).
+
+    gRPC: ``async_infer`` calls back on tritonclient's thread with the arrival time;
+    HTTP: ``async_infer`` returns a handle whose result is awaited in order."""
+
+    def __init__(self, conn, depth):
+        self.conn, self.depth = conn, depth
+        self.pending = collections.deque()
+
+    def full(self):
+        return len(self.pending) >= self.depth
+
+    def send(self, array, meta, context):
+        conn = self.conn
+        array = np.ascontiguousarray(array)
+        inputs, outputs = conn._inputs(array)
+        t0 = time.perf_counter()
+        if conn.scheme == "grpc":
+            handle = _Callback()
+            conn._call(conn.client.async_infer, conn.name, inputs, handle, outputs=outputs, **conn.per_call)
+        else:
+            handle = conn._call(conn.client.async_infer, conn.name, inputs, outputs=outputs)
+        self.pending.append((handle, t0, array.nbytes, context))
+
+    def next(self):
+        handle, t0, sent, context = self.pending[0]
+        conn = self.conn
+        if isinstance(handle, _Callback):
+            result, arrived = handle.wait(conn.timeout, conn)
+        else:
+            result = conn._call(handle.get_result, block=True, timeout=conn.timeout)
+            arrived = time.perf_counter()
+        self.pending.popleft()
+        out = result.as_numpy(conn.output_name)
+        return Reply(out), (arrived - t0) * 1000.0, sent, out.nbytes, context
+
+    def close(self):
+        pass
+
+    def abandon(self):
+        self.pending.clear()
+
+
+class _Callback(object):
+    """gRPC ``async_infer``'s callback, kept with the reply's arrival time until ``wait`` takes it."""
+
+    def __init__(self):
+        self._done = threading.Event()
+        self.result = self.error = None
+        self.arrived = None
+
+    def __call__(self, result, error):
+        self.arrived = time.perf_counter()
+        self.result, self.error = result, error
+        self._done.set()
+
+    def wait(self, timeout, conn):
+        if not self._done.wait(timeout):
+            raise CloudLost("no reply from Triton at {} within {:.0f} s".format(conn.address, timeout))
+        if self.error is not None:
+            raise conn._translate(self.error)
+        return self.result, self.arrived
+
+
+class RunStatistics(object):
+    """The cloud's figures of a run against Triton, from its per-model counters.
+
+    ``begin(conn)`` notes the counters after the warm-up; ``end()`` takes them again
+    and adds the difference (a switch to another model ends one segment and begins
+    the next); ``per_request()`` is (compute ms, queue ms, requests, executions) over
+    the segments: compute = input + infer + output durations over the requests
+    counted, queue = queue duration over the same.  When the server is lost, its
+    counters go with it: ``lost(new_conn)`` drops the open segment and starts one on
+    the new connection, so the requests that server answered are in no segment.
+    """
+
+    FIELDS = ("requests", "executions", "compute_ns", "queue_ns")
+
+    def __init__(self):
+        self.totals = dict.fromkeys(self.FIELDS, 0)
+        self.conn = self.start = None
+
+    @staticmethod
+    def counters(stats, name):
+        models = [m for m in stats.get("model_stats", []) if m.get("name") == name]
+        if not models:
+            return dict.fromkeys(RunStatistics.FIELDS, 0)
+        model = models[0]
+        inference = model.get("inference_stats", {})
+
+        def ns(key):
+            return int(inference.get(key, {}).get("ns", 0))
+        return {"requests": int(inference.get("success", {}).get("count", 0)),
+                "executions": int(model.get("execution_count", 0)),
+                "compute_ns": ns("compute_input") + ns("compute_infer") + ns("compute_output"),
+                "queue_ns": ns("queue")}
+
+    def begin(self, conn):
+        self.conn, self.start = conn, conn.statistics()
+
+    def end(self):
+        if self.conn is None:
+            return
+        try:
+            now = self.conn.statistics()
+        except (CloudLost, CannotConnect):
+            return
+        for key in self.FIELDS:
+            self.totals[key] += max(now[key] - self.start[key], 0)
+        self.conn = self.start = None
+
+    def lost(self, conn):
+        """The server was lost (its counters with it): drop the segment, start one on the new connection."""
+        self.begin(conn)
+
+    def per_request(self):
+        t = self.totals
+        n = t["requests"]
+        if not n:
+            return 0.0, 0.0, 0, t["executions"]
+        return t["compute_ns"] / 1e6 / n, t["queue_ns"] / 1e6 / n, n, t["executions"]
