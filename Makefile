@@ -11,7 +11,8 @@ TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 # real tritonserver, but pins numpy<2 and its backend stub needs numpy 1, while .venv has numpy 2 beside torch; so
 # it gets an environment of its own, which borrows torch (TorchScript tails) and this project from .venv through a
 # .pth file placed after its own packages.  Where the wheel cannot be installed, UNAVAILABLE says why and the
-# Triton tests skip with that reason.
+# Triton tests skip with that reason.  The scale-out tests put nginx in front of the servers: where it is missing
+# and this runs as root on Debian, Debian's nginx-light is installed (else those tests skip, saying so).
 TRITON_ENV ?= .venv-triton
 TRITON_PKGS ?= numpy<2 onnxruntime nvidia-pytriton==0.7.0
 
@@ -36,6 +37,11 @@ $(TRITON_ENV)/.installed: Makefile $(VENV)/.installed
 	else \
 		echo "pip could not install $(TRITON_PKGS): $$(tail -1 $(TRITON_ENV)/pip.log)" | tee $(TRITON_ENV)/UNAVAILABLE; \
 	fi
+	command -v nginx > /dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null && \
+		{ DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light > $(TRITON_ENV)/apt.log 2>&1 || \
+		  { apt-get update -q >> $(TRITON_ENV)/apt.log 2>&1 && \
+		    DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light >> $(TRITON_ENV)/apt.log 2>&1; }; }; } || \
+		echo "no nginx (not root, or apt-get could not install nginx-light): the load-balancer tests will skip"
 	touch $@
 
 triton-env: $(TRITON_ENV)/.installed

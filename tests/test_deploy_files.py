@@ -16,11 +16,11 @@ import shutil
 import socket
 import subprocess
 import threading
-import time
 from concurrent import futures
 
 import pytest
 import yaml
+from balancer import free_ports, nginx_conf_for, nginx_version, wait_listening
 from conftest import REPO, TINY_ID, run_cli, tiny_bundle
 
 DEPLOY = os.path.join(REPO, "deploy")
@@ -473,47 +473,6 @@ def test_the_readmes_export_commands_run_and_fill_one_repository(tiny_bundles, t
 
 # --- the balancer, run (where nginx is installed) ------------------------------------------------------------------
 
-def nginx_version():
-    exe = shutil.which("nginx")
-    if not exe:
-        return None
-    out = subprocess.run([exe, "-v"], capture_output=True, text=True).stderr
-    m = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", out)
-    return tuple(int(g) for g in m.groups()) if m else None
-
-
-def nginx_conf_for(text, pools, listens, tmp, http2_directive=True):
-    """nginx.conf with each upstream's `server` lines replaced by POOLS[name], listen ports moved, and temporary
-    files in TMP (so it runs unprivileged)."""
-    def pool(m):
-        name, body = m.group(1), m.group(2)
-        body = re.sub(r"^\s*server\s+\S+;\n", "", body, flags=re.M)
-        lines = "".join("        server {};\n".format(addr) for addr in pools[name])
-        return "upstream {} {{\n{}{}}}".format(name, lines, body.lstrip("\n"))
-    text = re.sub(r"upstream\s+(\w+)\s*\{(.*?)\}", pool, text, flags=re.S)
-    for old, new in listens.items():
-        text = re.sub(r"listen\s+{};".format(old), "listen 127.0.0.1:{}{};".format(
-            new, "" if http2_directive or old != 8001 else " http2"), text)
-    if not http2_directive:  # nginx before 1.25.1: http2 is a listen parameter
-        text = text.replace("http2 on;", "")
-    text = re.sub(r"worker_processes\s+\w+;", "worker_processes 1;", text)
-    temps = "".join("    {}_temp_path {}/{};\n".format(kind, tmp, kind)
-                    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    return text.replace("http {\n", "http {\n" + temps, 1)
-
-
-def free_ports(n):
-    """N distinct ports that nothing listens on (all held at once while they are chosen)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 class Dropper(threading.Thread):
     """A server that reads a request and hangs up without answering: one that died mid-request."""
 
@@ -579,18 +538,6 @@ def grpc_stand_in():
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     return server, port
-
-
-def wait_listening(port, proc, timeout=15):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert proc.poll() is None, "nginx exited: rc {}".format(proc.returncode)
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError("nginx does not listen on {}".format(port))
 
 
 @pytest.mark.skipif(nginx_version() is None or nginx_version() < (1, 19, 5),
