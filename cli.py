@@ -475,24 +475,48 @@ def status(cloud, timeout, security):
 @click.argument("bundle")
 @click.option("--cloud", default=None, help="HOST:PORT of serve-cloud (started with --allow-push).")
 @click.option("--to", "to_dir", default=None, help="Copy into this directory instead (an SD card, a mounted disk).")
+@click.option("--triton-repo", default=None,
+              help="Add its tail as the next version of <model>-s<split> in this Triton model repository instead.")
+@click.option("--triton", "triton_servers", multiple=True, metavar="URL",
+              help="With --triton-repo: a Triton server (grpc://H:P or http://H:P) to load it on; repeat for each.")
+@click.option("--platform", default="python", show_default=True, type=click.Choice(["python", "onnxruntime",
+                                                                                     "pytorch"]),
+              help="With --triton-repo: the entry's platform (as export-triton).")
 @click.option("--activate", is_flag=True, help="Make it the bundle edges of this model use (they switch).")
 @click.option("--admin-token", default=None, envvar=ADMIN_TOKEN_ENV, help="The server's admin token [env {}].".format(
     ADMIN_TOKEN_ENV))
 @click.option("--timeout", default=120.0, show_default=True, type=float)
 @handle_errors
 @client_security(token=False)
-def push(bundle, cloud, to_dir, activate, admin_token, timeout, security):
-    """Deploy a bundle: upload it to the cloud (--cloud) or copy it (--to), verified."""
+def push(bundle, **o):
+    """Deploy a bundle: upload it to the cloud (--cloud), copy it (--to), or add it to a Triton fleet
+    (--triton-repo), verified."""
     from runtime.edge.deploy import copy_bundle, push_to_cloud
-    if bool(cloud) == bool(to_dir):
-        raise click.UsageError("give exactly one of --cloud HOST:PORT or --to DIR")
-    if to_dir:
-        click.echo("copied to {}".format(copy_bundle(bundle, to_dir)))
-        return
-    done = push_to_cloud(bundle, cloud, admin_token, activate, timeout, security=security)
-    click.echo("pushed {} to {}{}{}".format(done["bundle_id"], cloud, "" if done.get("uploaded") else
-                                            " (already there, nothing uploaded)",
-                                            ", active" if done.get("activated") else ""))
+    if o["triton_servers"] and not o["triton_repo"]:
+        raise click.UsageError("--triton goes with --triton-repo")
+    if sum(bool(o[k]) for k in ("cloud", "to_dir", "triton_repo")) != 1:
+        raise click.UsageError("give exactly one of --cloud HOST:PORT, --to DIR or --triton-repo DIR")
+    if o["triton_repo"]:
+        _push_triton(bundle, o)
+    elif o["to_dir"]:
+        click.echo("copied to {}".format(copy_bundle(bundle, o["to_dir"])))
+    else:
+        done = push_to_cloud(bundle, o["cloud"], o["admin_token"], o["activate"], o["timeout"],
+                             security=o["security"])
+        click.echo("pushed {} to {}{}{}".format(done["bundle_id"], o["cloud"], "" if done.get("uploaded") else
+                                                " (already there, nothing uploaded)",
+                                                ", active" if done.get("activated") else ""))
+
+
+def _push_triton(bundle, o):
+    from runtime.cloud.triton import TritonOptions
+    from runtime.cloud.triton_deploy import push_to_triton
+    done = push_to_triton(bundle, o["triton_repo"], o["triton_servers"], o["activate"],
+                          TritonOptions(platform=o["platform"]), o["timeout"])
+    click.echo("pushed {} to {} as {} version {}{}{}{}".format(
+        done["bundle_id"], o["triton_repo"], done["entry"], done["version"], "" if done["added"] else
+        " (already there)", ", loaded on {}".format(", ".join(done["loaded"])) if done["loaded"] else "",
+        ", active" if done["activated"] else ""))
 
 
 @main.command()

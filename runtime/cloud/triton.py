@@ -70,6 +70,7 @@ class TritonOptions(Options):
     backend = "onnx"            # python: which of this project's backends runs the tail ...
     device = "auto"             # ... on which device
     runtime_path = RUNTIME_ROOT  # python: where the stub finds this project's runtime/ (a path in the server)
+    carry_versions = False      # keep the entry's other versions (push --triton-repo: edges on them finish there)
     input_dtype = None          # the input Triton takes: float16 casts to the boundary's float32 (default: the boundary's)
 
 
@@ -100,8 +101,10 @@ def dims(spec, max_batch):
     return list(spec["shape"][1:]) if max_batch > 0 else [-1] + list(spec["shape"][1:])
 
 
-def model_config(manifest, options, sha256):
-    """Triton's ModelConfig message for the bundle's tail (nothing written)."""
+def model_config(manifest, options, sha256, older=None):
+    """Triton's ModelConfig message for the bundle's tail (nothing written).  ``older``: {version: bundle id} of
+    the versions carried over, named in the parameters as ``bundle_id.vN`` beside this one's; Triton then serves
+    the two newest, so edges still on the previous bundle are answered by it until they switch."""
     pb2, _ = _pb2()
     o = options
     backend, _, _ = PLATFORMS[o.platform]
@@ -129,6 +132,10 @@ def model_config(manifest, options, sha256):
         parameters.update(backend=o.backend, device=o.device, runtime_path=o.runtime_path)
     if in_dtype != manifest["boundary"]["dtype"]:  # a cast is compiled in: say so (model.py reads it)
         parameters["input_dtype"] = in_dtype
+    if older is not None:
+        versions = dict(older, **{str(o.version): manifest.bundle_id})
+        parameters.update(("bundle_id.v{}".format(v), b) for v, b in versions.items())
+        config.version_policy.latest.num_versions = 2
     for key, value in sorted(parameters.items()):
         config.parameters[key].string_value = value
     return config
@@ -186,10 +193,13 @@ def export_triton(bundle_dir, options):
         o = o.replace(input_dtype=manifest["boundary"]["dtype"])
     _, text_format = _pb2()
     sha256 = manifest_sha256(bundle_dir)
-    text = text_format.MessageToString(model_config(manifest, o, sha256))
     entry = os.path.join(o.repo, o.name)
+    older = older_versions(entry, o.version) if o.carry_versions else None
+    text = text_format.MessageToString(model_config(manifest, o, sha256, older))
     try:
         with staged(o.repo, "export") as tmp:
+            for v in older or ():
+                shutil.copytree(os.path.join(entry, v), os.path.join(tmp, v))
             version = os.path.join(tmp, str(o.version))
             os.makedirs(version)
             _write_model(manifest, o, version)
@@ -201,6 +211,24 @@ def export_triton(bundle_dir, options):
         raise UserError("cannot write the Triton model {} into {} ({}); nothing was left there".format(
             o.name, o.repo, exc.strerror or exc))
     return entry, text
+
+
+def versions(entry_dir):
+    """The version numbers (as directory names) of a repository entry, oldest first ([] if it does not exist)."""
+    if not os.path.isdir(entry_dir):
+        return []
+    return sorted((d for d in os.listdir(entry_dir) if d.isdigit()), key=int)
+
+
+def older_versions(entry_dir, new_version):
+    """{version: bundle id} of the version to keep beside ``new_version`` (the newest other one; Triton serves
+    two), from the entry's config ({} if the entry has none)."""
+    found = [v for v in versions(entry_dir) if v != str(new_version)]
+    if not found:
+        return {}
+    params = read_config(entry_dir).parameters
+    key = "bundle_id.v{}".format(found[-1])
+    return {found[-1]: params[key].string_value if key in params else params["bundle_id"].string_value}
 
 
 def _write_model(manifest, o, version):

@@ -34,9 +34,11 @@ class TritonPythonModel(object):
         from runtime.bundle.manifest import load_manifest
         directory = os.path.join(args["model_repository"], args["model_version"])
         manifest = load_manifest(directory)
-        if manifest.bundle_id != params.get("bundle_id"):
+        # push --triton-repo keeps two versions served, each named by its own parameter
+        expected = params.get("bundle_id.v{}".format(args["model_version"]), params.get("bundle_id"))
+        if manifest.bundle_id != expected:
             raise pb_utils.TritonModelException("{} holds bundle {}, but the config names {}".format(
-                directory, manifest.bundle_id, params.get("bundle_id")))
+                directory, manifest.bundle_id, expected))
         manifest.verify_files(parts=("tail",))
         device = params.get("device", "auto")
         if device == "auto":  # the instance group's kind decides

@@ -38,6 +38,8 @@ from runtime.edge.spin import SpinPolicy
 from runtime.errors import UserError
 
 SCHEMES = ("grpc://", "http://")
+POINTER_SUFFIX = "-active"  # the repository entry that names a model's active bundle (cloud/triton_deploy.py)
+FOLLOW_POLL_S = 0.5         # how often a following edge reads it
 DATATYPES = {"float32": "FP32", "float16": "FP16"}
 CONFIG_TYPES = {"TYPE_FP32": "float32", "TYPE_FP16": "float16"}
 
@@ -102,7 +104,11 @@ class KServeConnection(object):
         self.triton_model, self.input_dtype, self.batch_size = triton_model, input_dtype, batch_size
         self.spin = SpinPolicy()
         self.name = None
+        self.version = ""   # the entry's version bound ("": Triton's newest)
         self.config = None
+        self.pointer = None  # the fleet's active bundle {"bundle_id", "entry", "version"}, when it has one
+        self._poller = None
+        self._closed = threading.Event()
         self.input_name = self.output_name = None
         # a request's timeout: gRPC takes it per call, HTTP once for the client
         kw = {"network_timeout": timeout, "connection_timeout": timeout, "concurrency": inflight} \
@@ -113,31 +119,76 @@ class KServeConnection(object):
     # -- binding -------------------------------------------------------------------------------------------------
 
     def hello(self, meta):
-        """Bind the model for ``meta``'s split or bundle id; return a welcome as serve-cloud's HELLO would."""
-        manifest = self._cached(bundle_id=meta.get("bundle_id")) if meta.get("bundle_id") else None
-        split = manifest.split_index if manifest is not None else meta.get("split")
-        name = self.triton_model or ("{}-s{}".format(self.model, split) if split is not None else None)
-        if name is None:
-            raise UserError("with --cloud {}, give --split K (the model {}-sK) or --triton-model NAME".format(
-                self.address, self.model))
+        """Bind the model for ``meta``'s bundle id, split, or (neither) the fleet's active bundle; return a
+        welcome as serve-cloud's HELLO would."""
+        name, version, wanted = self._resolve(meta)
         self._ready(name)
         config = self._call(self._config, name)
         params = {k: v.get("string_value") for k, v in config.get("parameters", {}).items()}
-        bundle_id = params.get("bundle_id")
+        if wanted and not version:  # a bundle asked by id: the version of the entry that holds it
+            version = next((k.split(".v", 1)[1] for k, v in params.items() if k.startswith("bundle_id.v")
+                            and v == wanted), "")
+        bundle_id = params.get("bundle_id.v{}".format(version)) or params.get("bundle_id")
         if not bundle_id:
             raise UserError("Triton's model {} has no bundle_id parameter: write it with `cli.py export-triton`".format(
                 name))
-        if meta.get("bundle_id") and bundle_id != meta["bundle_id"]:
-            raise UserError("Triton's model {} now serves bundle {}, not {}".format(name, bundle_id, meta["bundle_id"]))
+        if wanted and bundle_id != wanted:
+            raise UserError("Triton's model {} now serves bundle {}, not {}".format(name, bundle_id, wanted))
         manifest = self._cached(bundle_id=bundle_id, name=name)
         if meta.get("split") is not None and manifest.split_index != meta["split"]:
             raise UserError("Triton's model {} serves bundle {} of split {}, not split {}".format(
                 name, bundle_id, manifest.split_index, meta["split"]))
         self._pair(name, config, manifest)
-        self.name, self.config = name, config
+        self.name, self.version, self.config = name, version, config
+        self._follow()
         kind = config.get("backend") or config.get("platform")
         return {"bundle_id": bundle_id, "manifest": manifest.data, "backend": "triton {}".format(kind),
                 "provider": "{} ({})".format(name, self.address), "codecs": ["none"]}
+
+    def _resolve(self, meta):
+        """(model name, version or "", bundle id wanted or None) for a hello."""
+        wanted = meta.get("bundle_id")
+        if self.triton_model:
+            return self.triton_model, "", wanted
+        active = self.pointer if self.pointer is not None else (None if wanted or meta.get("split") is not None
+                                                                 else self._read_pointer(must=True))
+        if active is not None and (active["bundle_id"] == wanted or (not wanted and meta.get("split") is None)):
+            return active["entry"], active["version"], active["bundle_id"]
+        if wanted:
+            manifest = self._cached(bundle_id=wanted, name=self.model + POINTER_SUFFIX)
+            return "{}-s{}".format(self.model, manifest.split_index), "", wanted
+        return "{}-s{}".format(self.model, meta["split"]), "", None
+
+    def _read_pointer(self, must=False):
+        """The fleet's active bundle from the ``<model>-active`` entry's config, or None where there is none."""
+        name = self.model + POINTER_SUFFIX
+        if not self._call(self.client.is_model_ready, name):
+            if must:
+                raise UserError("Triton at {} has no active bundle for {} (no model {} ready): give --split K, or "
+                                "activate one with `cli.py push BUNDLE --triton-repo DIR --triton URL --activate`"
+                                .format(self.address, self.model, name))
+            return None
+        params = {k: v.get("string_value") for k, v in self._call(self._config, name).get("parameters", {}).items()}
+        return {"bundle_id": params.get("bundle_id"), "entry": params.get("entry"),
+                "version": params.get("version", "")}
+
+    def _follow(self):
+        """Once bound (and not to a model named by --triton-model): if the repository has an active bundle, poll it
+        every FOLLOW_POLL_S in a thread; each reply then carries it, as serve-cloud's do (meta "active")."""
+        if self.triton_model or self._poller is not None:
+            return
+        self.pointer = self._read_pointer()
+        if self.pointer is None:
+            return
+        self._poller = threading.Thread(target=self._poll, name="active-bundle", daemon=True)
+        self._poller.start()
+
+    def _poll(self):
+        while not self._closed.wait(FOLLOW_POLL_S):
+            try:
+                self.pointer = self._read_pointer() or self.pointer
+            except Exception:  # the server is away: the run's own requests find out; keep the last answer
+                pass
 
     def _ready(self, name):
         """A server that is up but not ready (starting, its models loading) is not there yet (CloudLost); a
@@ -232,9 +283,16 @@ class KServeConnection(object):
         """One activation to the model, its output back: (Reply, tensor bytes sent, tensor bytes received)."""
         array = np.ascontiguousarray(array)
         inputs, outputs = self._inputs(array)
-        result = self._call(self.client.infer, self.name, inputs, outputs=outputs, **self.per_call)
+        result = self._call(self.client.infer, self.name, inputs, model_version=self.version, outputs=outputs,
+                            **self.per_call)
         out = result.as_numpy(self.output_name)
-        return Reply(out), array.nbytes, out.nbytes
+        return self._reply(out), array.nbytes, out.nbytes
+
+    def _reply(self, out):
+        reply = Reply(out)
+        if self.pointer is not None:
+            reply.meta["active"] = self.pointer["bundle_id"]
+        return reply
 
     def pipeline(self, depth):
         return KServePipe(self, depth)
@@ -242,15 +300,18 @@ class KServeConnection(object):
     def statistics(self):
         """Triton's cumulative counters for the bound model (``RunStatistics.counters``)."""
         if self.scheme == "grpc":
-            stats = self._call(self.client.get_inference_statistics, self.name, as_json=True)
+            stats = self._call(self.client.get_inference_statistics, self.name, self.version, as_json=True)
         else:
-            stats = self._call(self.client.get_inference_statistics, self.name)
+            stats = self._call(self.client.get_inference_statistics, self.name, self.version)
         return RunStatistics.counters(stats, self.name)
 
     def fetch(self, *args, **kwargs):
         raise UserError("Triton serves no files: put the head into the edge's cache with `cli.py push BUNDLE --to`")
 
     def close(self):
+        self._closed.set()
+        if self._poller is not None:
+            self._poller.join(5)
         try:
             self.client.close()
         except Exception:  # closing a client whose server is gone
@@ -277,9 +338,11 @@ class KServePipe(object):
         t0 = time.perf_counter()
         if conn.scheme == "grpc":
             handle = _Callback()
-            conn._call(conn.client.async_infer, conn.name, inputs, handle, outputs=outputs, **conn.per_call)
+            conn._call(conn.client.async_infer, conn.name, inputs, handle, model_version=conn.version,
+                       outputs=outputs, **conn.per_call)
         else:
-            handle = conn._call(conn.client.async_infer, conn.name, inputs, outputs=outputs)
+            handle = conn._call(conn.client.async_infer, conn.name, inputs, model_version=conn.version,
+                                outputs=outputs)
         self.pending.append((handle, t0, array.nbytes, context))
 
     def next(self):
@@ -292,7 +355,7 @@ class KServePipe(object):
             arrived = time.perf_counter()
         self.pending.popleft()
         out = result.as_numpy(conn.output_name)
-        return Reply(out), (arrived - t0) * 1000.0, sent, out.nbytes, context
+        return conn._reply(out), (arrived - t0) * 1000.0, sent, out.nbytes, context
 
     def close(self):
         pass
@@ -342,18 +405,19 @@ class RunStatistics(object):
 
     @staticmethod
     def counters(stats, name):
-        models = [m for m in stats.get("model_stats", []) if m.get("name") == name]
-        if not models:
-            return dict.fromkeys(RunStatistics.FIELDS, 0)
-        model = models[0]
-        inference = model.get("inference_stats", {})
-
-        def ns(key):
-            return int(inference.get(key, {}).get("ns", 0))
-        return {"requests": int(inference.get("success", {}).get("count", 0)),
-                "executions": int(model.get("execution_count", 0)),
-                "compute_ns": ns("compute_input") + ns("compute_infer") + ns("compute_output"),
-                "queue_ns": ns("queue")}
+        """The counters of model ``name`` in a statistics answer, summed over its versions listed."""
+        totals = dict.fromkeys(RunStatistics.FIELDS, 0)
+        for model in stats.get("model_stats", []):
+            if model.get("name") != name:
+                continue
+            inference = model.get("inference_stats", {})
+            ns = {key: int(inference.get(key, {}).get("ns", 0))
+                  for key in ("compute_input", "compute_infer", "compute_output", "queue")}
+            totals["requests"] += int(inference.get("success", {}).get("count", 0))
+            totals["executions"] += int(model.get("execution_count", 0))
+            totals["compute_ns"] += ns["compute_input"] + ns["compute_infer"] + ns["compute_output"]
+            totals["queue_ns"] += ns["queue"]
+        return totals
 
     def begin(self, conn):
         self.conn, self.start = conn, conn.statistics()

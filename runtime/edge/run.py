@@ -94,9 +94,6 @@ def _check_kserve(o):
                         "--cloud give --split K")
     if o.security is not None and (o.security.context is not None or o.security.token):
         raise UserError("--tls and --token are serve-cloud's; put a TLS-terminating balancer in front of Triton")
-    if o.split is None and not o.triton_model:
-        raise UserError("with a Triton --cloud, give --split K (the model {}-sK) or --triton-model NAME".format(
-            o.model))
 
 
 def _full_model(o):
