@@ -31,6 +31,20 @@ BACKENDS = ("onnx", "torchscript")
 FP16_ENTRY = "{}-s5-fp16".format(TINY_ID)
 
 
+def fresh_torch_threads():
+    """torch's thread count in a fresh process, as Triton's stub has it.  TorchScript's sums depend on it, and
+    this test process's count is whatever an earlier test's --threads left (torch.set_num_threads is global)."""
+    done = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+                          capture_output=True, text=True, check=True)
+    return int(done.stdout)
+
+
+def local_parts(manifest, backend):
+    """The bundle's head and tail run here as the stub runs the tail: same backend, a fresh process's threads."""
+    threads = fresh_torch_threads() if backend == "torchscript" else 0
+    return [load_part(manifest, part, backend, "cpu", threads) for part in ("head", "tail")]
+
+
 def entry_name(split, backend):
     return "{}-s{}".format(TINY_ID, split) + ("-ts" if backend == "torchscript" else "")
 
@@ -132,7 +146,7 @@ def test_run_edge_against_triton_answers_every_sample_as_the_local_model(triton,
 def test_triton_outputs_are_bit_identical_to_the_local_tail(triton, tiny_bundles, backend):
     import tritonclient.grpc as grpcclient
     manifest = load_manifest(str(tiny_bundle(tiny_bundles, 3)))
-    head, tail = (load_part(manifest, part, backend, "cpu") for part in ("head", "tail"))
+    head, tail = local_parts(manifest, backend)
     x = np.random.RandomState(5).rand(4, 3, 16, 16).astype(np.float32)
     boundary = head.run(x)
     client = grpcclient.InferenceServerClient(triton.grpc)
@@ -229,7 +243,7 @@ def test_resnet50_tails_on_triton_are_bit_identical_to_the_local_tail(seed_trito
     x = np.random.RandomState(split).rand(2, 3, 32, 32).astype(np.float32)
     client = httpclient.InferenceServerClient(seed_triton.http)
     for backend in BACKENDS:
-        head, tail = (load_part(manifest, part, backend, "cpu") for part in ("head", "tail"))
+        head, tail = local_parts(manifest, backend)
         boundary = head.run(x)
         tensor = httpclient.InferInput(manifest["boundary"]["name"], list(boundary.shape), "FP32")
         tensor.set_data_from_numpy(boundary, binary_data=True)
