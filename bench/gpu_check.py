@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The GPU check (issue #6, item 7): tail latency on CUDA vs CPU, and dynamic batching on the GPU.
 
-Runs in a few minutes on one GPU; prints two Markdown tables and writes gpu.json::
+Runs in a few minutes on one GPU; prints its Markdown tables and writes gpu.json::
 
     python bench/gpu_check.py --out /tmp/gpu                 # on the GPU host
     python bench/gpu_check.py --device cpu --seconds 3       # the same steps on a CPU (to try the script)
@@ -14,6 +14,11 @@ Runs in a few minutes on one GPU; prints two Markdown tables and writes gpu.json
    streams (processes, one connection each, speaking the real protocol) send split-3
    activations in a closed loop for ``--seconds`` after a warm-up; samples/s of each,
    latency p50/p99, and the ratio (target >= 8x on an H100).
+3. Triton (``--parts triton``), where a ``tritonserver`` or nvidia-pytriton is there (else one line,
+   "triton: skipped (reason)"): split 3's tail as a python-backend entry (``export-triton --platform
+   python --backend torchscript --kind gpu --device cuda --max-batch 16``, 2 ms queue delay) under
+   ``cli.py serve-triton``, the same 16 closed-loop streams (tritonclient gRPC), samples/s against
+   serve-cloud's ``--max-batch 16 --max-delay-ms 2`` from step 2 (measured here if step 2 did not run).
 
 Random weights; the bundles are exported here first (TorchScript only).
 """
@@ -161,13 +166,155 @@ def serve_throughput(store, streams, seconds, split, server_args, cpu=None, warm
         server.stop()
 
 
+def _triton_unavailable():
+    """Why serve-triton cannot start a Triton server here (None where it can), as serve-triton decides."""
+    from runtime.cloud import triton_server
+    from runtime.errors import UserError
+    try:
+        triton_server.find_server(triton_server.ServeTritonOptions()).cleanup()
+        import tritonclient.grpc  # noqa: F401
+    except (UserError, ImportError) as exc:
+        return str(exc).splitlines()[0][:200]
+    return None
+
+
+def _triton_stream(url, model, names, shape, begin, end, queue):
+    """One stream to Triton in its own process, as ``_stream`` is to serve-cloud (tritonclient gRPC, batch 1)."""
+    try:
+        import tritonclient.grpc as grpcclient
+        x = np.random.RandomState(os.getpid() % 1000).rand(1, *shape).astype(np.float32)
+        client = grpcclient.InferenceServerClient(url)
+        n, latencies = 0, []
+        while True:
+            t0 = time.time()
+            if t0 >= end:
+                break
+            tensor = grpcclient.InferInput(names[0], list(x.shape), "FP32")
+            tensor.set_data_from_numpy(x)
+            out = client.infer(model, [tensor]).as_numpy(names[1])
+            t1 = time.time()
+            if out is None or out.shape[0] != 1:
+                raise RuntimeError("bad reply: {}".format(None if out is None else out.shape))
+            if t0 >= begin:
+                n += 1
+                latencies.append((t1 - t0) * 1000.0)
+        client.close()
+        queue.put((n, latencies, None))
+    except Exception as exc:  # reported by the parent
+        queue.put((0, [], "{}: {}".format(type(exc).__name__, exc)))
+
+
+def _start_triton(repo, log):
+    """``cli.py serve-triton`` on free ports: (process, grpc host:port); its log (Triton's) goes to ``log``."""
+    import re
+    with open(log, "w") as f:
+        proc = subprocess.Popen(launch.cli_command("serve-triton", "--repo", repo, "--grpc-port", 0, "--http-port",
+                                                   0, "--metrics-port", 0, "--start-timeout", 600),
+                                stdout=subprocess.PIPE, stderr=f, universal_newlines=True, cwd=REPO)
+    match = re.search(r"listening on grpc://(\S+) ", proc.stdout.readline())
+    if not match:
+        proc.kill()
+        proc.wait()
+        raise RuntimeError("serve-triton did not start (see {})".format(log))
+    return proc, match.group(1)
+
+
+def triton_throughput(store, repo, streams, seconds, device, warmup=5.0):
+    """Samples/s and latency p50/p99 of ``streams`` closed-loop gRPC streams against Triton serving split 3."""
+    import multiprocessing
+    import queue as queue_module
+    import signal
+
+    from runtime.bundle.manifest import load_manifest
+    manifest = load_manifest(os.path.join(store, "resnet50-s3"))
+    kind = ["--kind", "gpu", "--device", "cuda"] if device == "cuda" else ["--kind", "cpu", "--device", "cpu"]
+    subprocess.run(launch.cli_command("export-triton", os.path.join(store, "resnet50-s3"), "--repo", repo,
+                                      "--platform", "python", "--backend", "torchscript", "--name", "resnet50-s3",
+                                      "--max-batch", streams, "--max-queue-delay-us", 2000, *kind),
+                   check=True, stdout=subprocess.DEVNULL, cwd=REPO)
+    proc, url = _start_triton(repo, repo.rstrip(os.sep) + ".log")
+    try:
+        context = multiprocessing.get_context("spawn")
+        queue = context.Queue()
+        begin = time.time() + 3.0 + warmup
+        end = begin + seconds
+        names = (manifest["boundary"]["name"], manifest["output"]["name"])
+        workers = [context.Process(target=_triton_stream, args=(url, "resnet50-s3", names,
+                                                                manifest["boundary"]["shape"][1:], begin, end, queue))
+                   for _ in range(streams)]
+        for w in workers:
+            w.start()
+        results = []
+        while len(results) < streams:
+            try:
+                results.append(queue.get(timeout=1.0))
+            except queue_module.Empty:
+                if any(w.exitcode not in (None, 0) for w in workers) or time.time() > end + 180:
+                    raise RuntimeError("a Triton stream process died or hung")
+        for w in workers:
+            w.join(30)
+        failed = [r[2] for r in results if r[2]]
+        if failed:
+            raise RuntimeError("{} of {} Triton streams failed: {}".format(len(failed), streams, failed[0]))
+        latencies = [t for r in results for t in r[1]]
+        return {"samples_per_s": sum(r[0] for r in results) / float(seconds),
+                "p50_ms": float(np.percentile(latencies, 50)) if latencies else None,
+                "p99_ms": float(np.percentile(latencies, 99)) if latencies else None}
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def check_triton(args, store, result, served, batch):
+    """Step 3: Triton's python backend against serve-cloud --max-batch, or one line saying why it is skipped."""
+    reason = _triton_unavailable()
+    if reason:
+        print("\ntriton: skipped ({})".format(reason))
+        result["triton"] = {"skipped": reason}
+        return
+    name = "--max-batch {} --max-delay-ms 2".format(args.streams)
+    ours = next((d for d in result.get("serve", []) if d["config"] == name and "samples_per_s" in d), None)
+    if ours is None:
+        _say("serving: {} (serve-cloud, for Triton's comparison)".format(name))
+        ours = {"config": name}
+        try:
+            ours["samples_per_s"] = serve_throughput(store, args.streams, args.seconds, 3, served + batch,
+                                                     details=ours)
+        except Exception as exc:
+            print("\ntriton: not compared (serve-cloud {} failed: {})".format(name, str(exc)[:300]))
+            result["triton"] = {"error": "serve-cloud: " + str(exc)[:500]}
+            return
+    _say("serving: Triton, python backend, TorchScript on {}".format(args.device))
+    try:
+        got = triton_throughput(store, os.path.join(args.out, "triton-repo"), args.streams, args.seconds, args.device)
+    except Exception as exc:
+        print("\ntriton: failed ({})".format(str(exc)[:300]))
+        result["triton"] = {"error": str(exc)[:500]}
+        return
+    result["triton"] = dict(got, serve_cloud=ours)
+    print("\n| {0} streams at split 3 on {1}, batching up to {0} | samples/s | ratio to serve-cloud | p50 ms | p99 ms |"
+          .format(args.streams, args.device))
+    print("|---|---:|---:|---:|---:|")
+    print("| serve-cloud {} | {:.1f} | 1.00x | {:.2f} | {:.2f} |".format(name, ours["samples_per_s"], ours["p50_ms"],
+                                                                       ours["p99_ms"]))
+    print("| Triton python backend, --max-batch {}, 2 ms queue delay | {:.1f} | {:.2f}x | {:.2f} | {:.2f} |".format(
+        args.streams, got["samples_per_s"], got["samples_per_s"] / ours["samples_per_s"], got["p50_ms"],
+        got["p99_ms"]))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="/tmp/edgesplit-gpu")
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     parser.add_argument("--streams", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=15.0)
-    parser.add_argument("--parts", default="latency,serve", help="Which checks to run (comma-separated).")
+    parser.add_argument("--parts", default="latency,serve,triton",
+                        help="Which checks to run (comma-separated: latency, serve, triton).")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     store = os.path.join(args.out, "store")
@@ -221,8 +368,14 @@ def main():
         result["serve"].append(details)
         _say(str(details))
         save()
-    if not result["serve"]:
-        return
+    if result["serve"]:
+        print_serve(args, result)
+    if "triton" in parts:
+        check_triton(args, store, result, served, batch)
+        save()
+
+
+def print_serve(args, result):
     plain = result["serve"][0].get("samples_per_s")
     print()
     print("| {} streams at split 3 on {} | samples/s | ratio to no batching | latency p50 ms | p99 ms |".format(
