@@ -126,7 +126,6 @@ def serve_throughput(store, streams, seconds, split, server_args, cpu=None, warm
     """Samples/s that serve-cloud (started with ``server_args``) answers to ``streams`` closed-loop
     streams, each a process of its own; the first ``warmup`` seconds (first CUDA calls, graph
     captures) are not counted.  ``details``, a dict, receives the latency p50/p99."""
-    import multiprocessing
     prefix = ["taskset", "-c", str(cpu)] if cpu is not None else []
     server = launch.Started(prefix + launch.cli_command("serve-cloud", "--port", "0", "--artifacts", store,
                                                         *server_args), cwd=REPO)
@@ -134,36 +133,48 @@ def serve_throughput(store, streams, seconds, split, server_args, cpu=None, warm
         address = server.address
         from runtime.bundle.manifest import load_manifest
         shape = load_manifest(os.path.join(store, "resnet50-s{}".format(split)))["boundary"]["shape"][1:]
-        context = multiprocessing.get_context("spawn")
-        queue = context.Queue()
-        begin = time.time() + 3.0 + warmup  # the workers' start (spawn, imports) is not counted either
-        end = begin + seconds
-        workers = [context.Process(target=_stream, args=(address, split, shape, begin, end, queue))
-                   for _ in range(streams)]
-        for w in workers:
-            w.start()
-        results = []
-        import queue as queue_module
-        while len(results) < streams:
-            try:
-                results.append(queue.get(timeout=1.0))
-            except queue_module.Empty:
-                dead = [w for w in workers if w.exitcode not in (None, 0)]
-                if dead or time.time() > end + 180:
-                    raise RuntimeError("a stream process {} (exit code {})".format(
-                        "died" if dead else "hung", dead[0].exitcode if dead else None))
-        for w in workers:
-            w.join(30)
-        failed = [r[2] for r in results if r[2]]
-        if failed:
-            raise RuntimeError("{} of {} streams failed: {}".format(len(failed), streams, failed[0]))
+        results = _run_streams(_stream, (address, split, shape), streams, seconds, warmup, "")
         if details is not None:
-            latencies = [t for r in results for t in r[1]]
-            details["p50_ms"] = float(np.percentile(latencies, 50)) if latencies else None
-            details["p99_ms"] = float(np.percentile(latencies, 99)) if latencies else None
+            details.update(_percentiles(results))
         return sum(r[0] for r in results) / float(seconds)
     finally:
         server.stop()
+
+
+def _run_streams(target, args, streams, seconds, warmup, what):
+    """``streams`` spawned processes, each ``target(*args, begin, end, queue)`` from ``begin`` (their start, spawn
+    and imports, and ``warmup`` are not counted) to ``end``; returns what each put on the queue, (samples,
+    latencies, error or None), raising if one died, hung or failed."""
+    import multiprocessing
+    import queue as queue_module
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    begin = time.time() + 3.0 + warmup
+    end = begin + seconds
+    workers = [context.Process(target=target, args=tuple(args) + (begin, end, queue)) for _ in range(streams)]
+    for w in workers:
+        w.start()
+    results = []
+    while len(results) < streams:
+        try:
+            results.append(queue.get(timeout=1.0))
+        except queue_module.Empty:
+            dead = [w for w in workers if w.exitcode not in (None, 0)]
+            if dead or time.time() > end + 180:
+                raise RuntimeError("a {}stream process {} (exit code {})".format(
+                    what, "died" if dead else "hung", dead[0].exitcode if dead else None))
+    for w in workers:
+        w.join(30)
+    failed = [r[2] for r in results if r[2]]
+    if failed:
+        raise RuntimeError("{} of {} {}streams failed: {}".format(len(failed), streams, what, failed[0]))
+    return results
+
+
+def _percentiles(results):
+    latencies = [t for r in results for t in r[1]]
+    return {"p50_ms": float(np.percentile(latencies, 50)) if latencies else None,
+            "p99_ms": float(np.percentile(latencies, 99)) if latencies else None}
 
 
 def _triton_unavailable():
@@ -204,27 +215,9 @@ def _triton_stream(url, model, names, shape, begin, end, queue):
         queue.put((0, [], "{}: {}".format(type(exc).__name__, exc)))
 
 
-def _start_triton(repo, log):
-    """``cli.py serve-triton`` on free ports: (process, grpc host:port); its log (Triton's) goes to ``log``."""
-    import re
-    with open(log, "w") as f:
-        proc = subprocess.Popen(launch.cli_command("serve-triton", "--repo", repo, "--grpc-port", 0, "--http-port",
-                                                   0, "--metrics-port", 0, "--start-timeout", 600),
-                                stdout=subprocess.PIPE, stderr=f, universal_newlines=True, cwd=REPO)
-    match = re.search(r"listening on grpc://(\S+) ", proc.stdout.readline())
-    if not match:
-        proc.kill()
-        proc.wait()
-        raise RuntimeError("serve-triton did not start (see {})".format(log))
-    return proc, match.group(1)
-
-
 def triton_throughput(store, repo, streams, seconds, device, warmup=5.0):
-    """Samples/s and latency p50/p99 of ``streams`` closed-loop gRPC streams against Triton serving split 3."""
-    import multiprocessing
-    import queue as queue_module
-    import signal
-
+    """Samples/s and latency p50/p99 of ``streams`` closed-loop gRPC streams against Triton serving split 3;
+    Triton's log goes to REPO.log."""
     from runtime.bundle.manifest import load_manifest
     manifest = load_manifest(os.path.join(store, "resnet50-s3"))
     kind = ["--kind", "gpu", "--device", "cuda"] if device == "cuda" else ["--kind", "cpu", "--device", "cpu"]
@@ -232,42 +225,17 @@ def triton_throughput(store, repo, streams, seconds, device, warmup=5.0):
                                       "--platform", "python", "--backend", "torchscript", "--name", "resnet50-s3",
                                       "--max-batch", streams, "--max-queue-delay-us", 2000, *kind),
                    check=True, stdout=subprocess.DEVNULL, cwd=REPO)
-    proc, url = _start_triton(repo, repo.rstrip(os.sep) + ".log")
+    triton = launch.TritonStarted(repo, "--grpc-port", 0, "--http-port", 0, "--metrics-port", 0,
+                                  "--start-timeout", 600, cwd=REPO)
     try:
-        context = multiprocessing.get_context("spawn")
-        queue = context.Queue()
-        begin = time.time() + 3.0 + warmup
-        end = begin + seconds
         names = (manifest["boundary"]["name"], manifest["output"]["name"])
-        workers = [context.Process(target=_triton_stream, args=(url, "resnet50-s3", names,
-                                                                manifest["boundary"]["shape"][1:], begin, end, queue))
-                   for _ in range(streams)]
-        for w in workers:
-            w.start()
-        results = []
-        while len(results) < streams:
-            try:
-                results.append(queue.get(timeout=1.0))
-            except queue_module.Empty:
-                if any(w.exitcode not in (None, 0) for w in workers) or time.time() > end + 180:
-                    raise RuntimeError("a Triton stream process died or hung")
-        for w in workers:
-            w.join(30)
-        failed = [r[2] for r in results if r[2]]
-        if failed:
-            raise RuntimeError("{} of {} Triton streams failed: {}".format(len(failed), streams, failed[0]))
-        latencies = [t for r in results for t in r[1]]
-        return {"samples_per_s": sum(r[0] for r in results) / float(seconds),
-                "p50_ms": float(np.percentile(latencies, 50)) if latencies else None,
-                "p99_ms": float(np.percentile(latencies, 99)) if latencies else None}
+        results = _run_streams(_triton_stream, (triton.grpc, "resnet50-s3", names, manifest["boundary"]["shape"][1:]),
+                               streams, seconds, warmup, "Triton ")
+        return dict(_percentiles(results), samples_per_s=sum(r[0] for r in results) / float(seconds))
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        triton.stop()
+        with open(repo.rstrip(os.sep) + ".log", "w") as f:
+            f.write(triton.log_text())
 
 
 def check_triton(args, store, result, served, batch):

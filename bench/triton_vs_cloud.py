@@ -58,13 +58,11 @@ import argparse
 import csv
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import numpy as np
@@ -81,7 +79,6 @@ ENV = dict(os.environ, PYTHONUNBUFFERED="1")
 MODEL = "resnet50"
 CLOUDS = ("serve-cloud", "triton")
 TARGET_MS = 1.5  # the issue's target: Triton adds at most this to transmission p50 at split 20
-TRITON_LINE = re.compile(r"serve-triton listening on grpc://(\S+) http://(\S+) metrics http://(\S+)")
 CHECK_SAMPLES = 4
 # (key, label, unit, better): the table's rows per split, in order
 METRICS = (("transmission_p50", "transmission p50, 1 edge", "ms", "lower"),
@@ -123,41 +120,11 @@ def triton_unavailable():
 
 # ---------------------------------------------------------------- processes
 
-class Triton(object):
-    """``cli.py serve-triton --repo REPO`` on free loopback ports, seen ready; ``grpc`` is its host:port.
-
-    Its log (Triton's, on stderr) is kept; ``stop`` sends SIGTERM (serve-triton stops the server and its
-    stubs and exits 0) and returns the exit code."""
-
-    def __init__(self, repo, start_timeout=300):
-        argv = launch.cli_command("serve-triton", "--repo", repo, "--grpc-port", 0, "--http-port", 0,
-                                  "--metrics-port", 0, "--start-timeout", start_timeout)
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
-                                     cwd=REPO, env=ENV)
-        self.log = []
-        self._reader = threading.Thread(target=lambda: self.log.extend(self.proc.stderr), daemon=True)
-        self._reader.start()
-        line = self.proc.stdout.readline()
-        match = TRITON_LINE.search(line)
-        if not match:
-            self.stop()
-            raise RuntimeError("serve-triton did not start: {!r}\n{}".format(line, "".join(self.log[-20:])))
-        self.grpc, self.http, self.metrics = match.groups()
-        self.address = "grpc://" + self.grpc
-
-    def stop(self, timeout=60):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._reader.join(10)
-        return self.proc.returncode
-
-    def log_text(self):
-        return "".join(self.log)
+def start_triton(repo, start_timeout=300):
+    """``cli.py serve-triton --repo REPO`` on free loopback ports, seen ready (its log kept; ``stop`` sends
+    SIGTERM: serve-triton stops the server and its stubs and exits 0)."""
+    return launch.TritonStarted(repo, "--grpc-port", 0, "--http-port", 0, "--metrics-port", 0, "--start-timeout",
+                                start_timeout, cwd=REPO, env=ENV)
 
 
 class Edges(object):
@@ -444,10 +411,10 @@ def main():
         cloud = launch.serve_cloud("--port", 0, "--artifacts", store, *args.server_arg, env=ENV, cwd=REPO)
         servers.append(("serve-cloud", cloud))
         _say("starting serve-triton")
-        triton = Triton(repo)
+        triton = start_triton(repo)
         servers.append(("serve-triton", triton))
-        addresses = {"serve-cloud": cloud.address, "triton": triton.address}
-        _say("serve-cloud on {}, Triton on {}".format(cloud.address, triton.address))
+        addresses = {"serve-cloud": cloud.address, "triton": "grpc://" + triton.grpc}
+        _say("serve-cloud on {}, Triton on grpc://{}".format(cloud.address, triton.grpc))
         identical = check_identical(store, splits, cloud.address, triton.grpc)
         runs = measure(addresses, store, work, splits, args.limit, args.repeats, args.edges, edges)
     finally:

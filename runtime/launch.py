@@ -1,5 +1,5 @@
 """This tool's own commands as subprocesses: ``cli_command`` builds the argv, ``Started`` starts a server and
-waits for its ready line.
+waits for its ready line (``TritonStarted``: serve-triton's, with its three addresses).
 
 Running ``cli.py export`` in a child process keeps the runtime free of exporter
 imports (the demo's steps, serve-cloud's on-demand exports).  ``serve_cloud`` is
@@ -9,6 +9,7 @@ a free port, returning once it listens, with its log kept.
 Python 3.6 syntax.
 """
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +19,8 @@ from runtime.errors import UserError
 
 CLI = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cli.py")
 READY = "serve-cloud listening on "
+TRITON_READY = "serve-triton listening on "
+TRITON_URLS = re.compile(r"grpc://(\S+) http://(\S+) metrics http://(\S+)")
 
 
 def cli_command(*args):
@@ -37,23 +40,26 @@ class Started(object):
     LOG = {"keep": subprocess.PIPE, "inherit": None, "discard": subprocess.DEVNULL}
 
     def __init__(self, argv, ready=READY, popen=subprocess.Popen, log="keep", **popen_kw):
-        keep_log = log == "keep"
         self.proc = popen([str(a) for a in argv], stdout=subprocess.PIPE, stderr=self.LOG[log],
                           universal_newlines=True, **popen_kw)
-        line = self.proc.stdout.readline()
-        if ready not in line:
-            self.proc.kill()
-            said = (self.proc.stderr.read() if keep_log else "").strip().splitlines()
-            raise UserError("the server did not start ({}): {}".format(
-                " ".join(os.path.basename(str(a)) for a in argv[:3]), (said[-1] if said else line.strip()) or "no output"))
-        self.address = line.strip().rsplit(" ", 1)[1]
-        self.host, _, port = self.address.rpartition(":")
-        self.port = int(port)
         self.log = []
         self._reader = None
-        if keep_log:
+        if log == "keep":  # read from the start: a server that logs much before its ready line must not block
             self._reader = threading.Thread(target=lambda: self.log.extend(self.proc.stderr), daemon=True)
             self._reader.start()
+        self.line = self.proc.stdout.readline()
+        if ready not in self.line:
+            self.proc.kill()
+            self.proc.wait()
+            if self._reader is not None:
+                self._reader.join(10)
+            said = "".join(self.log).strip().splitlines()
+            raise UserError("the server did not start ({}): {}".format(
+                " ".join(os.path.basename(str(a)) for a in argv[:3]),
+                (said[-1] if said else self.line.strip()) or "no output"))
+        self.address = self.line.strip().rsplit(" ", 1)[1]
+        self.host, _, port = self.address.rpartition(":")
+        self.port = int(port)
 
     def stop(self, timeout=60):
         if self.proc.poll() is None:
@@ -69,6 +75,17 @@ class Started(object):
 
     def log_text(self):
         return "".join(self.log)
+
+
+class TritonStarted(Started):
+    """``cli.py serve-triton --repo REPO ARGS`` started and seen ready: ``grpc``, ``http`` and ``metrics`` are
+    its host:port addresses, ``ports`` their numbers; keywords as for ``Started``."""
+
+    def __init__(self, repo, *args, **kw):
+        Started.__init__(self, cli_command("serve-triton", "--repo", repo, *args), ready=TRITON_READY, **kw)
+        self.grpc, self.http, self.metrics = TRITON_URLS.search(self.line).groups()
+        self.ports = {k: int(v.rsplit(":", 1)[1]) for k, v in zip(("grpc", "http", "metrics"),
+                                                                 (self.grpc, self.http, self.metrics))}
 
 
 def serve_cloud(*args, **kw):

@@ -3,18 +3,13 @@
 ``unavailable()`` says why Triton cannot run here (None where it can): the tests skip with that reason.
 """
 import os
-import re
 import shutil
 import signal
-import subprocess
-import threading
 
 from conftest import REPO
 
 from runtime import launch
 from runtime.cloud import triton_server
-
-LINE = re.compile(r"serve-triton listening on grpc://(\S+) http://(\S+) metrics http://(\S+)")
 
 
 def unavailable():
@@ -35,26 +30,13 @@ def unavailable():
     return None
 
 
-class TritonProcess(object):
+class TritonProcess(launch.TritonStarted):
     """``cli.py serve-triton --repo REPO`` started and seen ready; ``grpc``, ``http``, ``metrics`` are host:port."""
 
     def __init__(self, repo, *extra, grpc_port=0, http_port=0, metrics_port=0):
-        argv = launch.cli_command("serve-triton", "--repo", repo, "--grpc-port", grpc_port, "--http-port", http_port,
-                                  "--metrics-port", metrics_port, *extra)
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-                                     env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        self.log = []
-        self._reader = threading.Thread(target=lambda: self.log.extend(self.proc.stderr), daemon=True)
-        self._reader.start()
-        self.line = self.proc.stdout.readline()
-        match = LINE.search(self.line)
-        if not match:
-            self.proc.kill()
-            self.proc.wait()
-            self._reader.join(5)
-            raise AssertionError("serve-triton did not start: {!r}\n{}".format(self.line, "".join(self.log[-20:])))
-        self.grpc, self.http, self.metrics = match.groups()
-        self.ports = {k: int(v.rsplit(":", 1)[1]) for k, v in zip(("grpc", "http", "metrics"), match.groups())}
+        launch.TritonStarted.__init__(self, repo, "--grpc-port", grpc_port, "--http-port", http_port,
+                                      "--metrics-port", metrics_port, *extra, cwd=REPO,
+                                      env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
     def server_pid(self):
         """The tritonserver process serve-triton started."""
@@ -65,17 +47,3 @@ class TritonProcess(object):
         """SIGKILL the tritonserver itself (serve-triton then exits non-zero, as a supervisor would see)."""
         os.kill(self.server_pid(), signal.SIGKILL)
         self.proc.wait(60)
-
-    def stop(self, timeout=60):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._reader.join(10)
-        return self.proc.returncode
-
-    def log_text(self):
-        return "".join(self.log)
