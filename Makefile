@@ -16,7 +16,20 @@ TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 TRITON_ENV ?= .venv-triton
 TRITON_PKGS ?= numpy<2 onnxruntime nvidia-pytriton==0.7.0
 
-.PHONY: demo test test-fast install triton-env clean
+# The JetPack 4.6 tier: the edge's own software stack (Python 3.6, onnxruntime 1.10, numpy 1.19, click 8.0, the
+# codecs' and the KServe client's last Python 3.6 releases; x86-64 wheels instead of aarch64), made once from
+# pyenv's Python 3.6.15; tests/test_jetpack46.py runs real `run-edge` processes under it, from this checkout with
+# no install, against serve-cloud on .venv's Python.  Where pyenv has no 3.6 or pip cannot install the packages
+# (offline), UNAVAILABLE says why and that tier skips with that reason.  Opt in to the TorchScript edge on
+# torch 1.10.0 (about 880 MB) with `make test-torch110`.
+PY36 ?= $(shell pyenv root 2>/dev/null)/versions/3.6.15/bin/python
+JP46_ENV ?= .venv-jp46
+JP46_PKGS ?= onnxruntime==1.10.0 numpy<1.20 click<8.1 zstandard<0.22 lz4<4.1 \
+	tritonclient[grpc]==2.41.1 grpcio==1.48.2 protobuf<3.20
+# the opt-in torch 1.10 tier: the same packages plus torch 1.10.0 (JetPack 4.6's), in an environment of its own
+JP46_TORCH_ENV ?= .venv-jp46-torch
+
+.PHONY: demo test test-fast install triton-env jp46-env torch110-env test-torch110 clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv --system-site-packages $(VENV)
@@ -46,11 +59,46 @@ $(TRITON_ENV)/.installed: Makefile $(VENV)/.installed
 
 triton-env: $(TRITON_ENV)/.installed
 
+$(JP46_ENV)/.installed: Makefile
+	rm -rf $(JP46_ENV)
+	mkdir -p $(JP46_ENV)
+	if [ ! -x "$(PY36)" ]; then \
+		echo "no Python 3.6 at $(PY36) (pyenv install 3.6.15, or make PY36=/path/to/python3.6)" > $(JP46_ENV)/UNAVAILABLE; \
+	elif ! { $(PY36) -m venv $(JP46_ENV) && $(JP46_ENV)/bin/python -m pip install -q "pip>=21,<22" && \
+		$(JP46_ENV)/bin/python -m pip install -q $(foreach p,$(JP46_PKGS),'$(p)'); } 2> $(JP46_ENV)/pip.log; then \
+		echo "pip could not install the JetPack 4.6 packages: $$(grep -v WARNING $(JP46_ENV)/pip.log | tail -1)" \
+			> $(JP46_ENV)/UNAVAILABLE; \
+	fi
+	if [ -f $(JP46_ENV)/UNAVAILABLE ]; then cat $(JP46_ENV)/UNAVAILABLE; fi
+	touch $@
+
+jp46-env: $(JP46_ENV)/.installed
+
+$(JP46_TORCH_ENV)/.installed:
+	rm -rf $(JP46_TORCH_ENV)
+	mkdir -p $(JP46_TORCH_ENV)
+	if [ ! -x "$(PY36)" ]; then \
+		echo "no Python 3.6 at $(PY36) (pyenv install 3.6.15, or make PY36=/path/to/python3.6)" > $(JP46_TORCH_ENV)/UNAVAILABLE; \
+	elif ! { $(PY36) -m venv $(JP46_TORCH_ENV) && $(JP46_TORCH_ENV)/bin/python -m pip install -q "pip>=21,<22" && \
+		$(JP46_TORCH_ENV)/bin/python -m pip install -q $(foreach p,$(JP46_PKGS),'$(p)') torch==1.10.0; } \
+		2> $(JP46_TORCH_ENV)/pip.log; then \
+		echo "pip could not install the JetPack 4.6 packages with torch 1.10.0: $$(grep -v WARNING $(JP46_TORCH_ENV)/pip.log | tail -1)" \
+			> $(JP46_TORCH_ENV)/UNAVAILABLE; \
+	fi
+	if [ -f $(JP46_TORCH_ENV)/UNAVAILABLE ]; then cat $(JP46_TORCH_ENV)/UNAVAILABLE; fi
+	touch $@
+
+torch110-env: $(JP46_TORCH_ENV)/.installed
+
+# opt-in (about 880 MB): the JetPack 4.6 tier's tests, and the TorchScript edge's, on torch 1.10.0
+test-torch110: $(VENV)/.installed $(JP46_TORCH_ENV)/.installed
+	EDGESPLIT_JP46_ENV=$(JP46_TORCH_ENV) $(PY) -m pytest -q tests/test_jetpack46.py tests/test_jetpack46_torch.py
+
 demo: $(VENV)/.installed
 	$(PY) cli.py demo
 
 # ruff first (pyflakes, bugbear, import order, size limits: pyproject.toml), then the suite
-test: $(VENV)/.installed $(TRITON_ENV)/.installed
+test: $(VENV)/.installed $(TRITON_ENV)/.installed $(JP46_ENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
@@ -61,4 +109,4 @@ test-fast: $(VENV)/.installed
 		tests/test_compression.py tests/test_spin.py tests/test_planner.py tests/test_cadence.py -k "not run_edge"
 
 clean:
-	rm -rf $(VENV) $(TRITON_ENV) artifacts/*/ artifacts/.tmp-* artifacts/.old-*
+	rm -rf $(VENV) $(TRITON_ENV) $(JP46_ENV) artifacts/*/ artifacts/.tmp-* artifacts/.old-*
