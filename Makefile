@@ -22,7 +22,7 @@ TRITON_PKGS ?= numpy<2 onnxruntime nvidia-pytriton==0.7.0
 # no install, against serve-cloud on .venv's Python.  Where pyenv has no 3.6 or pip cannot install the packages
 # (offline), UNAVAILABLE says why and that tier skips with that reason.  Opt in to the TorchScript edge on
 # torch 1.10.0 (about 880 MB) with `make test-torch110`.
-PY36 ?= $(shell pyenv root 2>/dev/null)/versions/3.6.15/bin/python
+PY36 ?= $(or $(shell pyenv root 2>/dev/null),$(PYENV_ROOT),$(HOME)/.pyenv)/versions/3.6.15/bin/python
 JP46_ENV ?= .venv-jp46
 JP46_PKGS ?= onnxruntime==1.10.0 numpy<1.20 click<8.1 zstandard<0.22 lz4<4.1 \
 	tritonclient[grpc]==2.41.1 grpcio==1.48.2 protobuf<3.20
