@@ -15,6 +15,7 @@ from runtime.edge.adaptive import PROBE_CAP_MS, PROBE_REPLY_BYTES
 from runtime.edge.cadence import Cadence
 from runtime.edge.client import CloudLost
 from runtime.edge.data import preprocess_batch
+from runtime.edge.power import RunEnergy
 from runtime.edge.probe import echo_train
 from runtime.edge.report import RunRecorder, _say
 from runtime.wire import codec
@@ -113,7 +114,7 @@ class _Pipelined(object):
         self._tickets.put(None)
 
 
-def measure(session, data, plan, settings, adaptive=None, fallback=None, out=None):
+def measure(session, data, plan, settings, adaptive=None, fallback=None, out=None, meter=None):
     """Run every batch of ``plan`` through the session, timing each request; return the RunRecorder.
 
     ``settings`` (RunOptions) gives ``warmup``, ``no_follow``, ``verbose``,
@@ -137,15 +138,19 @@ def measure(session, data, plan, settings, adaptive=None, fallback=None, out=Non
     back by default, or every ``interval_ms`` from ``start_at``; a batch waits for its
     release (answering the requests in flight meanwhile), and the time it waited for
     the edge to be free after its release is recorded with it.
+
+    With ``meter`` (``edge.power.open_meter``), the idle baseline is measured just before the
+    measured part and the meter sampled during it; the recorder's ``energy`` is the summary.
     """
-    return _Loop(session, data, plan, settings, adaptive, fallback, out or sys.stdout).run()
+    return _Loop(session, data, plan, settings, adaptive, fallback, out or sys.stdout, meter).run()
 
 
 class _Loop(object):
     """One measured run, in steps: warm up, then send the next batch or take the next reply until done."""
 
-    def __init__(self, session, data, plan, settings, adaptive, fallback, out):
+    def __init__(self, session, data, plan, settings, adaptive, fallback, out, meter=None):
         self.session, self.data, self.plan, self.settings = session, data, plan, settings
+        self.energy = RunEnergy(meter) if meter is not None else None
         self.adaptive, self.fallback, self.out = adaptive, fallback, out
         self.preprocess = session.manifest["input"].get("preprocess") or {}
         self.recorder = RunRecorder()
@@ -173,9 +178,13 @@ class _Loop(object):
             recorder.warmup_requests += 1
         self.bar = _progress(sum(len(b) for b in plan), not self.settings.verbose and sys.stderr.isatty())
         self.pipe = self._make_pipe()
+        if self.energy is not None:
+            self.energy.before(self.settings.start_at)  # the idle baseline, just before the measured part
         self.session.begin_measure()
         recorder.interval_ms = self.cadence.interval_s * 1000.0
         self.cadence.start()
+        if self.energy is not None:
+            self.energy.start()
         recorder.started_unix = self.cadence.started_unix
         self.started, cpu_started = self.cadence.started, time.process_time()
         try:
@@ -187,9 +196,13 @@ class _Loop(object):
                         break
             recorder.reconnects = self.session.reconnects
         finally:
+            if self.energy is not None:
+                self.energy.stop()
             self.pipe.close()
         recorder.wall_s = time.perf_counter() - self.started
         recorder.cpu_s = time.process_time() - cpu_started
+        if self.energy is not None:
+            recorder.energy = self.energy.summary(recorder.samples)
         self.session.end_measure(recorder)
         if self.bar is not None:
             self.bar.close()

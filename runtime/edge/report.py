@@ -20,7 +20,9 @@ Figures, per request (one batch; at ``--batch-size 1``, per sample as in the see
 
 Per run: throughput, bytes per sample, and the edge process's CPU time per sample
 (user + system over the measured part, every thread: the head, compression, and
-any spinning while waiting for replies; on a Jetson, what costs battery).
+any spinning while waiting for replies; on a Jetson, what costs battery), and with a
+power source (``run-edge --power``, ``edge/power.py``) the edge's energy per sample
+above its idle baseline, last.
 
 Python 3.6 syntax.
 """
@@ -57,6 +59,7 @@ class RunRecorder(object):
         self.wall_s = 0.0
         self.cpu_s = 0.0  # the edge process's CPU time (user + system, all threads) over the measured part
         self.cloud_counted = None  # against Triton: {"requests", "executions"} its statistics counted
+        self.energy = None  # run-edge --power: edge.power's summary (None: not asked for)
 
     def apportion_cloud(self, compute_ms, queue_ms, counted):
         """Against Triton, which times no request in its reply: every request's cloud and queue figures become
@@ -119,6 +122,8 @@ class RunRecorder(object):
         out["reconnects"] = list(self.reconnects)
         out["fallback"] = self.fallback
         out["cloud_counted"] = self.cloud_counted
+        if self.energy is not None:
+            out["energy"] = self.energy
         return out
 
 
@@ -154,7 +159,17 @@ def format_report(summary, samples, requests, warmup):
     if summary.get("local_samples"):
         lines.append("Local fallback: {} samples ran on the edge alone, cloud unreachable (p50 {:.3f} ms each; "
                      "not in the figures above)".format(summary["local_samples"], summary["local_ms"]["p50"]))
+    if summary.get("energy"):
+        lines.append(format_energy(summary["energy"]))
     return "\n".join(lines)
+
+
+def format_energy(energy):
+    """The energy line: per sample above the idle baseline, average and idle power, and where it was read."""
+    if not energy.get("measured"):
+        return "energy: not measured ({})".format(energy.get("reason"))
+    return "energy: {:.3f} mJ/sample, avg power {:.0f} mW (idle {:.0f} mW), source {} rail {}".format(
+        energy["mj_per_sample"], energy["avg_power_mw"], energy["idle_power_mw"], energy["source"], energy["rail"])
 
 
 def write_report(path, info, recorder):
