@@ -12,6 +12,7 @@ import sys
 
 import click
 
+from runtime.edge import power
 from runtime.errors import UserError
 from runtime.wire import auth
 
@@ -156,7 +157,7 @@ def export(model, split, segments, out, **options):
 
 
 BACKEND_CHOICE = click.Choice(["onnx", "torchscript"])
-OBJECTIVE_CHOICE = click.Choice(["latency", "throughput"])
+OBJECTIVE_CHOICE = click.Choice(["latency", "throughput", "energy"])
 
 
 def ints_option(ctx, param, value):
@@ -275,6 +276,22 @@ BANDWIDTH_OPTION = click.option("--bandwidth", default=None, type=click.FloatRan
                                 help="Plan for this bandwidth (Mbit/s) instead of the measured one.")
 RTT_OPTION = click.option("--rtt", default=None, type=click.FloatRange(0, None),
                           help="Plan for this round-trip time (ms).")
+OBJECTIVE_HELP = ("latency, throughput, or energy: the least edge energy per sample (compute, from an edge profile "
+                  "made with --power, plus the radio's per byte).")
+PLANNING_OPTIONS = (
+    click.option("--max-latency-ms", default=None, type=click.FloatRange(0.001, None),
+                 help="Choose only among splits predicted within this latency (ms); none within it is an error."),
+    click.option("--radio-nj-per-byte", default=None, type=click.FloatRange(0, None),
+                 help="The radio's energy per byte sent or received (nJ), for the energy objective [default: 2318.5, "
+                      "Wi-Fi at 20 Mbit/s up; LTE about 4000-14000; see docs/PLANNING.md]."),
+)
+POWER_OPTIONS = (
+    click.option("--power", default="auto", show_default=True, type=click.Choice(power.SOURCES),
+                 help="Measure the edge's energy with this source (auto: the first readable of ina3221, "
+                      "jtop, rapl; a source named here that is not readable is an error)."),
+    click.option("--sysfs-root", default="/", show_default=True, metavar="DIR",
+                 help="Read the power sources' sysfs under DIR (DIR/sys), e.g. the host's mounted in a container."),
+)
 DATASET_OPTIONS = (
     click.option("--dataset", default="cifar100", show_default=True,
                  help="cifar100, cifar10, npz:PATH, folder:PATH or synthetic."),
@@ -358,7 +375,8 @@ def serve_cloud(**options):
 @click.option("--split", default=None, callback=split_option,
               help="Split point, or 'auto' (planned from profiles); default: the bundle active on the cloud.")
 @click.option("--objective", default="latency", show_default=True, type=OBJECTIVE_CHOICE,
-              help="What --split auto optimises.")
+              help="What --split auto optimises: " + OBJECTIVE_HELP)
+@with_options(*PLANNING_OPTIONS)
 @with_options(BANDWIDTH_OPTION, RTT_OPTION, CACHE_OPTION)
 @click.option("--cache-keep", default=8, show_default=True, type=click.IntRange(1, None),
               help="Bundles kept in the cache (least recently used go first).")
@@ -397,6 +415,7 @@ def serve_cloud(**options):
 @click.option("--start-at", default=None, type=float, metavar="UNIX_S",
               help="Hold the first measured request until this wall-clock time (Unix seconds), to line runs or "
                    "edges up on one clock.")
+@with_options(*POWER_OPTIONS)
 @handle_errors
 @client_security()
 def run_edge(**options):
@@ -410,16 +429,19 @@ def run_edge(**options):
 @cloud_option()
 @with_options(MODEL_ID_OPTION, CACHE_OPTION, BACKEND_OPTION, DEVICE_OPTION, batch_size_option(1024), BANDWIDTH_OPTION,
               RTT_OPTION)
-@click.option("--objective", default="latency", show_default=True, type=OBJECTIVE_CHOICE)
+@click.option("--objective", default="latency", show_default=True, type=OBJECTIVE_CHOICE, help=OBJECTIVE_HELP)
+@with_options(*PLANNING_OPTIONS)
 @click.option("--edge-profile", default=None, help="Use this edge profile (from `profile --out`).")
 @click.option("--cloud-profile", default=None, help="Use this cloud profile instead of asking the cloud.")
 @click.option("--json", "as_json", is_flag=True)
 @timeout_option(600.0)
 @threads_option("Compute threads for the edge's profile.")
+@with_options(*POWER_OPTIONS)
 @handle_errors
 @client_security()
 def plan(**options):
-    """Predict the latency of every split from measured profiles and the network, and choose one."""
+    """Predict the latency (and energy) of every split from measured profiles and the network, and choose one;
+    --power: the meter the edge's profile measures its energy with, where --objective energy needs it."""
     from runtime.edge.options import PlanOptions
     from runtime.edge.plan import run_plan
     run_plan(PlanOptions(**options))
@@ -436,10 +458,12 @@ def plan(**options):
 @click.option("--csv", "csv_path", default=None, help="Write the table as CSV here.")
 @click.option("--png", "png_path", default=None, help="Write the chart (stacked bars + predictions) here.")
 @with_options(BANDWIDTH_OPTION, RTT_OPTION, timeout_option(600.0), threads_option())
+@with_options(PLANNING_OPTIONS[1], *POWER_OPTIONS)
 @handle_errors
 @client_security()
 def sweep(**options):
-    """Measure every split in --splits on the same samples: the seed's table, a CSV and a chart."""
+    """Measure every split in --splits on the same samples: the seed's table, a CSV and a chart (with the edge's
+    energy per sample, measured and predicted, where --power finds a meter)."""
     from runtime.edge.options import SweepOptions
     from runtime.edge.sweep import run_sweep
     run_sweep(SweepOptions(**options))
@@ -451,10 +475,12 @@ def sweep(**options):
 @click.option("--segments", "segments_dir", default=None, help="...or profile this local segments bundle.")
 @with_options(MODEL_ID_OPTION, CACHE_OPTION, BACKEND_OPTION, DEVICE_OPTION, batch_size_option(1024),
               timeout_option(600.0), threads_option("Compute threads (0: library default)."))
+@with_options(*POWER_OPTIONS)
 @handle_errors
 @client_security()
 def profile(**options):
-    """Measure this side's latency of every segment of a model; write it as JSON for `plan --edge-profile`."""
+    """Measure this side's latency (and, where --power finds a meter, energy) of every segment of a model; write it
+    as JSON for `plan --edge-profile`."""
     from runtime.edge.options import ProfileOptions
     from runtime.edge.plan import run_profile
     run_profile(ProfileOptions(**options))

@@ -6,6 +6,18 @@ bundle id, backend, provider, device, batch size, threads), so a Jetson's profil
 made once is reused.  Both sides use it: the edge for its head, serve-cloud for its
 tails (PROFILE).
 
+With a power meter (the edge's ``profile --power``), each segment's energy is
+measured too: after the timed runs, the segment runs over and over on its own chain
+input for at least ``ENERGY_WINDOW_S`` (a Jetson's INA3221 updates every few ms and
+its sysfs reads are slow, so one run is far too short to see), and
+
+    segment_mj = (energy during its repetitions - idle power x their duration) / repetitions
+
+is recorded as ``segment_mj`` (mJ per run at the profile's batch size: what the
+device spends above idle while the segment runs), with the meter's source, rail and
+idle power under ``energy``.  A profile without ``segment_mj`` was measured without a
+meter (or its reading failed, ``energy.reason`` says why): absent means not measured.
+
 Python 3.6 syntax: this module runs on the Jetson.
 """
 import hashlib
@@ -24,13 +36,16 @@ WARMUP = 3
 
 METHOD = "chain-median-scaled"  # changes when the way of measuring does, so old cached profiles are not reused
 
+ENERGY_WINDOW_S = 0.3  # the least time of repetitions per segment whose energy is measured
+
 
 def profile_key(manifest, backend, provider, device, batch_size, threads=0):
     return {"method": METHOD, "segments": manifest.bundle_id, "model": manifest.model_id, "backend": backend, "provider": provider,
             "device": device, "batch_size": batch_size, "threads": threads}
 
 
-def profile_segments(manifest, backend="onnx", device="auto", batch_size=1, threads=0, runs=RUNS, warmup=WARMUP):
+def profile_segments(manifest, backend="onnx", device="auto", batch_size=1, threads=0, runs=RUNS, warmup=WARMUP,
+                     power=None):
     """Time every segment of a segments bundle here; return the profile (a JSON-able dict).
 
     The segments run as a chain, each on the previous one's output, and every run
@@ -40,6 +55,10 @@ def profile_segments(manifest, backend="onnx", device="auto", batch_size=1, thre
     up to the *mean* time of a whole chain: stalls that hit only some runs (a CPU
     quota's throttling, another process) are real time the edge will spend, and a
     median per segment would drop them.
+
+    ``power`` (the edge's, None: no energy): ``start()``, ``stop()`` -> a window with ``energy_mj``,
+    ``duration_s`` and ``problem``, and ``info``, a dict with the meter's ``source``, ``rail`` and
+    ``idle_power_mw`` (see ``segment_energy``).
     """
     fmt = format_of(backend)
     runners = []
@@ -53,10 +72,12 @@ def profile_segments(manifest, backend="onnx", device="auto", batch_size=1, thre
     x0 = np.random.RandomState(0).standard_normal(shape).astype(np.float32)
     times = [[] for _ in runners]
     totals = []
+    inputs = [x0] * len(runners)  # each segment's input in the chain, for the energy runs
     for r in range(warmup + runs):
         x = x0
         start = time.perf_counter()
         for i, runner in enumerate(runners):
+            inputs[i] = x
             t0 = time.perf_counter()
             x = runner.run(x)
             if r >= warmup:
@@ -67,10 +88,35 @@ def profile_segments(manifest, backend="onnx", device="auto", batch_size=1, thre
     scale = float(np.median(totals)) / sum(medians) if medians and sum(medians) > 0 else 1.0
     segment_ms = [m * scale for m in medians]
     provider = runners[0].provider if runners else "none"
-    return {"key": profile_key(manifest, backend, provider, device, batch_size, threads), "segment_ms": segment_ms,
-            "chain_ms": {"mean": float(np.mean(totals)), "median": float(np.median(totals))},
-            "points": manifest["points"], "output_bytes_per_sample": manifest["output"]["bytes_per_sample"],
-            "runs": runs, "warmup": warmup, "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    profile = {"key": profile_key(manifest, backend, provider, device, batch_size, threads), "segment_ms": segment_ms,
+               "chain_ms": {"mean": float(np.mean(totals)), "median": float(np.median(totals))},
+               "points": manifest["points"], "output_bytes_per_sample": manifest["output"]["bytes_per_sample"],
+               "runs": runs, "warmup": warmup, "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if power is not None:
+        profile.update(segment_energy(runners, inputs, power))
+    return profile
+
+
+def segment_energy(runners, inputs, power, window_s=ENERGY_WINDOW_S):
+    """``{"segment_mj": [...], "energy": {...}}``: each segment's energy per run above idle (see the module's
+    docstring), or ``{"energy": {..., "reason": ...}}`` without ``segment_mj`` where a window's reading failed."""
+    idle_mw = float(power.info["idle_power_mw"])
+    energy = dict(power.info, method="repeat-above-idle", window_s=window_s, repetitions=[])
+    segment_mj = []
+    for runner, x in zip(runners, inputs):
+        power.start()
+        n, t0 = 0, time.perf_counter()
+        while n == 0 or time.perf_counter() - t0 < window_s:
+            runner.run(x)
+            n += 1
+        window = power.stop()
+        if window.problem:
+            energy.update(repetitions=None, reason="segment {}: {}".format(len(segment_mj), window.problem))
+            return {"energy": energy}
+        # noise can make a tiny segment read below idle; it cannot really cost less than nothing
+        segment_mj.append(max(0.0, (window.energy_mj - idle_mw * window.duration_s) / n))
+        energy["repetitions"].append(n)
+    return {"segment_mj": segment_mj, "energy": energy}
 
 
 class ProfileCache(object):

@@ -27,11 +27,15 @@ class ClientOptions(Options):
     edge_profile = None  # a profile file instead of measuring the edge
     cloud_profile = None
     interval_ms = 0.0   # plan for a batch released every this many ms (0: back to back)
+    max_latency_ms = None  # only splits predicted within this many ms are candidates (None: no cap)
+    radio_nj_per_byte = None  # --objective energy: the radio's cost per byte (None: planner.DEFAULT_RADIO_NJ_PER_BYTE)
 
 
 class PlanOptions(ClientOptions):
     timeout = 600.0
     as_json = False
+    power = "auto"      # the meter the edge's energy is profiled with, for --objective energy (edge/power.py)
+    sysfs_root = "/"
 
 
 class RunOptions(ClientOptions):
@@ -54,6 +58,8 @@ class RunOptions(ClientOptions):
     reconnect_timeout = 60.0
     fallback = "none"
     start_at = None
+    power = "auto"      # the edge's power source (edge/power.py): auto, ina3221, jtop, rapl, none
+    sysfs_root = "/"    # where the power sources' sys/ is (a container's mount of the host's)
 
 
 class SweepOptions(ClientOptions):
@@ -66,9 +72,13 @@ class SweepOptions(ClientOptions):
     warmup = 3
     csv_path = None
     png_path = None
+    power = "auto"      # each split's energy per sample, measured as run-edge does (edge/power.py)
+    sysfs_root = "/"
 
 
 class ProfileOptions(ClientOptions):
     timeout = 600.0
     out = None          # write the profile (JSON) here
     segments_dir = None  # profile this local segments bundle instead of fetching one
+    power = "auto"      # each segment's energy too, where this meter is found (edge/power.py)
+    sysfs_root = "/"

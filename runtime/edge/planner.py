@@ -24,14 +24,46 @@ estimator's deviation of time per bit): a split that sends 12 KiB over a jittery
 link queues, one that sends 400 bytes hardly does; and rho >= 1 is unstable
 (``released_ms`` None).  ``choose`` then minimises the latency from release.
 
+Energy (``--objective energy``; ``with_energy``): what the edge spends per sample,
+from an edge profile that measured each segment's energy above idle (``segment_mj``,
+``profile --power``) and a cost per byte on the radio:
+
+    edge_mj(k)  = sum of the edge's segment_mj before point k
+    radio_mj(k) = radio_nj_per_byte * ((B * bytes(k) + frame) + (B * output bytes + frame)) * 1e-6
+    energy(k)   = (edge_mj(k) + radio_mj(k)) / B                       (mJ per sample)
+
+The reply is counted at the same cost per byte as what is sent (an upper bound:
+receiving costs less than sending in the radio models), and the radio's fixed costs
+(waking up, the tail it stays awake after a transfer) are left out: every split
+sends something each request, so they are the same for all and do not move the
+choice.  The default cost is Huang et al.'s Wi-Fi model (MobiSys 2012) at 20 Mbit/s
+up (``radio_cost``; docs/PLANNING.md has a table of links).  The energy objective
+takes the split of least energy per sample (ties: the faster).  Any objective can be
+capped, ``max_latency_ms``: only splits predicted within it (the latency from release
+where a cadence is known) are candidates, and none within it is an error that says
+the fastest split's prediction.
+
 Python 3.6 syntax.
 """
 from runtime.errors import UserError
 from runtime.wire.codec import HEADER_SIZE
 
 FRAME_BYTES = HEADER_SIZE + 48  # header and typical metadata of an INFER or RESULT frame
-OBJECTIVES = ("latency", "throughput")
+OBJECTIVES = ("latency", "throughput", "energy")
 CV_COMPUTE = 0.1  # the compute's own variation (a CPU quota's throttling, other work), as a coefficient
+
+# Huang et al., "A close examination of performance and power characteristics of 4G LTE networks" (MobiSys 2012):
+# power while sending at t Mbit/s, P = alpha * t + beta (mW); alpha in mW per Mbit/s, beta in mW
+RADIO_MODELS = {"wifi": (283.17, 132.86), "lte": (438.39, 1288.04)}
+
+
+def radio_cost(link, mbps):
+    """nJ per byte sent over ``link`` (a RADIO_MODELS key) at ``mbps`` Mbit/s: 8 * P / t (mW / Mbit/s = nJ/bit)."""
+    alpha, beta = RADIO_MODELS[link]
+    return 8.0 * (alpha * mbps + beta) / mbps
+
+
+DEFAULT_RADIO_NJ_PER_BYTE = round(radio_cost("wifi", 20.0), 1)  # 2318.5 nJ/byte: Wi-Fi at 20 Mbit/s up
 
 
 def check_profiles(edge, cloud):
@@ -87,24 +119,72 @@ def latency_key(row):
     return (float("inf") if released is None else released), row["latency_ms"]
 
 
-def choose(rows, objective="latency"):
+def has_energy(rows):
+    return bool(rows) and all(r.get("mj_per_sample") is not None for r in rows)
+
+
+def with_energy(rows, segment_mj, radio_nj_per_byte=DEFAULT_RADIO_NJ_PER_BYTE, batch_size=1, output_bytes=0):
+    """``rows`` with ``edge_mj``, ``radio_mj``, ``energy_mj`` (per request) and ``mj_per_sample`` (see the module's
+    docstring); ``segment_mj``: the edge's energy per run of each segment, at the profile's batch size."""
+    if radio_nj_per_byte < 0:
+        raise UserError("the radio's cost per byte cannot be negative")
+    out = []
+    for r in rows:
+        edge = float(sum(segment_mj[:r["split"]]))
+        wire = batch_size * (r["bytes_per_sample"] + output_bytes) + 2 * FRAME_BYTES
+        radio = radio_nj_per_byte * wire * 1e-6
+        out.append(dict(r, edge_mj=edge, radio_mj=radio, energy_mj=edge + radio,
+                        mj_per_sample=(edge + radio) / batch_size))
+    return out
+
+
+def within_latency(rows, max_latency_ms=None):
+    """The rows predicted within ``max_latency_ms`` (all without a cap); none is an error naming the fastest."""
+    if max_latency_ms is None:
+        return rows
+    allowed = [r for r in rows if latency_key(r)[0] <= max_latency_ms]
+    if not allowed:
+        fastest = min(rows, key=lambda r: (latency_key(r), r["split"]))
+        predicted = latency_key(fastest)[0]
+        raise UserError("no split is predicted within --max-latency-ms {:g}: the fastest, split {}, is predicted at "
+                        "{}; raise --max-latency-ms to at least that, or plan for another network (--bandwidth, "
+                        "--rtt) or cadence".format(max_latency_ms, fastest["split"], "{:.3f} ms".format(predicted)
+                                                   if predicted != float("inf") else "a queue that only grows"))
+    return allowed
+
+
+def choose(rows, objective="latency", max_latency_ms=None):
+    """The split ``objective`` picks among ``rows`` (those within ``max_latency_ms``, if given)."""
     if objective not in OBJECTIVES:
         raise UserError("unknown objective {!r}; choose from {}".format(objective, ", ".join(OBJECTIVES)))
+    if objective == "energy" and not has_energy(rows):
+        raise UserError("--objective energy needs the edge's energy per segment (an edge profile made with "
+                        "`cli.py profile --power ...`)")
+    rows = within_latency(rows, max_latency_ms)
     if objective == "latency":
         return min(rows, key=lambda r: (latency_key(r), r["split"]))
+    if objective == "energy":
+        return min(rows, key=lambda r: (r["mj_per_sample"], latency_key(r), r["split"]))
     return max(rows, key=lambda r: (r["throughput_samples_per_s"], -r["split"]))
 
 
-def format_plan(rows, choice, network, objective):
+def format_plan(rows, choice, network, objective, radio_nj_per_byte=None):
+    """The plan as a Markdown table (an mJ/sample column where the edge's energy is known) and the choice."""
+    energy = has_energy(rows)
     lines = ["network: rtt {:.3f} ms, bandwidth {:.1f} Mbit/s ({})".format(
-        network["rtt_ms"], network["bandwidth_mbps"], network.get("source", "given")),
-        "| split | after | bytes/sample | edge ms | network ms | cloud ms | latency ms | samples/s |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|"]
+        network["rtt_ms"], network["bandwidth_mbps"], network.get("source", "given"))]
+    if energy and radio_nj_per_byte is not None:
+        lines.append("energy: the edge's measured energy per segment, radio {:g} nJ/byte".format(radio_nj_per_byte))
+    lines += ["| split | after | bytes/sample | edge ms | network ms | cloud ms | latency ms | samples/s |"
+              + (" mJ/sample |" if energy else ""),
+              "|---:|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if energy else "")]
     for r in rows:
         mark = " **<-**" if r["split"] == choice["split"] else ""
-        lines.append("| {} | {} | {} | {:.3f} | {:.3f} | {:.3f} | {:.3f} | {:.1f} |{}".format(
+        lines.append("| {} | {} | {} | {:.3f} | {:.3f} | {:.3f} | {:.3f} | {:.1f} |{}{}".format(
             r["split"], r["name"], r["bytes_per_sample"], r["edge_ms"], r["network_ms"], r["cloud_ms"],
-            r["latency_ms"], r["throughput_samples_per_s"], mark))
-    lines.append("choice ({}): split {} ({}), predicted latency {:.3f} ms, {:.1f} samples/s".format(
-        objective, choice["split"], choice["name"], choice["latency_ms"], choice["throughput_samples_per_s"]))
+            r["latency_ms"], r["throughput_samples_per_s"], " {:.3f} |".format(r["mj_per_sample"]) if energy else "",
+            mark))
+    lines.append("choice ({}): split {} ({}), predicted latency {:.3f} ms, {:.1f} samples/s{}".format(
+        objective, choice["split"], choice["name"], choice["latency_ms"], choice["throughput_samples_per_s"],
+        ", {:.3f} mJ/sample".format(choice["mj_per_sample"]) if energy else ""))
     return "\n".join(lines)

@@ -16,6 +16,7 @@ from runtime.edge.client import CloudConnection
 from runtime.edge.data import batches, check_source, open_dataset
 from runtime.edge.kserve import is_kserve
 from runtime.edge.measure import measure
+from runtime.edge.power import open_meter
 from runtime.edge.report import _say, format_report, write_report
 from runtime.edge.session import EdgeSession, find_full_model
 from runtime.errors import UserError
@@ -36,6 +37,7 @@ def run_edge(options, out=None):
     o = options
     out = out or sys.stdout
     _check(o)
+    meter = open_meter(o.power, o.sysfs_root)  # a source named with --power that is not here stops the run now
     check_source(o.dataset)  # a missing local dataset is said before a cloud that is down
     full = _full_model(o)
     session = EdgeSession(o, o.compress, o.codec, busy_poll=o.busy_poll and o.inflight == 1)
@@ -55,9 +57,10 @@ def run_edge(options, out=None):
         if not plan:
             raise UserError("the dataset {} is empty".format(o.dataset))
         local = (lambda: (load_part(full, "head", o.backend, o.device, o.threads), full.bundle_id)) if full else None
-        recorder = measure(session, data, plan, o, adapter, local, out)
+        recorder = measure(session, data, plan, o, adapter, local, out, meter)
     finally:
         session.close()
+        meter.close()
 
     summary = recorder.summary()
     out.write(format_report(summary, recorder.samples, len(plan), recorder.warmup_requests) + "\n")
@@ -66,9 +69,21 @@ def run_edge(options, out=None):
             s["from_split"], s["to_split"], s["after_samples"], s["time_s"]) for s in recorder.switches)))
     info = _run_info(o, session, manifest, data, recorder, planned, adapter)
     if o.report:
-        return write_report(o.report, info, recorder)
-    info.update(summary)
+        info = write_report(o.report, info, recorder)
+    else:
+        info.update(summary)
+    _energy_outcome(o, meter, summary.get("energy"))
     return info
+
+
+def _energy_outcome(o, meter, energy):
+    """A source that opened but did not measure the run (a rail gone mid-run, a malformed value): one line, and
+    an error (after the report is out) where the user named the source."""
+    if not meter.measured or energy is None or energy["measured"]:
+        return
+    if meter.named:
+        raise UserError("--power {}: the energy was not measured: {}".format(o.power, energy["reason"]))
+    _say("energy not measured: {}".format(energy["reason"]))
 
 
 def _check(o):
@@ -80,6 +95,9 @@ def _check(o):
     if o.adaptive and o.inflight > 1:
         raise UserError("--adaptive needs --inflight 1: pipelined round trips include the wait behind earlier "
                         "requests, which would read as a slow link")
+    if o.adaptive and (o.objective == "energy" or o.max_latency_ms is not None):
+        raise UserError("--adaptive re-plans for latency or throughput only, without --max-latency-ms; drop "
+                        "--adaptive to run the split that --split auto plans for them")
     if o.fallback not in ("none", "local"):
         raise UserError("--fallback must be none or local")
     if is_kserve(o.cloud):
@@ -120,8 +138,9 @@ def _plan(session, o):
     split = o.split
     if split == "auto":
         split = choice["split"]
-        _say("planned split {} ({}): predicted {:.3f} ms at {:.1f} Mbit/s, rtt {:.3f} ms".format(
-            split, choice["name"], choice["latency_ms"], network["bandwidth_mbps"], network["rtt_ms"]))
+        _say("planned split {} ({}): predicted {:.3f} ms{} at {:.1f} Mbit/s, rtt {:.3f} ms".format(
+            split, choice["name"], choice["latency_ms"], "" if choice.get("mj_per_sample") is None else
+            ", {:.3f} mJ/sample".format(choice["mj_per_sample"]), network["bandwidth_mbps"], network["rtt_ms"]))
     adapter = None
     if o.adaptive:
         adapter = AdaptivePlanner(profiles["edge"], profiles["cloud"], network, o.batch_size, o.objective,

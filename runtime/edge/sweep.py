@@ -5,8 +5,18 @@ the head if needed), sends the first batch ``--warmup`` times, then runs every
 sample and records edge / transmission / cloud / end-to-end latency (mean, p50,
 p99), bytes per sample, throughput and accuracy.  When the cloud has a segments
 bundle for the model, the planner's prediction for each split stands beside it.
+
+Energy (``--power``, where a meter is found): each split's measured part is sampled
+as run-edge samples it (runtime/edge/power.py: an idle baseline just before, then the
+meter through the measured requests), so ``mj_per_sample`` is what the whole edge
+spent above idle per sample at that split, compute, radio and waiting alike; beside
+it ``predicted_mj`` is the planner's (the edge profile's energy per segment, profiled
+with the same meter, plus ``--radio-nj-per-byte`` for the bytes).  On a wired or
+loopback link the measured figure has no radio in it, so the two differ by the model's
+radio share.
+
 Output: a Markdown table on stdout, ``--csv``, and ``--png`` (matplotlib, optional
-on the edge).
+on the edge; a second panel of mJ/sample where energy was measured or predicted).
 
 Python 3.6 syntax.
 """
@@ -28,8 +38,9 @@ def _say(message):
     sys.stderr.flush()
 
 
-def sweep(session, options, predictions=None):
-    """Rows of measured (and predicted) figures, one per split in ``options.splits`` (SweepOptions)."""
+def sweep(session, options, predictions=None, meter=None):
+    """Rows of measured (and predicted) figures, one per split in ``options.splits`` (SweepOptions); with
+    ``meter`` (edge.power.open_meter, measured), each split's energy per sample above idle too."""
     o = options
     dataset, data_dir, limit, batch_size, seed, warmup = o.dataset, o.data_dir, o.limit, o.batch_size, o.seed, o.warmup
     rows, data, plan = [], None, None
@@ -40,7 +51,8 @@ def sweep(session, options, predictions=None):
                                 data_dir=data_dir)
             plan = batches(data, batch_size, limit)
         _say("split {}: {} samples".format(split, sum(len(b) for b in plan)))
-        summary = measure(session, data, plan, RunOptions(warmup=warmup, no_follow=True)).summary()
+        recorder = measure(session, data, plan, RunOptions(warmup=warmup, no_follow=True), meter=meter)
+        summary = recorder.summary()
         row = {"split": split, "name": manifest["split"]["name"], "bundle_id": manifest.bundle_id,
                "accuracy": summary["accuracy"], "throughput_samples_per_s": summary["throughput_samples_per_s"],
                "bytes_per_sample": summary["bytes_sent_per_sample"]}
@@ -49,21 +61,36 @@ def sweep(session, options, predictions=None):
                 row["{}_{}".format(figure, stat)] = summary[figure][stat]
         predicted = (predictions or {}).get(split)
         row["predicted_ms"] = predicted["latency_ms"] if predicted else None
+        energy = getattr(recorder, "energy", None) or {}
+        row["mj_per_sample"] = energy.get("mj_per_sample")
+        row["predicted_mj"] = predicted.get("mj_per_sample") if predicted else None
         rows.append(row)
     return rows, data
 
 
+def _has_energy(rows):
+    return any(r.get("mj_per_sample") is not None or r.get("predicted_mj") is not None for r in rows)
+
+
+def _figure(value):
+    return "{:.3f}".format(value) if value is not None else "-"
+
+
 def format_table(rows):
-    """The seed's table (its four columns first), with the figures it did not have."""
+    """The seed's table (its four columns first), with the figures it did not have (mJ/sample, measured and
+    predicted, where either is known)."""
+    energy = _has_energy(rows)
     lines = ["| split | avg edge ms | avg transmission ms | avg cloud ms | accuracy | end-to-end ms (p50 / p99) "
-             "| predicted ms | bytes/sample | samples/s |",
-             "|:---:|:---:|:---:|:---:|:---:|:---:|:---:|:---:|:---:|"]
+             "| predicted ms | bytes/sample | samples/s |" + (" mJ/sample (predicted) |" if energy else ""),
+             "|:---:|:---:|:---:|:---:|:---:|:---:|:---:|:---:|:---:|" + (":---:|" if energy else "")]
     for r in rows:
-        lines.append("| {} | {:.3f} | {:.3f} | {:.3f} | {:.2f}% | {:.3f} ({:.3f} / {:.3f}) | {} | {:.0f} | {:.1f} |".format(
-            r["split"], r["edge_ms_mean"], r["transmission_ms_mean"], r["cloud_ms_mean"], 100 * r["accuracy"],
-            r["end_to_end_ms_mean"], r["end_to_end_ms_p50"], r["end_to_end_ms_p99"],
-            "{:.3f}".format(r["predicted_ms"]) if r["predicted_ms"] is not None else "-", r["bytes_per_sample"],
-            r["throughput_samples_per_s"]))
+        lines.append("| {} | {:.3f} | {:.3f} | {:.3f} | {:.2f}% | {:.3f} ({:.3f} / {:.3f}) | {} | {:.0f} | {:.1f} |{}"
+                     .format(r["split"], r["edge_ms_mean"], r["transmission_ms_mean"], r["cloud_ms_mean"],
+                             100 * r["accuracy"], r["end_to_end_ms_mean"], r["end_to_end_ms_p50"],
+                             r["end_to_end_ms_p99"], _figure(r["predicted_ms"]), r["bytes_per_sample"],
+                             r["throughput_samples_per_s"],
+                             " {} ({}) |".format(_figure(r.get("mj_per_sample")), _figure(r.get("predicted_mj")))
+                             if energy else ""))
     return "\n".join(lines)
 
 
@@ -82,28 +109,65 @@ def write_png(path, rows, title):
     except ImportError:
         _say("matplotlib is not installed here: no chart (pip install matplotlib)")
         return False
-    labels = [str(r["split"]) for r in rows]
+    energy = _has_energy(rows)
+    width = max(6, 0.7 * len(rows) + 3)
+    if energy:
+        fig, (ax, ax_mj) = plt.subplots(2, 1, figsize=(width, 8), sharex=True)
+    else:
+        fig, ax = plt.subplots(figsize=(width, 4.5))
+    _latency_panel(ax, rows)
+    ax.set_title(title)
+    if energy:
+        _energy_panel(ax_mj, rows)
+    (ax_mj if energy else ax).set_xlabel("split point")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def _latency_panel(ax, rows):
+    x = list(range(len(rows)))
     edge = [r["edge_ms_mean"] for r in rows]
     trans = [r["transmission_ms_mean"] for r in rows]
     cloud = [r["cloud_ms_mean"] for r in rows]
-    x = range(len(rows))
-    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(rows) + 3), 4.5))
     ax.bar(x, edge, label="edge", color="#4c72b0")
     ax.bar(x, trans, bottom=edge, label="transmission", color="#dd8452")
     ax.bar(x, cloud, bottom=[e + t for e, t in zip(edge, trans)], label="cloud", color="#55a868")
     predicted = [(i, r["predicted_ms"]) for i, r in enumerate(rows) if r["predicted_ms"] is not None]
     if predicted:
         ax.plot([i for i, _ in predicted], [v for _, v in predicted], "kD", label="planner's prediction")
-    ax.set_xticks(list(x))
-    ax.set_xticklabels(labels)
-    ax.set_xlabel("split point")
+    ax.set_xticks(x)
+    ax.set_xticklabels([str(r["split"]) for r in rows])
     ax.set_ylabel("mean latency per request (ms)")
-    ax.set_title(title)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=4, frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+
+
+def _energy_panel(ax, rows):
+    """Edge energy per sample above idle: measured bars, the planner's predictions as markers."""
+    x = list(range(len(rows)))
+    measured = [(i, r["mj_per_sample"]) for i, r in enumerate(rows) if r.get("mj_per_sample") is not None]
+    predicted = [(i, r["predicted_mj"]) for i, r in enumerate(rows) if r.get("predicted_mj") is not None]
+    if measured:
+        ax.bar([i for i, _ in measured], [v for _, v in measured], label="edge, measured", color="#8172b3")
+    if predicted:
+        ax.plot([i for i, _ in predicted], [v for _, v in predicted], "kD", label="planner's prediction")
+    ax.set_xticks(x)
+    ax.set_xticklabels([str(r["split"]) for r in rows])
+    ax.set_ylabel("edge energy per sample above idle (mJ)")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
+
+
+def _meter(options):
+    """The meter each split's run is sampled with (None: energy not measured, said once)."""
+    from runtime.edge.power import open_meter
+    meter = open_meter(options.power, options.sysfs_root)
+    if not meter.measured:
+        if options.power != "none":
+            _say("energy not measured: {}".format(meter.reason))
+        return None
+    _say("energy: {}".format(meter.describe()))
+    return meter
 
 
 def run_sweep(options, out=None):
@@ -114,12 +178,13 @@ def run_sweep(options, out=None):
     if not splits:
         raise UserError("--splits needs at least one split, e.g. 0,3,10,16,20,22")
     check_source(o.dataset)
+    meter = _meter(o)
     session = EdgeSession(o, busy_poll=True)
     try:
         predictions = None
         try:
             from runtime.edge.plan import make_plan
-            rows, _, network = make_plan(session, o)
+            rows, _, network = make_plan(session, o, measure_energy=meter is not None)
             predictions = {r["split"]: r for r in rows}
             _say("planner: rtt {:.3f} ms, bandwidth {:.1f} Mbit/s".format(network["rtt_ms"],
                                                                          network["bandwidth_mbps"]))
@@ -127,9 +192,11 @@ def run_sweep(options, out=None):
             if exc.code != "no_segments":
                 raise
             _say("no predictions: {}".format(exc))
-        rows, data = sweep(session, o, predictions)
+        rows, data = sweep(session, o, predictions, meter)
     finally:
         session.close()
+        if meter is not None:
+            meter.close()
     out.write(format_table(rows) + "\n")
     if o.csv_path:
         write_csv(o.csv_path, rows)
