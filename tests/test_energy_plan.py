@@ -8,6 +8,7 @@ import os
 import pytest
 from cloud_server import ServerProcess
 from conftest import TINY_ID, run_cli
+from sysfs_trees import nano
 
 from runtime.edge.planner import (
     DEFAULT_RADIO_NJ_PER_BYTE,
@@ -107,24 +108,12 @@ def test_the_default_radio_cost_is_huangs_wifi_model_at_20_mbit():
 
 # -- real processes --------------------------------------------------------------------------------------------
 
-RAILS = (("POM_5V_IN", 5000, 2500), ("POM_5V_GPU", 5000, 200), ("POM_5V_CPU", 5000, 600))  # name, mV, mA
-
-
-def ina3221x_tree(root, rails=RAILS):
-    """A sysfs tree as JetPack 4 lays out a Jetson Nano's INA3221 (driver ina3221x, i2c bus 6, address 0x40)."""
-    device = os.path.join(str(root), "sys", "bus", "i2c", "drivers", "ina3221x", "6-0040", "iio:device0")
-    os.makedirs(device)
-    for n, (name, mv, ma) in enumerate(rails):
-        for fname, value in (("rail_name_{}", name), ("in_voltage{}_input", mv), ("in_current{}_input", ma),
-                             ("in_power{}_input", mv * ma // 1000)):
-            with open(os.path.join(device, fname.format(n)), "w") as f:
-                f.write("{}\n".format(value))
-    return str(root)
-
-
 @pytest.fixture(scope="module")
 def sysfs(tmp_path_factory):
-    return ina3221x_tree(tmp_path_factory.mktemp("sysfs"))
+    """A Jetson Nano's INA3221 as JetPack 4 lays it out (tests/fixtures/sysfs_trees.py), drawing 12.5 W in all."""
+    root = tmp_path_factory.mktemp("sysfs")
+    nano(root, total=12500)
+    return str(root)
 
 
 @pytest.fixture(scope="module")

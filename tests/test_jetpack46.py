@@ -271,3 +271,28 @@ def test_the_kserve_edge_against_a_real_triton_server(tiny_bundles, tiny_labelle
     r = report_of(done, report)
     assert r["predictions"] == labels[:100].tolist()
     assert http.returncode != 0 and "tritonclient" in http.stderr.strip().splitlines()[-1]
+
+
+def test_energy_from_an_emulated_nano_rail_that_follows_the_cpu(tiny_server, tiny_bundles, tiny_labelled_npz,
+                                                                 tmp_path):
+    """``--power ina3221 --sysfs-root``: a Nano's tree whose total rail follows this machine's CPU use
+    (tests/fixtures/sysfs_trees.py run as a script); the run draws more than the idle baseline before it."""
+    root = tmp_path / "sysfs"
+    rail = subprocess.Popen([sys.executable, os.path.join(REPO, "tests", "fixtures", "sysfs_trees.py"), str(root),
+                             "--idle-mw", "1300", "--mw-per-core", "1800"])
+    report = tmp_path / "r.json"
+    try:
+        deadline = time.time() + 30
+        while not os.path.exists(str(root / "sys/bus/i2c/drivers/ina3221x/6-0040")) and time.time() < deadline:
+            time.sleep(0.05)
+        proc = run_edge36("--cloud", tiny_server.address, "--artifacts", tiny_bundles, "--model", TINY_ID, "--split",
+                          4, "--dataset", "npz:" + tiny_labelled_npz[0], "--limit", 400, "--power", "ina3221",
+                          "--sysfs-root", root, "--report", report)
+    finally:
+        rail.terminate()
+        rail.wait(30)
+    energy = report_of(proc, report)["energy"]
+    assert energy["measured"] and (energy["source"], energy["rail"]) == ("ina3221x", "POM_5V_IN"), energy
+    assert 1300 <= energy["idle_power_mw"] < energy["avg_power_mw"] <= 1300 + 1800 * (os.cpu_count() or 1)
+    assert energy["mj_per_sample"] > 0
+    assert "energy: {:.3f} mJ/sample".format(energy["mj_per_sample"]) in proc.stdout

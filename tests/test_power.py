@@ -20,6 +20,7 @@ import time
 import pytest
 from cloud_server import ServerProcess
 from conftest import REPO, TINY_ID, run_cli
+from sysfs_trees import AGX_RAILS, agx_xavier, jp5_device, nano, put, rapl, tx2, xavier_nx
 
 from runtime.edge import power
 from runtime.errors import UserError
@@ -28,119 +29,6 @@ SEED_REPORT = re.compile(r"Accuracy: \d+\.\d\d%\nAvg edge inference latency: \d+
                          r"Avg transmission latency: \d+\.\d{3} ms\nAvg cloud inference latency: \d+\.\d{3} ms\n")
 ENERGY_LINE = re.compile(r"^energy: (\d+\.\d{3}) mJ/sample, avg power (\d+) mW \(idle (\d+) mW\), "
                          r"source (\S+) rail (\S+)$")
-
-
-# -- trees as the drivers lay them out ---------------------------------------------------------------------------
-
-def put(path, value):
-    """Write a sysfs value atomically (a reader sees the old or the new one, never half)."""
-    path = str(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".new"
-    with open(tmp, "w") as f:
-        f.write("{}\n".format(value))
-    os.replace(tmp, path)
-
-
-def i2c_device(root, driver, bus_addr):
-    """The device's directory under sys/devices, and the driver's symlink to it, as the kernel makes them."""
-    bus = bus_addr.split("-")[0]
-    device = root / "sys/devices/platform/i2c@{}/i2c-{}/{}".format(bus, bus, bus_addr)
-    device.mkdir(parents=True)
-    link = root / "sys/bus/i2c/drivers" / driver / bus_addr
-    link.parent.mkdir(parents=True, exist_ok=True)
-    os.symlink(os.path.relpath(str(device), str(link.parent)), str(link))
-    put(device / "name", driver)
-    return device
-
-
-def jp4_device(root, bus_addr, iio, rails, millivolts=5000):
-    """JetPack 4 ina3221x: iio:deviceN with rail_name_N, in_power/in_current/in_voltage N _input and the limits."""
-    device = i2c_device(root, "ina3221x", bus_addr) / "iio:device{}".format(iio)
-    put(device / "name", "ina3221x")
-    files = {}
-    for n, (name, mw) in enumerate(rails):
-        put(device / "rail_name_{}".format(n), name)
-        put(device / "in_voltage{}_input".format(n), millivolts)
-        put(device / "in_current{}_input".format(n), int(mw * 1000 / millivolts))
-        put(device / "in_power{}_input".format(n), mw)
-        put(device / "crit_current_limit_{}".format(n), 32760)
-        put(device / "warn_current_limit_{}".format(n), 32760)
-        files[name] = device / "in_power{}_input".format(n)
-    put(device / "running_mode", 1)
-    return files
-
-
-def jp5_device(root, bus_addr, hwmon, rails):
-    """JetPack 5 hwmon ina3221: in1..3 (bus mV, label), curr1..3 (mA), in4..6 shunts, in7 the shunt sum.
-    ``rails``: (label, mV, mA); returns {label: current file}."""
-    directory = i2c_device(root, "ina3221", bus_addr) / "hwmon" / "hwmon{}".format(hwmon)
-    put(directory / "name", "ina3221")
-    files = {}
-    for n, (label, mv, ma) in enumerate(rails, 1):
-        put(directory / "in{}_label".format(n), label)
-        put(directory / "in{}_enable".format(n), 1)
-        put(directory / "in{}_input".format(n), mv)
-        put(directory / "curr{}_input".format(n), ma)
-        put(directory / "curr{}_crit".format(n), 3000)
-        put(directory / "curr{}_max".format(n), 2000)
-        put(directory / "shunt{}_resistor".format(n), 5000)
-        put(directory / "in{}_input".format(n + 3), 12)
-        files[label] = directory / "curr{}_input".format(n)
-    put(directory / "in7_label", "sum of shunt voltages")
-    put(directory / "in7_input", 36)
-    put(directory / "curr4_crit", 6000)
-    return files
-
-
-def nano(root, total=2000):
-    """Jetson Nano 4GB, JetPack 4: one device 6-0040 with the total rail POM_5V_IN."""
-    return jp4_device(root, "6-0040", 0, [("POM_5V_IN", total), ("POM_5V_GPU", 300), ("POM_5V_CPU", 700)])
-
-
-def tx2(root, total=4000):
-    """Jetson TX2, JetPack 4: 0-0040 (GPU, SOC, WIFI) and 0-0041 with VDD_IN."""
-    files = jp4_device(root, "0-0040", 0, [("VDD_SYS_GPU", 500), ("VDD_SYS_SOC", 600), ("VDD_4V0_WIFI", 100)])
-    files.update(jp4_device(root, "0-0041", 1, [("VDD_IN", total), ("VDD_SYS_CPU", 900), ("VDD_SYS_DDR", 400)]))
-    return files
-
-
-def xavier_nx(root, total_ma=600):
-    """Jetson Xavier NX, JetPack 5: hwmon 7-0040 with the total VDD_IN."""
-    return jp5_device(root, "7-0040", 3, [("VDD_IN", 5000, total_ma), ("VDD_CPU_GPU_CV", 5000, 150),
-                                          ("VDD_SOC", 5000, 140)])
-
-
-AGX_RAILS = [("GPU", 19000, 50), ("CPU", 19000, 60), ("SOC", 19000, 70)], [("CV", 19000, 10), ("VDDRQ", 19000, 20),
-                                                                         ("SYS5V", 5000, 300)]
-
-
-def agx_xavier(root):
-    """Jetson AGX Xavier, JetPack 5: two hwmon devices 1-0040 and 1-0041 and no total rail."""
-    files = jp5_device(root, "1-0040", 1, AGX_RAILS[0])
-    files.update(jp5_device(root, "1-0041", 2, AGX_RAILS[1]))
-    return files
-
-
-def rapl(root, zones=(("intel-rapl:0", "package-0", 0),), wrap=262143328850):
-    """Intel RAPL: the control type, top-level zones with their sub-zones, and the MMIO duplicate of package-0."""
-    base = root / "sys/class/powercap"
-    put(base / "intel-rapl" / "enabled", 1)
-    files = {}
-    for zone, name, start in zones:
-        put(base / zone / "name", name)
-        put(base / zone / "energy_uj", start)
-        put(base / zone / "max_energy_range_uj", wrap)
-        put(base / zone / "enabled", 1)
-        for sub, sub_name in ((":0", "core"), (":1", "uncore")):
-            put(base / (zone + sub) / "name", sub_name)
-            put(base / (zone + sub) / "energy_uj", 123)
-            put(base / (zone + sub) / "max_energy_range_uj", wrap)
-        files[name] = base / zone / "energy_uj"
-    put(base / "intel-rapl-mmio:0" / "name", "package-0")
-    put(base / "intel-rapl-mmio:0" / "energy_uj", 999999)
-    put(base / "intel-rapl-mmio:0" / "max_energy_range_uj", wrap)
-    return files
 
 
 # -- opening -----------------------------------------------------------------------------------------------------
