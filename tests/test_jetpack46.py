@@ -60,6 +60,13 @@ def start_edge36(*args):
                             stderr=subprocess.PIPE, universal_newlines=True)
 
 
+def wait_for_hello(srv, timeout=120):
+    """Until the server has logged an edge's hello (the run is under way), or ``timeout`` s."""
+    deadline = time.time() + timeout
+    while not any("event=hello" in l for l in srv.log) and time.time() < deadline:
+        time.sleep(0.05)
+
+
 def report_of(proc, path):
     assert proc.returncode == 0, proc.stderr
     return json.loads(path.read_text())
@@ -171,9 +178,7 @@ def test_a_hot_swap_pushed_mid_run_loses_and_repeats_no_sample(tiny_bundles, tin
             assert run_cli("push", bundle, "--cloud", srv.address, "--admin-token", TOKEN, *extra).returncode == 0
         edge = start_edge36("--cloud", srv.address, "--cache", tmp_path / "cache", "--model", TINY_ID,
                             "--interval-ms", 20, "--dataset", "npz:" + data, "--limit", 300, "--report", report)
-        deadline = time.time() + 120
-        while not any("event=hello" in l for l in srv.log) and time.time() < deadline:
-            time.sleep(0.05)
+        wait_for_hello(srv)
         time.sleep(1.0)
         assert run_cli("push", s1, "--cloud", srv.address, "--admin-token", TOKEN, "--activate").returncode == 0
         out, err = edge.communicate(timeout=300)
@@ -207,9 +212,7 @@ def test_adaptive_mode_moves_to_a_later_split_when_the_bandwidth_drops(seed_segm
         edge = start_edge36("--cloud", proxy.address, "--cache", tmp_path / "cache", "--split", 3, "--adaptive",
                             "--rtt", "0.3", "--bandwidth", "5000", "--dataset", "npz:" + data, "--limit", 300,
                             "--report", report)
-        deadline = time.time() + 120
-        while not any("event=hello" in l for l in srv.log) and time.time() < deadline:
-            time.sleep(0.05)
+        wait_for_hello(srv)
         time.sleep(1.5)
         proxy.rate = 32 * 1024  # 256 kbit/s: a late split wins whatever the profiles say
         out, err = edge.communicate(timeout=600)
@@ -232,9 +235,7 @@ def test_fallback_local_finishes_on_the_edge_when_the_cloud_stays_down(tiny_bund
                         "--interval-ms", 10, "--dataset", "npz:" + data, "--limit", 300, "--inflight", 2,
                         "--reconnect-timeout", 2, "--fallback", "local", "--report", report)
     try:
-        deadline = time.time() + 120
-        while sum("event=hello" in l for l in srv.log) < 1 and time.time() < deadline:
-            time.sleep(0.05)
+        wait_for_hello(srv)
         time.sleep(1.0)
     finally:
         srv.proc.kill()

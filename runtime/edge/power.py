@@ -220,37 +220,42 @@ def _product(volt_path, curr_path):
     return lambda: _read_number(volt_path) * _read_number(curr_path) / 1000.0
 
 
+def _labelled(pattern, label_regex):
+    """(directory, channel number, label) of every channel's label file matching ``pattern`` (under a sysfs), in
+    directory and channel order."""
+    for directory in sorted(glob.glob(os.path.dirname(pattern))):
+        labels = glob.glob(os.path.join(directory, os.path.basename(pattern)))
+        for label_path in sorted(labels, key=lambda p: _number_suffix(p, label_regex) or 0):
+            n = _number_suffix(label_path, label_regex)
+            if n is not None:
+                yield directory, n, _read_text(label_path)
+
+
 def _ina3221x_channels(sysfs):
     """JetPack 4's ina3221x: [(rail, reader)] over every iio device, in bus/address and channel order."""
     channels = []
-    for device in sorted(glob.glob(os.path.join(sysfs, "bus/i2c/drivers/ina3221x/*/iio:device*"))):
-        labels = glob.glob(os.path.join(device, "rail_name_*"))
-        for label_path in sorted(labels, key=lambda p: _number_suffix(p, r"rail_name_(\d+)$") or 0):
-            n = _number_suffix(label_path, r"rail_name_(\d+)$")
-            name = _read_text(label_path)
-            if n is None or _skipped(name):
-                continue
-            power = os.path.join(device, "in_power{}_input".format(n))
-            if os.path.exists(power):
-                channels.append((name, _power_file(power)))
-            else:
-                channels.append((name, _product(os.path.join(device, "in_voltage{}_input".format(n)),
-                                                os.path.join(device, "in_current{}_input".format(n)))))
+    for device, n, name in _labelled(os.path.join(sysfs, "bus/i2c/drivers/ina3221x/*/iio:device*/rail_name_*"),
+                                     r"rail_name_(\d+)$"):
+        if _skipped(name):
+            continue
+        power = os.path.join(device, "in_power{}_input".format(n))
+        if os.path.exists(power):
+            channels.append((name, _power_file(power)))
+        else:
+            channels.append((name, _product(os.path.join(device, "in_voltage{}_input".format(n)),
+                                            os.path.join(device, "in_current{}_input".format(n)))))
     return channels
 
 
 def _ina3221_channels(sysfs):
     """JetPack 5's hwmon ina3221: [(rail, reader)], power = bus voltage (mV) x current (mA)."""
     channels = []
-    for hwmon in sorted(glob.glob(os.path.join(sysfs, "bus/i2c/drivers/ina3221/*/hwmon/hwmon*"))):
-        labels = glob.glob(os.path.join(hwmon, "in*_label"))
-        for label_path in sorted(labels, key=lambda p: _number_suffix(p, r"in(\d+)_label$") or 0):
-            n = _number_suffix(label_path, r"in(\d+)_label$")
-            name = _read_text(label_path)
-            current = os.path.join(hwmon, "curr{}_input".format(n))
-            if n is None or _skipped(name, n) or not os.path.exists(current):
-                continue
-            channels.append((name, _product(os.path.join(hwmon, "in{}_input".format(n)), current)))
+    for hwmon, n, name in _labelled(os.path.join(sysfs, "bus/i2c/drivers/ina3221/*/hwmon/hwmon*/in*_label"),
+                                    r"in(\d+)_label$"):
+        current = os.path.join(hwmon, "curr{}_input".format(n))
+        if _skipped(name, n) or not os.path.exists(current):
+            continue
+        channels.append((name, _product(os.path.join(hwmon, "in{}_input".format(n)), current)))
     return channels
 
 

@@ -137,25 +137,26 @@ def _latency_panel(ax, rows):
     predicted = [(i, r["predicted_ms"]) for i, r in enumerate(rows) if r["predicted_ms"] is not None]
     if predicted:
         ax.plot([i for i, _ in predicted], [v for _, v in predicted], "kD", label="planner's prediction")
-    ax.set_xticks(x)
-    ax.set_xticklabels([str(r["split"]) for r in rows])
-    ax.set_ylabel("mean latency per request (ms)")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=4, frameon=False)
+    _split_axis(ax, rows, "mean latency per request (ms)", 4)
 
 
 def _energy_panel(ax, rows):
     """Edge energy per sample above idle: measured bars, the planner's predictions as markers."""
-    x = list(range(len(rows)))
     measured = [(i, r["mj_per_sample"]) for i, r in enumerate(rows) if r.get("mj_per_sample") is not None]
     predicted = [(i, r["predicted_mj"]) for i, r in enumerate(rows) if r.get("predicted_mj") is not None]
     if measured:
         ax.bar([i for i, _ in measured], [v for _, v in measured], label="edge, measured", color="#8172b3")
     if predicted:
         ax.plot([i for i, _ in predicted], [v for _, v in predicted], "kD", label="planner's prediction")
-    ax.set_xticks(x)
+    _split_axis(ax, rows, "edge energy per sample above idle (mJ)", 2)
+
+
+def _split_axis(ax, rows, ylabel, legend_columns):
+    """One tick per split, the y label, and the legend below the panel."""
+    ax.set_xticks(list(range(len(rows))))
     ax.set_xticklabels([str(r["split"]) for r in rows])
-    ax.set_ylabel("edge energy per sample above idle (mJ)")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
+    ax.set_ylabel(ylabel)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=legend_columns, frameon=False)
 
 
 def _meter(options):
