@@ -1,4 +1,5 @@
 import os
+import re
 import subprocess
 import sys
 
@@ -7,6 +8,17 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "tests", "fixtures"))
+
+# the seed's report: its four lines, as the seed printed them (accuracy captured)
+SEED_REPORT = re.compile(r"Accuracy: (\d+\.\d\d)%\nAvg edge inference latency: \d+\.\d{3} ms\n"
+                         r"Avg transmission latency: \d+\.\d{3} ms\nAvg cloud inference latency: \d+\.\d{3} ms\n")
+
+
+def assert_seed_report_first(stdout, accuracy="100.00"):
+    """The seed's four report lines open ``stdout``, with this accuracy."""
+    match = SEED_REPORT.match(stdout)
+    assert match, stdout
+    assert match.group(1) == accuracy, stdout
 
 
 def run_cli(*args, cwd=None, env=None, timeout=600):

@@ -19,14 +19,12 @@ import time
 
 import pytest
 from cloud_server import ServerProcess
-from conftest import REPO, TINY_ID, run_cli
+from conftest import REPO, SEED_REPORT, TINY_ID, run_cli
 from sysfs_trees import AGX_RAILS, agx_xavier, jp5_device, nano, put, rapl, tx2, xavier_nx
 
 from runtime.edge import power
 from runtime.errors import UserError
 
-SEED_REPORT = re.compile(r"Accuracy: \d+\.\d\d%\nAvg edge inference latency: \d+\.\d{3} ms\n"
-                         r"Avg transmission latency: \d+\.\d{3} ms\nAvg cloud inference latency: \d+\.\d{3} ms\n")
 ENERGY_LINE = re.compile(r"^energy: (\d+\.\d{3}) mJ/sample, avg power (\d+) mW \(idle (\d+) mW\), "
                          r"source (\S+) rail (\S+)$")
 

@@ -4,7 +4,6 @@ The seed's ResNet-50 where its split numbering and report are the point (parity 
 a stop mid-run); the tests' tiny model (tests/fixtures/tiny_models.py) for concurrency and the handshake."""
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -12,14 +11,12 @@ import time
 import numpy as np
 import pytest
 from cloud_server import ServerProcess
-from conftest import REPO, TINY, TINY_ID, TINY_SPLITS, run_cli
+from conftest import REPO, SEED_REPORT, TINY, TINY_ID, TINY_SPLITS, assert_seed_report_first, run_cli
 
 from exporter.bundle import export_bundle
 from exporter.options import ExportOptions
 
 SPLITS = [0, 3, 10, 16, 20, 22]  # the seed's table
-SEED_REPORT = re.compile(r"Accuracy: (\d+\.\d\d)%\nAvg edge inference latency: \d+\.\d{3} ms\n"
-                         r"Avg transmission latency: \d+\.\d{3} ms\nAvg cloud inference latency: \d+\.\d{3} ms\n")
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +51,7 @@ def test_every_prediction_matches_the_unsplit_model(split, backend, server, arti
     proc = run_edge(server, artifacts, "--split", split, "--backend", backend, "--dataset", "npz:" + data,
                     "--limit", 24, "--batch-size", 4 if split % 2 else 1, "--report", report)
     assert proc.returncode == 0, proc.stderr
-    match = SEED_REPORT.search(proc.stdout)
-    assert match and proc.stdout.startswith(match.group(0)), proc.stdout
-    assert match.group(1) == "100.00"
+    assert_seed_report_first(proc.stdout)
     r = json.loads(report.read_text())
     assert r["predictions"] == labels.tolist() and r["labels"] == labels.tolist()
     assert r["accuracy"] == 1.0 and r["n"] == 24 and r["split"] == split
