@@ -67,11 +67,12 @@ def prepare_model(config: ModelConfig, weights: Optional[str], random_init: bool
 
 
 def select_point(traced: TracedModel, split: str) -> CutPoint:
-    """A split given as an index (``20``) or as a point's name (``avg_pool``)."""
+    """A split given as an index (``20``), a point's name (``avg_pool``), its graph node, or any module whose call
+    ends there (``conv1.2``, the ReLU that ends ``conv1``)."""
     text = str(split).strip()
     if text.lstrip("-").isdigit():
         return traced.point(int(text))
-    matches = [p for p in traced.points if p.name == text or p.node == text]
+    matches = [p for p in traced.points if text in (p.name, p.node) + tuple(p.ends)]
     if not matches:
         raise ExportError("{!r} is not a valid split point (inside a block, or more than one tensor crosses "
                           "there); valid: {}".format(text, ", ".join("{}={}".format(p.index, p.name)

@@ -8,16 +8,30 @@ skip connection, so those points are not valid; after the block's final
 activation they are.  Parameters and buffers (``get_attr`` nodes) do not count
 as crossing: the tail holds its own copy.
 
-Modules whose ``forward`` does arithmetic of its own (a residual block's add,
-a squeeze-excitation's scale) are kept whole: a point strictly inside such a
-module's call is not offered, even when a single tensor crosses there.
-Containers (``nn.Sequential``) may be cut between their children.
+A point lies between two modules' calls, or between two steps of one module's
+own ``forward``.  The second kind is not offered where that module does
+arithmetic of its own (a residual block's add, a squeeze-excitation's scale,
+an encoder's position embedding), even when a single tensor crosses there: its
+own steps are kept together.  Between its children a cut is offered like
+anywhere else, so a transformer's encoder, which adds its position embedding
+itself, is cut after each of its blocks.  Concretely, for the next computing
+node ``m``, take the innermost module whose call holds both ``n`` and ``m``:
+when that module computes something itself and ``n`` is one of its own steps
+(not the end of one of its children's calls), the point is not offered.
+
+Each point is named by the module whose output crosses there: the innermost
+module whose call ends at ``n`` (a block, not the block's last ReLU), e.g.
+``conv2_x.2`` or ``encoder.layers.encoder_layer_5``; a step of the model's own
+``forward`` by its graph node (``flatten``).  ``of`` says what that is (the
+module's class, or the function).
 
 Point 0 is the input (everything on the cloud); the last point is the model's
 output (everything on the edge).  For the seed's CIFAR ResNet-50 this gives
 exactly the seed's points 0..22 (3 for conv1's conv/bn/relu, one per bottleneck
 block, avg_pool, flatten, fc).
 """
+import operator
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -31,18 +45,19 @@ _DTYPE_BYTES = {torch.float32: 4, torch.float16: 2, torch.bfloat16: 2, torch.flo
                 torch.int64: 8, torch.int32: 4, torch.uint8: 1, torch.int8: 1, torch.bool: 1}
 
 
+@dataclass
 class CutPoint:
     """One valid split point: what crosses the wire there and what the head costs."""
 
-    def __init__(self, index: int, name: str, node: str, shape: Tuple[int, ...], dtype: torch.dtype,
-                 params: int, flops: int):
-        self.index = index
-        self.name = name          # module path (or graph node name) whose output crosses
-        self.node = node          # the fx node name
-        self.shape = shape        # per sample, without the batch dimension
-        self.dtype = dtype
-        self.params = params      # cumulative parameters of the head
-        self.flops = flops        # cumulative FLOPs of the head, one sample
+    index: int
+    name: str                 # module path (or graph node name) whose output crosses
+    node: str                 # the fx node name
+    shape: Tuple[int, ...]    # per sample, without the batch dimension
+    dtype: torch.dtype
+    params: int               # cumulative parameters of the head
+    flops: int                # cumulative FLOPs of the head, one sample
+    of: str = ""              # what ``name`` is: the module's class or the function
+    ends: Tuple[str, ...] = ()  # every module whose call ends here, outermost first (``--split`` takes each)
 
     @property
     def bytes_per_sample(self) -> int:
@@ -52,7 +67,7 @@ class CutPoint:
         return numel * _DTYPE_BYTES.get(self.dtype, 4)
 
     def as_dict(self) -> dict:
-        return {"index": self.index, "name": self.name, "node": self.node, "shape": list(self.shape),
+        return {"index": self.index, "name": self.name, "of": self.of, "node": self.node, "shape": list(self.shape),
                 "dtype": str(self.dtype).replace("torch.", ""), "bytes_per_sample": self.bytes_per_sample,
                 "head_params": self.params, "head_flops": self.flops}
 
@@ -72,18 +87,77 @@ class _FlopsPerNode(fx.Interpreter):
         return result
 
 
-def _scopes(node: fx.Node) -> List[str]:
+def _stack(node: Optional[fx.Node]) -> List[Tuple[str, type]]:
+    """(module path, module class) of the module calls that hold this node, outermost first."""
+    if node is None:
+        return []
+    return [(path, kind) for path, kind in (node.meta.get("nn_module_stack") or {}).values()]
+
+
+def _scopes(node: Optional[fx.Node]) -> List[str]:
     """Module paths whose forward (directly or through children) produced this node, outermost first."""
-    return [path for path, _ in (node.meta.get("nn_module_stack") or {}).values()]
+    return [path for path, _ in _stack(node)]
 
 
-def _node_label(node: fx.Node) -> str:
-    stack = node.meta.get("nn_module_stack")
-    if node.op == "call_module":
-        return str(node.target)
-    if stack:
-        return list(stack.values())[-1][0]
-    return node.name
+def _common_depth(a: List[str], b: List[str]) -> int:
+    """How many outer module calls two nodes share."""
+    depth = 0
+    while depth < min(len(a), len(b)) and a[depth] == b[depth]:
+        depth += 1
+    return depth
+
+
+def _own_step(node: fx.Node, nxt: Optional[fx.Node], functional: set) -> bool:
+    """Whether a point after ``node`` would fall between two of one module's own steps, in a module that computes
+    something itself (see the module's docstring)."""
+    mine, theirs = _scopes(node), _scopes(nxt)
+    depth = _common_depth(mine, theirs)
+    if depth == 0:
+        return False  # the model's own forward: cut anywhere
+    holder = mine[depth - 1]
+    return holder in functional and len(mine) == depth
+
+
+def _function_name(node: fx.Node) -> str:
+    if node.op == "call_method":
+        return "Tensor." + str(node.target)
+    target = node.target
+    module = getattr(target, "__module__", None) or ""
+    name = getattr(target, "__name__", str(target))
+    return "{}.{}".format({"_operator": "operator", "torch._C._nn": "torch.nn.functional"}.get(module, module),
+                          name) if module else name
+
+
+def _point_name(node: fx.Node, nxt: Optional[fx.Node]) -> Tuple[str, str, Tuple[str, ...]]:
+    """(name, of, ends) of the point after ``node``: the innermost module whose call ends there, past a leaf module
+    that is only the last step of a larger one (a block's final ReLU names the block); else the graph node.  ``ends``
+    lists every module whose call ends there."""
+    ended = _stack(node)[_common_depth(_scopes(node), _scopes(nxt)):]
+    ends = tuple(path for path, _ in ended)
+    if node.op == "call_module" and len(ended) > 1:
+        ended = ended[:-1]
+    if ended:
+        path, kind = ended[-1]
+        return path, getattr(kind, "__name__", str(kind)), ends
+    if node.target is operator.getitem and isinstance(node.args[0], fx.Node):
+        return "{}[{}]".format(_value_name(node.args[0]), _index_text(node.args[1])), "operator.getitem", ends
+    return node.name, _function_name(node) if node.op in ("call_function", "call_method") else node.op, ends
+
+
+def _value_name(node: fx.Node) -> str:
+    return str(node.target) if node.op == "call_module" else node.name
+
+
+def _index_text(index) -> str:
+    """``x[:, 0]``'s index as written."""
+    if isinstance(index, tuple):
+        return ", ".join(_index_text(i) for i in index)
+    if isinstance(index, slice):
+        return ":".join("" if v is None else _index_text(v) for v in (index.start, index.stop)) + (
+            "" if index.step is None else ":" + _index_text(index.step))
+    if index is Ellipsis:
+        return "..."
+    return index.name if isinstance(index, fx.Node) else repr(index)
 
 
 class TracedModel:
@@ -95,9 +169,8 @@ class TracedModel:
         try:
             self.gm = fx.symbolic_trace(self.model)
         except Exception as exc:
-            raise ExportError("cannot trace the model into a graph with torch.fx ({}: {}); models with "
-                              "data-dependent control flow need it moved out of forward()".format(
-                                  type(exc).__name__, str(exc).splitlines()[0][:300]))
+            raise ExportError("cannot trace the model into a graph with torch.fx ({}: {}); {}".format(
+                type(exc).__name__, str(exc).splitlines()[0][:300] if str(exc) else "", trace_hint(exc)))
         self.nodes: List[fx.Node] = list(self.gm.graph.nodes)
         placeholders = [n for n in self.nodes if n.op == "placeholder"]
         if len(placeholders) != 1:
@@ -126,8 +199,8 @@ class TracedModel:
         params = 0
         total_flops = 0
         meta = self._input.meta["tensor_meta"]
-        points = [CutPoint(0, "input", self._input.name, tuple(meta.shape[1:]), meta.dtype, 0, 0)]
-        # modules that compute something themselves, besides calling children: never cut inside them
+        points = [CutPoint(0, "input", self._input.name, tuple(meta.shape[1:]), meta.dtype, 0, 0, "the model's input")]
+        # modules that compute something themselves, besides calling children: never cut between their own steps
         functional = {_scopes(n)[-1] for n in self.nodes
                       if n.op in ("call_function", "call_method") and _scopes(n)}
         compute = [n for n in self.nodes if n.op in ("call_module", "call_function", "call_method")]
@@ -147,10 +220,10 @@ class TracedModel:
                 live.add(node)
             tm = node.meta.get("tensor_meta")
             nxt = following.get(node)
-            inside = nxt is not None and functional & set(_scopes(node)) & set(_scopes(nxt))
-            if live == {node} and isinstance(tm, TensorMetadata) and not inside:
-                points.append(CutPoint(len(points), _node_label(node), node.name, tuple(tm.shape[1:]),
-                                       tm.dtype, params, total_flops))
+            if live == {node} and isinstance(tm, TensorMetadata) and not _own_step(node, nxt, functional):
+                name, of, ends = _point_name(node, nxt)
+                points.append(CutPoint(len(points), name, node.name, tuple(tm.shape[1:]), tm.dtype, params,
+                                       total_flops, of, ends))
         out = self._output.args[0]
         if points[-1].node != out.name:
             raise ExportError("the model's output node {} is not the last single-tensor point of its graph; "
@@ -217,6 +290,30 @@ class TracedModel:
     def segment(self, index: int) -> fx.GraphModule:
         """Segment ``index``: from point ``index`` to point ``index + 1`` (what profiles time)."""
         return self.between(index, index + 1, "input" if index == 0 else "boundary")
+
+
+# what torch.fx's refusals mean, by a phrase of their message: (phrase, what to do)
+_TRACE_HINTS = (
+    ("not installed as a submodule",
+     "forward() calls a module it creates itself (such as nn.ReLU(inplace=True)(x)): create it in __init__, or "
+     "use the functional form (F.relu)"),
+    ("used as inputs to control flow",
+     "forward() branches or loops on a tensor's value: move that control flow out of forward()"),
+    ("cannot be iterated",
+     "forward() iterates over a tensor or a shape (a detector's per-image post-processing does): split the part "
+     "that has no such loop, exported as a model of its own (--model package.module:function)"),
+)
+
+
+def trace_hint(exc: Exception) -> str:
+    """What to do about torch.fx's refusal ``exc``, in a sentence."""
+    message = str(exc)
+    for phrase, hint in _TRACE_HINTS:
+        if phrase in message:
+            return hint
+    return ("torch.fx traces forward() with symbolic values: data-dependent control flow, modules created in "
+            "forward() and calls into non-torch code stop it; export a traceable part as a model of its own "
+            "(--model package.module:function)")
 
 
 def getattr_path(obj, target: str):

@@ -28,8 +28,8 @@ def _count(n: int) -> str:
 def print_points(config, points, highlight=None, console=None) -> None:
     console = console or make_console()
     table = Table(title="{}: split points for input {}".format(config.model_id, "x".join(map(str, config.input_shape))))
-    for col in ("split", "after", "boundary shape", "bytes/sample (fp32)", "head params", "head FLOPs"):
-        table.add_column(col, justify="left" if col in ("after", "boundary shape") else "right")
+    for col in ("split", "after", "output of", "boundary shape", "bytes/sample (fp32)", "head params", "head FLOPs"):
+        table.add_column(col, justify="left" if col in ("after", "output of", "boundary shape") else "right")
     last = len(points) - 1
     for p in points:
         name = p["name"]
@@ -37,7 +37,7 @@ def print_points(config, points, highlight=None, console=None) -> None:
             name = "input (all on cloud)"
         elif p["index"] == last:
             name = "{} (all on edge)".format(name)
-        table.add_row(str(p["index"]), name, "x".join(map(str, p["shape"])), _size(p["bytes_per_sample"]),
+        table.add_row(str(p["index"]), name, p.get("of", ""), "x".join(map(str, p["shape"])), _size(p["bytes_per_sample"]),
                       _count(p["head_params"]), _count(p["head_flops"]),
                       style="bold" if p["index"] == highlight else None)
     console.print(table)

@@ -48,7 +48,9 @@ def test_seed_split_points_are_0_to_22_with_the_seed_boundaries(traced):
     assert [p.index for p in traced.points] == list(range(23))
     assert [p.shape for p in traced.points] == SEED_BOUNDARIES
     names = [p.name for p in traced.points]
-    assert names[:4] == ["input", "conv1.0", "conv1.1", "conv1.2"]
+    assert names[:4] == ["input", "conv1.0", "conv1.1", "conv1"]  # point 3: the output of conv1's conv/bn/relu
+    assert traced.points[3].ends == ("conv1", "conv1.2") and traced.points[6].ends == ("conv2_x", "conv2_x.2")
+    assert [p.of for p in traced.points[1:5]] == ["Conv2d", "BatchNorm2d", "Sequential", "BottleNeck"]
     assert names[4:7] == ["conv2_x.0", "conv2_x.1", "conv2_x.2"]
     assert names[19:] == ["conv5_x.2", "avg_pool", "flatten", "fc"]
     assert traced.points[3].bytes_per_sample == 256 * 1024

@@ -1,0 +1,110 @@
+"""Cut points inside modules that compute something themselves, and the points' names (issue: models beyond one
+tensor, point 1): a transformer is cut after each encoder block, end to end through serve-cloud and run-edge, while
+the seed's ResNet-50 keeps exactly its 23 points (tests/test_seed_model.py)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from bundle_runner import run_bundle
+from cloud_server import ServerProcess
+from conftest import run_cli
+from tiny_models import vit
+
+from exporter.bundle import select_point
+from exporter.cutpoints import TracedModel
+from exporter.errors import ExportError
+from runtime.edge.data import preprocess_batch
+
+VIT = "tiny_models:vit"
+BLOCKS = ["encoder.layers.encoder_layer_{}".format(i) for i in range(4)]
+
+
+@pytest.fixture(scope="module")
+def points():
+    proc = run_cli("layers", "--model", VIT, "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)["points"]
+
+
+def test_a_vit_is_cut_after_each_encoder_block_and_nowhere_inside_one(points):
+    blocks = [p for p in points if p["of"] == "EncoderBlock"]
+    assert [p["name"] for p in blocks] == BLOCKS
+    assert all(p["shape"] == [17, 64] for p in blocks)  # 16 patches + the class token, hidden 64
+    assert [p["index"] for p in blocks] == list(range(blocks[0]["index"], blocks[0]["index"] + 4))  # back to back
+    names = [p["name"] for p in points]
+    # inside a block one tensor crosses after its first residual add, but that is the block's own step
+    assert not [n for n in names if n.startswith(BLOCKS[0] + ".")]
+    assert names[-3:] == ["encoder", "encoder.ln[:, 0]", "heads"]  # the class token is named as written
+    assert [p["of"] for p in points[-3:]] == ["Encoder", "operator.getitem", "Sequential"]
+
+
+def test_block_names_end_a_block_not_its_last_relu():
+    """torchvision's BasicBlock ends with a ReLU module: the point is named by the block, the ReLU still selects it."""
+    import torchvision.models as tvm
+    traced = TracedModel(tvm.resnet18(weights=None), (3, 64, 64))
+    names = [p.name for p in traced.points]
+    assert "layer1.0" in names and "layer1.0.relu" not in names
+    point = traced.points[names.index("layer1.1")]
+    assert point.of == "BasicBlock" and point.ends == ("layer1", "layer1.1", "layer1.1.relu")
+    assert select_point(traced, "layer1.1.relu") is point and select_point(traced, "layer1") is point
+    with pytest.raises(ExportError, match="'layer1.0.conv1' is not a valid split point"):
+        select_point(traced, "layer1.0.conv1")  # the block's input is still needed by its skip
+
+
+def test_a_vit_split_between_blocks_round_trips_through_serve_cloud(points, tmp_path):
+    """Exported by name at the second block; verified; head + tail in onnxruntime and TorchScript equal the unsplit
+    model; run-edge against serve-cloud predicts what the unsplit model predicts."""
+    store = tmp_path / "store"
+    proc = run_cli("export", "--model", VIT, "--split", BLOCKS[1], "--random-init", "--out", store)
+    assert proc.returncode == 0, proc.stderr
+    index = [p["name"] for p in points].index(BLOCKS[1])
+    bundle = store / "tiny_models-vit-s{}".format(index)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["split"]["name"] == BLOCKS[1] and manifest["boundary"]["shape"] == [None, 17, 64]
+    assert all(r["passed"] for r in manifest["verification"]["results"])
+
+    rng = np.random.RandomState(3)
+    # a colour per image with noise on it: the toy transformer's class token tells those apart (plain noise it maps
+    # to one or two classes)
+    colours = rng.randint(0, 256, size=(60, 1, 1, 3))
+    images = np.clip(colours + rng.randint(-40, 40, size=(60, 32, 32, 3)), 0, 255).astype(np.uint8)
+    x = preprocess_batch(images, manifest["input"]["preprocess"])
+    torch.manual_seed(0)
+    with torch.no_grad():
+        reference = vit()(torch.from_numpy(x)).numpy()  # the same random init as the export's
+    for fmt in ("onnx", "torchscript"):
+        out = run_bundle(str(bundle), x, fmt)
+        assert np.abs(out - reference).max() < 1e-4 * np.abs(reference).max(), fmt
+    top2 = np.sort(reference, axis=1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) > 1e-3 * np.abs(reference).max()  # no near-ties, which rounding could flip
+    images, labels = images[clear], reference.argmax(1)[clear]
+    assert len(labels) > 40 and len(set(labels.tolist())) > 3  # the logits say something
+    data = tmp_path / "vit.npz"
+    np.savez(str(data), x=images, y=labels)
+
+    server = ServerProcess(store)
+    try:
+        report = tmp_path / "r.json"
+        proc = run_cli("run-edge", "--cloud", server.address, "--artifacts", store, "--model", "tiny_models-vit",
+                       "--split", index, "--dataset", "npz:{}".format(data), "--batch-size", 4, "--report", report)
+        assert proc.returncode == 0, proc.stderr
+        r = json.loads(report.read_text())
+        assert r["predictions"] == labels.tolist() and r["split"] == index
+    finally:
+        assert server.stop() == 0, server.log_text()
+
+
+def test_the_trace_error_names_the_real_cause(tmp_path):
+    """A module created inside forward (as the seed's upstream ResNet does) is named as the cause, not control
+    flow."""
+    module = tmp_path / "made_in_forward.py"
+    module.write_text("import torch\nfrom torch import nn\n\n\nclass M(nn.Module):\n"
+                      "    def __init__(self):\n        super().__init__()\n        self.conv = nn.Conv2d(3, 4, 3)\n\n"
+                      "    def forward(self, x):\n        return nn.ReLU(inplace=True)(self.conv(x))\n\n\n"
+                      "def build():\n    return M()\n\n\nbuild.input_shape = (3, 8, 8)\n")
+    proc = run_cli("layers", "--model", "made_in_forward:build", env={"PYTHONPATH": str(tmp_path)})
+    assert proc.returncode != 0
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "not installed as a submodule" in line and "create it in __init__" in line, proc.stderr
+    assert "control flow" not in line
