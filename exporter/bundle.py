@@ -114,7 +114,7 @@ def export_bundle(model_spec: str, split: str, options: Optional[ExportOptions] 
         destination = os.path.join(o.out_dir, mf.bundle_dir_name(config.model_id, point.index))
         with staged(destination) as tmp:
             manifest = _build(tmp, job)
-            results = verify_bundle(tmp, manifest, model, job.head, formats, o,
+            results = verify_bundle(tmp, manifest, traced.reference, job.head, formats, o,
                                     progress=lambda: steps.advance("verified"))
             manifest["verification"] = verification_record(results, o.atol, o.rtol, batch_sizes=list(o.batch_sizes),
                                                            reference="unsplit PyTorch model")

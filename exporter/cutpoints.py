@@ -160,6 +160,59 @@ def _index_text(index) -> str:
     return index.name if isinstance(index, fx.Node) else repr(index)
 
 
+class _Sizes(fx.Interpreter):
+    """Runs the graph, keeping the value of each node that computes a size: an int or a bool, or a tuple of ints."""
+
+    def __init__(self, gm: fx.GraphModule):
+        super().__init__(gm)
+        self.sizes: Dict[fx.Node, object] = {}
+
+    def run_node(self, n: fx.Node):
+        value = super().run_node(n)
+        if n.op in ("call_function", "call_method") and _is_size(value):
+            self.sizes[n] = tuple(value) if isinstance(value, tuple) else value
+        return value
+
+
+def _is_size(value) -> bool:
+    if isinstance(value, tuple):
+        return all(isinstance(v, int) for v in value)
+    return isinstance(value, int)
+
+
+FOLD_BATCHES = (2, 3, 7)  # a size equal at all three does not depend on the batch
+
+
+def fold_static_sizes(gm: fx.GraphModule, input_shape: Tuple[int, ...]) -> int:
+    """Replace each size computed from a tensor's shape that does not depend on the batch (an interpolation's output
+    size ``x.shape[-2:]``, an assert on the image's height) by its value; return how many.
+
+    The exporter fixes one sample's shape, so such a size is a constant of the export; left as computed, it would
+    keep the tensor it is read from alive to the end, and a segmentation model, which reads its input's height and
+    width to upsample its output, would have no cut point at all.  A size is taken as independent of the batch when
+    it is the same for batches of 2, 3 and 7; sizes that do depend on it (``x.shape[0]``) stay computed."""
+    runs = []
+    for batch in FOLD_BATCHES:
+        sizes = _Sizes(gm)
+        sizes.run(torch.zeros((batch,) + tuple(input_shape)))
+        runs.append(sizes.sizes)
+        if not runs[0]:
+            return 0
+    folded = 0
+    for node in list(gm.graph.nodes):
+        if node not in runs[0] or not node.users or any(run.get(node, object()) != runs[0][node] for run in runs):
+            continue
+        value = runs[0][node]
+        for user in list(node.users):
+            user.args = fx.node.map_arg(user.args, lambda a, n=node, v=value: v if a is n else a)
+            user.kwargs = fx.node.map_arg(user.kwargs, lambda a, n=node, v=value: v if a is n else a)
+        folded += 1
+    if folded:
+        gm.graph.eliminate_dead_code()
+        gm.recompile()
+    return folded
+
+
 class TracedModel:
     """A model traced into a graph, with its valid cut points and head/tail builders."""
 
@@ -171,26 +224,50 @@ class TracedModel:
         except Exception as exc:
             raise ExportError("cannot trace the model into a graph with torch.fx ({}: {}); {}".format(
                 type(exc).__name__, str(exc).splitlines()[0][:300] if str(exc) else "", trace_hint(exc)))
-        self.nodes: List[fx.Node] = list(self.gm.graph.nodes)
-        placeholders = [n for n in self.nodes if n.op == "placeholder"]
+        placeholders = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
         if len(placeholders) != 1:
             raise ExportError("the model's forward takes {} inputs; split inference needs exactly one".format(
                 len(placeholders)))
-        self._input = placeholders[0]
-        self._output = self.nodes[-1]
         example = torch.zeros((2,) + self.input_shape)
         with torch.no_grad():
             try:
+                fold_static_sizes(self.gm, self.input_shape)
                 ShapeProp(self.gm).propagate(example)
             except Exception as exc:
                 raise ExportError("the model fails on an input of shape {} ({}: {}); check --input-shape".format(
                     tuple(example.shape[1:]), type(exc).__name__, str(exc).splitlines()[0][:300]))
             counter = _FlopsPerNode(self.gm)
             counter.run(example[:1])
-        out = self._output.args[0]
-        if not isinstance(out, fx.Node) or not isinstance(out.meta.get("tensor_meta"), TensorMetadata):
-            raise ExportError("the model's output is not a single tensor; split inference needs one output tensor")
+        self.nodes: List[fx.Node] = list(self.gm.graph.nodes)
+        self._input = placeholders[0]
+        self._output = self.nodes[-1]
+        self.output_path = self._single_output()
         self.points = self._find_points(counter.flops)
+
+    def _single_output(self) -> Tuple:
+        """The model's one output tensor made the graph's output, and the keys that lead to it in what the model
+        returns (``("out",)`` for a segmentation model's ``{"out": tensor}``; ``()`` for a tensor)."""
+        out, path = self._output.args[0], ()
+        while isinstance(out, (dict, tuple, list)) and len(out) == 1:
+            key = next(iter(out)) if isinstance(out, dict) else 0
+            out, path = out[key], path + (key,)
+        if not isinstance(out, fx.Node) or not isinstance(out.meta.get("tensor_meta"), TensorMetadata):
+            kind = next((k.__name__ for k in (dict, tuple, list) if isinstance(out, k)), type(out).__name__)
+            what = "{} of {}".format(kind, len(out)) if isinstance(out, (dict, tuple, list)) else kind
+            raise ExportError("the model's output is a {}, not one tensor; a tail returns one tensor: wrap the model "
+                              "so that it returns the one you need (a segmentation model built without aux_loss "
+                              "returns {{'out': tensor}}, which works)".format(what))
+        if path:
+            self._output.args = (out,)
+            self.gm.recompile()
+        return path
+
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        """The unsplit model's output tensor for ``x``: what every export is verified against."""
+        y = self.model(x)
+        for key in self.output_path:
+            y = y[key]
+        return y
 
     def _find_points(self, flops: Dict[str, int]) -> List[CutPoint]:
         position = {n: i for i, n in enumerate(self.nodes)}

@@ -83,7 +83,7 @@ def export_segments(model_spec: str, options: Optional[ExportOptions] = None) ->
             steps.advance("verify the chain")
             sample = torch.randn((3,) + config.input_shape, generator=torch.Generator().manual_seed(2))
             with torch.no_grad():
-                ref = model(sample).numpy()
+                ref = traced.reference(sample).numpy()
             results = []
             for fmt in formats:
                 result = dict(format=fmt, batch_size=3, tensor="output",

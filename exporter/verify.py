@@ -180,9 +180,10 @@ def record(results: List[dict], atol: float, rtol: float, **extra) -> dict:
     return entry
 
 
-def verify_bundle(directory: str, manifest: dict, model: nn.Module, head: Optional[nn.Module],
+def verify_bundle(directory: str, manifest: dict, model: Callable, head: Optional[nn.Module],
                   formats: Sequence[str], options=None, progress=None) -> List[dict]:
-    """Check every format of the bundle in ``directory`` by RULE; return per-check results or raise VerificationError.
+    """Check every format of the bundle in ``directory`` by RULE against ``model`` (the unsplit model's output tensor
+    for an input: ``TracedModel.reference``); return per-check results or raise VerificationError.
 
     ``options`` (ExportOptions, default its defaults) gives ``atol``, ``rtol`` and ``batch_sizes``."""
     atol = options.atol if options is not None else DEFAULT_ATOL

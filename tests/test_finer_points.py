@@ -108,3 +108,57 @@ def test_the_trace_error_names_the_real_cause(tmp_path):
     line = proc.stderr.strip().splitlines()[-1]
     assert "not installed as a submodule" in line and "create it in __init__" in line, proc.stderr
     assert "control flow" not in line
+
+
+def test_sizes_read_from_a_shape_are_constants_of_the_export():
+    """The segmenter reads its input's height and width first and uses them last: folded to (32, 32), the input no
+    longer crosses every point; the batch size (read as x.shape[0]) stays computed, so any batch still runs."""
+    from tiny_models import segmenter
+    traced = TracedModel(segmenter(), (3, 32, 32))
+    assert [p.name for p in traced.points] == ["input", "backbone.0", "backbone.1", "backbone.2", "backbone",
+                                               "classifier", "interpolate"]
+    assert traced.output_path == ("out",) and traced.points[-1].shape == (4, 32, 32)
+    with torch.no_grad():
+        x = torch.randn(5, 3, 32, 32)
+        head, tail = traced.head(3), traced.tail(3)
+        assert torch.allclose(tail(head(x)), segmenter()(x)["out"], atol=1e-6)
+
+
+def test_batch_dependent_sizes_are_left_computed():
+    from exporter.cutpoints import fold_static_sizes
+
+    class Flat(torch.nn.Module):
+        def forward(self, x):
+            return x.reshape(x.shape[0], -1) * x.shape[1]
+
+    gm = torch.fx.symbolic_trace(Flat())
+    assert fold_static_sizes(gm, (3, 4)) == 1  # x.shape[1]; not x.shape[0]
+    assert gm(torch.ones(6, 3, 4)).shape == (6, 12) and float(gm(torch.ones(2, 3, 4))[0, 0]) == 3.0
+
+
+def test_a_segmentation_models_dict_output_exports_and_verifies(tmp_path):
+    from tiny_models import segmenter
+    proc = run_cli("export", "--model", "tiny_models:segmenter", "--split", "backbone", "--random-init", "--out",
+                   tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    bundle = tmp_path / "tiny_models-segmenter-s4"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["output"]["shape"] == [None, 4, 32, 32] and manifest["boundary"]["shape"] == [None, 16, 8, 8]
+    assert all(r["passed"] for r in manifest["verification"]["results"])
+    x = np.random.RandomState(0).randn(3, 3, 32, 32).astype(np.float32)
+    with torch.no_grad():
+        reference = segmenter()(torch.from_numpy(x))["out"].numpy()
+    for fmt in ("onnx", "torchscript"):
+        assert np.abs(run_bundle(str(bundle), x, fmt) - reference).max() < 1e-5, fmt
+
+
+def test_an_output_of_several_tensors_is_refused_in_one_line(tmp_path):
+    module = tmp_path / "two_outputs.py"
+    module.write_text("import torch\nfrom torch import nn\n\n\nclass M(nn.Module):\n"
+                      "    def __init__(self):\n        super().__init__()\n        self.conv = nn.Conv2d(3, 4, 3)\n\n"
+                      "    def forward(self, x):\n        y = self.conv(x)\n        return {'out': y, 'aux': y * 2}\n\n\n"
+                      "def build():\n    return M()\n\n\nbuild.input_shape = (3, 8, 8)\n")
+    proc = run_cli("layers", "--model", "two_outputs:build", env={"PYTHONPATH": str(tmp_path)})
+    assert proc.returncode != 0
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "the model's output is a dict of 2, not one tensor" in line, proc.stderr
