@@ -7,7 +7,8 @@ NCHW input.  ``--dataset`` takes:
 * ``cifar100`` / ``cifar10``: the test set from the binary archive (no pickle),
   read from ``--data-dir`` (default ``./data``), downloaded there with its MD5
   checked when absent and the machine is online;
-* ``npz:PATH``: arrays ``x`` (uint8, N x H x W x C) and ``y`` (integer labels);
+* ``npz:PATH``: arrays ``x`` (uint8, N x H x W x C) and ``y`` (integer labels, or for a segmentation model
+  N x H x W masks at the model's input size: edge/scoring.py);
 * ``folder:PATH``: one sub-folder per class (sorted names = label order), one image per file;
 * ``synthetic``: deterministic random images and labels (``--seed``).
 
@@ -174,8 +175,14 @@ def _npz(path, preprocess, hw):
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[3] != hw[2]:
         raise UserError("{}: 'x' must be uint8 N x H x W x {} raw images, got {} {}".format(
             path, hw[2], x.dtype, x.shape))
-    if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
-        raise UserError("{}: 'y' must be {} integer labels, got {} {}".format(path, len(x), y.dtype, y.shape))
+    if y.ndim == 3 and len(y) == len(x) and np.issubdtype(y.dtype, np.integer):  # segmentation masks
+        if y.shape[1:] != x.shape[1:3] or x.shape[1:3] != hw[:2]:
+            raise UserError("{}: masks 'y' ({}) must be at the model's input size {}x{}, as the images 'x' ({}): "
+                            "masks are not resized".format(path, "x".join(map(str, y.shape[1:])), hw[0], hw[1],
+                                                          "x".join(map(str, x.shape[1:3]))))
+    elif y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
+        raise UserError("{}: 'y' must be {} integer labels (or {} x H x W masks), got {} {}".format(
+            path, len(x), len(x), y.dtype, y.shape))
     return _in_memory("npz:" + path, x, y, path, preprocess, hw)
 
 
@@ -206,10 +213,10 @@ def _folder(path, preprocess, hw):
     return Dataset("folder:" + path, labels, load, path)
 
 
-def _synthetic(n, num_classes, seed, hw):
+def _synthetic(n, num_classes, seed, hw, mask_hw=None):
     rng = np.random.RandomState(seed)
     x = rng.randint(0, 256, size=(n, hw[0], hw[1], hw[2])).astype(np.uint8)
-    y = rng.randint(0, max(num_classes, 1), size=n)
+    y = rng.randint(0, max(num_classes, 1), size=(n,) + tuple(mask_hw or ()))
     return Dataset("synthetic", y, lambda indices: x[indices], "seed {}".format(seed))
 
 
@@ -230,15 +237,20 @@ def check_source(spec):
     raise UserError("unknown dataset {!r}; use cifar100, cifar10, npz:PATH, folder:PATH or synthetic".format(spec))
 
 
-def open_dataset(spec, input_spec, num_classes, limit=None, seed=0, data_dir="data"):
-    """The dataset named by ``--dataset`` for a bundle's input spec."""
+def open_dataset(spec, input_spec, num_classes, limit=None, seed=0, data_dir="data", output_shape=None):
+    """The dataset named by ``--dataset`` for a bundle's input spec.  With the bundle's ``output_shape`` (batch first)
+    of a segmentation model (N x C x H x W), ``synthetic`` has masks of C classes for labels."""
+    if output_shape is not None and len(output_shape) == 4:
+        num_classes, mask_hw = output_shape[1], tuple(output_shape[2:])
+    else:
+        mask_hw = None
     channels, height, width = _input_hw(input_spec)
     hw = (height, width, channels)
     preprocess = input_spec.get("preprocess") or {}
     if spec in CIFAR:
         return _cifar(spec, data_dir, preprocess, hw)
     if spec == "synthetic":
-        return _synthetic(limit or 100, num_classes, seed, hw)
+        return _synthetic(limit or 100, num_classes, seed, hw, mask_hw)
     kind, _, path = spec.partition(":")
     if kind == "npz" and path:
         return _npz(path, preprocess, hw)

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 
+from runtime.edge import scoring
 from runtime.edge.adaptive import PROBE_CAP_MS, PROBE_REPLY_BYTES
 from runtime.edge.cadence import Cadence
 from runtime.edge.client import CloudLost
@@ -153,7 +154,7 @@ class _Loop(object):
         self.energy = RunEnergy(meter) if meter is not None else None
         self.adaptive, self.fallback, self.out = adaptive, fallback, out
         self.preprocess = session.manifest["input"].get("preprocess") or {}
-        self.recorder = RunRecorder()
+        self.recorder = RunRecorder(scoring.for_run(session.manifest["output"]["shape"], data.labels))
         self.cadence = Cadence(settings.interval_ms, settings.start_at)
         self.bar = None
         self.pipe = None
@@ -246,15 +247,14 @@ class _Loop(object):
         indices, edge_ms, bundle_id, release_s, wait_ms, split = context
         self.outstanding.popleft()
         cloud_ms, queue_ms = frame.compute_ms, frame.queue_ms
-        predictions = frame.array.reshape(len(indices), -1).argmax(axis=1)
-        labels = self.data.labels[indices]
         times = {"edge_ms": edge_ms, "roundtrip_ms": roundtrip_ms, "cloud_ms": cloud_ms, "queue_ms": queue_ms,
                  "wait_ms": wait_ms}
-        self.recorder.add(times, predictions, labels, sent, received, bundle_id)
+        predictions, labels = self.recorder.add(times, frame.array, self.data.labels[indices], sent, received,
+                                                bundle_id)
         self.recorder.timeline.append((release_s, split))
         if self.settings.verbose:
             for pred, label in zip(predictions, labels):
-                self.out.write("Prediction: {} / Ground Truth: {}\n".format(int(pred), int(label)))
+                self.out.write(self.recorder.scorer.describe(pred, label) + "\n")
         if self.bar is not None:
             self.bar.update(len(indices))
         active = frame.meta.get("active")
@@ -331,7 +331,6 @@ def _run_locally(model, data, batches_left, preprocess, recorder, bar):
         x = preprocess_batch(data.images(indices), preprocess)
         t0 = time.perf_counter()
         y = runner.run(x)
-        recorder.add_local((time.perf_counter() - t0) * 1000.0, y.reshape(len(indices), -1).argmax(axis=1),
-                           data.labels[indices], bundle_id)
+        recorder.add_local((time.perf_counter() - t0) * 1000.0, y, data.labels[indices], bundle_id)
         if bar is not None:
             bar.update(len(indices))

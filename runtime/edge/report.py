@@ -32,15 +32,20 @@ import sys
 
 import numpy as np
 
+from runtime.edge import scoring
+
 FIGURES = ("edge_ms", "transmission_ms", "cloud_ms", "queue_ms", "end_to_end_ms", "wait_ms", "from_release_ms")
 SEED_LINES = (("edge_ms", "Avg edge inference latency"), ("transmission_ms", "Avg transmission latency"),
               ("cloud_ms", "Avg cloud inference latency"))
 
 
 class RunRecorder(object):
-    """Collects one record per measured request; warm-up requests are only counted."""
+    """Collects one record per measured request; warm-up requests are only counted.  ``scorer`` (edge/scoring.py,
+    default classification) turns each reply's output into the per-sample predictions and labels kept, and scores
+    the run."""
 
-    def __init__(self):
+    def __init__(self, scorer=None):
+        self.scorer = scorer or scoring.Classification()
         self.records = {f: [] for f in FIGURES}
         self.predictions = []
         self.labels = []
@@ -70,8 +75,10 @@ class RunRecorder(object):
             records["transmission_ms"][i] = max(roundtrip_ms - compute_ms - queue_ms, 0.0)
         self.cloud_counted = counted
 
-    def add(self, times, predictions, labels, bytes_sent, bytes_received, bundle_id=None):
-        """One answered request: ``times`` holds its edge_ms, roundtrip_ms, cloud_ms, queue_ms and wait_ms."""
+    def add(self, times, output, labels, bytes_sent, bytes_received, bundle_id=None):
+        """One answered request: ``times`` holds its edge_ms, roundtrip_ms, cloud_ms, queue_ms and wait_ms,
+        ``output`` is the model's output for its batch, ``labels`` its samples' labels.  Returns the per-sample
+        (predictions, labels) kept."""
         edge_ms, roundtrip_ms, cloud_ms = times["edge_ms"], times["roundtrip_ms"], times["cloud_ms"]
         queue_ms, wait_ms = times.get("queue_ms", 0.0), times.get("wait_ms", 0.0)
         self.records["edge_ms"].append(edge_ms)
@@ -81,20 +88,22 @@ class RunRecorder(object):
         self.records["queue_ms"].append(queue_ms)
         self.records["transmission_ms"].append(max(roundtrip_ms - cloud_ms - queue_ms, 0.0))
         self.records["end_to_end_ms"].append(edge_ms + roundtrip_ms)
-        self.predictions.extend(int(p) for p in predictions)
-        self.labels.extend(int(l) for l in labels)
-        self.bundles.extend([bundle_id] * len(labels))
-        self.served_by.extend(["cloud"] * len(labels))
         self.bytes_sent += bytes_sent
         self.bytes_received += bytes_received
+        return self._score(output, labels, bundle_id, "cloud")
 
-    def add_local(self, ms, predictions, labels, bundle_id):
+    def add_local(self, ms, output, labels, bundle_id):
         """A request the edge ran alone with the full model: counted in accuracy, kept out of the latencies."""
         self.local_ms.append(ms)
-        self.predictions.extend(int(p) for p in predictions)
-        self.labels.extend(int(l) for l in labels)
-        self.bundles.extend([bundle_id] * len(labels))
-        self.served_by.extend(["local"] * len(labels))
+        return self._score(output, labels, bundle_id, "local")
+
+    def _score(self, output, labels, bundle_id, served_by):
+        predictions, kept = self.scorer.add(output, labels)
+        self.predictions.extend(predictions)
+        self.labels.extend(kept)
+        self.bundles.extend([bundle_id] * len(kept))
+        self.served_by.extend([served_by] * len(kept))
+        return predictions, kept
 
     @property
     def samples(self):
@@ -108,8 +117,8 @@ class RunRecorder(object):
                       "p50": float(np.percentile(values, 50)) if values.size else 0.0,
                       "p99": float(np.percentile(values, 99)) if values.size else 0.0}
         n = self.samples
-        correct = sum(1 for p, l in zip(self.predictions, self.labels) if p == l)
-        out["accuracy"] = correct / float(n) if n else 0.0
+        out["task"] = self.scorer.task
+        out.update(self.scorer.summary())
         out["throughput_samples_per_s"] = n / self.wall_s if self.wall_s > 0 else 0.0
         out["bytes_sent_per_sample"] = self.bytes_sent / float(n) if n else 0.0
         out["bytes_received_per_sample"] = self.bytes_received / float(n) if n else 0.0
@@ -132,6 +141,9 @@ def format_report(summary, samples, requests, warmup):
     lines = ["Accuracy: {:.2f}%".format(100.0 * summary["accuracy"])]
     for key, label in SEED_LINES:
         lines.append("{}: {:.3f} ms".format(label, summary[key]["mean"]))
+    if summary.get("task") == "segmentation":
+        lines.append("Mean IoU: {:.2f}% over {} classes present (Accuracy above: pixel accuracy)".format(
+            100.0 * summary["miou"], summary["classes_present"]))
     lines.append("Avg end-to-end latency: {:.3f} ms".format(summary["end_to_end_ms"]["mean"]))
     rows = [("edge_ms", "Edge"), ("transmission_ms", "Transmission"), ("cloud_ms", "Cloud")]
     if summary["queue_ms"]["p99"] > 0:
