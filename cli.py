@@ -86,7 +86,8 @@ def positive_option(ctx, param, value):
     return value
 
 
-MODEL_HELP = "resnet50 (the seed's CIFAR-100 ResNet-50), torchvision:NAME, or package.module:function"
+MODEL_HELP = ("resnet50 (the seed's CIFAR-100 ResNet-50), torchvision:NAME (or its bundles' id, torchvision-NAME), "
+              "or package.module:function")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -211,6 +212,15 @@ INFERENCE_TOKEN_ENV = auth.TOKEN_ENV[auth.INFERENCE]
 ADMIN_TOKEN_ENV = auth.TOKEN_ENV[auth.ADMIN]
 
 
+def _client_command(options_class, command, options):
+    """Run a client command (run-edge, plan, sweep, profile) on its options; a refusal of a model that neither the
+    cache nor the cloud holds is one line listing those they hold (runtime/edge/models.py)."""
+    from runtime.edge.models import refusals
+    o = options_class(**options)
+    with refusals(o):
+        return command(o)
+
+
 def client_security(token=True):
     """--tls/--tls-ca/--tls-cert/--tls-key (and --token) on a command that connects to serve-cloud,
     handed to it as one ``security`` argument (runtime.wire.tls.ClientSecurity)."""
@@ -252,8 +262,11 @@ def cloud_option(required=True, help="HOST:PORT of serve-cloud."):
     return click.option("--cloud", required=required, default=None, help=help)
 
 
-MODEL_ID_OPTION = click.option("--model", default="resnet50", show_default=True,
-                               help="Model id of the bundles (see their manifests).")
+MODEL_ID_OPTION = click.option("--model", default=None,
+                               help="The model, as `export` takes it (resnet50, torchvision:NAME, "
+                                    "package.module:function) or as its bundles' id (torchvision-NAME) [default: the "
+                                    "one model the cache and the cloud hold; resnet50 where it is among several or "
+                                    "nothing is held].")
 CACHE_OPTION = click.option("--cache", "--artifacts", "cache", default="artifacts", show_default=True,
                             help="The edge's bundle cache; heads missing here are fetched from the cloud.")
 BACKEND_OPTION = click.option("--backend", default="onnx", show_default=True, type=BACKEND_CHOICE)
@@ -422,7 +435,7 @@ def run_edge(**options):
     """Run the head here, the tail on the cloud, and print the seed's report."""
     from runtime.edge.options import RunOptions
     from runtime.edge.run import run_edge as run
-    run(RunOptions(**options))
+    _client_command(RunOptions, run, options)
 
 
 @main.command()
@@ -444,7 +457,7 @@ def plan(**options):
     --power: the meter the edge's profile measures its energy with, where --objective energy needs it."""
     from runtime.edge.options import PlanOptions
     from runtime.edge.plan import run_plan
-    run_plan(PlanOptions(**options))
+    _client_command(PlanOptions, run_plan, options)
 
 
 @main.command()
@@ -466,7 +479,7 @@ def sweep(**options):
     energy per sample, measured and predicted, where --power finds a meter)."""
     from runtime.edge.options import SweepOptions
     from runtime.edge.sweep import run_sweep
-    run_sweep(SweepOptions(**options))
+    _client_command(SweepOptions, run_sweep, options)
 
 
 @main.command()
@@ -483,7 +496,7 @@ def profile(**options):
     as JSON for `plan --edge-profile`."""
     from runtime.edge.options import ProfileOptions
     from runtime.edge.plan import run_profile
-    run_profile(ProfileOptions(**options))
+    _client_command(ProfileOptions, run_profile, options)
 
 
 @main.command()

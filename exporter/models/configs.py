@@ -7,6 +7,10 @@ verification all read the same config.  Three kinds exist:
 * ``resnet50``: the seed's CIFAR-100 ResNet-50 (weiaicunzai/pytorch-cifar100 layout);
 * ``torchvision:NAME``: any torchvision classification model, weights from a file;
 * ``package.module:function``: a user's function returning an ``nn.Module``.
+
+Each config's model id (what its bundles' manifests carry, and the edge's
+``--model`` finds) comes from the spec by ``runtime.bundle.schema.model_id``, the
+rule the runtime applies too.
 """
 import dataclasses
 import importlib
@@ -14,6 +18,8 @@ import os
 from typing import Callable, Optional, Sequence, Tuple
 
 from torch import nn
+
+from runtime.bundle.schema import model_id as model_id_of
 
 from ..errors import ExportError
 
@@ -66,7 +72,7 @@ class ModelConfig:
 def _seed_resnet50() -> ModelConfig:
     from .cifar_resnet import resnet50
     return ModelConfig(
-        "resnet50", "seed:resnet50 (weiaicunzai/pytorch-cifar100)", resnet50, (3, 32, 32),
+        model_id_of("resnet50"), "seed:resnet50 (weiaicunzai/pytorch-cifar100)", resnet50, (3, 32, 32),
         CIFAR100_MEAN, CIFAR100_STD, resize=None, default_weights=os.path.join("weights", "resnet50-best.pth"),
         notes="the seed's CIFAR-100 ResNet-50; split points 0..22 as in the seed")
 
@@ -79,8 +85,9 @@ def _torchvision(name: str, input_shape: Optional[Tuple[int, ...]]) -> ModelConf
             name, ", ".join(sorted(classification))))
     shape = input_shape or (3, 224, 224)
     resize = int(round(shape[1] / 0.875))
+    spec = "torchvision:" + name
     return ModelConfig(
-        "torchvision-" + name, "torchvision:" + name, lambda: tvm.get_model(name, weights=None), shape,
+        model_id_of(spec), spec, lambda: tvm.get_model(name, weights=None), shape,
         IMAGENET_MEAN, IMAGENET_STD, resize=resize,
         notes="torchvision {}; weights from --weights (nothing is downloaded)".format(name))
 
@@ -99,8 +106,7 @@ def _import_path(spec: str, input_shape: Optional[Tuple[int, ...]]) -> ModelConf
     if shape is None:
         raise ExportError("--model {} needs --input-shape C,H,W (or an `input_shape` attribute on {})".format(
             spec, attr))
-    model_id = spec.replace(":", "-").replace(".", "-")
-    return ModelConfig(model_id, spec, builder, tuple(shape), getattr(builder, "mean", None),
+    return ModelConfig(model_id_of(spec), spec, builder, tuple(shape), getattr(builder, "mean", None),
                        getattr(builder, "std", None), resize=getattr(builder, "resize", None),
                        notes="user model {}".format(spec))
 
@@ -114,6 +120,8 @@ def resolve(spec: str, input_shape: Optional[Tuple[int, ...]] = None) -> ModelCo
         return config
     if spec.startswith("torchvision:"):
         return _torchvision(spec.split(":", 1)[1], input_shape)
+    if spec.startswith("torchvision-"):  # the model id, as the edge's commands take it too
+        return _torchvision(spec.split("-", 1)[1], input_shape)
     if ":" in spec:
         return _import_path(spec, input_shape)
     raise ExportError("unknown model {!r}; use resnet50 (the seed's), torchvision:NAME, "

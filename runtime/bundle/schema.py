@@ -118,6 +118,20 @@ def _get(data, dotted):
     return value
 
 
+# ---------------------------------------------------------------- model ids
+
+def model_id(spec):
+    """The model id (``model.id``) that a ``--model`` value names: the one rule for both sides.
+
+    ``resnet50`` -> ``resnet50``, ``torchvision:NAME`` -> ``torchvision-NAME``, ``package.module:function`` ->
+    ``package-module-function``; a value without ``:`` already is an id (``torchvision-NAME``) and stays as it is.
+    The exporter names its bundles by it (``model.source`` keeps the spec), and the edge's commands take either.
+    """
+    if ":" not in spec:
+        return spec
+    return spec.replace(":", "-").replace(".", "-")
+
+
 # ---------------------------------------------------------------- builders (the exporter's only way to write)
 
 def tensor_spec(name, shape, dtype="float32"):

@@ -1,4 +1,4 @@
-"""A local directory of bundles (``artifacts/``): find one by model and split, or by bundle id.
+"""A local directory of bundles (``artifacts/``): find one by model and split, or by bundle id; list its models.
 
 Python 3.6 syntax.
 """
@@ -30,6 +30,14 @@ class BundleStore(object):
             if kind is None or manifest.kind == kind:
                 good.append(manifest)
         return good, bad
+
+    def models(self):
+        """model id -> its spec (``model.source``, e.g. ``torchvision:NAME``; None where not recorded), for every
+        model that a readable bundle (split or segments) here is of."""
+        found = {}
+        for manifest in self.scan()[0]:
+            found.setdefault(manifest.model_id, manifest["model"].get("source"))
+        return found
 
     def find(self, model_id, split_index):
         """The bundle for a model and split, or a UserError that says how to make it."""

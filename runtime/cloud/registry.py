@@ -103,6 +103,17 @@ class TailRegistry(object):
                 return m
         return None
 
+    def models(self):
+        """What the store holds and the server would export, per model id: ``{"splits": [held split indexes],
+        "on_demand": whether serve-cloud --model exports its missing splits}`` (STATUS's ``models``)."""
+        held = {}
+        for m in self.bundles():
+            held.setdefault(m.model_id, set()).add(m.split_index)
+        if self.exporter is not None and self.exporter.model_id:
+            held.setdefault(self.exporter.model_id, set())
+        return {model: {"splits": sorted(splits), "on_demand": self.exporter is not None and
+                        self.exporter.model_id == model} for model, splits in held.items()}
+
     def held(self, bundle_id):
         """The bundle (of any kind) with this id in the store, or None."""
         for m in self.store.scan()[0]:

@@ -404,7 +404,7 @@ class CloudServer(object):
         data.update({"uptime_s": round(time.time() - self.started, 3), "protocol": codec.VERSION,
                      "tls": self.tls_context is not None, "token": self.token is not None,
                      "max_connections": self.max_connections, "batchers": batchers,
-                     "active_bundles": dict(self.registry.active)})
+                     "active_bundles": dict(self.registry.active), "models": self.registry.models()})
         return data
 
     def _profile(self, conn, reader, frame, session):

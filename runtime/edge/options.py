@@ -11,7 +11,7 @@ from runtime.options import Options
 
 class ClientOptions(Options):
     cloud = None        # HOST:PORT of serve-cloud, or grpc://HOST:PORT or http://HOST:PORT of a Triton server
-    model = "resnet50"  # model id of the bundles
+    model = None        # the model: its id or spec (torchvision:NAME); None: the one held (runtime/edge/models.py)
     cache = "artifacts"  # the edge's bundle cache
     cache_keep = 8
     backend = "onnx"

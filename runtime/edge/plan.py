@@ -209,9 +209,11 @@ def run_plan(options, out=None):
     """The plan command (``PlanOptions``): print the predicted table and the choice."""
     import json
 
+    from runtime.edge.models import resolve
     from runtime.edge.session import EdgeSession
     o = options
     out = out or sys.stdout
+    resolve(o)
     session = EdgeSession(o)
     profiles = {}
     try:
@@ -257,7 +259,9 @@ def _profile_here(o, power):
         manifest = load_manifest(o.segments_dir)
         manifest.verify_files(formats=(format_of(o.backend),))
         return profile_segments(manifest, o.backend, o.device, o.batch_size, o.threads, power=power)
+    from runtime.edge.models import resolve
     from runtime.edge.session import EdgeSession
+    resolve(o)
     session = EdgeSession(o)
     try:
         segments_data, _ = cloud_profile(session.conn, o.model, o.batch_size)

@@ -16,6 +16,7 @@ from runtime.edge.client import CloudConnection
 from runtime.edge.data import batches, check_source, open_dataset
 from runtime.edge.kserve import is_kserve
 from runtime.edge.measure import measure
+from runtime.edge.models import resolve as resolve_model
 from runtime.edge.power import open_meter
 from runtime.edge.report import _say, format_report, write_report
 from runtime.edge.session import EdgeSession, find_full_model
@@ -39,6 +40,7 @@ def run_edge(options, out=None):
     _check(o)
     meter = open_meter(o.power, o.sysfs_root)  # a source named with --power that is not here stops the run now
     check_source(o.dataset)  # a missing local dataset is said before a cloud that is down
+    resolve_model(o)
     full = _full_model(o)
     session = EdgeSession(o, o.compress, o.codec, busy_poll=o.busy_poll and o.inflight == 1)
     try:

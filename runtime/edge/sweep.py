@@ -25,6 +25,8 @@ import sys
 
 from runtime.edge.data import batches, check_source, open_dataset
 from runtime.edge.measure import measure
+from runtime.edge.models import held as model_held
+from runtime.edge.models import resolve as resolve_model
 from runtime.edge.options import RunOptions
 from runtime.edge.session import EdgeSession
 from runtime.errors import UserError
@@ -175,10 +177,11 @@ def run_sweep(options, out=None):
     """The sweep command (``SweepOptions``)."""
     o = options
     out = out or sys.stdout
-    splits, model, limit, batch_size = list(o.splits), o.model, o.limit, o.batch_size
+    splits, limit, batch_size = list(o.splits), o.limit, o.batch_size
     if not splits:
         raise UserError("--splits needs at least one split, e.g. 0,3,10,16,20,22")
     check_source(o.dataset)
+    model = resolve_model(o)
     meter = _meter(o)
     session = EdgeSession(o, busy_poll=True)
     try:
@@ -190,9 +193,11 @@ def run_sweep(options, out=None):
             _say("planner: rtt {:.3f} ms, bandwidth {:.1f} Mbit/s".format(network["rtt_ms"],
                                                                          network["bandwidth_mbps"]))
         except RemoteError as exc:
-            if exc.code != "no_segments":
-                raise
+            if exc.code != "no_segments" or not model_held(o):
+                raise  # not even split bundles of the model anywhere: cli.py's models.refusals says which are
             _say("no predictions: {}".format(exc))
+            session.conn.close()  # the cloud closes a connection once it refused a request on it
+            session.conn = session._connect()
         rows, data = sweep(session, o, predictions, meter)
     finally:
         session.close()
