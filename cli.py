@@ -100,13 +100,15 @@ def main(debug):
 @click.option("--model", default="resnet50", show_default=True, help=MODEL_HELP)
 @click.option("--input-shape", default=None, callback=shape_option,
               help="C,H,W of one input (default: the model's own).")
+@click.option("--max-tensors", default=1, show_default=True, type=click.IntRange(1, 8),
+              help="Also list the cuts where up to this many tensors cross (numbered K.J after point K).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @handle_errors
-def layers(model, input_shape, as_json):
+def layers(model, input_shape, max_tensors, as_json):
     """List the valid split points of a model."""
     from exporter.bundle import describe_points
     from exporter.report import print_points
-    config, points = describe_points(model, input_shape)
+    config, points = describe_points(model, input_shape, max_tensors)
     if as_json:
         click.echo(json.dumps({"model": config.model_id, "input_shape": list(config.input_shape),
                                "points": points}, indent=2))

@@ -72,6 +72,11 @@ def select_point(traced: TracedModel, split: str) -> CutPoint:
     text = str(split).strip()
     if text.lstrip("-").isdigit():
         return traced.point(int(text))
+    multi = next((c for c in traced.multi if c.id == text), None)
+    if multi is not None:
+        raise ExportError("split {} is a cut where {} tensors cross ({}); bundles carry one boundary tensor so far: "
+                          "choose a single-tensor point (`cli.py layers`)".format(
+                              text, len(multi.tensors), ", ".join(t["name"] for t in multi.tensors)))
     matches = [p for p in traced.points if text in (p.name, p.node) + tuple(p.ends)]
     if not matches:
         raise ExportError("{!r} is not a valid split point (inside a block, or more than one tensor crosses "
@@ -183,9 +188,10 @@ def input_spec(config: ModelConfig) -> dict:
     return dict(schema.tensor_spec(INPUT_NAME, config.input_shape), preprocess=config.preprocess_spec())
 
 
-def describe_points(model_spec: str, input_shape: Optional[Tuple[int, ...]] = None):
-    """The valid split points of a model (random weights: they do not change the graph)."""
+def describe_points(model_spec: str, input_shape: Optional[Tuple[int, ...]] = None, max_tensors: int = 1):
+    """The valid split points of a model (random weights: they do not change the graph); with ``max_tensors`` > 1
+    also the cuts where up to that many tensors cross (numbered ``k.j`` after point k)."""
     config = resolve(model_spec, input_shape)
     torch.manual_seed(RANDOM_INIT_SEED)
     traced = TracedModel(config.build(), config.input_shape)
-    return config, [p.as_dict() for p in traced.points]
+    return config, [p.as_dict() for p in traced.cuts(max_tensors)]

@@ -72,6 +72,32 @@ class CutPoint:
                 "head_params": self.params, "head_flops": self.flops}
 
 
+@dataclass
+class MultiCut:
+    """A cut where several tensors cross (``cli.py layers --max-tensors K``): between single-tensor points ``after``
+    and ``after + 1``, numbered ``"{after}.{j}"`` so that the single-tensor points keep their numbers."""
+
+    id: str
+    after: int                # the single-tensor point before it
+    name: str                 # the module (or node) after whose output it lies
+    node: str
+    tensors: List[dict]       # what crosses, in graph order: name, node, shape (per sample), dtype, bytes_per_sample
+    params: int
+    flops: int
+
+    @property
+    def bytes_per_sample(self) -> int:
+        return sum(t["bytes_per_sample"] for t in self.tensors)
+
+    def as_dict(self) -> dict:
+        return {"index": self.id, "name": self.name, "node": self.node, "tensors": self.tensors,
+                "shape": None, "bytes_per_sample": self.bytes_per_sample, "head_params": self.params,
+                "head_flops": self.flops}
+
+
+MAX_TENSORS = 8  # the most tensors a listed cut may have
+
+
 class _FlopsPerNode(fx.Interpreter):
     """Runs the graph once, counting FLOPs of each node with torch's own FlopCounterMode."""
 
@@ -283,6 +309,7 @@ class TracedModel:
         compute = [n for n in self.nodes if n.op in ("call_module", "call_function", "call_method")]
         following = {a: b for a, b in zip(compute, compute[1:])}
         live = set()
+        self.multi: List[MultiCut] = []
         for i, node in enumerate(self.nodes):
             if node.op in ("placeholder", "output"):
                 if node.op == "placeholder":
@@ -297,15 +324,48 @@ class TracedModel:
                 live.add(node)
             tm = node.meta.get("tensor_meta")
             nxt = following.get(node)
-            if live == {node} and isinstance(tm, TensorMetadata) and not _own_step(node, nxt, functional):
+            if _own_step(node, nxt, functional) or not isinstance(tm, TensorMetadata):
+                continue
+            if live == {node}:
                 name, of, ends = _point_name(node, nxt)
                 points.append(CutPoint(len(points), name, node.name, tuple(tm.shape[1:]), tm.dtype, params,
                                        total_flops, of, ends))
+            elif 1 < len(live) <= MAX_TENSORS and all(isinstance(n.meta.get("tensor_meta"), TensorMetadata)
+                                                      for n in live):
+                after = len(points) - 1
+                number = sum(1 for c in self.multi if c.after == after) + 1
+                crossing = [self._crossing(n, following) for n in sorted(live, key=position.get)]
+                self.multi.append(MultiCut("{}.{}".format(after, number), after, _point_name(node, nxt)[0],
+                                           node.name, crossing, params, total_flops))
         out = self._output.args[0]
         if points[-1].node != out.name:
             raise ExportError("the model's output node {} is not the last single-tensor point of its graph; "
                               "cannot place the whole model on the edge".format(out.name))
         return points
+
+    @staticmethod
+    def _crossing(node: fx.Node, following: Dict[fx.Node, fx.Node]) -> dict:
+        """One tensor of a multi-tensor cut, named as a point after it would be."""
+        tm = node.meta["tensor_meta"]
+        name = "input" if node.op == "placeholder" else _point_name(node, following.get(node))[0]
+        shape = tuple(tm.shape[1:])
+        numel = 1
+        for d in shape:
+            numel *= d
+        return {"name": name, "node": node.name, "shape": list(shape), "dtype": str(tm.dtype).replace("torch.", ""),
+                "bytes_per_sample": numel * _DTYPE_BYTES.get(tm.dtype, 4)}
+
+    def cuts(self, max_tensors: int) -> List[object]:
+        """The single-tensor points and the cuts where up to ``max_tensors`` tensors cross, in graph order."""
+        extra = {}
+        for cut in self.multi:
+            if len(cut.tensors) <= max_tensors:
+                extra.setdefault(cut.after, []).append(cut)
+        ordered = []
+        for point in self.points:
+            ordered.append(point)
+            ordered.extend(extra.get(point.index, ()))
+        return ordered
 
     def _new_params(self, node: fx.Node, seen: set) -> int:
         tensors = []

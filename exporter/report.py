@@ -30,13 +30,19 @@ def print_points(config, points, highlight=None, console=None) -> None:
     table = Table(title="{}: split points for input {}".format(config.model_id, "x".join(map(str, config.input_shape))))
     for col in ("split", "after", "output of", "boundary shape", "bytes/sample (fp32)", "head params", "head FLOPs"):
         table.add_column(col, justify="left" if col in ("after", "output of", "boundary shape") else "right")
-    last = len(points) - 1
+    last = max(p["index"] for p in points if isinstance(p["index"], int))
     for p in points:
         name = p["name"]
         if p["index"] == 0:
             name = "input (all on cloud)"
         elif p["index"] == last:
             name = "{} (all on edge)".format(name)
+        if p.get("tensors"):  # a cut where several tensors cross: each of them, the bytes of all
+            table.add_row(str(p["index"]), name, "{} tensors".format(len(p["tensors"])),
+                          " + ".join("x".join(map(str, t["shape"])) for t in p["tensors"]),
+                          _size(p["bytes_per_sample"]), _count(p["head_params"]), _count(p["head_flops"]),
+                          style="dim")
+            continue
         table.add_row(str(p["index"]), name, p.get("of", ""), "x".join(map(str, p["shape"])), _size(p["bytes_per_sample"]),
                       _count(p["head_params"]), _count(p["head_flops"]),
                       style="bold" if p["index"] == highlight else None)

@@ -162,3 +162,29 @@ def test_an_output_of_several_tensors_is_refused_in_one_line(tmp_path):
     assert proc.returncode != 0
     line = proc.stderr.strip().splitlines()[-1]
     assert "the model's output is a dict of 2, not one tensor" in line, proc.stderr
+
+
+def test_layers_lists_cuts_of_several_tensors_between_the_seed_points(tmp_path):
+    """`layers --max-tensors 2`: the seed's 23 points keep their numbers, with cuts inside the residual blocks
+    (the block's input and the branch so far) numbered K.J between them."""
+    proc = run_cli("layers", "--max-tensors", 2, "--json")
+    assert proc.returncode == 0, proc.stderr
+    cuts = json.loads(proc.stdout)["points"]
+    singles = [c for c in cuts if isinstance(c["index"], int)]
+    assert [c["index"] for c in singles] == list(range(23)) and not any(c.get("tensors") for c in singles)
+    multi = [c for c in cuts if not isinstance(c["index"], int)]
+    assert multi and all(len(c["tensors"]) == 2 for c in multi)
+    first = multi[0]
+    assert first["index"] == "3.1" and cuts.index(first) == 4  # right after point 3
+    assert [(t["name"], t["shape"]) for t in first["tensors"]] == [("conv1", [64, 32, 32]),
+                                                                   ("conv2_x.0.residual_function.0", [64, 32, 32])]
+    assert first["bytes_per_sample"] == 2 * 64 * 32 * 32 * 4
+    for position, cut in enumerate(cuts):  # each numbered after the single point before it, J counting from 1
+        if cut in multi:
+            before = [c for c in cuts[:position] if isinstance(c["index"], int)][-1]["index"]
+            run = [c for c in cuts[cuts.index(singles[before]):position + 1] if c in multi]
+            assert cut["index"] == "{}.{}".format(before, len(run)), cut["index"]
+    refused = run_cli("export", "--split", "3.2", "--random-init", "--out", tmp_path / "out")
+    assert refused.returncode != 0 and not (tmp_path / "out").exists()
+    line = refused.stderr.strip().splitlines()[-1]
+    assert "split 3.2 is a cut where 2 tensors cross (conv1, conv2_x.0.residual_function.1)" in line

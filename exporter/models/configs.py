@@ -80,12 +80,18 @@ def _seed_resnet50() -> ModelConfig:
 def _torchvision(name: str, input_shape: Optional[Tuple[int, ...]]) -> ModelConfig:
     import torchvision.models as tvm
     classification = set(tvm.list_models(module=tvm))
-    if name not in classification:
-        raise ExportError("unknown torchvision classification model {!r}; known: {}".format(
-            name, ", ".join(sorted(classification))))
+    segmentation = set(tvm.list_models(module=tvm.segmentation))
+    if name not in classification | segmentation:
+        raise ExportError("unknown torchvision classification or segmentation model {!r}; known: {}".format(
+            name, ", ".join(sorted(classification | segmentation))))
     shape = input_shape or (3, 224, 224)
-    resize = int(round(shape[1] / 0.875))
     spec = "torchvision:" + name
+    if name in segmentation:  # no ImageNet backbone download either; masks are not resized (edge/scoring.py)
+        return ModelConfig(
+            model_id_of(spec), spec, lambda: tvm.get_model(name, weights=None, weights_backbone=None), shape,
+            IMAGENET_MEAN, IMAGENET_STD, resize=None,
+            notes="torchvision segmentation {}; weights from --weights (nothing is downloaded)".format(name))
+    resize = int(round(shape[1] / 0.875))
     return ModelConfig(
         model_id_of(spec), spec, lambda: tvm.get_model(name, weights=None), shape,
         IMAGENET_MEAN, IMAGENET_STD, resize=resize,

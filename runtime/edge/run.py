@@ -54,7 +54,7 @@ def run_edge(options, out=None):
                 session.preload(alternates)
         num_classes = manifest["output"]["shape"][-1]
         data = open_dataset(o.dataset, manifest["input"], num_classes, limit=o.limit, seed=o.seed,
-                            data_dir=o.data_dir)
+                            data_dir=o.data_dir, output_shape=manifest["output"]["shape"])
         plan = batches(data, o.batch_size, o.limit, o.shuffle, o.seed)
         if not plan:
             raise UserError("the dataset {} is empty".format(o.dataset))
