@@ -249,7 +249,8 @@ class TracedModel:
             self.gm = fx.symbolic_trace(self.model)
         except Exception as exc:
             raise ExportError("cannot trace the model into a graph with torch.fx ({}: {}); {}".format(
-                type(exc).__name__, str(exc).splitlines()[0][:300] if str(exc) else "", trace_hint(exc)))
+                type(exc).__name__, str(exc).splitlines()[0].split(". ")[0][:200] if str(exc) else "",
+                trace_hint(exc)))
         placeholders = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
         if len(placeholders) != 1:
             raise ExportError("the model's forward takes {} inputs; split inference needs exactly one".format(

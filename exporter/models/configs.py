@@ -81,12 +81,13 @@ def _torchvision(name: str, input_shape: Optional[Tuple[int, ...]]) -> ModelConf
     import torchvision.models as tvm
     classification = set(tvm.list_models(module=tvm))
     segmentation = set(tvm.list_models(module=tvm.segmentation))
-    if name not in classification | segmentation:
-        raise ExportError("unknown torchvision classification or segmentation model {!r}; known: {}".format(
-            name, ", ".join(sorted(classification | segmentation))))
+    detection = set(tvm.list_models(module=tvm.detection))  # built, so that their tracing says what stops it
+    if name not in classification | segmentation | detection:
+        raise ExportError("unknown torchvision model {!r}; known: {}".format(
+            name, ", ".join(sorted(classification | segmentation | detection))))
     shape = input_shape or (3, 224, 224)
     spec = "torchvision:" + name
-    if name in segmentation:  # no ImageNet backbone download either; masks are not resized (edge/scoring.py)
+    if name in segmentation | detection:  # no ImageNet backbone download either; masks are not resized
         return ModelConfig(
             model_id_of(spec), spec, lambda: tvm.get_model(name, weights=None, weights_backbone=None), shape,
             IMAGENET_MEAN, IMAGENET_STD, resize=None,
