@@ -95,18 +95,23 @@ def test_a_vit_split_between_blocks_round_trips_through_serve_cloud(points, tmp_
         assert server.stop() == 0, server.log_text()
 
 
+def layers_error(tmp_path, name, forward):
+    """The last line of `cli.py layers` for a model whose forward (on a 3x8x8 input, with ``self.conv``) is
+    ``forward``, after checking that it failed."""
+    (tmp_path / (name + ".py")).write_text(
+        "import torch\nfrom torch import nn\n\n\nclass M(nn.Module):\n    def __init__(self):\n"
+        "        super().__init__()\n        self.conv = nn.Conv2d(3, 4, 3)\n\n    def forward(self, x):\n"
+        "        {}\n\n\ndef build():\n    return M()\n\n\nbuild.input_shape = (3, 8, 8)\n".format(forward))
+    proc = run_cli("layers", "--model", name + ":build", env={"PYTHONPATH": str(tmp_path)})
+    assert proc.returncode != 0
+    return proc.stderr.strip().splitlines()[-1]
+
+
 def test_the_trace_error_names_the_real_cause(tmp_path):
     """A module created inside forward (as the seed's upstream ResNet does) is named as the cause, not control
     flow."""
-    module = tmp_path / "made_in_forward.py"
-    module.write_text("import torch\nfrom torch import nn\n\n\nclass M(nn.Module):\n"
-                      "    def __init__(self):\n        super().__init__()\n        self.conv = nn.Conv2d(3, 4, 3)\n\n"
-                      "    def forward(self, x):\n        return nn.ReLU(inplace=True)(self.conv(x))\n\n\n"
-                      "def build():\n    return M()\n\n\nbuild.input_shape = (3, 8, 8)\n")
-    proc = run_cli("layers", "--model", "made_in_forward:build", env={"PYTHONPATH": str(tmp_path)})
-    assert proc.returncode != 0
-    line = proc.stderr.strip().splitlines()[-1]
-    assert "not installed as a submodule" in line and "create it in __init__" in line, proc.stderr
+    line = layers_error(tmp_path, "made_in_forward", "return nn.ReLU(inplace=True)(self.conv(x))")
+    assert "not installed as a submodule" in line and "create it in __init__" in line, line
     assert "control flow" not in line
 
 
@@ -153,15 +158,8 @@ def test_a_segmentation_models_dict_output_exports_and_verifies(tmp_path):
 
 
 def test_an_output_of_several_tensors_is_refused_in_one_line(tmp_path):
-    module = tmp_path / "two_outputs.py"
-    module.write_text("import torch\nfrom torch import nn\n\n\nclass M(nn.Module):\n"
-                      "    def __init__(self):\n        super().__init__()\n        self.conv = nn.Conv2d(3, 4, 3)\n\n"
-                      "    def forward(self, x):\n        y = self.conv(x)\n        return {'out': y, 'aux': y * 2}\n\n\n"
-                      "def build():\n    return M()\n\n\nbuild.input_shape = (3, 8, 8)\n")
-    proc = run_cli("layers", "--model", "two_outputs:build", env={"PYTHONPATH": str(tmp_path)})
-    assert proc.returncode != 0
-    line = proc.stderr.strip().splitlines()[-1]
-    assert "the model's output is a dict of 2, not one tensor" in line, proc.stderr
+    line = layers_error(tmp_path, "two_outputs", "y = self.conv(x)\n        return {'out': y, 'aux': y * 2}")
+    assert "the model's output is a dict of 2, not one tensor" in line, line
 
 
 def test_layers_lists_cuts_of_several_tensors_between_the_seed_points(tmp_path):
