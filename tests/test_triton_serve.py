@@ -10,6 +10,7 @@ where nvidia-pytriton could not be installed.
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -382,3 +383,22 @@ def test_a_triton_that_stays_down_ends_the_run_with_the_count_done(tiny_repo, ti
     assert edge.returncode != 0
     last = err.strip().splitlines()[-1]
     assert re.search(r"\d+ of 300 samples done", last) and "Traceback" not in err, err
+
+
+def test_without_model_the_models_triton_serves_are_read_from_its_entries(triton, tiny_bundles, tiny_labelled_npz,
+                                                                         tmp_path):
+    """A cache of two models and no --model: the one-line refusal lists which the cache holds and which Triton
+    serves, read from its entries' model_id parameters."""
+    from exporter.bundle import export_bundle
+    from exporter.options import ExportOptions
+    cache = tmp_path / "cache"
+    shutil.copytree(str(tiny_bundle(tiny_bundles, 3)), str(cache / (TINY_ID + "-s3")))
+    export_bundle("tiny_models:build", "1", ExportOptions(random_init=True, out_dir=str(cache), formats=["onnx"]))
+    argv = edge_argv("grpc://" + triton.grpc, cache, tiny_labelled_npz[0], "--triton-model", entry_name(3, "onnx"),
+                     limit=20, split=3)
+    at = argv.index("--model")
+    del argv[at:at + 2]
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert done.returncode != 0
+    line = done.stderr.strip().splitlines()[-1]
+    assert "tiny_models-build (cache), {} (cache, cloud)".format(TINY_ID) in line, done.stderr

@@ -60,19 +60,24 @@ def cloud_models(options):
 
 
 def _triton_models(options):
+    """The model ids of a Triton repository's entries: each entry's ``model_id`` parameter (``export-triton``
+    writes it), else what its name says (``M-sK``, a fleet's ``M-active``)."""
     from runtime.edge.kserve import POINTER_SUFFIX, KServeConnection
     conn = KServeConnection(options.cloud, options.timeout, None, options.cache)
+    found = set()
     try:
-        names = conn._model_names()
+        for name in conn._model_names():
+            params = conn._call(conn._config, name).get("parameters", {})
+            declared = (params.get("model_id") or {}).get("string_value")
+            bundle = _SPLIT_BUNDLE.match(name)
+            if declared:
+                found.add(declared)
+            elif name.endswith(POINTER_SUFFIX):
+                found.add(name[:-len(POINTER_SUFFIX)])
+            elif bundle:
+                found.add(bundle.group(1))
     finally:
         conn.close()
-    found = set()
-    for name in names:
-        bundle = _SPLIT_BUNDLE.match(name)
-        if name.endswith(POINTER_SUFFIX):
-            found.add(name[:-len(POINTER_SUFFIX)])
-        elif bundle:
-            found.add(bundle.group(1))
     return found
 
 
