@@ -91,7 +91,8 @@ def _torchvision(name: str, input_shape: Optional[Tuple[int, ...]]) -> ModelConf
         return ModelConfig(
             model_id_of(spec), spec, lambda: tvm.get_model(name, weights=None, weights_backbone=None), shape,
             IMAGENET_MEAN, IMAGENET_STD, resize=None,
-            notes="torchvision segmentation {}; weights from --weights (nothing is downloaded)".format(name))
+            notes="torchvision {} {}; weights from --weights (nothing is downloaded)".format(
+                "segmentation" if name in segmentation else "detection", name))
     resize = int(round(shape[1] / 0.875))
     return ModelConfig(
         model_id_of(spec), spec, lambda: tvm.get_model(name, weights=None), shape,

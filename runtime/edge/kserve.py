@@ -27,6 +27,7 @@ and sends again what had no reply: inference is idempotent); a refusal raises
 Python 3.6 syntax: this module runs on the Jetson.
 """
 import collections
+import re
 import threading
 import time
 
@@ -39,6 +40,7 @@ from runtime.errors import UserError
 
 SCHEMES = ("grpc://", "http://")
 POINTER_SUFFIX = "-active"  # the repository entry that names a model's active bundle (cloud/triton_deploy.py)
+_SPLIT_ENTRY = re.compile(r"^(.+)-s\d+$")  # a split's entry, as export-triton names it: M-sK
 FOLLOW_POLL_S = 0.5         # how often a following edge reads it
 DATATYPES = {"float32": "FP32", "float16": "FP16"}
 CONFIG_TYPES = {"TYPE_FP32": "float32", "TYPE_FP16": "float16"}
@@ -199,6 +201,22 @@ class KServeConnection(object):
             raise UserError("Triton at {} has no model {} ready (its repository holds: {}); export it with `cli.py "
                             "export-triton` or name another with --triton-model".format(
                                 self.address, name, ", ".join(self._model_names()) or "nothing"))
+
+    def model_ids(self):
+        """The model ids of the repository's entries: each entry's ``model_id`` parameter (``export-triton`` writes
+        it), else what its name says (``M-sK``, a fleet's ``M-active``)."""
+        found = set()
+        for name in self._model_names():
+            params = self._call(self._config, name).get("parameters", {})
+            declared = (params.get("model_id") or {}).get("string_value")
+            split_entry = _SPLIT_ENTRY.match(name)
+            if declared:
+                found.add(declared)
+            elif name.endswith(POINTER_SUFFIX):
+                found.add(name[:-len(POINTER_SUFFIX)])
+            elif split_entry:
+                found.add(split_entry.group(1))
+        return found
 
     def _model_names(self):
         if self.scheme == "grpc":

@@ -12,13 +12,12 @@ the list.  A model that neither holds is refused in one line that lists those th
 
 What serve-cloud holds comes from its STATUS reply's ``models`` (the models it holds bundles of, and the one it
 exports on demand with ``serve-cloud --model``), on a connection of its own; a cloud from before that field says
-nothing, and the command goes on as if it held nothing.  A Triton cloud's models are those its repository's
-entries are named after (``M-sK``, ``M-active``).
+nothing, and the command goes on as if it held nothing.  A Triton cloud's models are its repository entries'
+``model_id`` parameters (``KServeConnection.model_ids``).
 
 Python 3.6 syntax: this module runs on the Jetson.
 """
 import contextlib
-import re
 import sys
 
 from runtime.bundle.schema import model_id
@@ -27,7 +26,6 @@ from runtime.errors import UserError
 from runtime.wire.codec import RemoteError
 
 DEFAULT_MODEL = "resnet50"
-_SPLIT_BUNDLE = re.compile(r"^(.+)-s\d+$")
 # refusals that may mean the model is not there at all (the others are about a bundle of a model that is)
 MODEL_REFUSALS = ("unknown_bundle", "no_active", "no_segments")
 
@@ -60,25 +58,12 @@ def cloud_models(options):
 
 
 def _triton_models(options):
-    """The model ids of a Triton repository's entries: each entry's ``model_id`` parameter (``export-triton``
-    writes it), else what its name says (``M-sK``, a fleet's ``M-active``)."""
-    from runtime.edge.kserve import POINTER_SUFFIX, KServeConnection
+    from runtime.edge.kserve import KServeConnection
     conn = KServeConnection(options.cloud, options.timeout, None, options.cache)
-    found = set()
     try:
-        for name in conn._model_names():
-            params = conn._call(conn._config, name).get("parameters", {})
-            declared = (params.get("model_id") or {}).get("string_value")
-            bundle = _SPLIT_BUNDLE.match(name)
-            if declared:
-                found.add(declared)
-            elif name.endswith(POINTER_SUFFIX):
-                found.add(name[:-len(POINTER_SUFFIX)])
-            elif bundle:
-                found.add(bundle.group(1))
+        return conn.model_ids()
     finally:
         conn.close()
-    return found
 
 
 def id_for(asked, cached=None):
@@ -106,12 +91,6 @@ def _both_forms(asked, found, cached):
     if other is None or other == asked:
         return asked
     return "{} ({} {})".format(asked, "model id" if other == found else "spec", other)
-
-
-def _where(options):
-    """``in the edge's cache C or on the cloud H``."""
-    return "in the edge's cache {}{}".format(options.cache, " or on the cloud {}".format(options.cloud)
-                                             if options.cloud else "")
 
 
 def _holders(options, joint="and"):
@@ -150,7 +129,7 @@ def resolve(options):
         options.model = only
     elif not held or DEFAULT_MODEL in held:
         _say("{} (no --model given: the default; {})".format(
-            DEFAULT_MODEL, "nothing is held {} yet".format(_where(options)) if not held else
+            DEFAULT_MODEL, "nothing is held yet in {}".format(_holders(options, "or")) if not held else
             "held beside {}".format(", ".join(sorted(held - {DEFAULT_MODEL})))))
         options.model = DEFAULT_MODEL
     else:
