@@ -12,7 +12,7 @@ import datetime
 import os
 import platform
 import shutil
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import onnx
 import torch
@@ -21,7 +21,7 @@ from runtime.bundle import manifest as mf
 from runtime.bundle import schema, staging
 
 from . import compile as compiler
-from .cutpoints import CutPoint, TracedModel
+from .cutpoints import CutPoint, MultiCut, TracedModel, boundary_names
 from .errors import ExportError
 from .models.configs import ModelConfig, resolve
 from .options import ExportOptions
@@ -66,23 +66,9 @@ def prepare_model(config: ModelConfig, weights: Optional[str], random_init: bool
     return model.eval(), path, sha
 
 
-def select_point(traced: TracedModel, split: str) -> CutPoint:
-    """A split given as an index (``20``), a point's name (``avg_pool``), its graph node, or any module whose call
-    ends there (``conv1.2``, the ReLU that ends ``conv1``)."""
-    text = str(split).strip()
-    if text.lstrip("-").isdigit():
-        return traced.point(int(text))
-    multi = next((c for c in traced.multi if c.id == text), None)
-    if multi is not None:
-        raise ExportError("split {} is a cut where {} tensors cross ({}); bundles carry one boundary tensor so far: "
-                          "choose a single-tensor point (`cli.py layers`)".format(
-                              text, len(multi.tensors), ", ".join(t["name"] for t in multi.tensors)))
-    matches = [p for p in traced.points if text in (p.name, p.node) + tuple(p.ends)]
-    if not matches:
-        raise ExportError("{!r} is not a valid split point (inside a block, or more than one tensor crosses "
-                          "there); valid: {}".format(text, ", ".join("{}={}".format(p.index, p.name)
-                                                                      for p in traced.points)))
-    return matches[0]
+def select_point(traced: TracedModel, split: str):
+    """The cut ``--split`` names (``TracedModel.cut``): a CutPoint, or a MultiCut for a ``"K.J"`` id."""
+    return traced.cut(split)
 
 
 def created_now() -> str:
@@ -113,10 +99,10 @@ def export_bundle(model_spec: str, split: str, options: Optional[ExportOptions] 
         traced = TracedModel(model, config.input_shape)
         point = select_point(traced, split)
         steps.advance("traced: {} split points".format(len(traced.points)))
-        job = _Job(config=config, traced=traced, point=point, head=traced.head(point.index),
-                   tail=traced.tail(point.index), formats=formats, opset=o.opset, weights_path=weights_path,
+        job = _Job(config=config, traced=traced, point=point, head=traced.head(point),
+                   tail=traced.tail(point), formats=formats, opset=o.opset, weights_path=weights_path,
                    weights_sha=weights_sha, random_init=o.random_init or weights_path is None, steps=steps)
-        destination = os.path.join(o.out_dir, mf.bundle_dir_name(config.model_id, point.index))
+        destination = os.path.join(o.out_dir, mf.bundle_dir_name(config.model_id, split_id(point)))
         with staged(destination) as tmp:
             manifest = _build(tmp, job)
             results = verify_bundle(tmp, manifest, traced.reference, job.head, formats, o,
@@ -132,7 +118,7 @@ class _Job:
     """One export's model, cut and settings, as ``_build`` needs them."""
     config: ModelConfig
     traced: TracedModel
-    point: CutPoint
+    point: Union[CutPoint, MultiCut]
     head: Optional[torch.nn.Module]
     tail: Optional[torch.nn.Module]
     formats: Sequence[str]
@@ -149,12 +135,14 @@ def _build(tmp, job: _Job) -> dict:
     formats, opset = job.formats, job.opset
     weights_path, weights_sha, random_init = job.weights_path, job.weights_sha, job.random_init
     last = len(traced.points) - 1
+    boundary_specs = _boundary_specs(point)
+    boundary_names = [spec["name"] for spec in boundary_specs]
     example = torch.randn((2,) + config.input_shape, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         boundary_example = head(example) if head is not None else example
     parts = {}
-    for part, module, x, names in (("head", head, example, (INPUT_NAME, BOUNDARY_NAME)),
-                                   ("tail", tail, boundary_example, (BOUNDARY_NAME, OUTPUT_NAME))):
+    for part, module, x, names in (("head", head, example, ([INPUT_NAME], boundary_names)),
+                                   ("tail", tail, boundary_example, (boundary_names, [OUTPUT_NAME]))):
         if module is None:
             parts[part] = None
             continue
@@ -168,19 +156,40 @@ def _build(tmp, job: _Job) -> dict:
                 extra = compiler.export_torchscript(module, x, path)
             files[fmt] = mf.file_entry(path, format=fmt, **extra)
         params = sum(p.numel() for p in module.parameters())
-        parts[part] = {"files": files, "params": params, "input": names[0], "output": names[1]}
+        parts[part] = {"files": files, "params": params, "input": _joined(names[0]), "output": _joined(names[1])}
     for part in ("head", "tail"):  # keep the step count exact when a part is absent
         if parts[part] is None:
             for _ in formats:
-                steps.advance("no {} at split {}".format(part, point.index))
+                steps.advance("no {} at split {}".format(part, split_id(point)))
     out_node = traced.points[-1]
     model = schema.model_spec(config.model_id, config.source, config.notes, weights_path, weights_sha, random_init,
                               RANDOM_INIT_SEED, len(traced.points))
-    split = {"index": point.index, "name": point.name, "node": point.node,
-             "first": point.index == 0, "last": point.index == last,
+    index = point.after if isinstance(point, MultiCut) else point.index
+    split = {"index": index, "name": point.name, "node": point.node,
+             "first": index == 0 and not isinstance(point, MultiCut), "last": index == last,
              "head_params": point.params, "head_flops": point.flops, "total_flops": out_node.flops}
-    return schema.split_manifest(model, split, input_spec(config), schema.tensor_spec(BOUNDARY_NAME, point.shape),
+    if isinstance(point, MultiCut):
+        split["cut"] = point.id
+    return schema.split_manifest(model, split, input_spec(config),
+                                 schema.tensors_spec(BOUNDARY_NAME, boundary_specs),
                                  schema.tensor_spec(OUTPUT_NAME, out_node.shape), parts, created_now(), toolchain())
+
+
+def split_id(point) -> object:
+    """What names the cut in a bundle's directory and id: a point's index, or a MultiCut's ``"K.J"``."""
+    return point.id if isinstance(point, MultiCut) else point.index
+
+
+def _boundary_specs(point) -> list:
+    """The specs of the tensors that cross ``point``, named as the compiled head returns them."""
+    if not isinstance(point, MultiCut):
+        return [schema.tensor_spec(BOUNDARY_NAME, point.shape)]
+    names = boundary_names(len(point.tensors), BOUNDARY_NAME)
+    return [schema.tensor_spec(name, t["shape"], t["dtype"], source=t["name"]) for name, t in zip(names, point.tensors)]
+
+
+def _joined(names) -> str:
+    return ",".join(names)
 
 
 def input_spec(config: ModelConfig) -> dict:

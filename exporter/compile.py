@@ -8,7 +8,7 @@ its IR version the lowest that opset needs (8 for opset 15), or the export fails
 """
 import io
 import warnings
-from typing import Dict
+from typing import Dict, List
 
 import onnx
 import onnx.helper
@@ -24,16 +24,26 @@ def max_ir_version(opset: int) -> int:
     return onnx.helper.find_min_ir_version_for([onnx.helper.make_opsetid("", opset)])
 
 
-def export_onnx(module: nn.Module, example: torch.Tensor, path: str, opset: int,
-                input_name: str, output_name: str) -> Dict[str, int]:
-    """Write ``module`` as ONNX with a dynamic batch axis; return its opset and IR version."""
+def _names(names) -> List[str]:
+    return [names] if isinstance(names, str) else list(names)
+
+
+def _args(example) -> tuple:
+    """A module's example arguments: one tensor, or the tuple of tensors that crosses a cut."""
+    return tuple(example) if isinstance(example, (tuple, list)) else (example,)
+
+
+def export_onnx(module: nn.Module, example, path: str, opset: int, input_names, output_names) -> Dict[str, int]:
+    """Write ``module`` as ONNX with a dynamic batch axis on every input and output (``example``: a tensor or a
+    tuple of them; names: one or a list each); return its opset and IR version."""
     buf = io.BytesIO()
+    inputs, outputs = _names(input_names), _names(output_names)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice; chosen on purpose (above)
         try:
-            torch.onnx.export(module, (example,), buf, dynamo=False, opset_version=opset,
-                              input_names=[input_name], output_names=[output_name],
-                              dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
+            torch.onnx.export(module, _args(example), buf, dynamo=False, opset_version=opset,
+                              input_names=inputs, output_names=outputs,
+                              dynamic_axes={name: {0: "batch"} for name in inputs + outputs},
                               do_constant_folding=True)
         except Exception as exc:
             raise ExportError("ONNX export at opset {} failed ({}: {}); try another --opset".format(
@@ -60,12 +70,13 @@ def check_onnx_file(path: str, opset: int) -> Dict[str, int]:
     return {"opset": opset, "ir_version": int(model.ir_version)}
 
 
-def export_torchscript(module: nn.Module, example: torch.Tensor, path: str) -> Dict[str, int]:
-    """Trace ``module`` to TorchScript and save it (file format readable by torch 1.10 on a Jetson)."""
+def export_torchscript(module: nn.Module, example, path: str) -> Dict[str, int]:
+    """Trace ``module`` to TorchScript and save it (file format readable by torch 1.10 on a Jetson); ``example``
+    is a tensor or a tuple of them."""
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            traced = torch.jit.trace(module, (example,), check_trace=False)
+            traced = torch.jit.trace(module, _args(example), check_trace=False)
         except Exception as exc:
             raise ExportError("TorchScript trace failed ({}: {})".format(
                 type(exc).__name__, str(exc).splitlines()[0][:300]))

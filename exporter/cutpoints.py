@@ -32,7 +32,7 @@ block, avg_pool, flatten, fc).
 """
 import operator
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import fx, nn
@@ -96,6 +96,12 @@ class MultiCut:
 
 
 MAX_TENSORS = 8  # the most tensors a listed cut may have
+
+
+def boundary_names(count: int, base: str = "boundary") -> List[str]:
+    """The names of the tensors crossing a cut, as the compiled head returns them and the tail takes them:
+    ``boundary`` alone, or ``boundary_0``, ``boundary_1``, ... in graph order."""
+    return [base] if count == 1 else ["{}_{}".format(base, i) for i in range(count)]
 
 
 class _FlopsPerNode(fx.Interpreter):
@@ -396,13 +402,28 @@ class TracedModel:
         """The graph from point ``first`` to point ``last`` as a module; None when they are the same point."""
         if not 0 <= first <= last < len(self.points):
             raise ExportError("no part of the model lies between points {} and {}".format(first, last))
-        if first == last:
+        return self.span(self.points[first], self.points[last], (input_name,))
+
+    def crossing(self, cut) -> List[fx.Node]:
+        """The nodes whose values cross ``cut`` (a CutPoint or a MultiCut), in graph order."""
+        if isinstance(cut, MultiCut):
+            return [self._node(t["node"]) for t in cut.tensors]
+        return [self._input if cut.index == 0 else self._node(cut.node)]
+
+    def span(self, start, stop, input_names: Sequence[str]) -> Optional[fx.GraphModule]:
+        """The graph from cut ``start`` to cut ``stop`` (CutPoints or MultiCuts) as a module: it takes the tensors
+        that cross ``start`` (named ``input_names``) and returns those that cross ``stop`` (one, or a tuple); None
+        when the two are the same cut."""
+        begin = self.nodes.index(self._input if getattr(start, "index", None) == 0 else self._node(start.node))
+        end = self.nodes.index(self._input if getattr(stop, "index", None) == 0 else self._node(stop.node))
+        if begin == end:
             return None
-        start = self._input if first == 0 else self._node(self.points[first].node)
-        stop = self._node(self.points[last].node)
-        body = self.nodes[self.nodes.index(start) + 1:self.nodes.index(stop) + 1]
+        if begin > end:
+            raise ExportError("no part of the model lies between cuts {} and {}".format(
+                getattr(start, "id", getattr(start, "index", start)), getattr(stop, "id", getattr(stop, "index", stop))))
+        inputs = self.crossing(start)
         graph = fx.Graph()
-        env: Dict[fx.Node, fx.Node] = {start: graph.placeholder(input_name)}
+        env: Dict[fx.Node, fx.Node] = {n: graph.placeholder(name) for n, name in zip(inputs, input_names)}
 
         def lookup(n: fx.Node) -> fx.Node:
             if n not in env:
@@ -411,19 +432,39 @@ class TracedModel:
                 env[n] = graph.node_copy(n, lookup)
             return env[n]
 
-        for node in body:
-            if node.op != "get_attr":  # weights are copied on first use
+        for node in self.nodes[begin + 1:end + 1]:
+            if node.op not in ("get_attr", "placeholder", "output"):  # weights are copied on first use
                 env[node] = graph.node_copy(node, lookup)
-        graph.output(lookup(stop))
+        outputs = [lookup(n) for n in self.crossing(stop)]
+        graph.output(outputs[0] if len(outputs) == 1 else tuple(outputs))
         return fx.GraphModule(self.gm, graph).eval()
 
-    def head(self, index: int) -> Optional[fx.GraphModule]:
-        """The part that runs on the edge: input -> boundary tensor; None at split 0."""
-        return self.between(0, self.point(index).index, "input")
+    def cut(self, split: str):
+        """The cut a ``--split`` value names: a point's index, a ``"K.J"`` cut's id, a point's name or graph node, or
+        any module whose call ends there (``conv1.2``, the ReLU that ends ``conv1``)."""
+        text = str(split).strip()
+        if text.lstrip("-").isdigit():
+            return self.point(int(text))
+        multi = next((c for c in self.multi if c.id == text), None)
+        if multi is not None:
+            return multi
+        matches = [p for p in self.points if text in (p.name, p.node) + tuple(p.ends)]
+        if not matches:
+            raise ExportError("{!r} is not a valid split point (inside a block, or more than one tensor crosses "
+                              "there); valid: {} (and the cuts of several tensors that `cli.py layers --max-tensors "
+                              "K` lists)".format(text, ", ".join("{}={}".format(p.index, p.name) for p in self.points)))
+        return matches[0]
 
-    def tail(self, index: int) -> Optional[fx.GraphModule]:
-        """The part that runs on the cloud: boundary tensor -> output; None at the last split."""
-        return self.between(self.point(index).index, len(self.points) - 1)
+    def head(self, cut) -> Optional[fx.GraphModule]:
+        """The part that runs on the edge: input -> the tensor(s) crossing ``cut`` (a point's index, a CutPoint or
+        a MultiCut); None at split 0."""
+        return self.span(self.points[0], self.point(cut) if isinstance(cut, int) else cut, ("input",))
+
+    def tail(self, cut, input_names: Optional[Sequence[str]] = None) -> Optional[fx.GraphModule]:
+        """The part that runs on the cloud: the tensor(s) crossing ``cut`` (named ``input_names``, by default
+        ``boundary_names``) -> output; None at the last split."""
+        cut = self.point(cut) if isinstance(cut, int) else cut
+        return self.span(cut, self.points[-1], input_names or boundary_names(len(self.crossing(cut))))
 
     def segment(self, index: int) -> fx.GraphModule:
         """Segment ``index``: from point ``index`` to point ``index + 1`` (what profiles time)."""

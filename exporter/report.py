@@ -4,6 +4,8 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
+from runtime.bundle import schema
+
 
 def make_console() -> Console:
     """A console for stdout; wide enough not to wrap tables and hashes when piped to a file."""
@@ -54,9 +56,11 @@ def print_export(path: str, manifest: dict, console=None) -> None:
     split = manifest["split"]
     weights = manifest["model"]["weights"]
     console.print("bundle {} -> {}".format(manifest["bundle_id"], path))
-    console.print("  model {} split {} ({}), boundary {} ({} bytes/sample)".format(
-        manifest["model"]["id"], split["index"], split["name"], "x".join(map(str, manifest["boundary"]["shape"][1:])),
-        manifest["boundary"]["bytes_per_sample"]))
+    crossing = schema.tensors(manifest["boundary"])
+    console.print("  model {} split {} ({}), boundary {}{} ({} bytes/sample)".format(
+        manifest["model"]["id"], schema.split_id(manifest), split["name"],
+        "{} tensors ".format(len(crossing)) if len(crossing) > 1 else "",
+        " + ".join("x".join(map(str, t["shape"][1:])) for t in crossing), manifest["boundary"]["bytes_per_sample"]))
     if weights["random_init"]:
         console.print("  weights: RANDOM INIT (seed {}): predictions are at chance level".format(
             weights["random_seed"]), style="bold yellow")
@@ -66,7 +70,7 @@ def print_export(path: str, manifest: dict, console=None) -> None:
         entry = manifest["parts"][part]
         if entry is None:
             console.print("  {}: none (split {} puts the whole model on the {})".format(
-                part, split["index"], "cloud" if part == "head" else "edge"))
+                part, schema.split_id(manifest), "cloud" if part == "head" else "edge"))
             continue
         for fmt, f in sorted(entry["files"].items()):
             extra = " opset {} IR {}".format(f["opset"], f["ir_version"]) if fmt == "onnx" else ""

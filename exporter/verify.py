@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from runtime.backends.ort import cpu_session
+from runtime.bundle import schema
 
 from .errors import VerificationError
 
@@ -40,25 +41,43 @@ DEFAULT_RTOL = 1e-3
 BATCH_SIZES = (1, 4)
 
 
-def _onnx_runner(path: str, input_name: str, output_name: str, what: str) -> Callable[[np.ndarray], np.ndarray]:
+def _onnx_runner(path: str, input_names: List[str], output_names: List[str], what: str) -> Callable:
     session = cpu_session(path)
     inputs = [i.name for i in session.get_inputs()]
     outputs = [o.name for o in session.get_outputs()]
-    if inputs != [input_name] or outputs != [output_name]:
-        raise VerificationError("{}: inputs {} / outputs {}, the manifest says [{}] / [{}]".format(
-            what, inputs, outputs, input_name, output_name))
-    return lambda x: session.run([output_name], {input_name: x})[0]
+    if inputs != input_names or outputs != output_names:
+        raise VerificationError("{}: inputs {} / outputs {}, the manifest says {} / {}".format(
+            what, inputs, outputs, input_names, output_names))
+
+    def run(x):
+        ys = session.run(output_names, dict(zip(input_names, _tuple(x))))
+        return ys[0] if len(ys) == 1 else tuple(ys)
+    return run
 
 
-def _torchscript_runner(path: str) -> Callable[[np.ndarray], np.ndarray]:
+def _torchscript_runner(path: str) -> Callable:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit.load's deprecation notice: TorchScript is what a Jetson runs
         module = torch.jit.load(path, map_location="cpu").eval()
 
-    def run(x: np.ndarray) -> np.ndarray:
+    def run(x):
         with torch.no_grad():
-            return module(torch.from_numpy(x)).numpy()
+            return _numpy(module(*[torch.from_numpy(a) for a in _tuple(x)]))
     return run
+
+
+def _tuple(x) -> tuple:
+    """The tensors of a value that crosses: one array, or a tuple of them."""
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
+def _numpy(y):
+    """A module's result as numpy: an array, or a tuple of arrays."""
+    return tuple(t.numpy() for t in y) if isinstance(y, (tuple, list)) else y.numpy()
+
+
+def _names(spec: dict) -> List[str]:
+    return [t["name"] for t in schema.tensors(spec)]
 
 
 def _runner(directory: str, manifest: dict, part: str, fmt: str) -> Optional[Callable]:
@@ -67,8 +86,8 @@ def _runner(directory: str, manifest: dict, part: str, fmt: str) -> Optional[Cal
         return None
     path = os.path.join(directory, entry["files"][fmt]["file"])
     if fmt == "onnx":
-        names = (manifest["input"]["name"], manifest["boundary"]["name"]) if part == "head" else \
-            (manifest["boundary"]["name"], manifest["output"]["name"])
+        names = (_names(manifest["input"]), _names(manifest["boundary"])) if part == "head" else \
+            (_names(manifest["boundary"]), _names(manifest["output"]))
         return _onnx_runner(path, names[0], names[1], "{} {}".format(part, fmt))
     return _torchscript_runner(path)
 
@@ -194,8 +213,9 @@ def verify_bundle(directory: str, manifest: dict, model: Callable, head: Optiona
     generator = torch.Generator().manual_seed(seed)
     batches = [torch.randn((b,) + shape, generator=generator) for b in batch_sizes]
     with torch.no_grad():
-        references = [(x, model(x).numpy(), head(x).numpy() if head is not None else None) for x in batches]
-    split = manifest["split"]["index"]
+        references = [(x, model(x).numpy(), _numpy(head(x)) if head is not None else None) for x in batches]
+    split = schema.split_id(manifest)
+    boundary_names = _names(manifest["boundary"])
     results = []
     for fmt in formats:
         run_head = _runner(directory, manifest, "head", fmt)
@@ -204,7 +224,8 @@ def verify_bundle(directory: str, manifest: dict, model: Callable, head: Optiona
             boundary = run_head(x.numpy()) if run_head else x.numpy()
             checks = []
             if ref_boundary is not None:
-                checks.append(("boundary", compare(boundary, ref_boundary, atol, rtol)))
+                for name, actual, expected in zip(boundary_names, _tuple(boundary), _tuple(ref_boundary)):
+                    checks.append((name, compare(actual, expected, atol, rtol)))
             out = run_tail(boundary) if run_tail else boundary
             checks.append(("output", compare(out, ref_out, atol, rtol, classes=True)))
             for tensor, check in checks:

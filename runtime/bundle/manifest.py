@@ -77,7 +77,7 @@ def directory_name(data):
     """The directory a bundle lives in: ``<model>-s<split>``, or ``<model>-segments``."""
     if data.get("kind", KIND_SPLIT) == KIND_SEGMENTS:
         return segments_dir_name(data["model"]["id"])
-    return bundle_dir_name(data["model"]["id"], data["split"]["index"])
+    return bundle_dir_name(data["model"]["id"], schema.split_id(data))
 
 
 def write_manifest(directory, manifest):
@@ -112,7 +112,18 @@ class Manifest(object):
 
     @property
     def split_index(self):
-        return self.data["split"]["index"] if self.kind == KIND_SPLIT else None
+        """The split: a point's index (an int), or ``"K.J"`` for a cut where several tensors cross."""
+        return schema.split_id(self.data) if self.kind == KIND_SPLIT else None
+
+    @property
+    def boundaries(self):
+        """The specs of the tensors that cross the cut, in order (one, but for a ``"K.J"`` cut)."""
+        return schema.tensors(self.data["boundary"])
+
+    @property
+    def outputs(self):
+        """The specs of the model's outputs, in order."""
+        return schema.tensors(self.data["output"])
 
     def part(self, name):
         """The entry of ``head`` or ``tail``, or None when the split puts everything on the other side."""
@@ -165,9 +176,14 @@ def validate(data, where):
     return it or raise ManifestError naming what is wrong."""
     if schema.check(data, where) == KIND_SEGMENTS:
         return _validate_segments(data, where)
-    model_id, split = data["model"]["id"], data["split"]["index"]
+    model_id, split = data["model"]["id"], schema.split_id(data)
     if bundle_dir_name(model_id, split) != "{}-s{}".format(model_id, split):
         raise ManifestError("{}: model id {!r} must be letters, digits, '-', '_' or '.'".format(where, model_id))
+    if "cut" in data["split"]:
+        point, _, number = split.partition(".")
+        if point != str(data["split"]["index"]) or not number.isdigit():
+            raise ManifestError("{}: split.cut {!r} must be \"{}.J\" (a cut after point {}); re-export the "
+                                "bundle".format(where, split, data["split"]["index"], data["split"]["index"]))
     parts = data["parts"]
     if not isinstance(parts, dict) or set(parts) - set(PARTS):
         raise ManifestError("{}: 'parts' must map head/tail to their files".format(where))
@@ -211,5 +227,5 @@ def _validate_segments(data, where):
 
 def expected_bundle_id(data):
     hashes = [f["sha256"] for _, _, f in iter_file_entries(data)]
-    split = data["split"]["index"] if data.get("kind", KIND_SPLIT) == KIND_SPLIT else KIND_SEGMENTS
+    split = schema.split_id(data) if data.get("kind", KIND_SPLIT) == KIND_SPLIT else KIND_SEGMENTS
     return bundle_id(data["model"]["id"], data["model"].get("weights", {}).get("sha256"), split, hashes)

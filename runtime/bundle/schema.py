@@ -19,6 +19,15 @@ Evolution rules, as for ExecuTorch's program schema:
   refuse any other version with a message that says to re-export.
 * The bundle id covers the model id, the weights' sha256, the split and every
   file's sha256, so no field added later can change what a bundle id names.
+* A writer stamps the lowest version that can say what the bundle holds, so a
+  reader of an older release keeps reading every bundle it could read before.
+
+Versions: 1, one tensor at the cut and one output.  2 adds cuts where several
+tensors cross (``boundary.tensors``, ``split.cut`` = ``"K.J"``, the J-th such cut
+after point K) and several outputs (``output.tensors``); a spec with ``tensors``
+lists them in order, each a tensor spec of its own with ``source`` (what it is the
+output of), and its own ``bytes_per_sample`` is their sum.  Only bundles that need
+them are stamped 2.
 
 Python 3.6 syntax: this module runs on the Jetson.
 """
@@ -26,12 +35,16 @@ import hashlib
 
 from runtime.errors import ManifestError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # the newest version this runtime reads and the exporter writes
+READABLE = (1, 2)
 KIND_SPLIT, KIND_SEGMENTS = "split", "segments"
 NUMBER = (int, float)
 OPTIONAL_STR = (str, type(None))
 # a tensor's spec: dtype, shape with None for the batch dimension
 TENSOR = (("name", str, False), ("shape", list, True), ("dtype", str, True), ("bytes_per_sample", int, False))
+# a spec of several tensors: {"name", "tensors": [tensor spec + "source", ...], "bytes_per_sample": their sum}
+TENSORS = ("tensors", list, False, 2)
+SOURCE = ("source", str, False, 2)
 
 # kind -> (dotted field, type(s), required, since); a dict field's own fields follow it
 _COMMON = (
@@ -54,6 +67,7 @@ _COMMON = (
     ("input.preprocess", (dict, type(None)), False, 1),
     ("output", dict, True, 1),
 ) + tuple(("output." + n, t, r, 1) for n, t, r in TENSOR) + (
+    ("output.tensors",) + TENSORS[1:],
     ("verification", dict, False, 1),
     ("toolchain", dict, False, 1),
 )
@@ -68,8 +82,10 @@ FIELDS = {
         ("split.head_params", int, False, 1),
         ("split.head_flops", NUMBER, False, 1),
         ("split.total_flops", NUMBER, False, 1),
+        ("split.cut", str, False, 2),  # "K.J": a cut where several tensors cross (``index`` is then K)
         ("boundary", dict, True, 1),
     ) + tuple(("boundary." + n, t, r, 1) for n, t, r in TENSOR) + (
+        ("boundary.tensors",) + TENSORS[1:],
         ("parts", dict, True, 1),  # head / tail -> {"files": {format: file entry}, ...} or null
     ),
     KIND_SEGMENTS: _COMMON + (
@@ -90,19 +106,76 @@ def check(data, where):
     missing = [name for name, _, required, _ in FIELDS[kind] if required and "." not in name and name not in data]
     if missing:
         raise ManifestError("{} lacks {}; re-export the bundle".format(where, ", ".join(missing)))
-    if data["schema_version"] != SCHEMA_VERSION:
-        raise ManifestError("{} has schema version {}, this runtime reads version {}; re-export with this version "
-                            "of the tool".format(where, data["schema_version"], SCHEMA_VERSION))
-    for name, types, required, _ in FIELDS[kind]:
-        value = _get(data, name)
-        if value is _MISSING:
-            if required:
-                raise ManifestError("{}: {} is required; re-export the bundle".format(where, name))
+    version = data["schema_version"]
+    if version not in READABLE:
+        raise ManifestError("{} has schema version {}, this runtime reads versions {}; re-export with this version "
+                            "of the tool".format(where, version, " and ".join(map(str, READABLE))))
+    for name, types, required, since in FIELDS[kind]:
+        if since > version:
+            if _get(data, name) is not _MISSING:
+                raise ManifestError("{}: {} needs schema version {}, the manifest says {}; re-export the bundle".format(
+                    where, name, since, version))
             continue
-        if not isinstance(value, types) or (isinstance(value, bool) and bool not in _tuple(types)):
-            raise ManifestError("{}: {} must be {}, not {!r}; re-export the bundle".format(
-                where, name, " or ".join(t.__name__ for t in _tuple(types)), value))
+        if required and _several(data, name):
+            continue  # a spec of several tensors says shape and dtype per tensor
+        _check_field(data, name, types, required, where)
+    for key in ("boundary", "output"):
+        spec = data.get(key)
+        for i, entry in enumerate(spec["tensors"] if isinstance(spec, dict) and "tensors" in spec else ()):
+            _check_tensor_list_entry(entry, "{}.tensors[{}]".format(key, i), where)
     return kind
+
+
+def _check_field(data, name, types, required, where, shown=None):
+    """Field ``name`` of ``data`` present if required and of its type; named ``shown`` (default ``name``)."""
+    value = _get(data, name)
+    if value is _MISSING:
+        if required:
+            raise ManifestError("{}: {} is required; re-export the bundle".format(where, shown or name))
+        return
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in _tuple(types)):
+        raise ManifestError("{}: {} must be {}, not {!r}; re-export the bundle".format(
+            where, shown or name, " or ".join(t.__name__ for t in _tuple(types)), value))
+
+
+def _several(data, dotted):
+    """Whether the spec holding field ``dotted`` (``boundary.shape``) lists several tensors."""
+    parent = _get(data, dotted.rsplit(".", 1)[0]) if "." in dotted else _MISSING
+    return isinstance(parent, dict) and "tensors" in parent
+
+
+def _check_tensor_list_entry(spec, name, where):
+    if not isinstance(spec, dict):
+        raise ManifestError("{}: {} must be a tensor spec; re-export the bundle".format(where, name))
+    for field, types, required in TENSOR + (SOURCE[:3],):
+        _check_field(spec, field, types, required or field == "name", where, "{}.{}".format(name, field))
+
+
+def tensors(spec):
+    """The tensor specs of a boundary or output spec, in order: itself alone, or the ``tensors`` it lists."""
+    return spec["tensors"] if "tensors" in spec else [spec]
+
+
+def parse_split(value):
+    """A split as the wire and the command line give it, normalised: an int (``20``), or ``"K.J"`` for a cut where
+    several tensors cross; ValueError for anything else."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError("not a split: {!r}".format(value))
+    point, dot, number = str(value).strip().partition(".")
+    if not point.isdigit() or (dot and not number.isdigit()):
+        raise ValueError("not a split: {!r}".format(value))
+    return "{}.{}".format(int(point), int(number)) if dot else int(point)
+
+
+def split_order(split):
+    """A sort key that puts ``"K.J"`` cuts after point K, in order."""
+    point, _, number = str(split).partition(".")
+    return int(point), int(number or 0)
+
+
+def split_id(data):
+    """What names a split bundle's cut: the point's index (an int), or ``"K.J"`` for a cut of several tensors."""
+    return data["split"].get("cut", data["split"]["index"])
 
 
 def _tuple(types):
@@ -134,12 +207,25 @@ def model_id(spec):
 
 # ---------------------------------------------------------------- builders (the exporter's only way to write)
 
-def tensor_spec(name, shape, dtype="float32"):
+_ITEM_BYTES = {"float32": 4, "float16": 2, "float64": 8, "int64": 8, "int32": 4, "uint8": 1, "int8": 1, "bool": 1}
+
+
+def tensor_spec(name, shape, dtype="float32", source=None):
     """A tensor's spec: ``shape`` is one sample's (the batch dimension is written as None)."""
     numel = 1
     for d in shape:
         numel *= d
-    return {"name": name, "shape": [None] + list(shape), "dtype": dtype, "bytes_per_sample": numel * 4}
+    spec = {"name": name, "shape": [None] + list(shape), "dtype": dtype, "bytes_per_sample": numel * _ITEM_BYTES[dtype]}
+    if source is not None:
+        spec["source"] = source
+    return spec
+
+
+def tensors_spec(name, specs):
+    """The spec of several tensors crossing together (schema 2), or of the one tensor in ``specs``."""
+    if len(specs) == 1:
+        return specs[0]
+    return {"name": name, "tensors": list(specs), "bytes_per_sample": sum(s["bytes_per_sample"] for s in specs)}
 
 
 def model_spec(model_id, source, notes, weights_path, weights_sha256, random_init, random_seed, num_split_points):
@@ -165,9 +251,10 @@ def bundle_id(model_id, weights_sha256, split_index, file_hashes):
 def split_manifest(model, split, input_spec, boundary, output, parts, created, toolchain):
     """The manifest of a split bundle; ``parts`` maps head / tail to their entry (or None)."""
     hashes = [f["sha256"] for p in parts.values() if p for f in p["files"].values()]
+    several = "cut" in split or "tensors" in boundary or "tensors" in output
     return {
-        "schema_version": SCHEMA_VERSION,
-        "bundle_id": bundle_id(model["id"], model["weights"]["sha256"], split["index"], hashes),
+        "schema_version": 2 if several else 1,
+        "bundle_id": bundle_id(model["id"], model["weights"]["sha256"], split.get("cut", split["index"]), hashes),
         "created": created,
         "model": model,
         "split": split,
@@ -183,7 +270,7 @@ def segments_manifest(model, input_spec, output, points, segments, created, tool
     """The manifest of a segments bundle: the model cut at every point, one segment between each pair."""
     hashes = [f["sha256"] for seg in segments for f in seg["files"].values()]
     return {
-        "schema_version": SCHEMA_VERSION, "kind": KIND_SEGMENTS,
+        "schema_version": 1, "kind": KIND_SEGMENTS,
         "bundle_id": bundle_id(model["id"], model["weights"]["sha256"], KIND_SEGMENTS, hashes),
         "created": created,
         "model": model,
