@@ -12,6 +12,7 @@ import sys
 
 import click
 
+from runtime.bundle.schema import parse_split
 from runtime.edge import power
 from runtime.errors import UserError
 from runtime.wire import auth
@@ -203,12 +204,10 @@ def split_option(ctx, param, value):
     if value is None or value == "auto":
         return value
     try:
-        split = int(value)
+        return parse_split(value)
     except ValueError:
-        split = -1
-    if split < 0:
-        raise click.BadParameter("expected a split index (0, 1, ...) or 'auto'", param=param)
-    return split
+        raise click.BadParameter("expected a split index (0, 1, ...), a cut of several tensors (4.1, from `layers "
+                                 "--max-tensors K`) or 'auto'", param=param)
 DEVICE_CHOICE = click.Choice(["auto", "cpu", "cuda"])
 INFERENCE_TOKEN_ENV = auth.TOKEN_ENV[auth.INFERENCE]
 ADMIN_TOKEN_ENV = auth.TOKEN_ENV[auth.ADMIN]
@@ -465,7 +464,7 @@ def plan(**options):
 @main.command()
 @cloud_option()
 @click.option("--splits", default="0,3,10,16,20,22", show_default=True, help="Comma-separated split points.",
-              callback=lambda ctx, param, value: _split_values(value, int, "0,3,10,16,20,22", param))
+              callback=lambda ctx, param, value: _split_values(value, parse_split, "0,3,10,16,20,22", param))
 @with_options(MODEL_ID_OPTION, CACHE_OPTION, BACKEND_OPTION, DEVICE_OPTION, *DATASET_OPTIONS)
 @batch_size_option()
 @click.option("--seed", default=0, show_default=True, type=int)

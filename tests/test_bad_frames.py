@@ -114,6 +114,17 @@ CASES = {
         "dtype": "uint8", "shape": [1, 2048, 1, 1], "encoding": {"scheme": "int8", "codec": "none",
                                                                  "shape": [1, 2048, 1, 1]}}, b"\0" * 2048),
                                         "bad_encoding", False),
+    "version-2 peer": (lambda m, t: header(codec.HELLO, version=2), "bad_version", False),
+    "several tensors: two to a one-tensor bundle": (lambda m, t: hello(m) + frame(codec.INFER, {"tensors": [
+        {"dtype": "float32", "shape": [1, 2048, 1, 1]}, {"dtype": "float32", "shape": [1, 2]}]}, b"\0" * 8200),
+        "bad_shape", False),
+    "several tensors: sizes and length disagree": (lambda m, t: hello(m) + frame(codec.INFER, {"tensors": [
+        {"dtype": "float32", "shape": [1, 2048, 1, 1]}, {"dtype": "uint8", "shape": [1, 3]}]}, b"\0" * 8196),
+        "bad_shape", False),
+    "several tensors: not a list": (lambda m, t: hello(m) + frame(codec.INFER, {"tensors": {"a": 1}}, b"\0" * 8),
+                                    "bad_meta", False),
+    "several tensors: 17": (lambda m, t: hello(m) + frame(codec.INFER, {"tensors": [
+        {"dtype": "uint8", "shape": [8]}] * 17}, b"\0" * 8 * 17), "bad_meta", False),
     "unknown bundle": (lambda m, t: frame(codec.HELLO, {"model": "resnet50", "split": 20, "bundle_id": "0" * 16}),
                        "bundle_mismatch", False),
 }

@@ -111,8 +111,9 @@ class OnnxBackend(object):
         if device == "cuda" and self.provider == "CPUExecutionProvider":
             raise UserError("--device cuda but the CUDA provider failed to load for {}; check CUDA/cuDNN "
                             "libraries, or use --device cpu".format(path))
-        self.input_name = self.session.get_inputs()[0].name
-        self.output_names = [self.session.get_outputs()[0].name]
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.input_name = self.input_names[0]
+        self.output_names = [o.name for o in self.session.get_outputs()]
 
     def _load_optimised(self, ort, path, options, source_sha256, cache_dir):
         """A CPU session from the cached optimised graph, or from ``path`` while saving that graph."""
@@ -151,5 +152,12 @@ class OnnxBackend(object):
         return session
 
     def run(self, x):
+        """The part's output for ``x``: one array, or (a cut of several tensors) a tuple of arrays in the order of
+        the file's inputs; the same form back for its outputs."""
         # session.run returns host arrays, so it has waited for the device: timers around it are honest
-        return self.session.run(self.output_names, {self.input_name: x})[0]
+        if isinstance(x, tuple):
+            feeds = dict(zip(self.input_names, x))
+        else:
+            feeds = {self.input_name: x}
+        ys = self.session.run(self.output_names, feeds)
+        return ys[0] if len(ys) == 1 else tuple(ys)

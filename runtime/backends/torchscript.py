@@ -148,9 +148,15 @@ class TorchScriptBackend(object):
         return self._eager(np.concatenate(arrays, axis=0))
 
     def run(self, x):
-        if self.graphs is not None:
+        """The part's output for ``x``: one array, or (a cut of several tensors) a tuple of arrays; the same form
+        back.  CUDA graphs are captured for one input tensor only."""
+        if self.graphs is not None and not isinstance(x, tuple):
             return self.graphs.run(x, self._eager)
         return self._eager(x)
+
+    def _inputs(self, x):
+        torch = self.torch
+        return [torch.from_numpy(a).to(self.device) for a in (x if isinstance(x, tuple) else (x,))]
 
     def _settle(self, x):
         """Run the module as often as the profiling executor needs to settle: it profiles its first
@@ -163,9 +169,9 @@ class TorchScriptBackend(object):
                 return
             profiled = torch._C._jit_get_num_profiled_runs() if hasattr(torch._C, "_jit_get_num_profiled_runs") else 1
             with torch.no_grad():
-                t = torch.from_numpy(x).to(self.device)
+                inputs = self._inputs(x)
                 for _ in range(max(1, int(profiled)) + 1):
-                    self.module(t)
+                    self.module(*inputs)
             self.settled = True
 
     def _eager(self, x):
@@ -173,9 +179,11 @@ class TorchScriptBackend(object):
         if not self.settled:
             self._settle(x)
         with torch.no_grad():
-            y = self.module(torch.from_numpy(x).to(self.device))
+            y = self.module(*self._inputs(x))
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
+            if isinstance(y, (tuple, list)):
+                return tuple(t.cpu().numpy() for t in y)
             return y.cpu().numpy()
 
 

@@ -9,14 +9,15 @@ batch axis, run once, and its output split back, each request's rows to its own
 connection.  One worker thread per tail, so a tail never runs two batches at once
 (on a GPU that is what batching is for; on a CPU the backend's own threads share
 the cores).  Figures per request: ``queue_ms`` (from arrival to the start of its
-batch's run) and ``compute_ms`` (the batch's run), and the batch's size.
+batch's run) and ``compute_ms`` (the batch's run), and the batch's size.  A request of several tensors (a cut where
+several cross, ``runtime.values``) is joined and split tensor by tensor.
 """
 import collections
 import logging
 import threading
 import time
 
-import numpy as np
+from runtime import values
 
 log = logging.getLogger("edgesplit.server")
 
@@ -59,7 +60,7 @@ class DynamicBatcher(object):
             if self._closed:
                 raise RuntimeError("batcher closed")
             self._queue.append(_Request(array, done, source))
-            self._queued_samples += array.shape[0]
+            self._queued_samples += values.batch_size(array)
             self._queued_by[source] += 1
             # wake the worker only when this request can start or close a batch: each wake-up
             # costs the connection threads a switch of the GIL
@@ -86,10 +87,10 @@ class DynamicBatcher(object):
                     break
                 self._cond.wait(left)
             taken, samples = [], 0
-            while self._queue and (not taken or samples + self._queue[0].array.shape[0] <= self.max_batch):
+            while self._queue and (not taken or samples + values.batch_size(self._queue[0].array) <= self.max_batch):
                 request = self._queue.popleft()
                 taken.append(request)
-                samples += request.array.shape[0]
+                samples += values.batch_size(request.array)
                 self._queued_by[request.source] -= 1
                 if not self._queued_by[request.source]:
                     del self._queued_by[request.source]
@@ -107,14 +108,14 @@ class DynamicBatcher(object):
             if taken is None:
                 return
             start = time.perf_counter()
-            n_samples = sum(r.array.shape[0] for r in taken)
+            n_samples = sum(values.batch_size(r.array) for r in taken)
             try:
                 if len(taken) == 1:
                     y = self.runner.run(taken[0].array)
-                elif hasattr(self.runner, "run_many"):  # copies the requests straight into its input buffer
-                    y = self.runner.run_many([r.array for r in taken])
+                elif hasattr(self.runner, "run_many") and not isinstance(taken[0].array, tuple):
+                    y = self.runner.run_many([r.array for r in taken])  # copies them straight into its input
                 else:
-                    y = self.runner.run(np.concatenate([r.array for r in taken], axis=0))
+                    y = self.runner.run(values.concat([r.array for r in taken]))
                 error = None
             except Exception as exc:  # answered to every request of the batch; the server goes on
                 log.exception("batched tail run failed")
@@ -124,8 +125,8 @@ class DynamicBatcher(object):
             self.samples += n_samples if error is None else 0
             row = 0
             for r in taken:
-                n = r.array.shape[0]
-                out = y[row:row + n] if error is None else None
+                n = values.batch_size(r.array)
+                out = values.rows(y, row, row + n) if error is None else None
                 row += n
                 try:
                     r.done(out, (start - r.arrived) * 1000.0, compute_ms, n_samples, error)

@@ -12,6 +12,7 @@ import threading
 from runtime.backends import load_part
 from runtime.backends.profiling import profile_segments
 from runtime.bundle.manifest import KIND_SEGMENTS, KIND_SPLIT, directory_name, load_manifest, write_manifest
+from runtime.bundle.schema import split_order
 from runtime.bundle.staging import install_dir
 from runtime.errors import CodedError, UserError
 from runtime.launch import cli_command
@@ -111,7 +112,7 @@ class TailRegistry(object):
             held.setdefault(m.model_id, set()).add(m.split_index)
         if self.exporter is not None and self.exporter.model_id:
             held.setdefault(self.exporter.model_id, set())
-        return {model: {"splits": sorted(splits), "on_demand": self.exporter is not None and
+        return {model: {"splits": sorted(splits, key=split_order), "on_demand": self.exporter is not None and
                         self.exporter.model_id == model} for model, splits in held.items()}
 
     def held(self, bundle_id):
@@ -173,7 +174,7 @@ class TailRegistry(object):
             with self._lock:
                 active = self.active.get(model)
             if active is None:
-                held = sorted(m.split_index for m in self.bundles() if m.model_id == model)
+                held = sorted((m.split_index for m in self.bundles() if m.model_id == model), key=split_order)
                 raise HandshakeError("no_active", "no bundle is active for {} on the cloud; give --split ({}) or "
                                      "push one with --activate".format(model, ", ".join(map(str, held)) or
                                                                          "none held"))

@@ -18,7 +18,9 @@ import sys
 import threading
 import time
 
+from runtime import values
 from runtime.bundle.manifest import KIND_SPLIT, validate
+from runtime.bundle.schema import parse_split
 from runtime.bundle.staging import remove_stale_temp_dirs, staged
 from runtime.bundle.store import BundleStore
 from runtime.cloud.registry import EXPORT_TIMEOUT_S, HandshakeError, OnDemandExporter, TailRegistry
@@ -298,13 +300,12 @@ class CloudServer(object):
         """A request: the tail now, or queued for the batcher, which answers it."""
         x = frame.array
         decode_ms = 0.0
-        if "encoding" in frame.meta:  # --compress on the edge
+        if "encoding" in frame.meta or "tensors" in frame.meta:  # --compress on the edge, or several tensors
             start = time.perf_counter()
-            x = decode(frame.meta["encoding"], x, session.manifest["boundary"]["shape"],
-                       max_bytes=self.max_frame_bytes)
+            x = self._decoded(frame, session.manifest)
             decode_ms = (time.perf_counter() - start) * 1000.0
         session.requests += 1
-        session.samples += x.shape[0]
+        session.samples += values.batch_size(x)
         batcher = self._batcher(session)
         if batcher is None:
             start = time.perf_counter()
@@ -331,6 +332,22 @@ class CloudServer(object):
         batcher.submit(x, done, session)
         return 0
 
+    def _decoded(self, frame, manifest):
+        """The boundary value of an INFER frame, each tensor decompressed where the edge compressed it."""
+        if "tensors" not in frame.meta:
+            return decode(frame.meta["encoding"], frame.array, manifest["boundary"]["shape"],
+                          max_bytes=self.max_frame_bytes)
+        out = []
+        for entry, array, spec in zip(frame.meta["tensors"], frame.array, manifest.boundaries):
+            encoding = entry.get("encoding")
+            out.append(array if encoding is None else decode(encoding, array, spec["shape"],
+                                                             max_bytes=self.max_frame_bytes))
+        if len({a.shape[0] for a in out}) > 1:
+            raise codec.ProtocolError("bad_shape", "the frame's tensors hold {} samples; every tensor of a request "
+                                                   "holds the same number".format(" and ".join(
+                                                       str(a.shape[0]) for a in out)))
+        return tuple(out)
+
     def _echo(self, conn, reader, frame, session):
         """A network probe: the payload goes straight back (or its first ``reply_bytes``)."""
         reply = frame.meta.get("reply_bytes")
@@ -355,7 +372,7 @@ class CloudServer(object):
             return sockets.send_frame(conn, codec.WELCOME, frame.request_id, {"nonce": session.nonce, "protocol": codec.VERSION})
         try:
             model = str(meta["model"])
-            split = None if meta.get("split") is None else int(meta["split"])
+            split = None if meta.get("split") is None else parse_split(meta["split"])
             bundle_id = None if meta.get("bundle_id") is None else str(meta["bundle_id"])
         except (KeyError, TypeError, ValueError, OverflowError):
             raise codec.ProtocolError("bad_meta", "HELLO needs model, and split or bundle_id (or neither)")
@@ -480,18 +497,31 @@ def _check_tensor(session, type_, dtype, shape, meta=None):
         return
     states.check(session.state, type_, meta)  # INFER: bound to a bundle (the payload is not received otherwise)
     manifest = session.manifest
-    spec = manifest["boundary"]
+    specs = manifest.boundaries
+    entries = meta.get("tensors") if meta else None
+    if entries is None:
+        entries = [dict(meta or {}, dtype=dtype, shape=list(shape))]
+    if len(entries) != len(specs):
+        raise codec.ProtocolError("bad_shape", "the frame carries {} tensor(s) but bundle {} takes {} ({})".format(
+            len(entries), manifest.bundle_id, len(specs), ", ".join(spec["name"] for spec in specs)))
+    for spec, entry in zip(specs, entries):
+        _check_one(manifest, spec, entry["dtype"], entry["shape"], entry.get("encoding") is not None)
+
+
+def _check_one(manifest, spec, dtype, shape, encoded):
+    """One tensor of an INFER frame against its spec in the bound bundle."""
     expected = tuple(spec["shape"][1:])
-    if meta and meta.get("encoding") is not None:  # compressed: decode() checks it against the boundary spec
+    what = "tensor" if spec["name"] == "boundary" else "tensor {}".format(spec["name"])
+    if encoded:  # compressed: decode() checks it against the boundary spec
         if dtype not in ("float16", "uint8", "float32"):
             raise codec.ProtocolError("bad_encoding", "a compressed tensor is float16 or uint8, not {}".format(dtype))
         return
     if dtype != spec["dtype"]:
-        raise codec.ProtocolError("bad_dtype", "tensor dtype {} but bundle {} takes {}".format(
-            dtype, manifest.bundle_id, spec["dtype"]))
+        raise codec.ProtocolError("bad_dtype", "{} dtype {} but bundle {} takes {}".format(
+            what, dtype, manifest.bundle_id, spec["dtype"]))
     if len(shape) != len(expected) + 1 or tuple(shape[1:]) != expected or shape[0] < 1:
-        raise codec.ProtocolError("bad_shape", "tensor shape {} but bundle {} takes (N, {})".format(
-            list(shape), manifest.bundle_id, ", ".join(str(d) for d in expected)))
+        raise codec.ProtocolError("bad_shape", "{} shape {} but bundle {} takes (N, {})".format(
+            what, list(shape), manifest.bundle_id, ", ".join(str(d) for d in expected)))
 
 
 def serve_cloud(options):

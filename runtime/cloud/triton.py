@@ -151,6 +151,11 @@ def check_options(manifest, options):
     if manifest.kind != KIND_SPLIT or manifest.part("tail") is None:
         raise UserError("bundle {} has no tail (split {} runs the whole model on the edge); export another split "
                         "for Triton".format(manifest.directory, manifest.split_index))
+    if len(manifest.boundaries) > 1 or len(manifest.outputs) > 1:
+        raise UserError("bundle {} (split {}) passes {} tensors and returns {}; a Triton entry from this tool takes "
+                        "one and returns one so far: serve it with serve-cloud, or export a single-tensor split "
+                        "for Triton (`cli.py layers`)".format(manifest.directory, manifest.split_index,
+                                                              len(manifest.boundaries), len(manifest.outputs)))
     if o.tensorrt and o.platform != "onnxruntime":
         raise UserError("--tensorrt is an onnxruntime accelerator; use it with --platform onnxruntime")
     if o.max_batch < 0 or o.instances < 1 or o.version < 1 or o.max_queue_delay_us < 0:

@@ -252,6 +252,10 @@ class KServeConnection(object):
         if len(inputs) != 1 or len(outputs) != 1:
             raise UserError("Triton's model {} has {} inputs and {} outputs; a tail has one of each".format(
                 name, len(inputs), len(outputs)))
+        if len(manifest.boundaries) > 1:
+            raise UserError("split {} passes {} tensors to the cloud; with a Triton --cloud give a single-tensor split "
+                            "(`cli.py layers`), or run serve-cloud".format(manifest.split_index,
+                                                                          len(manifest.boundaries)))
         max_batch = int(config.get("max_batch_size", 0))
         shape = list(manifest["boundary"]["shape"][1:])
         dims = [int(d) for d in inputs[0].get("dims", [])]

@@ -52,6 +52,7 @@ def run_edge(options, out=None):
                 _say("preloading the heads of split {} (the plan for a link 4x slower or faster)".format(
                     " and ".join(str(k) for k in alternates)))
                 session.preload(alternates)
+        _check_frame_size(manifest, session.welcome, o)
         num_classes = manifest["output"]["shape"][-1]
         data = open_dataset(o.dataset, manifest["input"], num_classes, limit=o.limit, seed=o.seed,
                             data_dir=o.data_dir, output_shape=manifest["output"]["shape"])
@@ -126,6 +127,21 @@ def _full_model(o):
                         "tail is empty (resnet50: split 22; `cli.py layers` lists them); fetch it with one "
                         "`run-edge --split 22` or copy it there with `push --to`".format(o.model, o.cache))
     return full
+
+
+def _check_frame_size(manifest, welcome, o):
+    """Refuse, before the first request, a batch whose boundary the cloud's frame limit would refuse."""
+    limit = (welcome or {}).get("max_frame_bytes")
+    if not isinstance(limit, int) or o.compress != "none" or o.codec != "none" or manifest.part("head") is None:
+        return
+    nbytes = manifest["boundary"]["bytes_per_sample"] * o.batch_size
+    if nbytes > limit:
+        count = len(manifest.boundaries)
+        raise UserError("split {}: {} of --batch-size {} {} {:.2f} MiB, over the cloud's frame limit of {:.2f} MiB; "
+                        "start serve-cloud with a larger --max-frame-mb, compress (--compress int8), lower "
+                        "--batch-size, or choose a cut with fewer bytes (`cli.py layers --max-tensors K`)".format(
+                            manifest.split_index, "the {} tensors".format(count) if count > 1 else "the boundary",
+                            o.batch_size, "take" if count > 1 else "takes", nbytes / 1048576.0, limit / 1048576.0))
 
 
 def _plan(session, o):

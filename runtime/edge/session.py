@@ -10,6 +10,7 @@ import time
 
 from runtime.backends import format_of, load_part
 from runtime.bundle.manifest import KIND_SPLIT, Manifest, ManifestError, validate
+from runtime.bundle.schema import split_id, split_order
 from runtime.edge import kserve
 from runtime.edge.cache import BundleCache
 from runtime.edge.client import CannotConnect, CloudConnection, CloudLost
@@ -118,9 +119,9 @@ class EdgeSession(object):
         if manifest is None:
             size = sum(f["bytes"] for f in _head_files(data, self.formats))
             _say("fetching the head of {} ({} split {}, {:.1f} MiB) from the cloud".format(
-                data["bundle_id"], data["model"]["id"], data["split"]["index"], size / 1048576.0))
+                data["bundle_id"], data["model"]["id"], split_id(data), size / 1048576.0))
             manifest, received, seconds = self.cache.fetch(self.conn, data, self.formats)
-            self.fetches.append({"bundle_id": data["bundle_id"], "split": data["split"]["index"],
+            self.fetches.append({"bundle_id": data["bundle_id"], "split": split_id(data),
                                  "bytes": received, "seconds": seconds})
             _say("fetched and verified {} in {:.2f} s".format(data["bundle_id"], seconds))
         self.head = self._runners.pop(manifest.bundle_id, None) or \
@@ -147,13 +148,19 @@ class EdgeSession(object):
         seg = self.segments.manifest
         k = data["split"]["index"]
         same = ("sha256", "random_init", "random_seed")
-        return (seg.model_id == data["model"]["id"] and 0 <= k < len(seg["points"])
+        return (seg.model_id == data["model"]["id"] and isinstance(k, int) and "cut" not in data["split"]
+                and 0 <= k < len(seg["points"])
                 and all(seg["model"]["weights"].get(f) == data["model"]["weights"].get(f) for f in same)
                 and seg["points"][k]["name"] == data["split"]["name"]
                 and list(seg["points"][k]["shape"]) == list(data["boundary"]["shape"][1:]))
 
     def encode(self, boundary):
-        """(frame meta, tensor to send) for one boundary activation, compressed as asked."""
+        """(frame meta, tensor(s) to send) for one boundary activation, compressed as asked: tensor by tensor, each
+        with its own ``encoding``, where several cross the cut."""
+        if isinstance(boundary, tuple):
+            pairs = [self.encoder.encode(a) for a in boundary]
+            return ({"tensors": [{"encoding": e} if e else {} for e, _ in pairs]},
+                    tuple(payload for _, payload in pairs))
         encoding, payload = self.encoder.encode(boundary)
         return ({"encoding": encoding} if encoding else {}), payload
 
@@ -212,7 +219,7 @@ def find_full_model(cache, model, backend="onnx"):
     from runtime.bundle.store import BundleStore
     fmt = format_of(backend)
     good, _ = BundleStore(cache).scan(KIND_SPLIT)
-    for manifest in sorted(good, key=lambda m: -m.split_index):
+    for manifest in sorted(good, key=lambda m: split_order(m.split_index), reverse=True):
         if manifest.model_id == model and manifest.part("tail") is None and manifest.part("head") is not None:
             try:
                 manifest.verify_files(parts=("head",), formats=(fmt,))

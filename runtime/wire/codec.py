@@ -8,6 +8,14 @@ Every message is one frame::
     meta    (meta_len bytes)           UTF-8 JSON object
     payload (payload_len bytes)        raw little-endian tensor bytes (dtype, shape in meta)
 
+A tensor frame carries one tensor (``dtype`` and ``shape`` in its metadata) or,
+where several tensors cross a cut, a list of them (``tensors``: one object per
+tensor with its ``dtype``, ``shape`` and any fields of its own, such as its
+``encoding``); their bytes follow one another in the payload, each starting at a
+multiple of ``ALIGN`` bytes (zero padding between).  ``encode`` takes a tuple of
+arrays for that; a received frame's ``array`` is then a tuple of views into one
+buffer.
+
 Nothing is pickled.  ``encode`` turns a frame into the buffers to send (the tensor
 as a view of its own memory, never a copy); ``decode_header`` and ``decode_meta``
 check a received frame field by field before anything is allocated for it: magic,
@@ -25,7 +33,7 @@ import numpy as np
 from runtime.errors import CodedError
 
 MAGIC = b"ESPL"
-VERSION = 2  # 2: the RESULT's timings moved from the metadata into the header
+VERSION = 3  # 2: the RESULT's timings moved from the metadata into the header; 3: several tensors in one frame
 HEADER = struct.Struct("<4sBBHQIQII")
 HEADER_SIZE = HEADER.size  # 36
 MAX_US = (1 << 32) - 1
@@ -50,6 +58,9 @@ DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
 DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2"), "int8": np.dtype("i1"),
           "uint8": np.dtype("u1"), "int64": np.dtype("<i8")}
 MAX_DIM = 1 << 31  # no tensor dimension beyond this (numpy refuses some shapes of zero elements too)
+MAX_TENSORS = 16  # the most tensors one frame may carry
+ALIGN = 8  # each of several tensors starts at a multiple of this many bytes of the payload
+_ZEROS = bytes(ALIGN)
 
 
 class ProtocolError(CodedError):
@@ -138,6 +149,8 @@ def encode(type_, request_id, meta, array=None, compute_ms=0.0, queue_ms=0.0):
     if array is None:
         meta_bytes = encode_meta(meta)
         return [HEADER.pack(MAGIC, VERSION, type_, 0, request_id, len(meta_bytes), 0, 0, 0), meta_bytes]
+    if isinstance(array, tuple):
+        return _encode_several(type_, request_id, meta, array, compute_ms, queue_ms)
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
     try:
@@ -150,6 +163,38 @@ def encode(type_, request_id, meta, array=None, compute_ms=0.0, queue_ms=0.0):
         raise ProtocolError("meta_too_large", "metadata of {} bytes exceeds {}".format(len(meta_bytes), MAX_META_BYTES))
     return [HEADER.pack(MAGIC, VERSION, type_, 0, request_id, len(meta_bytes), len(view), _us(compute_ms),
                         _us(queue_ms)), meta_bytes, view]
+
+
+def _encode_several(type_, request_id, meta, arrays, compute_ms, queue_ms):
+    """A frame of several tensors: ``meta["tensors"]`` (if given) holds each one's own fields, to which their dtype
+    and shape are added; the payload is their bytes, each padded to ``ALIGN``."""
+    own = meta.get("tensors") or [{}] * len(arrays)
+    if not 1 <= len(arrays) <= MAX_TENSORS or len(own) != len(arrays):
+        raise ProtocolError("bad_frame", "a frame carries 1 to {} tensors with one metadata entry each, not {} "
+                                         "tensors and {} entries".format(MAX_TENSORS, len(arrays), len(own)))
+    entries, views = [], []
+    for i, (extra, array) in enumerate(zip(own, arrays)):
+        if array.dtype.byteorder == ">":
+            array = array.astype(array.dtype.newbyteorder("<"))
+        array = np.ascontiguousarray(array)
+        if array.dtype.name not in DTYPES:
+            raise ProtocolError("bad_dtype", "dtype {} cannot be sent".format(array.dtype.str))
+        entry = dict(extra)
+        entry.update(dtype=array.dtype.name, shape=list(array.shape))
+        entries.append(entry)
+        if array.size:
+            views.append(byte_view(array))
+        if i < len(arrays) - 1 and array.nbytes % ALIGN:
+            views.append(_ZEROS[:ALIGN - array.nbytes % ALIGN])
+    body = dict(meta)
+    body["tensors"] = entries
+    meta_bytes = encode_meta(body)
+    return [HEADER.pack(MAGIC, VERSION, type_, 0, request_id, len(meta_bytes), sum(len(v) for v in views),
+                        _us(compute_ms), _us(queue_ms)), meta_bytes] + views
+
+
+def _padded(nbytes):
+    return nbytes + (-nbytes) % ALIGN
 
 
 # ---------------------------------------------------------------- decoding
@@ -188,8 +233,45 @@ def decode_meta(type_, meta_bytes, payload_len):
         raise ProtocolError("bad_meta", "frame metadata must be a JSON object")
     if type_ not in TENSOR_TYPES:
         return meta, None, None
+    if "tensors" in meta:  # several tensors: the payload is received as bytes, then split (split_tensors)
+        _tensors_layout(meta["tensors"], payload_len)
+        return meta, "uint8", (payload_len,)
     dtype, shape = _tensor_layout(meta, payload_len)
     return meta, dtype, shape
+
+
+def _tensors_layout(entries, payload_len):
+    """Check a frame's ``tensors`` list against its payload: [(dtype name, shape, offset)]."""
+    if not isinstance(entries, list) or not 1 <= len(entries) <= MAX_TENSORS or \
+            not all(isinstance(e, dict) for e in entries):
+        raise ProtocolError("bad_meta", "a frame's tensors must be a list of 1 to {} objects".format(MAX_TENSORS))
+    layout, offset = [], 0
+    for i, entry in enumerate(entries):
+        dtype, shape = _tensor_layout(entry, None)
+        nbytes = DTYPES[dtype].itemsize * _numel(shape)
+        layout.append((dtype, shape, offset))
+        offset += nbytes if i == len(entries) - 1 else _padded(nbytes)
+    if offset != payload_len:
+        raise ProtocolError("bad_shape", "the frame's {} tensors need {} bytes (each padded to {}), the frame carries "
+                                         "{}".format(len(entries), offset, ALIGN, payload_len))
+    return layout
+
+
+def split_tensors(meta, payload):
+    """The tensors of a frame of several (``meta["tensors"]``, checked by ``decode_meta``): views into
+    ``payload``, its uint8 bytes, in order."""
+    out = []
+    for dtype, shape, offset in _tensors_layout(meta["tensors"], len(payload)):
+        nbytes = DTYPES[dtype].itemsize * _numel(shape)
+        out.append(payload[offset:offset + nbytes].view(DTYPES[dtype]).reshape(shape))
+    return tuple(out)
+
+
+def _numel(shape):
+    numel = 1
+    for d in shape:
+        numel *= d
+    return numel
 
 
 def _no_constant(name):
@@ -205,10 +287,8 @@ def _tensor_layout(meta, payload_len):
             isinstance(d, int) and not isinstance(d, bool) and 0 <= d < MAX_DIM for d in shape):
         raise ProtocolError("bad_shape", "tensor shape {!r} is not a list of at most 8 sizes below 2^31".format(
             shape))
-    numel = 1
-    for d in shape:
-        numel *= d
-    if numel * DTYPES[dtype].itemsize != payload_len:
+    numel = _numel(shape)
+    if payload_len is not None and numel * DTYPES[dtype].itemsize != payload_len:
         raise ProtocolError("bad_shape", "tensor {} {} needs {} bytes, the frame carries {}".format(
             dtype, shape, numel * DTYPES[dtype].itemsize, payload_len))
     return dtype, tuple(shape)

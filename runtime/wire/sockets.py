@@ -277,5 +277,7 @@ class FrameReader(object):
                     self._last_array = array
             if payload_len:
                 self._take_into(codec.byte_view(array))
+            if "tensors" in meta:
+                array = codec.split_tensors(meta, array)
         self.bytes_received += HEADER_SIZE + meta_len + payload_len
         return Frame(type_, request_id, meta, array, compute_ms, queue_ms)
