@@ -121,6 +121,8 @@ def layers(model, input_shape, max_tensors, as_json):
 @click.option("--model", default="resnet50", show_default=True, help=MODEL_HELP)
 @click.option("--split", default=None, help="Split point: an index from `layers`, or its name.")
 @click.option("--segments", is_flag=True, help="Instead of one split, export every segment (for profiling).")
+@click.option("--max-tensors", default=1, show_default=True, type=click.IntRange(1, 8),
+              help="With --segments: also list the cuts where up to this many tensors cross, for the planner.")
 @click.option("--weights", default=None, help="State-dict file (resnet50 default: weights/resnet50-best.pth).")
 @click.option("--random-init", is_flag=True, help="Export untrained weights (chance-level accuracy).")
 @click.option("--formats", default="onnx,torchscript", show_default=True, callback=formats_option,

@@ -90,7 +90,7 @@ class MultiCut:
         return sum(t["bytes_per_sample"] for t in self.tensors)
 
     def as_dict(self) -> dict:
-        return {"index": self.id, "name": self.name, "node": self.node, "tensors": self.tensors,
+        return {"index": self.id, "after": self.after, "name": self.name, "node": self.node, "tensors": self.tensors,
                 "shape": None, "bytes_per_sample": self.bytes_per_sample, "head_params": self.params,
                 "head_flops": self.flops}
 

@@ -21,3 +21,4 @@ class ExportOptions:
     mean: Optional[Sequence[float]] = None
     std: Optional[Sequence[float]] = None
     batch_sizes: Sequence[int] = BATCH_SIZES
+    max_tensors: int = 1                  # segments: also list the cuts where up to this many tensors cross

@@ -76,10 +76,11 @@ def export_segments(model_spec: str, options: Optional[ExportOptions] = None) ->
                 x = y
             model_spec = schema.model_spec(config.model_id, config.source, config.notes, weights_path, weights_sha,
                                            weights_path is None, RANDOM_INIT_SEED, len(traced.points))
+            cuts = [c.as_dict() for c in traced.multi if len(c.tensors) <= o.max_tensors]
             manifest = schema.segments_manifest(model_spec, input_spec(config),
                                                 schema.tensor_spec("output", traced.points[-1].shape),
                                                 [p.as_dict() for p in traced.points], segments, created_now(),
-                                                toolchain())
+                                                toolchain(), cuts)
             steps.advance("verify the chain")
             sample = torch.randn((3,) + config.input_shape, generator=torch.Generator().manual_seed(2))
             with torch.no_grad():

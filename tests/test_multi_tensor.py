@@ -21,12 +21,14 @@ DENSE = "tiny_models:dense"
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, seed_weights):
-    """The seed's ResNet-50 cut at 4.4 (by the export command) and at 20, and the dense model at 2.3."""
+    """The seed's ResNet-50 cut at 4.4 (by the export command) and at 20; the dense model at 2.3, and its segments
+    with its cuts of up to 3 tensors (for the planner)."""
     root = tmp_path_factory.mktemp("multi-artifacts")
-    for model, split, extra in (("resnet50", CUT, ("--weights", seed_weights)),
-                                ("resnet50", "20", ("--weights", seed_weights)),
-                                (DENSE, "2.3", ("--random-init",))):
-        proc = run_cli("export", "--model", model, "--split", split, "--artifacts", root, *extra)
+    for model, what, extra in (("resnet50", ("--split", CUT), ("--weights", seed_weights)),
+                               ("resnet50", ("--split", "20"), ("--weights", seed_weights)),
+                               (DENSE, ("--split", "2.3"), ("--random-init",)),
+                               (DENSE, ("--segments", "--max-tensors", 3), ("--random-init",))):
+        proc = run_cli("export", "--model", model, *what, "--artifacts", root, *extra)
         assert proc.returncode == 0, proc.stderr
     return root
 
@@ -101,14 +103,44 @@ def test_a_cut_of_three_tensors_round_trips_through_a_batching_server(store, tmp
                         "--split", "2.3", "--dataset", "synthetic", "--limit", 32, "--report", tmp_path / "w.json")
         assert whole.returncode == 0, whole.stderr
         assert r["predictions"] == json.loads((tmp_path / "w.json").read_text())["predictions"]
-        status = json.loads(run_cli("status", "--cloud", srv.address).stdout)
-        manifest = load_manifest(str(store / "tiny_models-dense-s2.3"))
-        assert len(manifest.boundaries) == 3
-        batched = status["batchers"][manifest.bundle_id]
-        assert batched["batches"] < batched["samples"], "requests of three tensors were batched together"
     finally:
         assert srv.stop() == 0, srv.log_text()
     assert _reference_predictions(tmp_path) == r["predictions"]
+
+
+def test_the_batcher_joins_and_splits_requests_of_three_tensors_tensor_by_tensor(store):
+    """Four requests of 1..4 samples, queued before the batch closes at 10 samples: one tail run, each request
+    given exactly its own rows back (a real tail; batched and unbatched runs may round differently)."""
+    import threading
+
+    from runtime.backends import load_part
+    from runtime.cloud.batching import DynamicBatcher
+    manifest = load_manifest(str(store / "tiny_models-dense-s2.3"))
+    assert [t["shape"][1:] for t in manifest.boundaries] == [[8, 16, 16], [8, 16, 16], [4, 16, 16]]
+    tail = load_part(manifest, "tail", threads=1)
+    rng = np.random.RandomState(0)
+    requests = [tuple(rng.rand(n, *t["shape"][1:]).astype(np.float32) for t in manifest.boundaries)
+                for n in (1, 2, 3, 4)]
+    results, done = {}, threading.Event()
+
+    def deliver(i):
+        def call(out, queue_ms, compute_ms, batch, error):
+            assert error is None and batch == 10
+            results[i] = out.copy()
+            if len(results) == len(requests):
+                done.set()
+        return call
+
+    batcher = DynamicBatcher(tail, max_batch=10, max_delay_ms=60000)
+    for i, x in enumerate(requests):
+        batcher.submit(x, deliver(i), source=i)
+    assert done.wait(60)
+    batcher.close()
+    assert batcher.batches == 1 and batcher.samples == 10
+    for i, x in enumerate(requests):
+        want = tail.run(x)
+        assert results[i].shape == (len(x[0]), 10)
+        assert np.abs(results[i] - want).max() <= 1e-5 + 1e-4 * np.abs(want).max(), i
 
 
 def _reference_predictions(tmp_path):
@@ -188,3 +220,23 @@ def test_a_split_that_is_not_a_point_or_a_cut_is_a_bad_flag(tmp_path):
     proc = run_cli("export", "--split", "4.99", "--random-init", "--artifacts", out)
     assert proc.returncode == 1 and "'4.99' is not a valid split point" in proc.stderr
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_the_planner_and_the_sweep_consider_cuts_of_several_tensors(server, store, tmp_path):
+    segments = load_manifest(str(store / "tiny_models-dense-segments"))
+    assert segments["schema_version"] == 2 and [c["index"] for c in segments["cuts"]] == ["2.1", "2.2", "2.3", "2.4"]
+    proc = run_cli("plan", "--cloud", server.address, "--model", DENSE, "--bandwidth", 100, "--rtt", 1)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split("|") for line in proc.stdout.splitlines() if line.startswith("| ")][1:]
+    assert [r[1].strip() for r in rows] == ["0", "1", "2", "2.1", "2.2", "2.3", "2.4", "3", "4", "5", "6"]
+    sizes = {r[1].strip(): int(r[3]) for r in rows}
+    assert sizes["2.3"] == (8 + 8 + 4) * 16 * 16 * 4 and sizes["2.1"] == (8 + 8) * 16 * 16 * 4
+    assert "splits K.J: cuts of several tensors, their compute estimated" in proc.stdout
+    csv = tmp_path / "sweep.csv"
+    proc = run_cli("sweep", "--cloud", server.address, "--model", DENSE, "--cache", tmp_path / "cache", "--splits",
+                   "2.3", "--dataset", "synthetic", "--limit", 8, "--bandwidth", 100, "--rtt", 1, "--csv", csv,
+                   cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    lines = csv.read_text().splitlines()
+    row = dict(zip(lines[0].split(","), lines[1].split(",")))
+    assert row["split"] == "2.3" and float(row["predicted_ms"]) > 0, "the planner's prediction beside the measurement"

@@ -1,7 +1,7 @@
 """The planner (runtime/edge/planner.py): predicted latency and throughput per split, pure (no torch, no sockets)."""
 import pytest
 
-from runtime.edge.planner import choose, predict
+from runtime.edge.planner import choose, predict, with_cuts
 from runtime.errors import UserError
 
 # 5 points: the activation shrinks along the model, the edge is 10x slower than the cloud.
@@ -31,3 +31,36 @@ def test_throughput_objective_takes_the_slowest_stage():
     assert choose(rows, "throughput") == max(rows, key=lambda r: r["throughput_samples_per_s"])
     with pytest.raises(UserError):
         choose(rows, "energy")
+
+
+# a cut of two tensors inside segment 1 (points 1 -> 2), three quarters of the way by FLOPs, sending fewer bytes
+# than either point around it (DADS's case: a graph whose narrowest crossing is not a single tensor)
+FLOPS = [0, 100, 500, 900, 1000]
+POINTS_F = [dict(p, head_flops=f) for p, f in zip(POINTS, FLOPS)]
+CUT = {"index": "1.1", "after": 1, "name": "two", "bytes_per_sample": 5000, "head_flops": 400,
+       "tensors": [{"shape": [1000]}, {"shape": [250]}]}
+
+
+def test_a_cut_of_several_tensors_is_predicted_from_its_share_of_its_segment():
+    rows = predict(POINTS_F, EDGE_MS, CLOUD_MS, 1.0, 8.0, output_bytes=40, splits=with_cuts(POINTS_F, [CUT]))
+    assert [r["split"] for r in rows] == [0, 1, "1.1", 2, 3, 4], "in split order"
+    cut = rows[2]
+    assert cut["share"] == pytest.approx(0.75) and "75% of segment 1" in cut["estimated"]
+    assert cut["edge_ms"] == pytest.approx(2.0 + 0.75 * 2.0)
+    assert cut["cloud_ms"] == pytest.approx(0.25 * 0.2 + 0.4 + 0.4)
+    assert cut["bytes_per_sample"] == 5000
+    assert not any("estimated" in r for r in rows if r is not cut)
+
+
+def test_the_planner_chooses_a_cut_of_several_tensors_where_it_sends_least():
+    rows = predict(POINTS_F, EDGE_MS, [0.0] * 4, 1.0, 10.0, output_bytes=40, splits=with_cuts(POINTS_F, [CUT]))
+    # 10 Mbit/s: the cut sends 5000 bytes after 3.5 ms of edge compute (8.7 ms in all), point 3 2000 after 8 ms
+    assert choose(rows)["split"] == "1.1"
+    assert choose(predict(POINTS_F, EDGE_MS, [0.0] * 4, 1.0, 10.0, output_bytes=40))["split"] == 3  # without it
+    assert choose(rows, "throughput")["split"] in {r["split"] for r in rows}
+
+
+def test_a_cut_in_a_segment_of_no_flops_takes_half_of_it():
+    flat = [dict(p, head_flops=0) for p in POINTS]
+    row = predict(flat, EDGE_MS, CLOUD_MS, 1.0, 8.0, splits=with_cuts(flat, [dict(CUT, head_flops=0)]))[2]
+    assert row["share"] == 0.5 and row["edge_ms"] == pytest.approx(3.0)

@@ -90,7 +90,8 @@ def profile_segments(manifest, backend="onnx", device="auto", batch_size=1, thre
     provider = runners[0].provider if runners else "none"
     profile = {"key": profile_key(manifest, backend, provider, device, batch_size, threads), "segment_ms": segment_ms,
                "chain_ms": {"mean": float(np.mean(totals)), "median": float(np.median(totals))},
-               "points": manifest["points"], "output_bytes_per_sample": manifest["output"]["bytes_per_sample"],
+               "points": manifest["points"], "cuts": manifest.data.get("cuts", []),
+               "output_bytes_per_sample": manifest["output"]["bytes_per_sample"],
                "runs": runs, "warmup": warmup, "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
     if power is not None:
         profile.update(segment_energy(runners, inputs, power))

@@ -91,6 +91,7 @@ FIELDS = {
     KIND_SEGMENTS: _COMMON + (
         ("points", list, True, 1),
         ("segments", list, True, 1),  # {"index", "from", "to", "name", "input", "output", "params", "files"}
+        ("cuts", list, False, 2),  # the cuts of several tensors the planner may choose: {"index": "K.J", "after", ...}
     ),
 }
 _MISSING = object()
@@ -266,11 +267,13 @@ def split_manifest(model, split, input_spec, boundary, output, parts, created, t
     }
 
 
-def segments_manifest(model, input_spec, output, points, segments, created, toolchain):
-    """The manifest of a segments bundle: the model cut at every point, one segment between each pair."""
+def segments_manifest(model, input_spec, output, points, segments, created, toolchain, cuts=()):
+    """The manifest of a segments bundle: the model cut at every point, one segment between each pair; with
+    ``cuts`` (schema 2) also the cuts of several tensors between them (``export --segments --max-tensors K``)."""
     hashes = [f["sha256"] for seg in segments for f in seg["files"].values()]
-    return {
-        "schema_version": 1, "kind": KIND_SEGMENTS,
+    extra = {"cuts": list(cuts)} if cuts else {}
+    return dict({
+        "schema_version": 2 if cuts else 1, "kind": KIND_SEGMENTS,
         "bundle_id": bundle_id(model["id"], model["weights"]["sha256"], KIND_SEGMENTS, hashes),
         "created": created,
         "model": model,
@@ -279,4 +282,4 @@ def segments_manifest(model, input_spec, output, points, segments, created, tool
         "points": points,
         "segments": segments,
         "toolchain": toolchain,
-    }
+    }, **extra)

@@ -15,6 +15,7 @@ from runtime.edge.planner import (
     choose,
     format_plan,
     predict,
+    with_cuts,
     with_energy,
 )
 from runtime.edge.probe import probe_network
@@ -133,7 +134,9 @@ def with_encoded_sizes(profile, encoder):
     from runtime.wire.compression import encoded_bytes_estimate
     points = [dict(pt, bytes_per_sample=encoded_bytes_estimate(encoder.scheme, encoder.codec, [1] + list(pt["shape"])))
               for pt in profile["points"]]
-    return dict(profile, points=points)
+    cuts = [dict(cut, bytes_per_sample=sum(encoded_bytes_estimate(encoder.scheme, encoder.codec, [1] + list(t["shape"]))
+                                           for t in cut["tensors"])) for cut in profile.get("cuts", ())]
+    return dict(profile, points=points, cuts=cuts)
 
 
 def measure_network(conn, bandwidth=None, rtt=None):
@@ -170,7 +173,7 @@ def _edge(session, options, segments_data, measure_energy=False):
     return edge
 
 
-def make_plan(session, options, profiles=None, measure_energy=False):
+def make_plan(session, options, profiles=None, measure_energy=False, cuts=True):
     """Profiles of both sides + the network -> (rows, choice, network); ``profiles`` (a dict) receives both.
 
     ``options`` (ClientOptions): ``batch_size``, ``bandwidth`` and ``rtt`` (None: measured), ``objective``,
@@ -178,7 +181,8 @@ def make_plan(session, options, profiles=None, measure_energy=False):
     ``interval_ms``, ``power`` / ``sysfs_root`` (the meter the edge's energy is profiled with, for ``--objective
     energy`` or ``measure_energy``).  With ``interval_ms`` (run-edge --interval-ms) the latency objective is the
     latency from release (planner.at_cadence), the link's deviation taken as a quarter of its time per bit until
-    measured.  Where the edge's profile has its energy per segment, the rows have it too (planner.with_energy)."""
+    measured.  Where the edge's profile has its energy per segment, the rows have it too (planner.with_energy).
+    With ``cuts`` the segments bundle's cuts of several tensors are planned too (planner.predict)."""
     batch_size, cloud_file = options.batch_size, options.cloud_profile
     segments_data, cloud = cloud_profile(session.conn, session.model, batch_size)
     if cloud_file:
@@ -191,7 +195,7 @@ def make_plan(session, options, profiles=None, measure_energy=False):
     network = measure_network(session.conn, options.bandwidth, options.rtt)
     output_bytes = edge.get("output_bytes_per_sample", 0)
     rows = predict(edge["points"], edge["segment_ms"], cloud["segment_ms"], network["rtt_ms"],
-                   network["bandwidth_mbps"], batch_size, output_bytes)
+                   network["bandwidth_mbps"], batch_size, output_bytes, with_cuts(edge["points"], edge.get("cuts", ()) if cuts else ()))
     if options.interval_ms:
         rows = at_cadence(rows, options.interval_ms, 0.25 / network["bandwidth_mbps"], batch_size, output_bytes)
     if _has_energy(edge):

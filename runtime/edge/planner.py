@@ -11,6 +11,17 @@ For split ``k`` at batch size ``B`` (figures per request):
 It works on any model's valid cut points: a model's points are those of its
 segments bundle, whatever its graph looks like between them.
 
+Cuts where several tensors cross (``"K.J"``, listed in a segments bundle exported
+with ``--max-tensors``) lie inside segment K, which was timed whole.  Their compute
+is estimated from the share of the segment's FLOPs before the cut,
+``f = (flops(K.J) - flops(K)) / (flops(K + 1) - flops(K))`` (one half for a segment
+of no FLOPs), and their bytes are those of all their tensors:
+
+    edge(K.J)   = edge(K) + f * edge segment K
+    cloud(K.J)  = (1 - f) * cloud segment K + cloud(K + 1)
+
+Such rows say ``estimated``; ``sweep`` measures them for real.
+
 At a cadence (``run-edge --interval-ms T``: a request released every T ms, one in
 flight) a request also waits for the one before it, and that wait grows without
 bound as the service time S = latency(k) approaches T.  ``at_cadence`` adds the
@@ -45,6 +56,7 @@ the fastest split's prediction.
 
 Python 3.6 syntax.
 """
+from runtime.bundle.schema import split_order
 from runtime.errors import UserError
 from runtime.wire.codec import HEADER_SIZE
 
@@ -74,25 +86,47 @@ def check_profiles(edge, cloud):
 
 
 def predict(points, edge_ms, cloud_ms, rtt_ms, bandwidth_mbps, batch_size=1, output_bytes=0, splits=None):
-    """Predicted figures for each split (all points, or ``splits``)."""
+    """Predicted figures for each of ``splits`` (default: every point), in split order: point indices, and cuts of
+    several tensors (entries of a segments bundle's ``cuts``, see ``with_cuts``)."""
     if len(edge_ms) != len(points) - 1 or len(cloud_ms) != len(points) - 1:
         raise UserError("profiles must have one time per segment ({} points)".format(len(points)))
     if bandwidth_mbps <= 0:
         raise UserError("bandwidth must be positive")
     ms_per_byte = 8.0 / (bandwidth_mbps * 1e6) * 1000.0
     rows = []
-    for k in (range(len(points)) if splits is None else splits):
-        edge = float(sum(edge_ms[:k]))
-        cloud = float(sum(cloud_ms[k:]))
-        up = batch_size * points[k]["bytes_per_sample"] + FRAME_BYTES
+    wanted = [(k, None) if isinstance(k, int) else (k["after"], k)
+              for k in (range(len(points)) if splits is None else splits)]
+    for k, cut in wanted:
+        share = 0.0 if cut is None else head_share(cut, points)
+        edge = float(sum(edge_ms[:k])) + (share * edge_ms[k] if share else 0.0)
+        cloud = float(sum(cloud_ms[k:])) - (share * cloud_ms[k] if share else 0.0)
+        where = points[k] if cut is None else cut
+        up = batch_size * where["bytes_per_sample"] + FRAME_BYTES
         down = batch_size * output_bytes + FRAME_BYTES
         network = rtt_ms + (up + down) * ms_per_byte
         slowest = max(edge, network, cloud)
-        rows.append({"split": k, "name": points[k]["name"], "bytes_per_sample": points[k]["bytes_per_sample"],
-                     "edge_ms": edge, "network_ms": network, "cloud_ms": cloud,
-                     "latency_ms": edge + network + cloud,
-                     "throughput_samples_per_s": batch_size * 1000.0 / slowest if slowest > 0 else float("inf")})
-    return rows
+        row = {"split": k if cut is None else cut["index"], "name": where["name"],
+               "bytes_per_sample": where["bytes_per_sample"], "edge_ms": edge, "network_ms": network,
+               "cloud_ms": cloud, "latency_ms": edge + network + cloud,
+               "throughput_samples_per_s": batch_size * 1000.0 / slowest if slowest > 0 else float("inf")}
+        if cut is not None:
+            row.update(after=k, share=share, estimated="compute: {:.0%} of segment {} by FLOPs".format(share, k))
+        rows.append(row)
+    return sorted(rows, key=lambda r: split_order(r["split"]))
+
+
+def with_cuts(points, cuts):
+    """Every point's index and the ``cuts`` that lie between points (``predict``'s ``splits``)."""
+    return list(range(len(points))) + [c for c in cuts if 0 <= c["after"] < len(points) - 1]
+
+
+def head_share(cut, points):
+    """The share of segment K's FLOPs that lies before cut ``K.J`` (see the module's docstring)."""
+    k = cut["after"]
+    lo, hi = points[k].get("head_flops"), points[k + 1].get("head_flops")
+    if lo is None or hi is None or cut.get("head_flops") is None or hi <= lo:
+        return 0.5
+    return min(1.0, max(0.0, (cut["head_flops"] - lo) / float(hi - lo)))
 
 
 def at_cadence(rows, interval_ms, dev_us_per_bit=0.0, batch_size=1, output_bytes=0):
@@ -130,7 +164,8 @@ def with_energy(rows, segment_mj, radio_nj_per_byte=DEFAULT_RADIO_NJ_PER_BYTE, b
         raise UserError("the radio's cost per byte cannot be negative")
     out = []
     for r in rows:
-        edge = float(sum(segment_mj[:r["split"]]))
+        k = r.get("after", r["split"])
+        edge = float(sum(segment_mj[:k])) + r.get("share", 0.0) * (segment_mj[k] if k < len(segment_mj) else 0.0)
         wire = batch_size * (r["bytes_per_sample"] + output_bytes) + 2 * FRAME_BYTES
         radio = radio_nj_per_byte * wire * 1e-6
         out.append(dict(r, edge_mj=edge, radio_mj=radio, energy_mj=edge + radio,
@@ -144,7 +179,7 @@ def within_latency(rows, max_latency_ms=None):
         return rows
     allowed = [r for r in rows if latency_key(r)[0] <= max_latency_ms]
     if not allowed:
-        fastest = min(rows, key=lambda r: (latency_key(r), r["split"]))
+        fastest = min(rows, key=lambda r: (latency_key(r), split_order(r["split"])))
         predicted = latency_key(fastest)[0]
         raise UserError("no split is predicted within --max-latency-ms {:g}: the fastest, split {}, is predicted at "
                         "{}; raise --max-latency-ms to at least that, or plan for another network (--bandwidth, "
@@ -162,10 +197,10 @@ def choose(rows, objective="latency", max_latency_ms=None):
                         "`cli.py profile --power ...`)")
     rows = within_latency(rows, max_latency_ms)
     if objective == "latency":
-        return min(rows, key=lambda r: (latency_key(r), r["split"]))
+        return min(rows, key=lambda r: (latency_key(r), split_order(r["split"])))
     if objective == "energy":
-        return min(rows, key=lambda r: (r["mj_per_sample"], latency_key(r), r["split"]))
-    return max(rows, key=lambda r: (r["throughput_samples_per_s"], -r["split"]))
+        return min(rows, key=lambda r: (r["mj_per_sample"], latency_key(r), split_order(r["split"])))
+    return max(rows, key=lambda r: (r["throughput_samples_per_s"], tuple(-v for v in split_order(r["split"]))))
 
 
 def format_plan(rows, choice, network, objective, radio_nj_per_byte=None):
@@ -184,6 +219,9 @@ def format_plan(rows, choice, network, objective, radio_nj_per_byte=None):
             r["split"], r["name"], r["bytes_per_sample"], r["edge_ms"], r["network_ms"], r["cloud_ms"],
             r["latency_ms"], r["throughput_samples_per_s"], " {:.3f} |".format(r["mj_per_sample"]) if energy else "",
             mark))
+    if any(r.get("estimated") for r in rows):
+        lines.append("splits K.J: cuts of several tensors, their compute estimated from the FLOPs share of the "
+                     "segment they lie in (`sweep --splits` measures them)")
     lines.append("choice ({}): split {} ({}), predicted latency {:.3f} ms, {:.1f} samples/s{}".format(
         objective, choice["split"], choice["name"], choice["latency_ms"], choice["throughput_samples_per_s"],
         ", {:.3f} mJ/sample".format(choice["mj_per_sample"]) if energy else ""))

@@ -151,7 +151,8 @@ def _plan(session, o):
     from runtime.edge.adaptive import AdaptivePlanner
     from runtime.edge.plan import make_plan
     profiles = {}
-    _rows, choice, network = make_plan(session, o, profiles=profiles)
+    # adaptive mode switches among single-tensor points (the segments' chain can run any of their heads)
+    _rows, choice, network = make_plan(session, o, profiles=profiles, cuts=not o.adaptive)
     planned = {"choice": choice, "network": network, "objective": o.objective}
     split = o.split
     if split == "auto":
