@@ -97,19 +97,24 @@ def main(debug):
     """Cloud-edge split inference: export a model cut in two, serve its tail, run its head on the edge."""
 
 
+TRACE_MODULE_HELP = ("Export only this submodule of the model (e.g. a detector's backbone, when torch.fx cannot trace "
+                     "the whole); its bundles' model id is <model id>-<module path>.")
+
+
 @main.command()
 @click.option("--model", default="resnet50", show_default=True, help=MODEL_HELP)
 @click.option("--input-shape", default=None, callback=shape_option,
               help="C,H,W of one input (default: the model's own).")
 @click.option("--max-tensors", default=1, show_default=True, type=click.IntRange(1, 8),
               help="Also list the cuts where up to this many tensors cross (numbered K.J after point K).")
+@click.option("--trace-module", default=None, help=TRACE_MODULE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @handle_errors
-def layers(model, input_shape, max_tensors, as_json):
+def layers(model, input_shape, max_tensors, trace_module, as_json):
     """List the valid split points of a model."""
     from exporter.bundle import describe_points
     from exporter.report import print_points
-    config, points = describe_points(model, input_shape, max_tensors)
+    config, points = describe_points(model, input_shape, max_tensors, trace_module)
     if as_json:
         click.echo(json.dumps({"model": config.model_id, "input_shape": list(config.input_shape),
                                "points": points}, indent=2))
@@ -123,6 +128,7 @@ def layers(model, input_shape, max_tensors, as_json):
 @click.option("--segments", is_flag=True, help="Instead of one split, export every segment (for profiling).")
 @click.option("--max-tensors", default=1, show_default=True, type=click.IntRange(1, 8),
               help="With --segments: also list the cuts where up to this many tensors cross, for the planner.")
+@click.option("--trace-module", default=None, help=TRACE_MODULE_HELP)
 @click.option("--weights", default=None, help="State-dict file (resnet50 default: weights/resnet50-best.pth).")
 @click.option("--random-init", is_flag=True, help="Export untrained weights (chance-level accuracy).")
 @click.option("--formats", default="onnx,torchscript", show_default=True, callback=formats_option,

@@ -1,19 +1,24 @@
 #!/usr/bin/env python3
-"""Which models split, where, and how exactly: a table over torchvision's families and the seed's ResNet-50.
+"""Which models split, where, how exactly, and whether a split round-trips: a table over torchvision's families.
 
-For each model (``--models``) it runs, as a user would, ``cli.py layers --model M --max-tensors 3 --json`` (the
+For each model (``--models``; ``NAME#MODULE`` narrows it to a submodule, ``--trace-module MODULE``, as a
+detector's backbone) it runs, as a user would, ``cli.py layers --model M --max-tensors 3 --json`` (the
 single-tensor points and the cuts where 2 or 3 tensors cross) and ``cli.py export`` at ``--exports`` single-tensor
-points spread over the model, with weights of a trained network's activation scale: torchvision's random init with
-every BatchNorm's statistics set to those of its input on a calibration batch and the classifier's logits spread
+points spread over the model, at one cut of several tensors (the middle one of those listed), and at split 0 (the
+unsplit reference), with weights of a trained network's activation scale: torchvision's random init with every
+BatchNorm's statistics set to those of its input on a calibration batch and the classifier's logits spread
 (``tests/fixtures/calibrated.py``), so that verification compares at a realistic scale, not near zero.  The seed's
-ResNet-50 uses its embedded weights if present (``weights/``), else random init.  Prints a Markdown table (what
-stops a model that does not trace is its row) and writes ``model_zoo.json`` and ``.md`` into ``--out``::
+ResNet-50 uses its embedded weights if present (``weights/``), else random init.  Then serve-cloud serves them and
+``run-edge --dataset synthetic --limit 8`` runs each split: its predictions (classes, or a segmentation's pixel
+accuracy per sample) against split 0's.  Prints a Markdown table (what stops a model that does not trace is its
+row) and writes ``model_zoo.json`` and ``.md`` into ``--out``::
 
-    python bench/model_zoo.py                                  # the default list, 2 exports each (about 20 min)
+    python bench/model_zoo.py                                  # the default list (about 25 min on 2 cores)
     python bench/model_zoo.py --models torchvision:vit_b_16 --exports 3
 
-The figures are the export's own verification (head then tail in onnxruntime and TorchScript against the unsplit
-model, on random inputs at batch sizes 1 and 3): the largest difference relative to the largest output value.
+The verification figures are the export's own (head then tail in onnxruntime and TorchScript against the unsplit
+model, on random inputs at batch sizes 1 and 4): the largest difference relative to the largest value, over
+every tensor that crosses and every output.
 """
 import argparse
 import json
@@ -29,7 +34,9 @@ CLI = os.path.join(REPO, "cli.py")
 DEFAULT_MODELS = ("resnet50,torchvision:resnet50,torchvision:vit_b_16,torchvision:swin_t,torchvision:convnext_tiny,"
                   "torchvision:mobilenet_v3_large,torchvision:deeplabv3_mobilenet_v3_large,"
                   "torchvision:lraspp_mobilenet_v3_large,torchvision:fcn_resnet50,"
-                  "torchvision:ssdlite320_mobilenet_v3_large,torchvision:retinanet_resnet50_fpn")
+                  "torchvision:ssdlite320_mobilenet_v3_large,torchvision:ssdlite320_mobilenet_v3_large#backbone,"
+                  "torchvision:retinanet_resnet50_fpn#backbone")
+ROUND_TRIP_SAMPLES = 8
 
 
 def _say(message):
@@ -45,12 +52,13 @@ def cli(*args, timeout=3600):
     return proc.returncode, proc.stdout, lines[-1] if lines else ""
 
 
-def calibrated_weights(model, shape, path):
-    """A state_dict of a trained network's activation scale for torchvision ``model``, saved at ``path``."""
+def calibrated_weights(model, module, shape, path):
+    """A state_dict of a trained network's activation scale for torchvision ``model`` (its submodule ``module``,
+    if given), saved at ``path``."""
     import torch
     sys.path.insert(0, os.path.join(REPO, "tests", "fixtures"))
     from calibrated import calibrated_state
-    torch.save(calibrated_state(model.split(":", 1)[1], shape, seed=3), path)
+    torch.save(calibrated_state(model.split(":", 1)[1], shape, seed=3, module=module or None), path)
     return path
 
 
@@ -63,11 +71,19 @@ def spread(points, n):
     return sorted(set(inner[min(int(step * (i + 1)), len(inner) - 1)] for i in range(n)))
 
 
+def middle_cut(points):
+    """The middle one of the cuts of several tensors, or None."""
+    multi = [p["index"] for p in points if not isinstance(p["index"], int)]
+    return multi[len(multi) // 2] if multi else None
+
+
 def study(model, exports, work):
-    """One model's row: its points and cuts, and each export's verification."""
+    """One model's row: its points and cuts, each export's verification, and each split's round trip."""
+    spec, _, module = model.partition("#")
+    narrow = ["--trace-module", module] if module else []
     row = {"model": model}
     t0 = time.time()
-    code, out, err = cli("layers", "--model", model, "--max-tensors", 3, "--json")
+    code, out, err = cli("layers", "--model", spec, *narrow, "--max-tensors", 3, "--json")
     if code != 0:
         row["error"] = err
         return row
@@ -75,59 +91,110 @@ def study(model, exports, work):
     points = data["points"]
     shape = tuple(data["input_shape"])
     multi = [p for p in points if not isinstance(p["index"], int)]
-    row.update(input_shape=list(shape), single=sum(1 for p in points if isinstance(p["index"], int)),
+    row.update(model_id=data["model"], input_shape=list(shape),
+               single=sum(1 for p in points if isinstance(p["index"], int)),
                two=sum(1 for p in multi if len(p["tensors"]) == 2), three=sum(1 for p in multi if len(p["tensors"]) == 3),
-               layers_s=round(time.time() - t0, 1), exports=[])
+               outputs=len(points[-1].get("tensors") or [None]), layers_s=round(time.time() - t0, 1), exports=[])
     weights = []
-    if model.startswith("torchvision:"):
-        weights = ["--weights", calibrated_weights(model, shape, os.path.join(work, "weights.pth"))]
+    if spec.startswith("torchvision:"):
+        weights = ["--weights", calibrated_weights(spec, module, shape, os.path.join(work, "weights.pth"))]
     elif not os.path.exists(os.path.join(REPO, "weights", "resnet50-best.pth")):
         weights = ["--random-init"]
-    for split in spread(points, exports):
-        t0 = time.time()
-        name = next(p["name"] for p in points if p["index"] == split)
-        code, out, err = cli("export", "--model", model, "--split", split, "--out", os.path.join(work, "out"),
-                             *weights)
-        entry = {"split": split, "name": name, "seconds": round(time.time() - t0, 1)}
-        if code != 0:
-            entry["error"] = err
-        else:
-            bundle = [d for d in os.listdir(os.path.join(work, "out")) if d.endswith("-s{}".format(split))][0]
-            with open(os.path.join(work, "out", bundle, "manifest.json")) as f:
-                manifest = json.load(f)
-            results = manifest["verification"]["results"]
-            entry["max_rel_diff"] = {fmt: max(r["max_rel_diff"] or 0.0 for r in results if r["format"] == fmt)
-                                     for fmt in sorted(set(r["format"] for r in results))}
-            entry["passed"] = all(r["passed"] for r in results)
-            entry["meaningful"] = manifest["verification"].get("meaningful")
-            entry["boundary"] = manifest["boundary"]["shape"][1:]
-        row["exports"].append(entry)
-        _say("{} split {} ({}): {}".format(model, split, name, entry.get("error") or "verified, max rel diff " +
-                                           ", ".join("{} {:.1e}".format(k, v) for k, v in
-                                                     entry["max_rel_diff"].items())))
+    store = os.path.join(work, "out")
+    splits = spread(points, exports) + ([middle_cut(points)] if middle_cut(points) else [])
+    for split in [0] + splits:
+        entry = export(spec, narrow, weights, split, points, store)
+        if split != 0 or "error" in entry:
+            row["exports"].append(entry)
+    good = [e["split"] for e in row["exports"] if "error" not in e]
+    if good:
+        for split, result in round_trips(store, data["model"], good).items():
+            next(e for e in row["exports"] if e["split"] == split)["round_trip"] = result
     return row
 
 
+def export(spec, narrow, weights, split, points, store):
+    """``cli.py export`` at one split: its verification, as the manifest records it."""
+    t0 = time.time()
+    point = next(p for p in points if p["index"] == split)
+    code, out, err = cli("export", "--model", spec, *narrow, "--split", split, "--out", store, *weights)
+    entry = {"split": split, "name": point["name"], "tensors": len(point.get("tensors") or [None]),
+             "seconds": round(time.time() - t0, 1)}
+    if code != 0:
+        entry["error"] = err
+        return entry
+    bundle = [d for d in os.listdir(store) if d.endswith("-s{}".format(split))][0]
+    with open(os.path.join(store, bundle, "manifest.json")) as f:
+        manifest = json.load(f)
+    results = manifest["verification"]["results"]
+    entry["max_rel_diff"] = {fmt: max(r["max_rel_diff"] or 0.0 for r in results if r["format"] == fmt)
+                             for fmt in sorted(set(r["format"] for r in results))}
+    entry["checked"] = sorted(set(r["tensor"] for r in results))
+    entry["passed"] = all(r["passed"] for r in results)
+    entry["meaningful"] = manifest["verification"].get("meaningful")
+    _say("split {} ({}): {}".format(split, point["name"], "verified, max rel diff " + ", ".join(
+        "{} {:.1e}".format(k, v) for k, v in entry["max_rel_diff"].items())))
+    return entry
+
+
+def round_trips(store, model_id, splits):
+    """{split: "same as split 0" or what differed}: run-edge at each split against serve-cloud on ``store``."""
+    sys.path.insert(0, REPO)
+    from runtime import launch
+    server = launch.serve_cloud("--port", 0, "--artifacts", store, cwd=REPO, log="discard")
+    results = {}
+    try:
+        reference = _run_edge(server.address, model_id, 0, store)
+        for split in splits:
+            got = _run_edge(server.address, model_id, split, store)
+            if isinstance(got, str) or isinstance(reference, str):
+                results[split] = got if isinstance(got, str) else "split 0: " + reference
+            else:
+                worst = max(abs(a - b) for a, b in zip(got, reference))
+                results[split] = "same as split 0" if worst <= 1e-3 else "differs from split 0 by {:.3g}".format(worst)
+            _say("round trip at split {}: {}".format(split, results[split]))
+    finally:
+        server.stop()
+    return results
+
+
+def _run_edge(address, model_id, split, store):
+    """Per-sample predictions of ``run-edge`` at ``split``, or its error."""
+    with tempfile.TemporaryDirectory(prefix="model-zoo-edge-") as edge:
+        report = os.path.join(edge, "r.json")
+        code, _, err = cli("run-edge", "--cloud", address, "--model", model_id, "--split", split, "--cache",
+                           os.path.join(edge, "cache"), "--dataset", "synthetic", "--limit", ROUND_TRIP_SAMPLES,
+                           "--report", report)
+        if code != 0:
+            return err
+        with open(report) as f:
+            return [float(p) for p in json.load(f)["predictions"]]
+
+
 def format_table(rows):
-    lines = ["| model | input | points (1 tensor) | cuts of 2 / 3 tensors | exported at | verification max rel diff "
-             "(onnx / TorchScript) |", "|---|---|---:|---:|---|---|"]
+    lines = ["| model | input | points (1 tensor) | cuts of 2 / 3 tensors | outputs | exported at (tensors) | "
+             "verification max rel diff (onnx / TorchScript) | round trip, {} samples |".format(ROUND_TRIP_SAMPLES),
+             "|---|---|---:|---:|---:|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append("| {} | | – | – | – | {} |".format(r["model"], r["error"].replace("|", "/")))
+            lines.append("| {} | | – | – | – | – | {} | – |".format(r["model"], r["error"].replace("|", "/")))
             continue
-        exported = "; ".join("{} `{}`".format(e["split"], e["name"]) for e in r["exports"]) or "–"
+        exported = "; ".join("{} `{}` ({})".format(e["split"], e["name"], e["tensors"]) for e in r["exports"]) or "–"
         checks = "; ".join(e.get("error", "").replace("|", "/") or "{:.1e} / {:.1e}{}".format(
             e["max_rel_diff"].get("onnx", 0.0), e["max_rel_diff"].get("torchscript", 0.0),
             "" if e.get("passed") else " (failed)") for e in r["exports"]) or "–"
-        lines.append("| {} | {} | {} | {} / {} | {} | {} |".format(
-            r["model"], "x".join(map(str, r["input_shape"])), r["single"], r["two"], r["three"], exported, checks))
+        trips = "; ".join(e.get("round_trip", "–").replace("|", "/") for e in r["exports"]) or "–"
+        lines.append("| {} | {} | {} | {} / {} | {} | {} | {} | {} |".format(
+            r["model"], "x".join(map(str, r["input_shape"])), r["single"], r["two"], r["three"], r["outputs"],
+            exported, checks, trips))
     return "\n".join(lines)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=DEFAULT_MODELS, help="comma-separated --model values")
-    ap.add_argument("--exports", type=int, default=2, help="single-tensor points to export per model")
+    ap.add_argument("--exports", type=int, default=2, help="single-tensor points to export per model (and one cut "
+                    "of several tensors, and split 0)")
     ap.add_argument("--out", default="model_zoo", help="where the table and JSON go")
     args = ap.parse_args(argv)
     models = [m for m in args.models.split(",") if m]

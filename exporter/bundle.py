@@ -87,7 +87,7 @@ def export_bundle(model_spec: str, split: str, options: Optional[ExportOptions] 
     formats = [f for f in mf.FORMATS if f in set(o.formats)]
     if not formats:
         raise ExportError("--formats must name at least one of {}".format(", ".join(mf.FORMATS)))
-    config = resolve(model_spec, o.input_shape)
+    config = resolve(model_spec, o.input_shape, o.trace_module)
     if o.mean is not None:
         config.mean = tuple(o.mean)
     if o.std is not None:
@@ -141,8 +141,9 @@ def _build(tmp, job: _Job) -> dict:
     with torch.no_grad():
         boundary_example = head(example) if head is not None else example
     parts = {}
+    outputs = output_specs(traced.points[-1])
     for part, module, x, names in (("head", head, example, ([INPUT_NAME], boundary_names)),
-                                   ("tail", tail, boundary_example, (boundary_names, [OUTPUT_NAME]))):
+                                   ("tail", tail, boundary_example, (boundary_names, [s["name"] for s in outputs]))):
         if module is None:
             parts[part] = None
             continue
@@ -172,7 +173,7 @@ def _build(tmp, job: _Job) -> dict:
         split["cut"] = point.id
     return schema.split_manifest(model, split, input_spec(config),
                                  schema.tensors_spec(BOUNDARY_NAME, boundary_specs),
-                                 schema.tensor_spec(OUTPUT_NAME, out_node.shape), parts, created_now(), toolchain())
+                                 schema.tensors_spec(OUTPUT_NAME, outputs), parts, created_now(), toolchain())
 
 
 def split_id(point) -> object:
@@ -182,10 +183,19 @@ def split_id(point) -> object:
 
 def _boundary_specs(point) -> list:
     """The specs of the tensors that cross ``point``, named as the compiled head returns them."""
-    if not isinstance(point, MultiCut):
+    crossing = point.tensors if isinstance(point, MultiCut) else point.outputs
+    if not crossing:
         return [schema.tensor_spec(BOUNDARY_NAME, point.shape)]
-    names = boundary_names(len(point.tensors), BOUNDARY_NAME)
-    return [schema.tensor_spec(name, t["shape"], t["dtype"], source=t["name"]) for name, t in zip(names, point.tensors)]
+    names = boundary_names(len(crossing), BOUNDARY_NAME)
+    return [schema.tensor_spec(name, t["shape"], t["dtype"], source=t.get("source", t["name"]))
+            for name, t in zip(names, crossing)]
+
+
+def output_specs(last: CutPoint) -> list:
+    """The specs of the model's outputs: ``output``, or one per output tensor under its export name."""
+    if not last.outputs:
+        return [schema.tensor_spec(OUTPUT_NAME, last.shape)]
+    return [schema.tensor_spec(t["name"], t["shape"], t["dtype"], source=t["source"]) for t in last.outputs]
 
 
 def _joined(names) -> str:
@@ -197,10 +207,11 @@ def input_spec(config: ModelConfig) -> dict:
     return dict(schema.tensor_spec(INPUT_NAME, config.input_shape), preprocess=config.preprocess_spec())
 
 
-def describe_points(model_spec: str, input_shape: Optional[Tuple[int, ...]] = None, max_tensors: int = 1):
+def describe_points(model_spec: str, input_shape: Optional[Tuple[int, ...]] = None, max_tensors: int = 1,
+                    trace_module: Optional[str] = None):
     """The valid split points of a model (random weights: they do not change the graph); with ``max_tensors`` > 1
     also the cuts where up to that many tensors cross (numbered ``k.j`` after point k)."""
-    config = resolve(model_spec, input_shape)
+    config = resolve(model_spec, input_shape, trace_module)
     torch.manual_seed(RANDOM_INIT_SEED)
     traced = TracedModel(config.build(), config.input_shape)
     return config, [p.as_dict() for p in traced.cuts(max_tensors)]

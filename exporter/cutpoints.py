@@ -58,18 +58,24 @@ class CutPoint:
     flops: int                # cumulative FLOPs of the head, one sample
     of: str = ""              # what ``name`` is: the module's class or the function
     ends: Tuple[str, ...] = ()  # every module whose call ends here, outermost first (``--split`` takes each)
+    outputs: Tuple[dict, ...] = ()  # the last point of a model of several outputs: each (as MultiCut.tensors)
 
     @property
     def bytes_per_sample(self) -> int:
+        if self.outputs:
+            return sum(t["bytes_per_sample"] for t in self.outputs)
         numel = 1
         for d in self.shape:
             numel *= d
         return numel * _DTYPE_BYTES.get(self.dtype, 4)
 
     def as_dict(self) -> dict:
-        return {"index": self.index, "name": self.name, "of": self.of, "node": self.node, "shape": list(self.shape),
-                "dtype": str(self.dtype).replace("torch.", ""), "bytes_per_sample": self.bytes_per_sample,
-                "head_params": self.params, "head_flops": self.flops}
+        out = {"index": self.index, "name": self.name, "of": self.of, "node": self.node, "shape": list(self.shape),
+               "dtype": str(self.dtype).replace("torch.", ""), "bytes_per_sample": self.bytes_per_sample,
+               "head_params": self.params, "head_flops": self.flops}
+        if self.outputs:
+            out["tensors"] = list(self.outputs)
+        return out
 
 
 @dataclass
@@ -274,33 +280,50 @@ class TracedModel:
         self.nodes: List[fx.Node] = list(self.gm.graph.nodes)
         self._input = placeholders[0]
         self._output = self.nodes[-1]
-        self.output_path = self._single_output()
+        self.output_paths, self.output_names = self._outputs()
+        self.output_path = self.output_paths[0] if len(self.output_paths) == 1 else None
         self.points = self._find_points(counter.flops)
 
-    def _single_output(self) -> Tuple:
-        """The model's one output tensor made the graph's output, and the keys that lead to it in what the model
-        returns (``("out",)`` for a segmentation model's ``{"out": tensor}``; ``()`` for a tensor)."""
+    def _outputs(self) -> Tuple[List[Tuple], List[str]]:
+        """The model's output tensors made the graph's output (one node, or a tuple of them), with the keys that
+        lead to each in what the model returns (``("out",)`` for a segmentation model's ``{"out": tensor}``, ``()``
+        for a tensor) and the names they are exported under (``output``; or the dict's keys, ``output_0``, ...)."""
         out, path = self._output.args[0], ()
         while isinstance(out, (dict, tuple, list)) and len(out) == 1:
             key = next(iter(out)) if isinstance(out, dict) else 0
             out, path = out[key], path + (key,)
-        if not isinstance(out, fx.Node) or not isinstance(out.meta.get("tensor_meta"), TensorMetadata):
-            kind = next((k.__name__ for k in (dict, tuple, list) if isinstance(out, k)), type(out).__name__)
-            what = "{} of {}".format(kind, len(out)) if isinstance(out, (dict, tuple, list)) else kind
-            raise ExportError("the model's output is a {}, not one tensor; a tail returns one tensor: wrap the model "
-                              "so that it returns the one you need (a segmentation model built without aux_loss "
-                              "returns {{'out': tensor}}, which works)".format(what))
-        if path:
-            self._output.args = (out,)
-            self.gm.recompile()
-        return path
+        if _is_tensor(out):
+            if path:
+                self._output.args = (out,)
+                self.gm.recompile()
+            return [path], ["output"]
+        keys = list(out) if isinstance(out, dict) else list(range(len(out))) if isinstance(out, (tuple, list)) else []
+        if not keys or not all(_is_tensor(out[k]) for k in keys):
+            kind = _kind(out)
+            inner = sorted({_kind(out[k]) for k in keys if not _is_tensor(out[k])})
+            what = "{} of {} holding {}".format(kind, len(out), ", ".join(inner)) if keys else kind
+            raise ExportError("the model's output is a {}; a tail returns tensors (one, or a flat dict, tuple or list "
+                              "of them): wrap the model so that it returns those (a detector in eval mode returns "
+                              "a list of dicts per image: export its backbone, or its raw head outputs)".format(what))
+        names = [str(k) if isinstance(k, str) and k.isidentifier() and k != "input" else "output_{}".format(i)
+                 for i, k in enumerate(keys)]
+        if len(set(names)) < len(names):
+            names = ["output_{}".format(i) for i in range(len(keys))]
+        self._output.args = (tuple(out[k] for k in keys),)
+        self.gm.recompile()
+        return [path + (k,) for k in keys], names
 
-    def reference(self, x: torch.Tensor) -> torch.Tensor:
-        """The unsplit model's output tensor for ``x``: what every export is verified against."""
+    def reference(self, x: torch.Tensor):
+        """The unsplit model's output for ``x``: its tensor, or the tuple of its tensors (``output_paths``), what
+        every export is verified against."""
         y = self.model(x)
-        for key in self.output_path:
-            y = y[key]
-        return y
+        outputs = []
+        for path in self.output_paths:
+            value = y
+            for key in path:
+                value = value[key]
+            outputs.append(value)
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
     def _find_points(self, flops: Dict[str, int]) -> List[CutPoint]:
         position = {n: i for i, n in enumerate(self.nodes)}
@@ -345,9 +368,24 @@ class TracedModel:
                 self.multi.append(MultiCut("{}.{}".format(after, number), after, _point_name(node, nxt)[0],
                                            node.name, crossing, params, total_flops))
         out = self._output.args[0]
+        if isinstance(out, tuple):
+            return self._with_outputs(points, out, position, params, total_flops)
         if points[-1].node != out.name:
             raise ExportError("the model's output node {} is not the last single-tensor point of its graph; "
                               "cannot place the whole model on the edge".format(out.name))
+        return points
+
+    def _with_outputs(self, points, outputs, position, params, flops) -> List[CutPoint]:
+        """``points`` ended by the point of a model of several outputs: all of them, after the last computed; the
+        walk's cut there (the same tensors) is that point, not a cut of its own."""
+        last = max(outputs, key=position.get)
+        specs = [dict(spec, name=name, source=spec["name"])
+                 for spec, name in zip((self._crossing(n, {}) for n in outputs), self.output_names)]
+        self.multi = [c for c in self.multi if c.node != last.name]
+        tm = last.meta["tensor_meta"]
+        points.append(CutPoint(len(points), "output", last.name, tuple(tm.shape[1:]), tm.dtype, params, flops,
+                               "the model's {} outputs ({})".format(len(outputs), ", ".join(self.output_names)),
+                               (), tuple(specs)))
         return points
 
     @staticmethod
@@ -408,6 +446,8 @@ class TracedModel:
         """The nodes whose values cross ``cut`` (a CutPoint or a MultiCut), in graph order."""
         if isinstance(cut, MultiCut):
             return [self._node(t["node"]) for t in cut.tensors]
+        if cut.outputs:
+            return [self._node(t["node"]) for t in cut.outputs]
         return [self._input if cut.index == 0 else self._node(cut.node)]
 
     def span(self, start, stop, input_names: Sequence[str]) -> Optional[fx.GraphModule]:
@@ -479,8 +519,9 @@ _TRACE_HINTS = (
     ("used as inputs to control flow",
      "forward() branches or loops on a tensor's value: move that control flow out of forward()"),
     ("cannot be iterated",
-     "forward() iterates over a tensor or a shape (a detector's per-image post-processing does): split the part "
-     "that has no such loop, exported as a model of its own (--model package.module:function)"),
+     "forward() iterates over a tensor or a shape (a detector's per-image pre- and post-processing do): split the "
+     "part that has no such loop, with --trace-module (a torchvision detector: --trace-module backbone), or "
+     "exported as a model of its own (--model package.module:function)"),
 )
 
 
@@ -493,6 +534,17 @@ def trace_hint(exc: Exception) -> str:
     return ("torch.fx traces forward() with symbolic values: data-dependent control flow, modules created in "
             "forward() and calls into non-torch code stop it; export a traceable part as a model of its own "
             "(--model package.module:function)")
+
+
+def _kind(value) -> str:
+    """What a traced output value is, in a word (fx's immutable containers by their plain names)."""
+    if isinstance(value, fx.Node):
+        return "non-tensor value"
+    return next((k.__name__ for k in (dict, tuple, list) if isinstance(value, k)), type(value).__name__)
+
+
+def _is_tensor(value) -> bool:
+    return isinstance(value, fx.Node) and isinstance(value.meta.get("tensor_meta"), TensorMetadata)
 
 
 def getattr_path(obj, target: str):

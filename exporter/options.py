@@ -22,3 +22,4 @@ class ExportOptions:
     std: Optional[Sequence[float]] = None
     batch_sizes: Sequence[int] = BATCH_SIZES
     max_tensors: int = 1                  # segments: also list the cuts where up to this many tensors cross
+    trace_module: Optional[str] = None    # export this submodule of the model (what torch.fx can trace) instead

@@ -50,7 +50,7 @@ def _onnx_runner(path: str, input_names: List[str], output_names: List[str], wha
             what, inputs, outputs, input_names, output_names))
 
     def run(x):
-        ys = session.run(output_names, dict(zip(input_names, _tuple(x))))
+        ys = session.run(output_names, dict(zip(input_names, as_tuple(x))))
         return ys[0] if len(ys) == 1 else tuple(ys)
     return run
 
@@ -62,16 +62,16 @@ def _torchscript_runner(path: str) -> Callable:
 
     def run(x):
         with torch.no_grad():
-            return _numpy(module(*[torch.from_numpy(a) for a in _tuple(x)]))
+            return to_numpy(module(*[torch.from_numpy(a) for a in as_tuple(x)]))
     return run
 
 
-def _tuple(x) -> tuple:
-    """The tensors of a value that crosses: one array, or a tuple of them."""
+def as_tuple(x) -> tuple:
+    """The tensors of a value that crosses a cut or comes out of a model: one, or a tuple (list) of them."""
     return tuple(x) if isinstance(x, (tuple, list)) else (x,)
 
 
-def _numpy(y):
+def to_numpy(y):
     """A module's result as numpy: an array, or a tuple of arrays."""
     return tuple(t.numpy() for t in y) if isinstance(y, (tuple, list)) else y.numpy()
 
@@ -213,9 +213,9 @@ def verify_bundle(directory: str, manifest: dict, model: Callable, head: Optiona
     generator = torch.Generator().manual_seed(seed)
     batches = [torch.randn((b,) + shape, generator=generator) for b in batch_sizes]
     with torch.no_grad():
-        references = [(x, model(x).numpy(), _numpy(head(x)) if head is not None else None) for x in batches]
+        references = [(x, to_numpy(model(x)), to_numpy(head(x)) if head is not None else None) for x in batches]
     split = schema.split_id(manifest)
-    boundary_names = _names(manifest["boundary"])
+    boundary_names, output_names = _names(manifest["boundary"]), _names(manifest["output"])
     results = []
     for fmt in formats:
         run_head = _runner(directory, manifest, "head", fmt)
@@ -224,10 +224,11 @@ def verify_bundle(directory: str, manifest: dict, model: Callable, head: Optiona
             boundary = run_head(x.numpy()) if run_head else x.numpy()
             checks = []
             if ref_boundary is not None:
-                for name, actual, expected in zip(boundary_names, _tuple(boundary), _tuple(ref_boundary)):
+                for name, actual, expected in zip(boundary_names, as_tuple(boundary), as_tuple(ref_boundary)):
                     checks.append((name, compare(actual, expected, atol, rtol)))
             out = run_tail(boundary) if run_tail else boundary
-            checks.append(("output", compare(out, ref_out, atol, rtol, classes=True)))
+            for name, actual, expected in zip(output_names, as_tuple(out), as_tuple(ref_out)):
+                checks.append((name, compare(actual, expected, atol, rtol, classes=True)))
             for tensor, check in checks:
                 result = dict(format=fmt, batch_size=int(x.shape[0]), tensor=tensor, **check)
                 results.append(result)

@@ -157,9 +157,9 @@ def test_a_segmentation_models_dict_output_exports_and_verifies(tmp_path):
         assert np.abs(run_bundle(str(bundle), x, fmt) - reference).max() < 1e-5, fmt
 
 
-def test_an_output_of_several_tensors_is_refused_in_one_line(tmp_path):
-    line = layers_error(tmp_path, "two_outputs", "y = self.conv(x)\n        return {'out': y, 'aux': y * 2}")
-    assert "the model's output is a dict of 2, not one tensor" in line, line
+def test_an_output_of_tensors_nested_in_containers_is_refused_in_one_line(tmp_path):
+    line = layers_error(tmp_path, "nested_outputs", "y = self.conv(x)\n        return {'out': y, 'more': [y, y * 2]}")
+    assert "the model's output is a dict of 2 holding list; a tail returns tensors (one, or a flat dict" in line, line
 
 
 def test_layers_lists_cuts_of_several_tensors_between_the_seed_points():

@@ -121,3 +121,81 @@ def test_masks_against_a_classifier_are_refused_in_one_line(tiny_bundles, tmp_pa
         assert server.stop() == 0, server.log_text()
     assert proc.returncode != 0 and not SEED_REPORT.search(proc.stdout)
     assert "masks fit a segmentation model" in proc.stderr.strip().splitlines()[-1], proc.stderr
+
+
+AUX = "tiny_models:segmenter_aux"  # returns {"out": scores, "aux": scores}, as a model built with aux_loss
+AUX_ID = "tiny_models-segmenter_aux"
+
+
+@pytest.fixture(scope="module")
+def aux_store(tmp_path_factory):
+    """The segmenter with an auxiliary head at split 0 (all on the cloud), 2 (one tensor), 2.3 (two: the stem's
+    features for the aux head, the main head's scores) and 3 (all on the edge), and its segments."""
+    root = tmp_path_factory.mktemp("aux-store")
+    for what in (("--split", "0"), ("--split", "2"), ("--split", "2.3"), ("--split", "3"), ("--segments",)):
+        proc = run_cli("export", "--model", AUX, *what, "--random-init", "--out", root)
+        assert proc.returncode == 0, proc.stderr
+    return root
+
+
+def test_a_model_of_two_outputs_is_exported_with_both_verified_one_by_one(aux_store):
+    from runtime.bundle.manifest import load_manifest
+    for split, boundary in (("0", ["boundary"]), ("2", ["boundary"]), ("2.3", ["boundary_0", "boundary_1"]),
+                            ("3", ["boundary_0", "boundary_1"])):
+        manifest = load_manifest(str(aux_store / "{}-s{}".format(AUX_ID, split)))
+        assert manifest["schema_version"] == 2
+        assert [(t["name"], t["shape"][1:], t["source"]) for t in manifest.outputs] == [
+            ("out", [4, 32, 32], "interpolate"), ("aux", [4, 32, 32], "interpolate_1")]
+        assert [t["name"] for t in manifest.boundaries] == boundary
+        checked = {r["tensor"] for r in manifest["verification"]["results"]}
+        assert checked == {"out", "aux"} | (set(boundary) if split != "0" else set()), split
+        assert all(r["passed"] for r in manifest["verification"]["results"])
+    segments = load_manifest(str(aux_store / (AUX_ID + "-segments")))
+    assert {r["tensor"] for r in segments["verification"]["results"]} == {"out", "aux"}
+
+
+@pytest.fixture(scope="module")
+def aux_masks(tmp_path_factory, aux_store):
+    """Images, and masks: the unsplit model's own per-pixel classes of its "out" (near-ties ignored)."""
+    from tiny_models import segmenter_aux
+    manifest = json.loads((aux_store / (AUX_ID + "-s2") / "manifest.json").read_text())
+    rng = np.random.RandomState(5)
+    images = rng.randint(0, 256, size=(24, 32, 32, 3)).astype(np.uint8)
+    with torch.no_grad():
+        out = segmenter_aux()(torch.from_numpy(preprocess_batch(images, manifest["input"]["preprocess"])))["out"]
+    out = out.numpy()
+    masks = out.argmax(1)
+    top2 = np.sort(out, axis=1)[:, -2:]
+    masks[(top2[:, 1] - top2[:, 0]) < 1e-4 * np.abs(out).max()] = scoring.IGNORE
+    path = tmp_path_factory.mktemp("aux-data") / "masks.npz"
+    np.savez(str(path), x=images, y=masks.astype(np.uint8))
+    return str(path), masks
+
+
+@pytest.mark.parametrize("split,args", [(0, ()), (2, ()), ("2.3", ("--compress", "int8")), (3, ())])
+def test_both_outputs_come_back_and_the_first_is_scored(split, args, aux_store, aux_masks, tmp_path):
+    """The tail's two outputs travel in one RESULT (protocol 3); the report scores "out", the model's first: every
+    labelled pixel right at every split (int8 compression of the boundary may flip a few)."""
+    path, masks = aux_masks
+    server = ServerProcess(aux_store, "--max-batch", 4)
+    try:
+        report = tmp_path / "r.json"
+        proc = run_cli("run-edge", "--cloud", server.address, "--cache", tmp_path / "cache", "--model", AUX,
+                       "--split", split, "--dataset", "npz:" + path, "--batch-size", 3, "--report", report, *args)
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        assert server.stop() == 0, server.log_text()
+    r = json.loads(report.read_text())
+    assert r["task"] == "segmentation" and r["n"] == 24
+    assert r["accuracy"] == 1.0 if not args else r["accuracy"] > 0.97
+    both = 2 * 4 * 32 * 32 * 4
+    assert both < r["bytes_received_per_sample"] < both + 200, "both outputs come back in one RESULT, at every split"
+
+
+def test_an_output_that_is_not_tensors_is_refused_in_one_line(tmp_path):
+    proc = run_cli("export", "--model", "tiny_models:detections", "--split", "1", "--random-init", "--out",
+                   tmp_path / "out")
+    assert proc.returncode == 1
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: the model's output is a list of 2 holding dict; a tail returns tensors"), line
+    assert "export its backbone" in line and not (tmp_path / "out").exists()

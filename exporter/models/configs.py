@@ -8,6 +8,12 @@ verification all read the same config.  Three kinds exist:
 * ``torchvision:NAME``: any torchvision classification model, weights from a file;
 * ``package.module:function``: a user's function returning an ``nn.Module``.
 
+Any of them may be narrowed to one of its submodules (``resolve(..., trace_module=
+"backbone")``, ``--trace-module``): the part that ``torch.fx`` can trace when the
+whole model cannot (a detector's per-image pre- and post-processing), exported as a
+model of its own with the id ``<model id>-<module path>`` and, for a torchvision
+detector, the input size and normalisation of its own transform.
+
 Each config's model id (what its bundles' manifests carry, and the edge's
 ``--model`` finds) comes from the spec by ``runtime.bundle.schema.model_id``, the
 rule the runtime applies too.
@@ -119,8 +125,39 @@ def _import_path(spec: str, input_shape: Optional[Tuple[int, ...]]) -> ModelConf
                        notes="user model {}".format(spec))
 
 
-def resolve(spec: str, input_shape: Optional[Tuple[int, ...]] = None) -> ModelConfig:
-    """Turn a --model value into its config; raise ExportError for an unknown one."""
+def resolve(spec: str, input_shape: Optional[Tuple[int, ...]] = None, trace_module: Optional[str] = None) -> ModelConfig:
+    """Turn a --model value (and --trace-module) into its config; raise ExportError for an unknown one."""
+    config = _resolve(spec, input_shape)
+    return config if not trace_module else _narrowed(config, trace_module, input_shape)
+
+
+def _narrowed(config: ModelConfig, path: str, input_shape: Optional[Tuple[int, ...]]) -> ModelConfig:
+    """``config``'s model narrowed to its submodule ``path`` (see the module's docstring)."""
+    whole = config.build()
+    try:
+        part = whole.get_submodule(path)
+    except AttributeError:
+        children = ", ".join(name for name, _ in whole.named_children()) or "none"
+        raise ExportError("--trace-module {}: {} has no such submodule; its children: {}".format(
+            path, config.source, children))
+    transform = getattr(whole, "transform", None)  # a torchvision detector normalises and resizes itself
+    mean, std, shape = config.mean, config.std, input_shape or config.input_shape
+    if transform is not None and hasattr(transform, "image_mean"):
+        mean, std = tuple(transform.image_mean), tuple(transform.image_std)
+        fixed = getattr(transform, "fixed_size", None)
+        if input_shape is None and fixed:
+            shape = (3,) + tuple(fixed)
+    build = config.builder
+
+    def builder():
+        return build().get_submodule(path)
+    return ModelConfig("{}-{}".format(config.model_id, path.replace(".", "-")),
+                       "{} --trace-module {}".format(config.source, path), builder, shape, mean, std,
+                       resize=None, notes="{}, its {} only ({}): what it returns is this model's output".format(
+                           config.notes, path, type(part).__name__))
+
+
+def _resolve(spec: str, input_shape: Optional[Tuple[int, ...]]) -> ModelConfig:
     if spec == "resnet50":
         config = _seed_resnet50()
         if input_shape and tuple(input_shape) != config.input_shape:

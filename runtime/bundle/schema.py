@@ -273,7 +273,7 @@ def segments_manifest(model, input_spec, output, points, segments, created, tool
     hashes = [f["sha256"] for seg in segments for f in seg["files"].values()]
     extra = {"cuts": list(cuts)} if cuts else {}
     return dict({
-        "schema_version": 2 if cuts else 1, "kind": KIND_SEGMENTS,
+        "schema_version": 2 if cuts or "tensors" in output else 1, "kind": KIND_SEGMENTS,
         "bundle_id": bundle_id(model["id"], model["weights"]["sha256"], KIND_SEGMENTS, hashes),
         "created": created,
         "model": model,

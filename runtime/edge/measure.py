@@ -154,7 +154,7 @@ class _Loop(object):
         self.energy = RunEnergy(meter) if meter is not None else None
         self.adaptive, self.fallback, self.out = adaptive, fallback, out
         self.preprocess = session.manifest["input"].get("preprocess") or {}
-        self.recorder = RunRecorder(scoring.for_run(session.manifest["output"]["shape"], data.labels))
+        self.recorder = RunRecorder(scoring.for_run(session.manifest.outputs[0]["shape"], data.labels))
         self.cadence = Cadence(settings.interval_ms, settings.start_at)
         self.bar = None
         self.pipe = None

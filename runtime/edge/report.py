@@ -98,7 +98,8 @@ class RunRecorder(object):
         return self._score(output, labels, bundle_id, "local")
 
     def _score(self, output, labels, bundle_id, served_by):
-        predictions, kept = self.scorer.add(output, labels)
+        # a model of several outputs is scored on its first (a segmentation model's "out", not its "aux")
+        predictions, kept = self.scorer.add(output[0] if isinstance(output, tuple) else output, labels)
         self.predictions.extend(predictions)
         self.labels.extend(kept)
         self.bundles.extend([bundle_id] * len(kept))

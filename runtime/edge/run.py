@@ -53,9 +53,9 @@ def run_edge(options, out=None):
                     " and ".join(str(k) for k in alternates)))
                 session.preload(alternates)
         _check_frame_size(manifest, session.welcome, o)
-        num_classes = manifest["output"]["shape"][-1]
-        data = open_dataset(o.dataset, manifest["input"], num_classes, limit=o.limit, seed=o.seed,
-                            data_dir=o.data_dir, output_shape=manifest["output"]["shape"])
+        scored = manifest.outputs[0]  # a model of several outputs is scored on its first
+        data = open_dataset(o.dataset, manifest["input"], scored["shape"][-1], limit=o.limit, seed=o.seed,
+                            data_dir=o.data_dir, output_shape=scored["shape"])
         plan = batches(data, o.batch_size, o.limit, o.shuffle, o.seed)
         if not plan:
             raise UserError("the dataset {} is empty".format(o.dataset))

@@ -49,8 +49,9 @@ def sweep(session, options, predictions=None, meter=None):
     for split in o.splits:
         manifest = session.switch_to(split=split)
         if data is None:
-            data = open_dataset(dataset, manifest["input"], manifest["output"]["shape"][-1], limit=limit, seed=seed,
-                                data_dir=data_dir, output_shape=manifest["output"]["shape"])
+            scored = manifest.outputs[0]["shape"]
+            data = open_dataset(dataset, manifest["input"], scored[-1], limit=limit, seed=seed,
+                                data_dir=data_dir, output_shape=scored)
             plan = batches(data, batch_size, limit)
         _say("split {}: {} samples".format(split, sum(len(b) for b in plan)))
         recorder = measure(session, data, plan, RunOptions(warmup=warmup, no_follow=True), meter=meter)
