@@ -99,6 +99,12 @@ def main(debug):
 
 TRACE_MODULE_HELP = ("Export only this submodule of the model (e.g. a detector's backbone, when torch.fx cannot trace "
                      "the whole); its bundles' model id is <model id>-<module path>.")
+LEAF_MODULE_HELP = ("Comma-separated module classes torch.fx calls whole instead of tracing into (a block whose own "
+                    "forward cannot be traced, such as YOLOv8's C2f); no split point falls inside them.")
+
+
+def names_option(ctx, param, value):
+    return tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
 
 
 @main.command()
@@ -108,13 +114,14 @@ TRACE_MODULE_HELP = ("Export only this submodule of the model (e.g. a detector's
 @click.option("--max-tensors", default=1, show_default=True, type=click.IntRange(1, 8),
               help="Also list the cuts where up to this many tensors cross (numbered K.J after point K).")
 @click.option("--trace-module", default=None, help=TRACE_MODULE_HELP)
+@click.option("--leaf-module", "leaf_modules", default=None, callback=names_option, help=LEAF_MODULE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @handle_errors
-def layers(model, input_shape, max_tensors, trace_module, as_json):
+def layers(model, input_shape, max_tensors, trace_module, leaf_modules, as_json):
     """List the valid split points of a model."""
     from exporter.bundle import describe_points
     from exporter.report import print_points
-    config, points = describe_points(model, input_shape, max_tensors, trace_module)
+    config, points = describe_points(model, input_shape, max_tensors, trace_module, leaf_modules)
     if as_json:
         click.echo(json.dumps({"model": config.model_id, "input_shape": list(config.input_shape),
                                "points": points}, indent=2))
@@ -124,11 +131,12 @@ def layers(model, input_shape, max_tensors, trace_module, as_json):
 
 @main.command()
 @click.option("--model", default="resnet50", show_default=True, help=MODEL_HELP)
-@click.option("--split", default=None, help="Split point: an index from `layers`, or its name.")
+@click.option("--split", default=None, help="Split point: an index from `layers`, its name, or a cut of several tensors (K.J, `layers --max-tensors`).")
 @click.option("--segments", is_flag=True, help="Instead of one split, export every segment (for profiling).")
 @click.option("--max-tensors", default=1, show_default=True, type=click.IntRange(1, 8),
               help="With --segments: also list the cuts where up to this many tensors cross, for the planner.")
 @click.option("--trace-module", default=None, help=TRACE_MODULE_HELP)
+@click.option("--leaf-module", "leaf_modules", default=None, callback=names_option, help=LEAF_MODULE_HELP)
 @click.option("--weights", default=None, help="State-dict file (resnet50 default: weights/resnet50-best.pth).")
 @click.option("--random-init", is_flag=True, help="Export untrained weights (chance-level accuracy).")
 @click.option("--formats", default="onnx,torchscript", show_default=True, callback=formats_option,

@@ -87,7 +87,7 @@ def export_bundle(model_spec: str, split: str, options: Optional[ExportOptions] 
     formats = [f for f in mf.FORMATS if f in set(o.formats)]
     if not formats:
         raise ExportError("--formats must name at least one of {}".format(", ".join(mf.FORMATS)))
-    config = resolve(model_spec, o.input_shape, o.trace_module)
+    config = resolve(model_spec, o.input_shape, o.trace_module, o.leaf_modules)
     if o.mean is not None:
         config.mean = tuple(o.mean)
     if o.std is not None:
@@ -96,7 +96,7 @@ def export_bundle(model_spec: str, split: str, options: Optional[ExportOptions] 
     with steps:
         steps.advance("build and load weights")
         model, weights_path, weights_sha = prepare_model(config, o.weights, o.random_init)
-        traced = TracedModel(model, config.input_shape)
+        traced = TracedModel(model, config.input_shape, config.leaf_modules)
         point = select_point(traced, split)
         steps.advance("traced: {} split points".format(len(traced.points)))
         job = _Job(config=config, traced=traced, point=point, head=traced.head(point),
@@ -208,10 +208,10 @@ def input_spec(config: ModelConfig) -> dict:
 
 
 def describe_points(model_spec: str, input_shape: Optional[Tuple[int, ...]] = None, max_tensors: int = 1,
-                    trace_module: Optional[str] = None):
+                    trace_module: Optional[str] = None, leaf_modules: Sequence[str] = ()):
     """The valid split points of a model (random weights: they do not change the graph); with ``max_tensors`` > 1
     also the cuts where up to that many tensors cross (numbered ``k.j`` after point k)."""
-    config = resolve(model_spec, input_shape, trace_module)
+    config = resolve(model_spec, input_shape, trace_module, leaf_modules)
     torch.manual_seed(RANDOM_INIT_SEED)
-    traced = TracedModel(config.build(), config.input_shape)
+    traced = TracedModel(config.build(), config.input_shape, config.leaf_modules)
     return config, [p.as_dict() for p in traced.cuts(max_tensors)]

@@ -198,6 +198,27 @@ def _index_text(index) -> str:
     return index.name if isinstance(index, fx.Node) else repr(index)
 
 
+class _Tracer(fx.Tracer):
+    """torch.fx's tracer, calling modules of the ``leaves`` classes whole (as it does torch's own layers)."""
+
+    def __init__(self, leaves: Tuple[type, ...] = ()):
+        super().__init__()
+        self.leaves = leaves
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, self.leaves) or super().is_leaf_module(m, qualname)
+
+
+def _leaf_classes(model: nn.Module, names: Sequence[str]) -> Tuple[type, ...]:
+    """The module classes named ``names`` (``--leaf-module C2f``) among ``model``'s modules."""
+    classes = {type(m).__name__: type(m) for m in model.modules()}
+    missing = [n for n in names if n not in classes]
+    if missing:
+        raise ExportError("--leaf-module {}: the model has no module of that class; its classes: {}".format(
+            ", ".join(missing), ", ".join(sorted(classes))))
+    return tuple(classes[n] for n in names)
+
+
 class _Sizes(fx.Interpreter):
     """Runs the graph, keeping the value of each node that computes a size: an int or a bool, or a tuple of ints."""
 
@@ -254,11 +275,13 @@ def fold_static_sizes(gm: fx.GraphModule, input_shape: Tuple[int, ...]) -> int:
 class TracedModel:
     """A model traced into a graph, with its valid cut points and head/tail builders."""
 
-    def __init__(self, model: nn.Module, input_shape: Tuple[int, ...]):
+    def __init__(self, model: nn.Module, input_shape: Tuple[int, ...], leaf_modules: Sequence[str] = ()):
         self.model = model.eval()
         self.input_shape = tuple(input_shape)
+        tracer = _Tracer(_leaf_classes(self.model, leaf_modules))
         try:
-            self.gm = fx.symbolic_trace(self.model)
+            graph = tracer.trace(self.model)
+            self.gm = fx.GraphModule(tracer.root, graph, type(self.model).__name__)
         except Exception as exc:
             raise ExportError("cannot trace the model into a graph with torch.fx ({}: {}); {}".format(
                 type(exc).__name__, str(exc).splitlines()[0].split(". ")[0][:200] if str(exc) else "",
@@ -521,7 +544,8 @@ _TRACE_HINTS = (
     ("cannot be iterated",
      "forward() iterates over a tensor or a shape (a detector's per-image pre- and post-processing do): split the "
      "part that has no such loop, with --trace-module (a torchvision detector: --trace-module backbone), or "
-     "exported as a model of its own (--model package.module:function)"),
+     "exported as a model of its own (--model package.module:function); a block that iterates over its own "
+     "tensors (YOLOv8's C2f) can be called whole: --leaf-module CLASS"),
 )
 
 

@@ -23,3 +23,4 @@ class ExportOptions:
     batch_sizes: Sequence[int] = BATCH_SIZES
     max_tensors: int = 1                  # segments: also list the cuts where up to this many tensors cross
     trace_module: Optional[str] = None    # export this submodule of the model (what torch.fx can trace) instead
+    leaf_modules: Sequence[str] = ()      # module classes torch.fx calls whole instead of tracing into

@@ -60,9 +60,9 @@ def export_segments(model_spec: str, options: Optional[ExportOptions] = None) ->
     o = options or ExportOptions()
     formats = [f for f in mf.FORMATS if f in set(o.formats)]
     opset, atol, rtol = o.opset, o.atol, o.rtol
-    config = resolve(model_spec, o.input_shape, o.trace_module)
+    config = resolve(model_spec, o.input_shape, o.trace_module, o.leaf_modules)
     model, weights_path, weights_sha = prepare_model(config, o.weights, o.random_init)
-    traced = TracedModel(model, config.input_shape)
+    traced = TracedModel(model, config.input_shape, config.leaf_modules)
     n = len(traced.points) - 1
     destination = os.path.join(o.out_dir, mf.segments_dir_name(config.model_id))
     with staged(destination) as tmp:

@@ -125,6 +125,8 @@ CASES = {
                                     "bad_meta", False),
     "several tensors: 17": (lambda m, t: hello(m) + frame(codec.INFER, {"tensors": [
         {"dtype": "uint8", "shape": [8]}] * 17}, b"\0" * 8 * 17), "bad_meta", False),
+    "several tensors: in an ECHO": (lambda m, t: frame(codec.ECHO, {"tensors": [
+        {"dtype": "uint8", "shape": [8]}, {"dtype": "uint8", "shape": [8]}]}, b"\0" * 16), "bad_meta", False),
     "unknown bundle": (lambda m, t: frame(codec.HELLO, {"model": "resnet50", "split": 20, "bundle_id": "0" * 16}),
                        "bundle_mismatch", False),
 }

@@ -150,3 +150,23 @@ def test_ssdlite_is_cut_across_its_feature_pyramid(tmp_path):
     assert all(r["passed"] for r in ver["results"]) and {r["tensor"] for r in ver["results"]} == {
         "boundary_0", "boundary_1", "boundary_2", "boundary_3"} | {"output_{}".format(i) for i in range(6)}
     assert manifest["input"]["preprocess"]["mean"] == [0.5, 0.5, 0.5]  # its own transform's normalisation
+
+
+def test_a_block_fx_cannot_trace_into_is_called_whole_with_leaf_module(tmp_path):
+    """tests/fixtures/tiny_models.py's chunky: blocks that iterate over their tensor's chunks, as YOLOv8's C2f."""
+    refused = run_cli("layers", "--model", "tiny_models:chunky")
+    assert refused.returncode == 1 and "--leaf-module CLASS" in refused.stderr.strip().splitlines()[-1]
+    listed = run_cli("layers", "--model", "tiny_models:chunky", "--leaf-module", "ChunkBlock", "--json")
+    assert listed.returncode == 0, listed.stderr
+    names = [p["name"] for p in json.loads(listed.stdout)["points"]]
+    assert names == ["input", "0", "1", "2", "3", "4", "5"]  # each block whole, a point between them
+    proc = run_cli("export", "--model", "tiny_models:chunky", "--leaf-module", "ChunkBlock", "--split", 2,
+                   "--random-init", "--artifacts", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    manifest = load_manifest(str(tmp_path / "tiny_models-chunky-s2"))
+    assert all(r["passed"] for r in manifest["verification"]["results"])
+    wrong = run_cli("layers", "--model", "tiny_models:chunky", "--leaf-module", "C2f")
+    assert wrong.returncode == 1
+    assert wrong.stderr.strip().splitlines()[-1] == (
+        "error: --leaf-module C2f: the model has no module of that class; its classes: AdaptiveAvgPool2d, "
+        "ChunkBlock, Conv2d, Flatten, Linear, Sequential")

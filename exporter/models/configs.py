@@ -6,13 +6,18 @@ verification all read the same config.  Three kinds exist:
 
 * ``resnet50``: the seed's CIFAR-100 ResNet-50 (weiaicunzai/pytorch-cifar100 layout);
 * ``torchvision:NAME``: any torchvision classification model, weights from a file;
-* ``package.module:function``: a user's function returning an ``nn.Module``.
+* ``package.module:function``: a user's function returning an ``nn.Module`` (its
+  attributes ``input_shape``, ``mean``, ``std``, ``resize`` and ``leaf_modules`` say
+  the rest).
 
 Any of them may be narrowed to one of its submodules (``resolve(..., trace_module=
 "backbone")``, ``--trace-module``): the part that ``torch.fx`` can trace when the
 whole model cannot (a detector's per-image pre- and post-processing), exported as a
 model of its own with the id ``<model id>-<module path>`` and, for a torchvision
-detector, the input size and normalisation of its own transform.
+detector, the input size and normalisation of its own transform.  ``leaf_modules``
+(``--leaf-module``) names classes that ``torch.fx`` calls whole instead of tracing
+into, where their own ``forward`` cannot be traced (YOLOv8's ``C2f`` iterates over a
+tensor's chunks): no point falls inside them.
 
 Each config's model id (what its bundles' manifests carry, and the edge's
 ``--model`` finds) comes from the spec by ``runtime.bundle.schema.model_id``, the
@@ -48,11 +53,13 @@ class ModelConfig:
     resize: Optional[int] = None
     default_weights: Optional[str] = None
     notes: str = ""
+    leaf_modules: Tuple[str, ...] = ()  # classes torch.fx calls whole instead of tracing into (``--leaf-module``)
 
     def __post_init__(self):
         self.input_shape = tuple(self.input_shape)
         self.mean = tuple(self.mean) if self.mean is not None else None
         self.std = tuple(self.std) if self.std is not None else None
+        self.leaf_modules = tuple(self.leaf_modules)
 
     def build(self) -> nn.Module:
         model = self.builder()
@@ -122,13 +129,18 @@ def _import_path(spec: str, input_shape: Optional[Tuple[int, ...]]) -> ModelConf
             spec, attr))
     return ModelConfig(model_id_of(spec), spec, builder, tuple(shape), getattr(builder, "mean", None),
                        getattr(builder, "std", None), resize=getattr(builder, "resize", None),
-                       notes="user model {}".format(spec))
+                       notes="user model {}".format(spec), leaf_modules=getattr(builder, "leaf_modules", ()))
 
 
-def resolve(spec: str, input_shape: Optional[Tuple[int, ...]] = None, trace_module: Optional[str] = None) -> ModelConfig:
-    """Turn a --model value (and --trace-module) into its config; raise ExportError for an unknown one."""
+def resolve(spec: str, input_shape: Optional[Tuple[int, ...]] = None, trace_module: Optional[str] = None,
+            leaf_modules: Sequence[str] = ()) -> ModelConfig:
+    """Turn a --model value (and --trace-module, --leaf-module) into its config; raise ExportError for an unknown
+    one."""
     config = _resolve(spec, input_shape)
-    return config if not trace_module else _narrowed(config, trace_module, input_shape)
+    if trace_module:
+        config = _narrowed(config, trace_module, input_shape)
+    config.leaf_modules = tuple(config.leaf_modules) + tuple(m for m in leaf_modules if m not in config.leaf_modules)
+    return config
 
 
 def _narrowed(config: ModelConfig, path: str, input_shape: Optional[Tuple[int, ...]]) -> ModelConfig:

@@ -234,6 +234,9 @@ def decode_meta(type_, meta_bytes, payload_len):
     if type_ not in TENSOR_TYPES:
         return meta, None, None
     if "tensors" in meta:  # several tensors: the payload is received as bytes, then split (split_tensors)
+        if type_ not in (INFER, RESULT):
+            raise ProtocolError("bad_meta", "only INFER and RESULT frames carry several tensors, not {}".format(
+                TYPE_NAMES[type_]))
         _tensors_layout(meta["tensors"], payload_len)
         return meta, "uint8", (payload_len,)
     dtype, shape = _tensor_layout(meta, payload_len)
