@@ -7,7 +7,8 @@ single-tensor points and the cuts where 2 or 3 tensors cross) and ``cli.py expor
 points spread over the model, at one cut of several tensors (the middle one of those listed), and at split 0 (the
 unsplit reference), with weights of a trained network's activation scale: torchvision's random init with every
 BatchNorm's statistics set to those of its input on a calibration batch and the classifier's logits spread
-(``tests/fixtures/calibrated.py``), so that verification compares at a realistic scale, not near zero.  The seed's
+(``tests/fixtures/calibrated.py``; a user model's batch norms likewise), so that verification compares at a
+realistic scale, not near zero.  The seed's
 ResNet-50 uses its embedded weights if present (``weights/``), else random init.  Then serve-cloud serves them and
 ``run-edge --dataset synthetic --limit 8`` runs each split: its predictions (classes, or a segmentation's pixel
 accuracy per sample) against split 0's.  Prints a Markdown table (what stops a model that does not trace is its
@@ -15,6 +16,7 @@ row) and writes ``model_zoo.json`` and ``.md`` into ``--out``::
 
     python bench/model_zoo.py                                  # the default list (about 25 min on 2 cores)
     python bench/model_zoo.py --models torchvision:vit_b_16 --exports 3
+    PYTHONPATH=bench python bench/model_zoo.py --models yolov8_features:yolov8n   # pip install ultralytics first
 
 The verification figures are the export's own (head then tail in onnxruntime and TorchScript against the unsplit
 model, on random inputs at batch sizes 1 and 4): the largest difference relative to the largest value, over
@@ -62,6 +64,21 @@ def calibrated_weights(model, module, shape, path):
     return path
 
 
+def calibrated_user_weights(spec, shape, path):
+    """A user model's (``package.module:function``) random init with its BatchNorms calibrated, saved at ``path``."""
+    import importlib
+
+    import torch
+    sys.path.insert(0, os.path.join(REPO, "tests", "fixtures"))
+    from calibrated import calibrate_bn, calibration_inputs
+    module, _, function = spec.partition(":")
+    torch.manual_seed(3)
+    model = getattr(importlib.import_module(module), function)()
+    calibrate_bn(model, calibration_inputs(8, shape, 3))
+    torch.save(model.state_dict(), path)
+    return path
+
+
 def spread(points, n):
     """``n`` single-tensor points inside the model (not 0 or the last), evenly spread."""
     inner = [p["index"] for p in points if isinstance(p["index"], int)][1:-1]
@@ -98,6 +115,8 @@ def study(model, exports, work):
     weights = []
     if spec.startswith("torchvision:"):
         weights = ["--weights", calibrated_weights(spec, module, shape, os.path.join(work, "weights.pth"))]
+    elif ":" in spec:
+        weights = ["--weights", calibrated_user_weights(spec, shape, os.path.join(work, "weights.pth"))]
     elif not os.path.exists(os.path.join(REPO, "weights", "resnet50-best.pth")):
         weights = ["--random-init"]
     store = os.path.join(work, "out")
