@@ -21,6 +21,7 @@ def test_the_table_has_a_row_per_model_with_its_points_and_verification(tmp_path
     assert rows[0].startswith("| model | input | points (1 tensor) | cuts of 2 / 3 tensors |") and len(rows) == 5
     segmenter, vit, missing = rows[2:]
     assert segmenter.startswith("| tiny_models:segmenter | 3x32x32 | 7 | ") and "(failed)" not in segmenter
+    assert segmenter.endswith("| same as split 0 |"), "the one export round-tripped to split 0's predictions"
     assert vit.startswith("| tiny_models:vit | 3x32x32 | ") and "`encoder.layers.encoder_layer_" in vit
     assert missing.startswith("| nosuch:model |") and "cannot import 'nosuch'" in missing
     data = json.loads((tmp_path / "model_zoo.json").read_text())
