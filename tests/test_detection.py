@@ -165,6 +165,7 @@ def test_a_block_fx_cannot_trace_into_is_called_whole_with_leaf_module(tmp_path)
     assert proc.returncode == 0, proc.stderr
     manifest = load_manifest(str(tmp_path / "tiny_models-chunky-s2"))
     assert all(r["passed"] for r in manifest["verification"]["results"])
+    assert manifest["model"]["notes"].endswith("; traced with ChunkBlock called whole")
     wrong = run_cli("layers", "--model", "tiny_models:chunky", "--leaf-module", "C2f")
     assert wrong.returncode == 1
     assert wrong.stderr.strip().splitlines()[-1] == (

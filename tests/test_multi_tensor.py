@@ -213,6 +213,14 @@ def test_the_sweep_measures_a_cut_of_several_tensors_beside_single_points(server
     assert sent["4.4"] > (256 + 64) * 32 * 32 * 4 > sent["20"]
 
 
+def test_adaptive_mode_is_refused_at_a_cut_of_several_tensors_in_one_line():
+    proc = run_cli("run-edge", "--cloud", "127.0.0.1:1", "--split", "4.4", "--adaptive")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: --adaptive switches among single-tensor points (it can run their heads from the cached segments), "
+        "not cuts of several tensors such as 4.4: start it at --split K or auto")
+
+
 def test_a_split_that_is_not_a_point_or_a_cut_is_a_bad_flag(tmp_path):
     proc = run_cli("run-edge", "--cloud", "127.0.0.1:1", "--split", "4.x")
     assert proc.returncode == 2 and "a cut of several tensors (4.1" in proc.stderr

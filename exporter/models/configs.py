@@ -140,6 +140,8 @@ def resolve(spec: str, input_shape: Optional[Tuple[int, ...]] = None, trace_modu
     if trace_module:
         config = _narrowed(config, trace_module, input_shape)
     config.leaf_modules = tuple(config.leaf_modules) + tuple(m for m in leaf_modules if m not in config.leaf_modules)
+    if config.leaf_modules:  # the manifest's model.notes says how it was traced
+        config.notes = "{}; traced with {} called whole".format(config.notes, ", ".join(config.leaf_modules))
     return config
 
 

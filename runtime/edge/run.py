@@ -101,6 +101,10 @@ def _check(o):
     if o.adaptive and (o.objective == "energy" or o.max_latency_ms is not None):
         raise UserError("--adaptive re-plans for latency or throughput only, without --max-latency-ms; drop "
                         "--adaptive to run the split that --split auto plans for them")
+    if o.adaptive and isinstance(o.split, str) and o.split != "auto":
+        raise UserError("--adaptive switches among single-tensor points (it can run their heads from the cached "
+                        "segments), not cuts of several tensors such as {}: start it at --split K or auto".format(
+                            o.split))
     if o.fallback not in ("none", "local"):
         raise UserError("--fallback must be none or local")
     if is_kserve(o.cloud):
