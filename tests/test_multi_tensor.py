@@ -233,7 +233,8 @@ def test_a_split_that_is_not_a_point_or_a_cut_is_a_bad_flag(tmp_path):
 def test_the_planner_and_the_sweep_consider_cuts_of_several_tensors(server, store, tmp_path):
     segments = load_manifest(str(store / "tiny_models-dense-segments"))
     assert segments["schema_version"] == 2 and [c["index"] for c in segments["cuts"]] == ["2.1", "2.2", "2.3", "2.4"]
-    proc = run_cli("plan", "--cloud", server.address, "--model", DENSE, "--bandwidth", 100, "--rtt", 1)
+    proc = run_cli("plan", "--cloud", server.address, "--model", DENSE, "--cache", tmp_path / "cache", "--bandwidth",
+                   100, "--rtt", 1)
     assert proc.returncode == 0, proc.stderr
     rows = [line.split("|") for line in proc.stdout.splitlines() if line.startswith("| ")][1:]
     assert [r[1].strip() for r in rows] == ["0", "1", "2", "2.1", "2.2", "2.3", "2.4", "3", "4", "5", "6"]
