@@ -102,7 +102,7 @@ def export_bundle(model_spec: str, split: str, options: Optional[ExportOptions] 
         job = _Job(config=config, traced=traced, point=point, head=traced.head(point),
                    tail=traced.tail(point), formats=formats, opset=o.opset, weights_path=weights_path,
                    weights_sha=weights_sha, random_init=o.random_init or weights_path is None, steps=steps)
-        destination = os.path.join(o.out_dir, mf.bundle_dir_name(config.model_id, split_id(point)))
+        destination = os.path.join(o.out_dir, mf.bundle_dir_name(config.model_id, point.id))
         with staged(destination) as tmp:
             manifest = _build(tmp, job)
             results = verify_bundle(tmp, manifest, traced.reference, job.head, formats, o,
@@ -161,7 +161,7 @@ def _build(tmp, job: _Job) -> dict:
     for part in ("head", "tail"):  # keep the step count exact when a part is absent
         if parts[part] is None:
             for _ in formats:
-                steps.advance("no {} at split {}".format(part, split_id(point)))
+                steps.advance("no {} at split {}".format(part, point.id))
     out_node = traced.points[-1]
     model = schema.model_spec(config.model_id, config.source, config.notes, weights_path, weights_sha, random_init,
                               RANDOM_INIT_SEED, len(traced.points))
@@ -174,11 +174,6 @@ def _build(tmp, job: _Job) -> dict:
     return schema.split_manifest(model, split, input_spec(config),
                                  schema.tensors_spec(BOUNDARY_NAME, boundary_specs),
                                  schema.tensors_spec(OUTPUT_NAME, outputs), parts, created_now(), toolchain())
-
-
-def split_id(point) -> object:
-    """What names the cut in a bundle's directory and id: a point's index, or a MultiCut's ``"K.J"``."""
-    return point.id if isinstance(point, MultiCut) else point.index
 
 
 def _boundary_specs(point) -> list:

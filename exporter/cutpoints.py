@@ -61,6 +61,11 @@ class CutPoint:
     outputs: Tuple[dict, ...] = ()  # the last point of a model of several outputs: each (as MultiCut.tensors)
 
     @property
+    def id(self) -> int:
+        """What ``--split`` and a bundle's directory call it (a MultiCut's is ``"K.J"``)."""
+        return self.index
+
+    @property
     def bytes_per_sample(self) -> int:
         if self.outputs:
             return sum(t["bytes_per_sample"] for t in self.outputs)
@@ -471,19 +476,17 @@ class TracedModel:
             return [self._node(t["node"]) for t in cut.tensors]
         if cut.outputs:
             return [self._node(t["node"]) for t in cut.outputs]
-        return [self._input if cut.index == 0 else self._node(cut.node)]
+        return [self._node(cut.node)]  # point 0's node is the input placeholder
 
     def span(self, start, stop, input_names: Sequence[str]) -> Optional[fx.GraphModule]:
         """The graph from cut ``start`` to cut ``stop`` (CutPoints or MultiCuts) as a module: it takes the tensors
         that cross ``start`` (named ``input_names``) and returns those that cross ``stop`` (one, or a tuple); None
         when the two are the same cut."""
-        begin = self.nodes.index(self._input if getattr(start, "index", None) == 0 else self._node(start.node))
-        end = self.nodes.index(self._input if getattr(stop, "index", None) == 0 else self._node(stop.node))
+        begin, end = self.nodes.index(self._node(start.node)), self.nodes.index(self._node(stop.node))
         if begin == end:
             return None
         if begin > end:
-            raise ExportError("no part of the model lies between cuts {} and {}".format(
-                getattr(start, "id", getattr(start, "index", start)), getattr(stop, "id", getattr(stop, "index", stop))))
+            raise ExportError("no part of the model lies between cuts {} and {}".format(start.id, stop.id))
         inputs = self.crossing(start)
         graph = fx.Graph()
         env: Dict[fx.Node, fx.Node] = {n: graph.placeholder(name) for n, name in zip(inputs, input_names)}

@@ -26,10 +26,6 @@ def batch_size(value):
     return as_tuple(value)[0].shape[0]
 
 
-def nbytes(value):
-    return sum(a.nbytes for a in as_tuple(value))
-
-
 def concat(values):
     """Values of the same form, joined along the batch axis, tensor by tensor."""
     if not isinstance(values[0], tuple):

@@ -42,9 +42,8 @@ NUMBER = (int, float)
 OPTIONAL_STR = (str, type(None))
 # a tensor's spec: dtype, shape with None for the batch dimension
 TENSOR = (("name", str, False), ("shape", list, True), ("dtype", str, True), ("bytes_per_sample", int, False))
-# a spec of several tensors: {"name", "tensors": [tensor spec + "source", ...], "bytes_per_sample": their sum}
-TENSORS = ("tensors", list, False, 2)
-SOURCE = ("source", str, False, 2)
+# a spec of several tensors (version 2): {"name", "tensors": [tensor spec + "source", ...], "bytes_per_sample": sum}
+SOURCE = ("source", str, False)
 
 # kind -> (dotted field, type(s), required, since); a dict field's own fields follow it
 _COMMON = (
@@ -67,7 +66,7 @@ _COMMON = (
     ("input.preprocess", (dict, type(None)), False, 1),
     ("output", dict, True, 1),
 ) + tuple(("output." + n, t, r, 1) for n, t, r in TENSOR) + (
-    ("output.tensors",) + TENSORS[1:],
+    ("output.tensors", list, False, 2),
     ("verification", dict, False, 1),
     ("toolchain", dict, False, 1),
 )
@@ -85,7 +84,7 @@ FIELDS = {
         ("split.cut", str, False, 2),  # "K.J": a cut where several tensors cross (``index`` is then K)
         ("boundary", dict, True, 1),
     ) + tuple(("boundary." + n, t, r, 1) for n, t, r in TENSOR) + (
-        ("boundary.tensors",) + TENSORS[1:],
+        ("boundary.tensors", list, False, 2),
         ("parts", dict, True, 1),  # head / tail -> {"files": {format: file entry}, ...} or null
     ),
     KIND_SEGMENTS: _COMMON + (
@@ -148,7 +147,7 @@ def _several(data, dotted):
 def _check_tensor_list_entry(spec, name, where):
     if not isinstance(spec, dict):
         raise ManifestError("{}: {} must be a tensor spec; re-export the bundle".format(where, name))
-    for field, types, required in TENSOR + (SOURCE[:3],):
+    for field, types, required in TENSOR + (SOURCE,):
         _check_field(spec, field, types, required or field == "name", where, "{}.{}".format(name, field))
 
 
@@ -255,7 +254,7 @@ def split_manifest(model, split, input_spec, boundary, output, parts, created, t
     several = "cut" in split or "tensors" in boundary or "tensors" in output
     return {
         "schema_version": 2 if several else 1,
-        "bundle_id": bundle_id(model["id"], model["weights"]["sha256"], split.get("cut", split["index"]), hashes),
+        "bundle_id": bundle_id(model["id"], model["weights"]["sha256"], split_id({"split": split}), hashes),
         "created": created,
         "model": model,
         "split": split,

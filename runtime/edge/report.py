@@ -32,6 +32,7 @@ import sys
 
 import numpy as np
 
+from runtime import values
 from runtime.edge import scoring
 
 FIGURES = ("edge_ms", "transmission_ms", "cloud_ms", "queue_ms", "end_to_end_ms", "wait_ms", "from_release_ms")
@@ -99,7 +100,7 @@ class RunRecorder(object):
 
     def _score(self, output, labels, bundle_id, served_by):
         # a model of several outputs is scored on its first (a segmentation model's "out", not its "aux")
-        predictions, kept = self.scorer.add(output[0] if isinstance(output, tuple) else output, labels)
+        predictions, kept = self.scorer.add(values.as_tuple(output)[0], labels)
         self.predictions.extend(predictions)
         self.labels.extend(kept)
         self.bundles.extend([bundle_id] * len(kept))

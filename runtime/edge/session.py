@@ -148,7 +148,7 @@ class EdgeSession(object):
         seg = self.segments.manifest
         k = data["split"]["index"]
         same = ("sha256", "random_init", "random_seed")
-        return (seg.model_id == data["model"]["id"] and isinstance(k, int) and "cut" not in data["split"]
+        return (seg.model_id == data["model"]["id"] and "cut" not in data["split"]
                 and 0 <= k < len(seg["points"])
                 and all(seg["model"]["weights"].get(f) == data["model"]["weights"].get(f) for f in same)
                 and seg["points"][k]["name"] == data["split"]["name"]

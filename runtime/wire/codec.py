@@ -193,10 +193,6 @@ def _encode_several(type_, request_id, meta, arrays, compute_ms, queue_ms):
                         _us(compute_ms), _us(queue_ms)), meta_bytes] + views
 
 
-def _padded(nbytes):
-    return nbytes + (-nbytes) % ALIGN
-
-
 # ---------------------------------------------------------------- decoding
 
 def decode_header(buf, offset=0, max_frame_bytes=DEFAULT_MAX_FRAME_BYTES, allowed_types=None):
@@ -248,26 +244,32 @@ def _tensors_layout(entries, payload_len):
     if not isinstance(entries, list) or not 1 <= len(entries) <= MAX_TENSORS or \
             not all(isinstance(e, dict) for e in entries):
         raise ProtocolError("bad_meta", "a frame's tensors must be a list of 1 to {} objects".format(MAX_TENSORS))
-    layout, offset = [], 0
-    for i, entry in enumerate(entries):
-        dtype, shape = _tensor_layout(entry, None)
-        nbytes = DTYPES[dtype].itemsize * _numel(shape)
-        layout.append((dtype, shape, offset))
-        offset += nbytes if i == len(entries) - 1 else _padded(nbytes)
-    if offset != payload_len:
+    for entry in entries:
+        _tensor_layout(entry, None)
+    layout = _offsets(entries)
+    total = layout[-1][2] + layout[-1][3]
+    if total != payload_len:
         raise ProtocolError("bad_shape", "the frame's {} tensors need {} bytes (each padded to {}), the frame carries "
-                                         "{}".format(len(entries), offset, ALIGN, payload_len))
+                                         "{}".format(len(entries), total, ALIGN, payload_len))
+    return layout
+
+
+def _offsets(entries):
+    """[(numpy dtype, shape, offset, bytes)] of checked ``tensors`` entries: each starts at a multiple of ALIGN."""
+    layout, offset = [], 0
+    for entry in entries:
+        dtype, shape = DTYPES[entry["dtype"]], tuple(entry["shape"])
+        nbytes = dtype.itemsize * _numel(shape)
+        layout.append((dtype, shape, offset, nbytes))
+        offset += nbytes + (-nbytes) % ALIGN
     return layout
 
 
 def split_tensors(meta, payload):
     """The tensors of a frame of several (``meta["tensors"]``, checked by ``decode_meta``): views into
     ``payload``, its uint8 bytes, in order."""
-    out = []
-    for dtype, shape, offset in _tensors_layout(meta["tensors"], len(payload)):
-        nbytes = DTYPES[dtype].itemsize * _numel(shape)
-        out.append(payload[offset:offset + nbytes].view(DTYPES[dtype]).reshape(shape))
-    return tuple(out)
+    return tuple(payload[offset:offset + nbytes].view(dtype).reshape(shape)
+                 for dtype, shape, offset, nbytes in _offsets(meta["tensors"]))
 
 
 def _numel(shape):
