@@ -137,6 +137,10 @@ def layers(model, input_shape, max_tensors, trace_module, leaf_modules, as_json)
               help="With --segments: also list the cuts where up to this many tensors cross, for the planner.")
 @click.option("--trace-module", default=None, help=TRACE_MODULE_HELP)
 @click.option("--leaf-module", "leaf_modules", default=None, callback=names_option, help=LEAF_MODULE_HELP)
+@click.option("--postprocess", is_flag=True,
+              help="A torchvision RetinaNet, FCOS or SSD detector: split inside its backbone (--trace-module, default "
+                   "backbone) and run its own head, anchors and NMS on the cloud after the tail; the bundle outputs "
+                   "boxes, scores and labels (TorchScript tail), verified against the whole detector.")
 @click.option("--weights", default=None, help="State-dict file (resnet50 default: weights/resnet50-best.pth).")
 @click.option("--random-init", is_flag=True, help="Export untrained weights (chance-level accuracy).")
 @click.option("--formats", default="onnx,torchscript", show_default=True, callback=formats_option,

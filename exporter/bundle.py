@@ -23,6 +23,7 @@ from runtime.bundle import schema, staging
 from . import compile as compiler
 from .cutpoints import CutPoint, MultiCut, TracedModel, boundary_names
 from .errors import ExportError
+from .models import detection
 from .models.configs import ModelConfig, resolve
 from .options import ExportOptions
 from .progress import Steps
@@ -87,30 +88,44 @@ def export_bundle(model_spec: str, split: str, options: Optional[ExportOptions] 
     formats = [f for f in mf.FORMATS if f in set(o.formats)]
     if not formats:
         raise ExportError("--formats must name at least one of {}".format(", ".join(mf.FORMATS)))
-    config = resolve(model_spec, o.input_shape, o.trace_module, o.leaf_modules)
+    config = resolve(model_spec, o.input_shape, o.trace_module, o.leaf_modules, o.postprocess)
+    if config.postprocess and "torchscript" not in formats:
+        raise ExportError("--postprocess needs torchscript in --formats: the tail runs the detector's NMS, which only "
+                          "TorchScript carries (the head is still written in every format asked for)")
     if o.mean is not None:
         config.mean = tuple(o.mean)
     if o.std is not None:
         config.std = tuple(o.std)
-    steps = Steps("export {}".format(config.model_id), 2 + 2 * len(formats) + len(formats) * len(o.batch_sizes))
+    tail_formats = ["torchscript"] if config.postprocess else formats
+    steps = Steps("export {}".format(config.model_id),
+                  2 + len(formats) + len(tail_formats) + len(formats) * len(o.batch_sizes))
     with steps:
         steps.advance("build and load weights")
         model, weights_path, weights_sha = prepare_model(config, o.weights, o.random_init)
-        traced = TracedModel(model, config.input_shape, config.leaf_modules)
+        traced = TracedModel(config.traced_part(model), config.input_shape, config.leaf_modules)
         point = select_point(traced, split)
         steps.advance("traced: {} split points".format(len(traced.points)))
-        job = _Job(config=config, traced=traced, point=point, head=traced.head(point),
-                   tail=traced.tail(point), formats=formats, opset=o.opset, weights_path=weights_path,
+        tail, outputs, reference = traced.tail(point), output_specs(traced.points[-1]), traced.reference
+        if config.postprocess:
+            tail, outputs, reference = _postprocessed(model, config, tail)
+        job = _Job(config=config, traced=traced, point=point, head=traced.head(point), tail=tail, outputs=outputs,
+                   formats=formats, tail_formats=tail_formats, opset=o.opset, weights_path=weights_path,
                    weights_sha=weights_sha, random_init=o.random_init or weights_path is None, steps=steps)
         destination = os.path.join(o.out_dir, mf.bundle_dir_name(config.model_id, point.id))
         with staged(destination) as tmp:
             manifest = _build(tmp, job)
-            results = verify_bundle(tmp, manifest, traced.reference, job.head, formats, o,
+            results = verify_bundle(tmp, manifest, reference, job.head, formats, o,
                                     progress=lambda: steps.advance("verified"))
             manifest["verification"] = verification_record(results, o.atol, o.rtol, batch_sizes=list(o.batch_sizes),
-                                                           reference="unsplit PyTorch model")
+                                                           reference=_reference_name(config))
             mf.write_manifest(tmp, manifest)
     return destination, manifest
+
+
+def _reference_name(config: ModelConfig) -> str:
+    if config.postprocess:
+        return "the whole detector's own forward (its transform at the bundle's input size)"
+    return "unsplit PyTorch model"
 
 
 @dataclasses.dataclass
@@ -121,7 +136,9 @@ class _Job:
     point: Union[CutPoint, MultiCut]
     head: Optional[torch.nn.Module]
     tail: Optional[torch.nn.Module]
+    outputs: dict  # the output spec (``output_specs``, or a detector's ``_postprocessed``)
     formats: Sequence[str]
+    tail_formats: Sequence[str]  # the formats the tail is written in: ``formats``, or TorchScript after NMS
     opset: int
     weights_path: Optional[str]
     weights_sha: Optional[str]
@@ -141,14 +158,14 @@ def _build(tmp, job: _Job) -> dict:
     with torch.no_grad():
         boundary_example = head(example) if head is not None else example
     parts = {}
-    outputs = output_specs(traced.points[-1])
+    output_names = [t["name"] for t in schema.tensors(job.outputs)]
     for part, module, x, names in (("head", head, example, ([INPUT_NAME], boundary_names)),
-                                   ("tail", tail, boundary_example, (boundary_names, [s["name"] for s in outputs]))):
+                                   ("tail", tail, boundary_example, (boundary_names, output_names))):
         if module is None:
             parts[part] = None
             continue
         files = {}
-        for fmt in formats:
+        for fmt in (formats if part == "head" else job.tail_formats):
             path = os.path.join(tmp, mf.FILE_NAMES[(part, fmt)])
             steps.advance("compile {} -> {}".format(part, fmt))
             if fmt == "onnx":
@@ -160,20 +177,20 @@ def _build(tmp, job: _Job) -> dict:
         parts[part] = {"files": files, "params": params, "input": _joined(names[0]), "output": _joined(names[1])}
     for part in ("head", "tail"):  # keep the step count exact when a part is absent
         if parts[part] is None:
-            for _ in formats:
+            for _ in (formats if part == "head" else job.tail_formats):
                 steps.advance("no {} at split {}".format(part, point.id))
     out_node = traced.points[-1]
     model = schema.model_spec(config.model_id, config.source, config.notes, weights_path, weights_sha, random_init,
                               RANDOM_INIT_SEED, len(traced.points))
     index = point.after if isinstance(point, MultiCut) else point.index
     split = {"index": index, "name": point.name, "node": point.node,
-             "first": index == 0 and not isinstance(point, MultiCut), "last": index == last,
+             "first": index == 0 and not isinstance(point, MultiCut), "last": index == last and tail is None,
              "head_params": point.params, "head_flops": point.flops, "total_flops": out_node.flops}
     if isinstance(point, MultiCut):
         split["cut"] = point.id
     return schema.split_manifest(model, split, input_spec(config),
                                  schema.tensors_spec(BOUNDARY_NAME, boundary_specs),
-                                 schema.tensors_spec(OUTPUT_NAME, outputs), parts, created_now(), toolchain())
+                                 job.outputs, parts, created_now(), toolchain())
 
 
 def _boundary_specs(point) -> list:
@@ -186,11 +203,25 @@ def _boundary_specs(point) -> list:
             for name, t in zip(names, crossing)]
 
 
-def output_specs(last: CutPoint) -> list:
-    """The specs of the model's outputs: ``output``, or one per output tensor under its export name."""
+def output_specs(last: CutPoint) -> dict:
+    """The spec of the model's outputs: ``output``, or one tensor per output under its export name."""
     if not last.outputs:
-        return [schema.tensor_spec(OUTPUT_NAME, last.shape)]
-    return [schema.tensor_spec(t["name"], t["shape"], t["dtype"], source=t["source"]) for t in last.outputs]
+        return schema.tensor_spec(OUTPUT_NAME, last.shape)
+    return schema.tensors_spec(OUTPUT_NAME, [schema.tensor_spec(t["name"], t["shape"], t["dtype"], source=t["source"])
+                                             for t in last.outputs])
+
+
+def _postprocessed(detector: torch.nn.Module, config: ModelConfig, tail: Optional[torch.nn.Module]):
+    """(tail, output spec, reference) of a detector's bundle whose tail ends with its own post-processing."""
+    _, height, width = config.input_shape
+    post = detection.postprocess_module(detector, height, width)
+    rows = int(detector.detections_per_img)
+    by = "{}.postprocess_detections".format(type(detector).__name__)
+    specs = [schema.tensor_spec("boxes", (rows, 4), source=by), schema.tensor_spec("scores", (rows,), source=by),
+             schema.tensor_spec("labels", (rows,), "int64", source=by)]
+    outputs = schema.detections_spec(OUTPUT_NAME, specs, by, detector.score_thresh, detector.nms_thresh, rows)
+    reference = detection.Reference(detector, config.mean, config.std, height, width)
+    return detection.WithPostprocess(tail, post), outputs, reference
 
 
 def _joined(names) -> str:

@@ -24,3 +24,4 @@ class ExportOptions:
     max_tensors: int = 1                  # segments: also list the cuts where up to this many tensors cross
     trace_module: Optional[str] = None    # export this submodule of the model (what torch.fx can trace) instead
     leaf_modules: Sequence[str] = ()      # module classes torch.fx calls whole instead of tracing into
+    postprocess: bool = False             # a detector's heads, anchors and NMS after the tail (models/detection.py)

@@ -98,5 +98,13 @@ def print_verification(ver: dict, console) -> None:
     """The verification line, and one warning line when the reference could not tell right from wrong."""
     console.print("  verified against the unsplit model (batches {}; |diff| <= {} + {} x max|ref|; top-1): {}".format(
         ",".join(map(str, ver["batch_sizes"])), ver["atol"], ver["rtol"], verification_summary(ver)), soft_wrap=True)
+    detections = [r for r in ver["results"] if r["tensor"] == "detections"]
+    if detections:
+        console.print("  detections (box level, against the whole detector): {} of {} matched, boxes within {:.2e} "
+                      "px, scores within {:.2e}".format(
+                          sum(r["detections_matched"] for r in detections),
+                          sum(r["detections_checked"] for r in detections),
+                          max(r["max_abs_diff"] or 0.0 for r in detections),
+                          max(r["max_score_diff"] or 0.0 for r in detections)), soft_wrap=True)
     if ver.get("meaningful") is False:
         console.print("  verification NOT MEANINGFUL: {}".format(ver["reason"]), style="bold yellow", soft_wrap=True)

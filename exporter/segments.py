@@ -21,7 +21,7 @@ from runtime.bundle import schema
 from . import compile as compiler
 from .bundle import RANDOM_INIT_SEED, created_now, input_spec, output_specs, prepare_model, staged, toolchain
 from .cutpoints import TracedModel
-from .errors import VerificationError
+from .errors import ExportError, VerificationError
 from .models.configs import resolve
 from .options import ExportOptions
 from .progress import Steps
@@ -60,6 +60,9 @@ def export_segments(model_spec: str, options: Optional[ExportOptions] = None) ->
     o = options or ExportOptions()
     formats = [f for f in mf.FORMATS if f in set(o.formats)]
     opset, atol, rtol = o.opset, o.atol, o.rtol
+    if o.postprocess:
+        raise ExportError("--postprocess exports one split (--split K); profile the detector's backbone with "
+                          "--segments --trace-module backbone")
     config = resolve(model_spec, o.input_shape, o.trace_module, o.leaf_modules)
     model, weights_path, weights_sha = prepare_model(config, o.weights, o.random_init)
     traced = TracedModel(model, config.input_shape, config.leaf_modules)
@@ -89,7 +92,7 @@ def export_segments(model_spec: str, options: Optional[ExportOptions] = None) ->
                                            weights_path is None, RANDOM_INIT_SEED, len(traced.points))
             cuts = [c.as_dict() for c in traced.multi if len(c.tensors) <= o.max_tensors]
             manifest = schema.segments_manifest(model_spec, input_spec(config),
-                                                schema.tensors_spec("output", output_specs(traced.points[-1])),
+                                                output_specs(traced.points[-1]),
                                                 [p.as_dict() for p in traced.points], segments, created_now(),
                                                 toolchain(), cuts)
             steps.advance("verify the chain")

@@ -15,6 +15,15 @@ with the unsplit PyTorch model by :data:`RULE`:
   sample whose reference top-2 margin exceeds that tolerance (closer calls are
   ties that float noise may break either way).
 
+A tail that ends with a detector's own post-processing (``output.postprocess``) is
+checked by :data:`DETECTION_RULE` instead: each reference detection whose score is
+clearly above the cut-off (more than the score tolerance above the detector's score
+threshold, or above the lowest score kept where an image's rows are all used: NMS
+and top-k may keep or drop those either way with float noise) must be matched by an
+unused detection of the same label whose score is within the score tolerance and
+whose box corners are within the box tolerance (both by RULE's bound); the record
+keeps how many were checked and matched and the largest box and score differences.
+
 A reference that cannot tell a right export from a wrong one is *degenerate*: all
 zero, constant, spread over no more than twice the tolerance (so a constant passes),
 or the same for every sample of a batch (so an output ignoring its input passes).
@@ -81,9 +90,13 @@ def _names(spec: dict) -> List[str]:
 
 
 def _runner(directory: str, manifest: dict, part: str, fmt: str) -> Optional[Callable]:
+    """The part's file in ``fmt`` as a callable; a part written in one format only (a tail after a detector's NMS is
+    TorchScript) runs in that one, after a head in ``fmt``."""
     entry = manifest["parts"][part]
     if entry is None:
         return None
+    if fmt not in entry["files"]:
+        fmt = sorted(entry["files"])[0]
     path = os.path.join(directory, entry["files"][fmt]["file"])
     if fmt == "onnx":
         names = (_names(manifest["input"]), _names(manifest["boundary"])) if part == "head" else \
@@ -94,6 +107,8 @@ def _runner(directory: str, manifest: dict, part: str, fmt: str) -> Optional[Cal
 
 RULE = ("max|actual - reference| <= atol + rtol * max|reference| per tensor; "
         "a [batch, classes] output's top-1 must agree on every sample whose reference top-2 margin exceeds that bound")
+DETECTION_RULE = ("each reference detection clearly above the score cut-off matches one of the same label, with score "
+                  "and box corners within atol + rtol * max|reference| of the scores and of the boxes")
 NOISE_CEILING = 1e-2  # a relative error above this is a wrong export, never float32 noise (measured ~1e-5)
 
 
@@ -152,6 +167,55 @@ def compare(actual: np.ndarray, expected: np.ndarray, atol: float, rtol: float, 
     return result
 
 
+def compare_detections(actual, expected, atol: float, rtol: float, score_thresh: float) -> dict:
+    """A detector's padded (boxes, scores, labels) against the unsplit detector's, by DETECTION_RULE."""
+    boxes, scores, labels = (np.asarray(t) for t in actual)
+    ref_boxes, ref_scores, ref_labels = (np.asarray(t) for t in expected)
+    if boxes.shape != ref_boxes.shape or scores.shape != ref_scores.shape or labels.shape != ref_labels.shape:
+        return {"passed": False, "max_abs_diff": None, "max_rel_diff": None,
+                "reason": "shapes {} / {} / {} != expected {} / {} / {}".format(
+                    boxes.shape, scores.shape, labels.shape, ref_boxes.shape, ref_scores.shape, ref_labels.shape)}
+    valid = ref_labels >= 0
+    box_tol = tolerance(ref_boxes[valid], atol, rtol) if valid.any() else atol
+    score_tol = tolerance(ref_scores[valid], atol, rtol) if valid.any() else atol
+    checked = matched = 0
+    box_diff = score_diff = 0.0
+    for i in range(ref_labels.shape[0]):
+        kept = np.flatnonzero(ref_labels[i] >= 0)
+        # a detection near the score threshold, or near the lowest score kept when an image's rows are all used,
+        # may fall either side of it with float noise: not checked
+        floor = score_thresh
+        if len(kept) == ref_labels.shape[1]:
+            floor = max(floor, float(ref_scores[i, kept].min()))
+        free = list(np.flatnonzero(labels[i] >= 0))
+        for j in kept:
+            if ref_scores[i, j] <= floor + score_tol:
+                continue
+            checked += 1
+            best = None
+            for k in free:
+                if labels[i, k] != ref_labels[i, j] or abs(float(scores[i, k]) - float(ref_scores[i, j])) > score_tol:
+                    continue
+                d = float(np.abs(boxes[i, k].astype(np.float64) - ref_boxes[i, j]).max())
+                if d <= box_tol and (best is None or d < best[1]):
+                    best = (k, d)
+            if best is not None:
+                free.remove(best[0])
+                matched += 1
+                box_diff = max(box_diff, best[1])
+                score_diff = max(score_diff, abs(float(scores[i, best[0]]) - float(ref_scores[i, j])))
+    scale = float(np.abs(ref_boxes[valid]).max()) if valid.any() else 0.0
+    result = {"passed": matched == checked, "max_abs_diff": box_diff, "max_rel_diff": box_diff / scale if scale else None,
+              "reference_max_abs": scale, "tolerance": box_tol, "max_score_diff": score_diff,
+              "score_tolerance": score_tol, "detections_checked": checked, "detections_matched": matched,
+              "degenerate": None if checked else "no detection clearly above the score threshold {:.3g}: the "
+                                                 "boxes were not compared".format(score_thresh)}
+    if matched < checked:
+        result["reason"] = "{} of the {} detections clearly above the score threshold have no match of the same " \
+                           "label, box and score".format(checked - matched, checked)
+    return result
+
+
 def _fmt(value: Optional[float]) -> str:
     return "n/a" if value is None else "{:.2e}".format(value)
 
@@ -194,7 +258,10 @@ def record(results: List[dict], atol: float, rtol: float, **extra) -> dict:
     rels = [r["max_rel_diff"] for r in results if r.get("max_rel_diff") is not None]
     entry = {"atol": atol, "rtol": rtol}
     entry.update(extra)
-    entry.update({"rule": RULE, "max_rel_diff": max(rels) if rels else None, "meaningful": meaningful,
+    rule = RULE
+    if any(r["tensor"] == "detections" for r in results):
+        rule = "{}; detections: {}".format(RULE, DETECTION_RULE)
+    entry.update({"rule": rule, "max_rel_diff": max(rels) if rels else None, "meaningful": meaningful,
                   "reason": reason, "results": results})
     return entry
 
@@ -216,6 +283,7 @@ def verify_bundle(directory: str, manifest: dict, model: Callable, head: Optiona
         references = [(x, to_numpy(model(x)), to_numpy(head(x)) if head is not None else None) for x in batches]
     split = schema.split_id(manifest)
     boundary_names, output_names = _names(manifest["boundary"]), _names(manifest["output"])
+    detections = manifest["output"].get("postprocess")
     results = []
     for fmt in formats:
         run_head = _runner(directory, manifest, "head", fmt)
@@ -227,8 +295,11 @@ def verify_bundle(directory: str, manifest: dict, model: Callable, head: Optiona
                 for name, actual, expected in zip(boundary_names, as_tuple(boundary), as_tuple(ref_boundary)):
                     checks.append((name, compare(actual, expected, atol, rtol)))
             out = run_tail(boundary) if run_tail else boundary
-            for name, actual, expected in zip(output_names, as_tuple(out), as_tuple(ref_out)):
-                checks.append((name, compare(actual, expected, atol, rtol, classes=True)))
+            if detections is not None:
+                checks.append(("detections", compare_detections(out, ref_out, atol, rtol, detections["score_thresh"])))
+            else:
+                for name, actual, expected in zip(output_names, as_tuple(out), as_tuple(ref_out)):
+                    checks.append((name, compare(actual, expected, atol, rtol, classes=True)))
             for tensor, check in checks:
                 result = dict(format=fmt, batch_size=int(x.shape[0]), tensor=tensor, **check)
                 results.append(result)

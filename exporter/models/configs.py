@@ -14,7 +14,10 @@ Any of them may be narrowed to one of its submodules (``resolve(..., trace_modul
 "backbone")``, ``--trace-module``): the part that ``torch.fx`` can trace when the
 whole model cannot (a detector's per-image pre- and post-processing), exported as a
 model of its own with the id ``<model id>-<module path>`` and, for a torchvision
-detector, the input size and normalisation of its own transform.  ``leaf_modules``
+detector, the input size and normalisation of its own transform.  With
+``postprocess`` (``--postprocess``) a torchvision detector is split inside that part
+(``backbone`` by default) and keeps its own head, anchors and NMS after the tail
+(``detection.py``): the bundle is the detector's, with its model id, and outputs boxes.  ``leaf_modules``
 (``--leaf-module``) names classes that ``torch.fx`` calls whole instead of tracing
 into, where their own ``forward`` cannot be traced (YOLOv8's ``C2f`` iterates over a
 tensor's chunks): no point falls inside them.
@@ -38,6 +41,7 @@ CIFAR100_MEAN = (0.5071, 0.4867, 0.4408)
 CIFAR100_STD = (0.2675, 0.2565, 0.2761)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+DETECTOR_BACKBONE = "backbone"  # what --postprocess splits when --trace-module is not given
 
 
 @dataclasses.dataclass
@@ -54,6 +58,8 @@ class ModelConfig:
     default_weights: Optional[str] = None
     notes: str = ""
     leaf_modules: Tuple[str, ...] = ()  # classes torch.fx calls whole instead of tracing into (``--leaf-module``)
+    trace_path: Optional[str] = None  # with ``postprocess``: the submodule traced and split (the whole is built)
+    postprocess: bool = False  # the detector's heads, anchors and NMS run after the tail (``--postprocess``)
 
     def __post_init__(self):
         self.input_shape = tuple(self.input_shape)
@@ -66,6 +72,10 @@ class ModelConfig:
         if not isinstance(model, nn.Module):
             raise ExportError("{} returned {}, not a torch.nn.Module".format(self.source, type(model).__name__))
         return model.eval()
+
+    def traced_part(self, model: nn.Module) -> nn.Module:
+        """What is traced and split of a built ``model``: the model, or with ``postprocess`` its ``trace_path``."""
+        return model.get_submodule(self.trace_path) if self.trace_path else model
 
     def preprocess_spec(self) -> dict:
         """How the runtime turns a uint8 HxWxC RGB image into this model's input (recorded in the manifest)."""
@@ -133,11 +143,13 @@ def _import_path(spec: str, input_shape: Optional[Tuple[int, ...]]) -> ModelConf
 
 
 def resolve(spec: str, input_shape: Optional[Tuple[int, ...]] = None, trace_module: Optional[str] = None,
-            leaf_modules: Sequence[str] = ()) -> ModelConfig:
-    """Turn a --model value (and --trace-module, --leaf-module) into its config; raise ExportError for an unknown
-    one."""
+            leaf_modules: Sequence[str] = (), postprocess: bool = False) -> ModelConfig:
+    """Turn a --model value (and --trace-module, --leaf-module, --postprocess) into its config; raise ExportError
+    for an unknown one."""
     config = _resolve(spec, input_shape)
-    if trace_module:
+    if postprocess:
+        config = _with_postprocess(config, trace_module or DETECTOR_BACKBONE, input_shape)
+    elif trace_module:
         config = _narrowed(config, trace_module, input_shape)
     config.leaf_modules = tuple(config.leaf_modules) + tuple(m for m in leaf_modules if m not in config.leaf_modules)
     if config.leaf_modules:  # the manifest's model.notes says how it was traced
@@ -145,22 +157,48 @@ def resolve(spec: str, input_shape: Optional[Tuple[int, ...]] = None, trace_modu
     return config
 
 
-def _narrowed(config: ModelConfig, path: str, input_shape: Optional[Tuple[int, ...]]) -> ModelConfig:
-    """``config``'s model narrowed to its submodule ``path`` (see the module's docstring)."""
-    whole = config.build()
+def _submodule(whole: nn.Module, path: str, source: str) -> nn.Module:
     try:
-        part = whole.get_submodule(path)
+        return whole.get_submodule(path)
     except AttributeError:
         children = ", ".join(name for name, _ in whole.named_children()) or "none"
         raise ExportError("--trace-module {}: {} has no such submodule; its children: {}".format(
-            path, config.source, children))
-    transform = getattr(whole, "transform", None)  # a torchvision detector normalises and resizes itself
+            path, source, children))
+
+
+def _input_of(whole: nn.Module, config: ModelConfig, input_shape: Optional[Tuple[int, ...]]):
+    """(mean, std, input shape) of a model that may normalise and resize its images itself (a torchvision
+    detector's transform)."""
+    transform = getattr(whole, "transform", None)
     mean, std, shape = config.mean, config.std, input_shape or config.input_shape
     if transform is not None and hasattr(transform, "image_mean"):
         mean, std = tuple(transform.image_mean), tuple(transform.image_std)
         fixed = getattr(transform, "fixed_size", None)
         if input_shape is None and fixed:
             shape = (3,) + tuple(fixed)
+    return mean, std, shape
+
+
+def _with_postprocess(config: ModelConfig, path: str, input_shape: Optional[Tuple[int, ...]]) -> ModelConfig:
+    """``config``'s detector split inside its backbone, its own post-processing after the tail (``--postprocess``,
+    ``detection.py``): the whole detector is built and takes the weights; the model id stays the detector's."""
+    from .detection import check_detector
+    whole = config.build()
+    mean, std, shape = _input_of(whole, config, input_shape)
+    check_detector(whole, path, config.source, shape)
+    _submodule(whole, path, config.source)
+    return dataclasses.replace(
+        config, input_shape=shape, mean=mean, std=std, resize=None, trace_path=path, postprocess=True,
+        source="{} --postprocess".format(config.source),
+        notes="{}; split inside its {}, its head, anchors and NMS ({}'s own) run on the cloud after the tail".format(
+            config.notes, path, type(whole).__name__))
+
+
+def _narrowed(config: ModelConfig, path: str, input_shape: Optional[Tuple[int, ...]]) -> ModelConfig:
+    """``config``'s model narrowed to its submodule ``path`` (see the module's docstring)."""
+    whole = config.build()
+    part = _submodule(whole, path, config.source)
+    mean, std, shape = _input_of(whole, config, input_shape)
     build = config.builder
 
     def builder():

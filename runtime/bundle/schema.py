@@ -27,7 +27,11 @@ tensors cross (``boundary.tensors``, ``split.cut`` = ``"K.J"``, the J-th such cu
 after point K) and several outputs (``output.tensors``); a spec with ``tensors``
 lists them in order, each a tensor spec of its own with ``source`` (what it is the
 output of), and its own ``bytes_per_sample`` is their sum.  Only bundles that need
-them are stamped 2.
+them are stamped 2.  2 also adds ``output.postprocess``: the tail ends with a detector's own
+post-processing (``{"kind": "detections", "by", "score_thresh", "nms_thresh",
+"detections_per_img"}``), and its outputs are ``boxes`` N x D x 4 (x1, y1, x2, y2 in the
+input's pixels), ``scores`` N x D and ``labels`` N x D (int64), rows past an image's
+detections padded with label -1 and score 0.
 
 Python 3.6 syntax: this module runs on the Jetson.
 """
@@ -38,6 +42,7 @@ from runtime.errors import ManifestError
 SCHEMA_VERSION = 2  # the newest version this runtime reads and the exporter writes
 READABLE = (1, 2)
 KIND_SPLIT, KIND_SEGMENTS = "split", "segments"
+DETECTIONS = "detections"  # output.postprocess.kind: boxes, scores, labels per image
 NUMBER = (int, float)
 OPTIONAL_STR = (str, type(None))
 # a tensor's spec: dtype, shape with None for the batch dimension
@@ -67,6 +72,7 @@ _COMMON = (
     ("output", dict, True, 1),
 ) + tuple(("output." + n, t, r, 1) for n, t, r in TENSOR) + (
     ("output.tensors", list, False, 2),
+    ("output.postprocess", dict, False, 2),  # {"kind": "detections", ...}: what the tail's outputs are (below)
     ("verification", dict, False, 1),
     ("toolchain", dict, False, 1),
 )
@@ -226,6 +232,15 @@ def tensors_spec(name, specs):
     if len(specs) == 1:
         return specs[0]
     return {"name": name, "tensors": list(specs), "bytes_per_sample": sum(s["bytes_per_sample"] for s in specs)}
+
+
+def detections_spec(name, specs, by, score_thresh, nms_thresh, detections_per_img):
+    """The output spec of a tail that ends with a detector's post-processing (schema 2): its ``boxes``, ``scores``
+    and ``labels`` tensors, and what made them."""
+    spec = tensors_spec(name, specs)
+    spec["postprocess"] = {"kind": DETECTIONS, "by": by, "score_thresh": float(score_thresh),
+                           "nms_thresh": float(nms_thresh), "detections_per_img": int(detections_per_img)}
+    return spec
 
 
 def model_spec(model_id, source, notes, weights_path, weights_sha256, random_init, random_seed, num_split_points):
