@@ -30,6 +30,17 @@ class PassThrough(object):
         return x
 
 
+def backend_for(manifest, part, backend):
+    """The backend that runs ``part`` of a bundle: ``backend``, unless the part exists in one other format only (a
+    tail that ends with a detector's NMS is TorchScript), then that format's backend.  The cloud serves such a bundle
+    whatever its --backend; an edge's head is always asked for in the format it chose."""
+    entry = manifest.part(part)
+    formats = sorted(entry["files"]) if entry is not None else []
+    if entry is None or format_of(backend) in formats or len(formats) != 1:
+        return backend
+    return next(b for b, f in FORMAT.items() if f == formats[0])
+
+
 def load_part(manifest, part, backend="onnx", device="auto", threads=0, cuda_graphs=False):
     """Load the ``part`` ('head' or 'tail') of a bundle with the chosen backend, or a PassThrough."""
     if backend not in BACKENDS:

@@ -105,6 +105,21 @@ def _for_inference(torch, module, path):
         return module, None
 
 
+def _load(torch, path, device):
+    """``torch.jit.load``; a file that calls torchvision's operators (a detector's NMS, after its tail) loads once
+    torchvision has registered them, so it is imported and the load tried again where the first one failed."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return torch.jit.load(path, map_location=device).eval()
+        except Exception:
+            try:
+                import torchvision  # noqa: F401  (registers torchvision::nms and the other operators)
+            except ImportError:
+                raise
+            return torch.jit.load(path, map_location=device).eval()
+
+
 class TorchScriptBackend(object):
     name = "torchscript"
 
@@ -119,12 +134,10 @@ class TorchScriptBackend(object):
             torch.set_num_threads(threads)
         self.device = torch.device(device)
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                self.module = torch.jit.load(path, map_location=self.device).eval()
+            self.module = _load(torch, path, self.device)
         except Exception as exc:
             raise UserError("torch cannot load {} ({}); re-export the bundle".format(
-                path, str(exc).splitlines()[0][:200]))
+                path, (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]))
         self.optimised = None  # how the module was prepared for inference: None, "frozen", "optimize_for_inference"
         if self.device.type == "cpu" and optimize_enabled():
             self.module, self.optimised = _for_inference(torch, self.module, path)

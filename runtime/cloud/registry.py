@@ -9,7 +9,7 @@ import os
 import subprocess
 import threading
 
-from runtime.backends import load_part
+from runtime.backends import backend_for, load_part
 from runtime.backends.profiling import profile_segments
 from runtime.bundle.manifest import KIND_SEGMENTS, KIND_SPLIT, directory_name, load_manifest, write_manifest
 from runtime.bundle.schema import split_order
@@ -72,6 +72,11 @@ class OnDemandExporter(object):
             return proc.stdout, None
         lines = [l for l in proc.stderr.splitlines() if l.strip()]
         return proc.stdout, lines[-1] if lines else "exit {}".format(proc.returncode)
+
+
+def _why_one_format(manifest):
+    post = manifest["output"].get("postprocess")
+    return "it ends with {}".format(post.get("by")) if post else "it was exported so"
 
 
 class TailRegistry(object):
@@ -143,7 +148,15 @@ class TailRegistry(object):
                 if manifest.bundle_id in self._loaded:
                     return self._loaded[manifest.bundle_id]
             manifest.verify_files(parts=("tail",))
-            runner = load_part(manifest, "tail", self.backend, self.device, self.threads, self.cuda_graphs)
+            backend = backend_for(manifest, "tail", self.backend)
+            if backend != self.backend:
+                log.info("the tail of %s exists as %s only (%s): it runs with that backend", manifest.bundle_id,
+                         backend, _why_one_format(manifest))
+            post = manifest["output"].get("postprocess")
+            if post and self.cuda_graphs:
+                log.info("the tail of %s ends with %s, whose shapes follow the data: it runs without CUDA graphs",
+                         manifest.bundle_id, post.get("by"))
+            runner = load_part(manifest, "tail", backend, self.device, self.threads, self.cuda_graphs and not post)
             log.info("loaded tail of %s (%s split %s) with %s on %s", manifest.bundle_id, manifest.model_id,
                      manifest.split_index, runner.name, runner.provider)
             with self._lock:

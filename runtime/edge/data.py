@@ -8,7 +8,8 @@ NCHW input.  ``--dataset`` takes:
   read from ``--data-dir`` (default ``./data``), downloaded there with its MD5
   checked when absent and the machine is online;
 * ``npz:PATH``: arrays ``x`` (uint8, N x H x W x C) and ``y`` (integer labels, or for a segmentation model
-  N x H x W masks at the model's input size: edge/scoring.py);
+  N x H x W masks at the model's input size; for a detector, ``boxes`` N x M x 4 ground-truth boxes in the
+  model's input pixels and ``y`` N x M their class ids, -1 past an image's boxes: edge/scoring.py);
 * ``folder:PATH``: one sub-folder per class (sorted names = label order), one image per file;
 * ``synthetic``: deterministic random images and labels (``--seed``).
 
@@ -36,11 +37,18 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp")
 class Dataset(object):
     """Images and labels; ``images(indices)`` returns uint8 N x H x W x C at the model's input size."""
 
-    def __init__(self, name, labels, load, source):
+    def __init__(self, name, labels, load, source, boxes=None):
         self.name = name
         self.labels = np.asarray(labels, dtype=np.int64)
+        self.boxes = None if boxes is None else np.asarray(boxes, dtype=np.float32)  # a detector's ground truth
         self._load = load
         self.source = source
+
+    def targets(self, indices):
+        """What the samples at ``indices`` are scored against: their labels, or (classes, boxes) for a detector."""
+        if self.boxes is None:
+            return self.labels[indices]
+        return self.labels[indices], self.boxes[indices]
 
     def __len__(self):
         return len(self.labels)
@@ -105,10 +113,10 @@ def preprocess_batch(images, preprocess):
 
 # ---------------------------------------------------------------- sources
 
-def _in_memory(name, x, y, source, preprocess, hw):
+def _in_memory(name, x, y, source, preprocess, hw, boxes=None):
     def load(indices):
         return fit_images(x[indices], preprocess, hw[0], hw[1])
-    return Dataset(name, y, load, source)
+    return Dataset(name, y, load, source, boxes)
 
 
 def _md5(path):
@@ -168,6 +176,7 @@ def _npz(path, preprocess, hw):
     try:
         with np.load(path, allow_pickle=False) as data:
             x, y = data["x"], data["y"]
+            boxes = data["boxes"] if "boxes" in data.files else None
     except KeyError:
         raise UserError("{} must hold arrays 'x' (uint8 N x H x W x C images) and 'y' (labels)".format(path))
     except (ValueError, OSError) as exc:
@@ -175,7 +184,9 @@ def _npz(path, preprocess, hw):
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[3] != hw[2]:
         raise UserError("{}: 'x' must be uint8 N x H x W x {} raw images, got {} {}".format(
             path, hw[2], x.dtype, x.shape))
-    if y.ndim == 3 and len(y) == len(x) and np.issubdtype(y.dtype, np.integer):  # segmentation masks
+    if boxes is not None:
+        _check_boxes(path, x, y, boxes, hw)
+    elif y.ndim == 3 and len(y) == len(x) and np.issubdtype(y.dtype, np.integer):  # segmentation masks
         if y.shape[1:] != x.shape[1:3] or x.shape[1:3] != hw[:2]:
             raise UserError("{}: masks 'y' ({}) must be at the model's input size {}x{}, as the images 'x' ({}): "
                             "masks are not resized".format(path, "x".join(map(str, y.shape[1:])), hw[0], hw[1],
@@ -183,7 +194,20 @@ def _npz(path, preprocess, hw):
     elif y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
         raise UserError("{}: 'y' must be {} integer labels (or {} x H x W masks), got {} {}".format(
             path, len(x), len(x), y.dtype, y.shape))
-    return _in_memory("npz:" + path, x, y, path, preprocess, hw)
+    return _in_memory("npz:" + path, x, y, path, preprocess, hw, boxes)
+
+
+def _check_boxes(path, x, y, boxes, hw):
+    """A detector's ground truth: ``boxes`` N x M x 4 and ``y`` N x M, images at the model's input size."""
+    if boxes.ndim != 3 or boxes.shape[0] != len(x) or boxes.shape[2] != 4 or not np.issubdtype(boxes.dtype, np.number):
+        raise UserError("{}: 'boxes' must be {} x M x 4 (x1, y1, x2, y2 per ground-truth box), got {} {}".format(
+            path, len(x), boxes.dtype, boxes.shape))
+    if y.shape != boxes.shape[:2] or not np.issubdtype(y.dtype, np.integer):
+        raise UserError("{}: with 'boxes' {}, 'y' must be {} integer class ids (-1: no box), got {} {}".format(
+            path, "x".join(map(str, boxes.shape)), "x".join(map(str, boxes.shape[:2])), y.dtype, y.shape))
+    if x.shape[1:3] != hw[:2]:
+        raise UserError("{}: images 'x' ({}) must be at the model's input size {}x{}: boxes are not rescaled".format(
+            path, "x".join(map(str, x.shape[1:3])), hw[0], hw[1]))
 
 
 def _folder(path, preprocess, hw):

@@ -154,7 +154,8 @@ class _Loop(object):
         self.energy = RunEnergy(meter) if meter is not None else None
         self.adaptive, self.fallback, self.out = adaptive, fallback, out
         self.preprocess = session.manifest["input"].get("preprocess") or {}
-        self.recorder = RunRecorder(scoring.for_run(session.manifest.outputs[0]["shape"], data.labels))
+        self.recorder = RunRecorder(scoring.for_run(session.manifest.outputs[0]["shape"], data.labels,
+                                                    session.manifest["output"].get("postprocess"), data.boxes))
         self.cadence = Cadence(settings.interval_ms, settings.start_at)
         self.bar = None
         self.pipe = None
@@ -249,7 +250,7 @@ class _Loop(object):
         cloud_ms, queue_ms = frame.compute_ms, frame.queue_ms
         times = {"edge_ms": edge_ms, "roundtrip_ms": roundtrip_ms, "cloud_ms": cloud_ms, "queue_ms": queue_ms,
                  "wait_ms": wait_ms}
-        predictions, labels = self.recorder.add(times, frame.array, self.data.labels[indices], sent, received,
+        predictions, labels = self.recorder.add(times, frame.array, self.data.targets(indices), sent, received,
                                                 bundle_id)
         self.recorder.timeline.append((release_s, split))
         if self.settings.verbose:
@@ -331,6 +332,6 @@ def _run_locally(model, data, batches_left, preprocess, recorder, bar):
         x = preprocess_batch(data.images(indices), preprocess)
         t0 = time.perf_counter()
         y = runner.run(x)
-        recorder.add_local((time.perf_counter() - t0) * 1000.0, y, data.labels[indices], bundle_id)
+        recorder.add_local((time.perf_counter() - t0) * 1000.0, y, data.targets(indices), bundle_id)
         if bar is not None:
             bar.update(len(indices))

@@ -99,8 +99,10 @@ class RunRecorder(object):
         return self._score(output, labels, bundle_id, "local")
 
     def _score(self, output, labels, bundle_id, served_by):
-        # a model of several outputs is scored on its first (a segmentation model's "out", not its "aux")
-        predictions, kept = self.scorer.add(values.as_tuple(output)[0], labels)
+        # a model of several outputs is scored on its first (a segmentation model's "out", not its "aux"), a
+        # detector's on its boxes, scores and labels together
+        outputs = values.as_tuple(output)
+        predictions, kept = self.scorer.add(outputs if self.scorer.whole_output else outputs[0], labels)
         self.predictions.extend(predictions)
         self.labels.extend(kept)
         self.bundles.extend([bundle_id] * len(kept))
@@ -140,12 +142,19 @@ class RunRecorder(object):
 
 def format_report(summary, samples, requests, warmup):
     """The seed's four lines, exactly, then the figures it did not have."""
-    lines = ["Accuracy: {:.2f}%".format(100.0 * summary["accuracy"])]
+    if summary.get("task") == "detection" and summary.get("map50") is None:
+        lines = ["Accuracy: n/a (no ground-truth boxes in the dataset: give an npz with 'boxes' and 'y')"]
+    else:
+        lines = ["Accuracy: {:.2f}%".format(100.0 * summary["accuracy"])]
     for key, label in SEED_LINES:
         lines.append("{}: {:.3f} ms".format(label, summary[key]["mean"]))
     if summary.get("task") == "segmentation":
         lines.append("Mean IoU: {:.2f}% over {} classes present (Accuracy above: pixel accuracy)".format(
             100.0 * summary["miou"], summary["classes_present"]))
+    if summary.get("task") == "detection":
+        lines.append("Detections: {:.1f} per image{}".format(summary["detections_per_image"], "" if summary.get(
+            "map50") is None else "; mAP@0.5 over {} classes with ground truth (Accuracy above)".format(
+                summary["classes_with_truth"])))
     lines.append("Avg end-to-end latency: {:.3f} ms".format(summary["end_to_end_ms"]["mean"]))
     rows = [("edge_ms", "Edge"), ("transmission_ms", "Transmission"), ("cloud_ms", "Cloud")]
     if summary["queue_ms"]["p99"] > 0:
