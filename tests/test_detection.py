@@ -5,8 +5,11 @@ norms keep their init, so activations reach the hundreds), SSDlite with its batc
 network's scale (at random init its activations fade to 1e-13).  RetinaNet's backbone (ResNet-50 body + FPN) is cut where the body's three
 feature maps enter the FPN (a boundary of three tensors) and returns the FPN's five levels; its raw outputs after
 a real round trip through serve-cloud are compared with the unsplit backbone's.  SSDlite's is cut in its extra
-layers, across the feature pyramid.  Box-level results (the heads, anchors and NMS run on the cloud) are not
-exported: the heads' post-processing iterates per image, which fx cannot trace.
+layers, across the feature pyramid.  With ``--postprocess`` the detector's own heads, anchors and NMS run on the
+cloud after the tail (tests/fixtures/tiny_models.py's retinanet_boxes, fcos_boxes and ssdlite_boxes: detectors
+whose class logits are spread as a trained one's, so there are boxes to compare): verified box by box against the
+whole detector's forward, and a real run through serve-cloud scores mAP@0.5 against the unsplit detector's own
+boxes.
 """
 import json
 
@@ -171,3 +174,118 @@ def test_a_block_fx_cannot_trace_into_is_called_whole_with_leaf_module(tmp_path)
     assert wrong.stderr.strip().splitlines()[-1] == (
         "error: --leaf-module C2f: the model has no module of that class; its classes: AdaptiveAvgPool2d, "
         "ChunkBlock, Conv2d, Flatten, Linear, Sequential")
+
+
+BOXES = "tiny_models:retinanet_boxes"
+
+
+@pytest.fixture(scope="module")
+def boxes_store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("boxes")
+    proc = run_cli("export", "--model", BOXES, "--postprocess", "--split", 7, "--random-init", "--artifacts", root)
+    assert proc.returncode == 0, proc.stderr
+    assert "detections (box level, against the whole detector)" in proc.stdout
+    return root, load_manifest(str(root / "tiny_models-retinanet_boxes-s7"))
+
+
+def test_a_detector_split_in_its_backbone_outputs_its_own_boxes_verified_box_by_box(boxes_store):
+    _, manifest = boxes_store
+    assert [(t["name"], t["shape"], t["dtype"]) for t in manifest.outputs] == [
+        ("boxes", [None, 50, 4], "float32"), ("scores", [None, 50], "float32"), ("labels", [None, 50], "int64")]
+    post = manifest["output"]["postprocess"]
+    assert post["kind"] == "detections" and post["by"] == "RetinaNet.postprocess_detections"
+    assert post["detections_per_img"] == 50 and post["score_thresh"] == 0.05
+    assert sorted(manifest.part("tail")["files"]) == ["torchscript"]  # NMS: TorchScript only
+    assert sorted(manifest.part("head")["files"]) == ["onnx", "torchscript"]
+    ver = manifest["verification"]
+    assert ver["meaningful"], ver["reason"]
+    found = [r for r in ver["results"] if r["tensor"] == "detections"]
+    assert len(found) == 4  # two head formats x batches 1 and 4
+    for r in found:
+        assert r["passed"] and r["detections_checked"] >= 49 * r["batch_size"]
+        assert r["detections_matched"] == r["detections_checked"]
+        assert r["max_abs_diff"] < 0.01 and r["max_score_diff"] < 1e-4  # pixels; float32 reordering only
+
+
+def test_the_boxes_after_a_round_trip_score_full_map_against_the_whole_detector(boxes_store, tmp_path):
+    """Ground truth = the unsplit detector's own detections on the same images: a split that computes what the
+    detector computes scores mAP@0.5 of 1."""
+    from tiny_models import retinanet_boxes
+
+    from exporter.models.detection import Reference
+    from runtime.edge.data import preprocess_batch
+    root, manifest = boxes_store
+    images = np.random.RandomState(5).randint(0, 256, size=(6, 128, 128, 3)).astype(np.uint8)
+    torch.manual_seed(0)  # the exporter's random init
+    detector = retinanet_boxes().eval()
+    x = torch.from_numpy(preprocess_batch(images, manifest["input"]["preprocess"]))
+    boxes, scores, labels = Reference(detector, detector.transform.image_mean, detector.transform.image_std,
+                                      128, 128)(x)
+    keep = scores.numpy() > 0.5  # the confident ones as ground truth
+    truth = np.where(keep, labels.numpy(), -1)
+    assert keep.sum() > 20
+    data = tmp_path / "truth.npz"
+    np.savez(str(data), x=images, y=truth, boxes=boxes.numpy())
+    server = ServerProcess(root)
+    try:
+        report = tmp_path / "report.json"
+        proc = run_cli("run-edge", "--cloud", server.address, "--model", BOXES, "--split", 7, "--dataset",
+                       "npz:{}".format(data), "--batch-size", 3, "--report", report, "--cache", tmp_path / "cache")
+    finally:
+        assert server.stop() == 0, server.log_text()
+    assert proc.returncode == 0, proc.stderr
+    assert "Detections: 50.0 per image; mAP@0.5 over" in proc.stdout
+    summary = json.loads(report.read_text())
+    assert summary["task"] == "detection"
+    assert summary["map50"] == pytest.approx(1.0, abs=1e-6) and summary["accuracy"] == summary["map50"]
+
+
+@pytest.mark.parametrize("model,split,by", [
+    ("tiny_models:fcos_boxes", 7, "FCOS.postprocess_detections"),  # per level, centerness in the score
+    ("tiny_models:ssdlite_boxes", 33, "SSD.postprocess_detections"),  # one softmax over all anchors
+])
+def test_fcos_and_ssdlite_run_their_own_postprocessing_verified_box_by_box(tmp_path, model, split, by):
+    proc = run_cli("export", "--model", model, "--postprocess", "--split", split, "--random-init", "--input-shape",
+                   SHAPE, "--formats", "onnx,torchscript", "--artifacts", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    manifest = load_manifest(str(tmp_path / "{}-s{}".format(model.replace(":", "-"), split)))
+    assert manifest["output"]["postprocess"]["by"] == by
+    assert [t["name"] for t in manifest.outputs] == ["boxes", "scores", "labels"]
+    assert manifest["verification"]["meaningful"], manifest["verification"]["reason"]
+    found = [r for r in manifest["verification"]["results"] if r["tensor"] == "detections"]
+    assert len(found) == 4
+    for r in found:
+        assert r["passed"] and r["detections_checked"] >= 40 * r["batch_size"]
+        assert r["detections_matched"] == r["detections_checked"] and r["max_score_diff"] < 1e-4
+
+
+def test_postprocess_is_refused_in_one_line_where_it_cannot_run(tmp_path):
+    classifier = run_cli("export", "--model", "tiny_models:classifier", "--postprocess", "--split", 2,
+                         "--random-init", "--artifacts", tmp_path)
+    assert classifier.returncode == 1
+    assert classifier.stderr.strip().splitlines()[-1].startswith(
+        "error: --postprocess runs the post-processing of torchvision's RetinaNet, FCOS and SSD detectors; the "
+        "model is a")
+    onnx_only = run_cli("export", "--model", BOXES, "--postprocess", "--split", 7, "--random-init", "--formats",
+                        "onnx", "--artifacts", tmp_path)
+    assert onnx_only.returncode == 1
+    assert "--postprocess needs torchscript in --formats" in onnx_only.stderr.strip().splitlines()[-1]
+    odd = run_cli("export", "--model", BOXES, "--postprocess", "--split", 7, "--random-init", "--input-shape",
+                  "3,120,120", "--artifacts", tmp_path)
+    assert odd.returncode == 1 and "multiples of 32" in odd.stderr.strip().splitlines()[-1]
+    assert [p.name for p in tmp_path.iterdir()] == []  # nothing left behind
+
+
+def test_map_counts_a_missed_box_and_a_false_one_as_pascal_voc_does():
+    """One image, two ground-truth boxes of class 1: a detection on the first (score 0.9), a false one (0.8), none
+    on the second: recall reaches 1/2 at precision 1, so AP = 0.5; class 2's lone false detection adds no class."""
+    from runtime.edge.scoring import Detection
+    scorer = Detection(has_truth=True)
+    boxes = np.array([[[0, 0, 10, 10], [50, 50, 60, 60], [20, 20, 30, 30], [0, 0, 0, 0]]], dtype=np.float32)
+    scores = np.array([[0.9, 0.8, 0.7, 0.0]], dtype=np.float32)
+    labels = np.array([[1, 1, 2, -1]])
+    truth_boxes = np.array([[[1, 1, 10, 10], [30, 0, 40, 10]]], dtype=np.float32)
+    found, truths = scorer.add((boxes, scores, labels), (np.array([[1, 1]]), truth_boxes))
+    assert found == [3] and truths == [2]
+    summary = scorer.summary()
+    assert summary["map50"] == pytest.approx(0.5) and summary["classes_with_truth"] == 1
