@@ -145,11 +145,14 @@ class _Job:
     random_init: bool
     steps: Steps
 
+    def formats_of(self, part: str) -> Sequence[str]:
+        return self.formats if part == "head" else self.tail_formats
+
 
 def _build(tmp, job: _Job) -> dict:
     """Compile head and tail into ``tmp`` in every format; return the manifest (verification not yet in it)."""
     config, traced, point, head, tail, steps = job.config, job.traced, job.point, job.head, job.tail, job.steps
-    formats, opset = job.formats, job.opset
+    opset = job.opset
     weights_path, weights_sha, random_init = job.weights_path, job.weights_sha, job.random_init
     last = len(traced.points) - 1
     boundary_specs = _boundary_specs(point)
@@ -165,7 +168,7 @@ def _build(tmp, job: _Job) -> dict:
             parts[part] = None
             continue
         files = {}
-        for fmt in (formats if part == "head" else job.tail_formats):
+        for fmt in job.formats_of(part):
             path = os.path.join(tmp, mf.FILE_NAMES[(part, fmt)])
             steps.advance("compile {} -> {}".format(part, fmt))
             if fmt == "onnx":
@@ -177,7 +180,7 @@ def _build(tmp, job: _Job) -> dict:
         parts[part] = {"files": files, "params": params, "input": _joined(names[0]), "output": _joined(names[1])}
     for part in ("head", "tail"):  # keep the step count exact when a part is absent
         if parts[part] is None:
-            for _ in (formats if part == "head" else job.tail_formats):
+            for _ in job.formats_of(part):
                 steps.advance("no {} at split {}".format(part, point.id))
     out_node = traced.points[-1]
     model = schema.model_spec(config.model_id, config.source, config.notes, weights_path, weights_sha, random_init,

@@ -58,8 +58,9 @@ class ModelConfig:
     default_weights: Optional[str] = None
     notes: str = ""
     leaf_modules: Tuple[str, ...] = ()  # classes torch.fx calls whole instead of tracing into (``--leaf-module``)
-    trace_path: Optional[str] = None  # with ``postprocess``: the submodule traced and split (the whole is built)
-    postprocess: bool = False  # the detector's heads, anchors and NMS run after the tail (``--postprocess``)
+    # ``--postprocess``: the submodule traced and split; the whole detector is built, its heads, anchors and NMS
+    # run after the tail
+    trace_path: Optional[str] = None
 
     def __post_init__(self):
         self.input_shape = tuple(self.input_shape)
@@ -72,6 +73,10 @@ class ModelConfig:
         if not isinstance(model, nn.Module):
             raise ExportError("{} returned {}, not a torch.nn.Module".format(self.source, type(model).__name__))
         return model.eval()
+
+    @property
+    def postprocess(self) -> bool:
+        return self.trace_path is not None
 
     def traced_part(self, model: nn.Module) -> nn.Module:
         """What is traced and split of a built ``model``: the model, or with ``postprocess`` its ``trace_path``."""
@@ -185,10 +190,9 @@ def _with_postprocess(config: ModelConfig, path: str, input_shape: Optional[Tupl
     from .detection import check_detector
     whole = config.build()
     mean, std, shape = _input_of(whole, config, input_shape)
-    check_detector(whole, path, config.source, shape)
-    _submodule(whole, path, config.source)
+    check_detector(whole, path, config.source, shape)  # path is the backbone, which every such detector has
     return dataclasses.replace(
-        config, input_shape=shape, mean=mean, std=std, resize=None, trace_path=path, postprocess=True,
+        config, input_shape=shape, mean=mean, std=std, resize=None, trace_path=path,
         source="{} --postprocess".format(config.source),
         notes="{}; split inside its {}, its head, anchors and NMS ({}'s own) run on the cloud after the tail".format(
             config.notes, path, type(whole).__name__))

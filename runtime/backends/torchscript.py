@@ -112,11 +112,11 @@ def _load(torch, path, device):
         warnings.simplefilter("ignore")
         try:
             return torch.jit.load(path, map_location=device).eval()
-        except Exception:
+        except Exception as first:
             try:
                 import torchvision  # noqa: F401  (registers torchvision::nms and the other operators)
             except ImportError:
-                raise
+                raise first
             return torch.jit.load(path, map_location=device).eval()
 
 

@@ -186,8 +186,8 @@ class Detection(object):
         if not self.has_truth:
             return {"accuracy": 0.0, "map50": None, "detections_per_image": per_image, "classes_with_truth": 0}
         aps = [average_precision(self.ranked.get(c, []), n) for c, n in sorted(self.truths.items()) if n > 0]
-        return {"accuracy": float(np.mean(aps)) if aps else 0.0, "map50": float(np.mean(aps)) if aps else 0.0,
-                "detections_per_image": per_image, "classes_with_truth": len(aps)}
+        map50 = float(np.mean(aps)) if aps else 0.0
+        return {"accuracy": map50, "map50": map50, "detections_per_image": per_image, "classes_with_truth": len(aps)}
 
 
 def iou(box, boxes):
