@@ -221,7 +221,7 @@ def export_triton(bundle, **options):
 
 
 def split_option(ctx, param, value):
-    if value is None or value == "auto":
+    if value is None or value in ("auto", "local"):
         return value
     try:
         return parse_split(value)
@@ -401,20 +401,23 @@ def serve_cloud(**options):
 
 
 @main.command("run-edge")
-@cloud_option(help="HOST:PORT of serve-cloud, or grpc://HOST:PORT / http://HOST:PORT of an NVIDIA Triton server "
-                   "(KServe v2).")
+@cloud_option(required=False, help="HOST:PORT of serve-cloud, or grpc://HOST:PORT / http://HOST:PORT of an NVIDIA "
+                                   "Triton server (KServe v2); not needed with --split local.")
 @click.option("--triton-model", default=None,
               help="With a Triton --cloud: the repository's model to use [default: <model>-s<split>].")
 @MODEL_ID_OPTION
 @click.option("--split", default=None, callback=split_option,
-              help="Split point, or 'auto' (planned from profiles); default: the bundle active on the cloud.")
+              help="Split point, 'auto' (planned from profiles, 'local' included), or 'local' (the whole model on "
+                   "this device from --cache, no cloud); default: the bundle active on the cloud.")
 @click.option("--objective", default="latency", show_default=True, type=OBJECTIVE_CHOICE,
               help="What --split auto optimises: " + OBJECTIVE_HELP)
 @with_options(*PLANNING_OPTIONS)
 @with_options(BANDWIDTH_OPTION, RTT_OPTION, CACHE_OPTION)
 @click.option("--cache-keep", default=8, show_default=True, type=click.IntRange(1, None),
               help="Bundles kept in the cache (least recently used go first).")
-@click.option("--no-follow", is_flag=True, help="Do not switch when the cloud activates another bundle.")
+@click.option("--follow", is_flag=True, help="Switch to a bundle the cloud activates even with --split given "
+              "(without --split the run follows the active bundle anyway).")
+@click.option("--no-follow", is_flag=True, help="Never switch when the cloud activates another bundle.")
 @click.option("--adaptive", is_flag=True, help="Re-plan from the bandwidth seen during the run; switch split "
               "when another is predicted better by 15%.")
 @with_options(BACKEND_OPTION, DEVICE_OPTION, *DATASET_OPTIONS)
@@ -446,6 +449,15 @@ def serve_cloud(**options):
 @click.option("--interval-ms", default=0.0, show_default=True, type=click.FloatRange(0, None),
               help="Release a batch every this many ms, like frames from a camera (0: back to back); the report "
                    "adds the wait for the edge and the latency from release.")
+@click.option("--deadline-ms", default=None, type=click.FloatRange(0, None, min_open=True), metavar="D",
+              help="Latency budget from release: a request whose reply is not back when finishing it on the edge "
+                   "would still meet D, or whose reply is overdue by the link's bound, is finished on the edge (the "
+                   "split's tail, fetched with its head, or the whole model); late replies are discarded.")
+@click.option("--max-age-ms", default=None, type=click.FloatRange(0, None, min_open=True), metavar="A",
+              help="With --interval-ms: no frame waits behind the link longer than A; one that did is answered on "
+                   "the edge or dropped (--stale).")
+@click.option("--stale", default="local", show_default=True, type=click.Choice(["local", "drop"]),
+              help="What happens to a frame older than --max-age-ms: answered on the edge, or dropped (counted).")
 @click.option("--start-at", default=None, type=float, metavar="UNIX_S",
               help="Hold the first measured request until this wall-clock time (Unix seconds), to line runs or "
                    "edges up on one clock.")

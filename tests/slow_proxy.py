@@ -6,7 +6,7 @@ import time
 
 class LoopbackProxy(object):
     """A listener on loopback that connects each client to ``target`` and hands both sockets to
-    ``_connect(client, upstream)``, which starts the threads that move the bytes."""
+    ``_connect(client, upstream)``, which by default starts a thread a direction running ``_pipe``."""
 
     def __init__(self, target_host, target_port, backlog=8):
         self.target = (target_host, target_port)
@@ -30,6 +30,11 @@ class LoopbackProxy(object):
             self._connect(client, socket.create_connection(self.target))
 
     def _connect(self, client, upstream):
+        """One thread a direction, each running ``_pipe(src, dst, downstream)``."""
+        threading.Thread(target=self._pipe, args=(client, upstream, False), daemon=True).start()
+        threading.Thread(target=self._pipe, args=(upstream, client, True), daemon=True).start()
+
+    def _pipe(self, src, dst, downstream):
         raise NotImplementedError
 
     @staticmethod
@@ -51,10 +56,6 @@ class SlowProxy(LoopbackProxy):
         self.forwarded = 0  # cloud -> edge bytes so far
         LoopbackProxy.__init__(self, target_host, target_port)
 
-    def _connect(self, client, upstream):
-        threading.Thread(target=self._pipe, args=(client, upstream, False), daemon=True).start()
-        threading.Thread(target=self._pipe, args=(upstream, client, True), daemon=True).start()
-
     def _pipe(self, src, dst, downstream):
         try:
             while not self._stop.is_set():
@@ -67,6 +68,39 @@ class SlowProxy(LoopbackProxy):
                 rate = self.rate
                 if rate:
                     time.sleep(len(data) / float(rate))
+        except OSError:
+            pass
+        finally:
+            self._close(src, dst)
+
+
+class GateProxy(LoopbackProxy):
+    """Forwards both directions as they come, but holds the cloud's replies while the gate is shut (``shut()``,
+    ``open()``): a link that stalls and recovers, with nothing lost.  ``replies_held`` counts the chunks that
+    waited at the gate."""
+
+    def __init__(self, target_host, target_port):
+        self.gate = threading.Event()
+        self.gate.set()
+        self.replies_held = 0
+        LoopbackProxy.__init__(self, target_host, target_port)
+
+    def shut(self):
+        self.gate.clear()
+
+    def open(self):
+        self.gate.set()
+
+    def _pipe(self, src, dst, downstream):
+        try:
+            while not self._stop.is_set():
+                data = src.recv(16384)
+                if not data:
+                    break
+                if downstream and not self.gate.is_set():
+                    self.replies_held += 1
+                    self.gate.wait()
+                dst.sendall(data)
         except OSError:
             pass
         finally:

@@ -39,11 +39,15 @@ class SegmentLoader(object):
 
     def head(self, split):
         """The head of split ``split`` (segments before point ``split``)."""
-        parts = []
-        for index in range(split):
-            if index not in self._loaded:
-                entry = self.manifest["segments"][index]["files"][self._fmt]
-                self._loaded[index] = load_file(os.path.join(self.manifest.directory, entry["file"]), self.backend,
-                                                self.device, self.threads, self.manifest.directory)
-            parts.append(self._loaded[index])
-        return SegmentChain(parts)
+        return SegmentChain(self._segment(index) for index in range(split))
+
+    def tail(self, split):
+        """The tail of split ``split`` (segments from point ``split`` on): a late request finished on the edge."""
+        return SegmentChain(self._segment(index) for index in range(split, len(self.manifest["segments"])))
+
+    def _segment(self, index):
+        if index not in self._loaded:
+            entry = self.manifest["segments"][index]["files"][self._fmt]
+            self._loaded[index] = load_file(os.path.join(self.manifest.directory, entry["file"]), self.backend,
+                                            self.device, self.threads, self.manifest.directory)
+        return self._loaded[index]

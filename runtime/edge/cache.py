@@ -65,6 +65,30 @@ class BundleCache(object):
             self.prune()
             return load_manifest(self.directory(manifest_data)), received, seconds
 
+    def has_part(self, manifest_data, formats, part):
+        """Whether the cached bundle with this id holds ``part``'s files (verified on use, as every part)."""
+        cached = self.lookup(manifest_data, formats, "head")
+        if cached is None:
+            return False
+        try:
+            cached.verify_files(parts=(part,), formats=formats)
+        except ManifestError:
+            return False
+        return True
+
+    def add_part(self, conn, manifest_data, formats, part):
+        """Fetch ``part`` of a bundle whose head is cached into its directory (a new directory with both, renamed
+        into place, as every install); returns its Manifest."""
+        with self._locked():
+            directory = self.directory(manifest_data)
+            with staged(self.root, "fetch") as tmp:
+                for name in os.listdir(directory):
+                    if not name.startswith("."):  # the head's files and manifest; onnxruntime's graphs are remade
+                        shutil.copy2(os.path.join(directory, name), os.path.join(tmp, name))
+                conn.fetch(manifest_data["bundle_id"], formats, tmp, file_entries(manifest_data, (part,), formats), part)
+                install_dir(tmp, directory)
+            return load_manifest(directory)
+
     @contextlib.contextmanager
     def _locked(self):
         """An exclusive lock on ``<cache>/.lock`` (flock; a no-op where fcntl does not exist)."""

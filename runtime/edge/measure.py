@@ -16,10 +16,17 @@ from runtime.edge.adaptive import PROBE_CAP_MS, PROBE_REPLY_BYTES
 from runtime.edge.cadence import Cadence
 from runtime.edge.client import CloudLost
 from runtime.edge.data import preprocess_batch
+from runtime.edge.hedge import HedgedPipe, policy_for
+from runtime.edge.local import LocalPipe, LocalSession
 from runtime.edge.power import RunEnergy
 from runtime.edge.probe import echo_train
 from runtime.edge.report import RunRecorder, _say
 from runtime.wire import codec
+
+# what the loop keeps of a request until it is answered: the samples, the edge's ms, the bundle and split that
+# ran it, its release (s from the start, and on the clock), the ms it waited for the edge, and its input and
+# boundary activation (from which a hedged request is finished on the edge)
+Sent = collections.namedtuple("Sent", "indices edge_ms bundle_id release_s wait_ms split released x boundary")
 
 
 def _progress(total, enabled):
@@ -45,6 +52,9 @@ class _Sequential(object):
 
     def full(self):
         return bool(self.pending)
+
+    def settled(self):
+        return not self.pending
 
     def send(self, array, meta, context):
         t0 = time.perf_counter()
@@ -90,6 +100,9 @@ class _Pipelined(object):
 
     def full(self):
         return len(self.pending) >= self.depth
+
+    def settled(self):
+        return not self.pending
 
     def send(self, array, meta, context):
         t0 = time.perf_counter()
@@ -142,6 +155,12 @@ def measure(session, data, plan, settings, adaptive=None, fallback=None, out=Non
 
     With ``meter`` (``edge.power.open_meter``), the idle baseline is measured just before the
     measured part and the meter sampled during it; the recorder's ``energy`` is the summary.
+
+    With ``deadline_ms`` or ``max_age_ms`` (hedging: ``edge/hedge.py``) a request whose reply is late is
+    finished on the edge by the session's ``local`` (an ``edge.local.LocalModel``), frames released while the
+    link still owes a late reply are answered there, and stale frames are answered there or dropped; a
+    ``LocalSession`` (``--split local``) answers every request on the edge.  Every answer is recorded with its
+    path.
     """
     return _Loop(session, data, plan, settings, adaptive, fallback, out or sys.stdout, meter).run()
 
@@ -151,6 +170,8 @@ class _Loop(object):
 
     def __init__(self, session, data, plan, settings, adaptive, fallback, out, meter=None):
         self.session, self.data, self.plan, self.settings = session, data, plan, settings
+        self.hedge = policy_for(settings)
+        self.local = session.local if self.hedge is not None else None
         self.energy = RunEnergy(meter) if meter is not None else None
         self.adaptive, self.fallback, self.out = adaptive, fallback, out
         self.preprocess = session.manifest["input"].get("preprocess") or {}
@@ -166,6 +187,14 @@ class _Loop(object):
         self.started = None
 
     def _make_pipe(self):
+        if isinstance(self.session, LocalSession):
+            return LocalPipe()
+        if self.hedge is not None:  # one for the whole run: what the link still owes outlives a switch
+            if not isinstance(self.pipe, HedgedPipe):
+                self.pipe = HedgedPipe(self.session, self.hedge, self.local, self._next_release,
+                                       self._observe if self.adaptive is not None else None,
+                                       self.settings.reconnect_timeout)
+            return self.pipe
         if self.settings.inflight > 1:
             if hasattr(self.session.conn, "pipeline"):  # Triton: tritonclient's asynchronous requests
                 return self.session.conn.pipeline(self.settings.inflight)
@@ -178,6 +207,8 @@ class _Loop(object):
         for _ in range(self.settings.warmup):  # excluded from every figure, counted in the report
             self.session.infer(first)
             recorder.warmup_requests += 1
+        if self.local is not None:  # every way to answer on the edge timed once, before it is needed
+            self.local.warm(self.session.manifest.bundle_id, self.session.head.run(first), first)
         self.bar = _progress(sum(len(b) for b in plan), not self.settings.verbose and sys.stderr.isatty())
         self.pipe = self._make_pipe()
         if self.energy is not None:
@@ -197,6 +228,7 @@ class _Loop(object):
                     if not self._recover(exc):
                         break
             recorder.reconnects = self.session.reconnects
+            recorder.late_replies = getattr(self.pipe, "late_replies", 0)
         finally:
             if self.energy is not None:
                 self.energy.stop()
@@ -225,50 +257,71 @@ class _Loop(object):
         self._receive()
         if self.switch is not None and self.position >= len(self.plan):
             self.switch = None  # nothing left to run on another split
-        if self.switch is not None and not self.pipe.pending:  # hot swap at the batch boundary
+        if self.switch is not None and self.pipe.settled():  # hot swap at the batch boundary
             self._switch()
+
+    def _next_release(self):
+        """The clock time the next frame is released (None: back to back, or none left)."""
+        return self.cadence.release(self.position) if self.position < len(self.plan) else None
 
     def _send_next(self):
         session = self.session
         release = self.cadence.release(self.position)
         indices = self.plan[self.position]
         self.position += 1
+        t0 = time.perf_counter()
+        released = t0 if release is None else min(release, t0)
+        if self.hedge is not None and self.hedge.stale(released, t0) and self.hedge.drop_stale:
+            self.recorder.drop(indices, released - self.started)
+            return
         x = preprocess_batch(self.data.images(indices), self.preprocess)
         t0 = time.perf_counter()
-        meta, payload = session.encode(session.head.run(x))  # edge time: head and compression
-        released = t0 if release is None else min(release, t0)
-        request = (payload, meta, (indices, (time.perf_counter() - t0) * 1000.0, session.manifest.bundle_id,
-                                   released - self.started, (t0 - released) * 1000.0, session.manifest.split_index))
+        boundary = session.head.run(x)
+        meta, payload = session.encode(boundary)  # edge time: head and compression
+        context = Sent(indices, (time.perf_counter() - t0) * 1000.0, session.manifest.bundle_id,
+                       released - self.started, (t0 - released) * 1000.0, session.split_label, released, x, boundary)
+        if self.hedge is not None and self.hedge.stale(released, t0):
+            self.pipe.pending.append(self.pipe.answer_here(context, "stale"))  # not sent: it waited too long
+            return
+        request = (payload, meta, context)
         self.outstanding.append(request)
         self.pipe.send(*request)
 
     def _receive(self):
         """The next reply, in the order sent: recorded, shown, and looked at for a reason to switch."""
         frame, roundtrip_ms, sent, received, context = self.pipe.next()
-        indices, edge_ms, bundle_id, release_s, wait_ms, split = context
-        self.outstanding.popleft()
-        cloud_ms, queue_ms = frame.compute_ms, frame.queue_ms
-        times = {"edge_ms": edge_ms, "roundtrip_ms": roundtrip_ms, "cloud_ms": cloud_ms, "queue_ms": queue_ms,
-                 "wait_ms": wait_ms}
-        predictions, labels = self.recorder.add(times, frame.array, self.data.targets(indices), sent, received,
-                                                bundle_id)
-        self.recorder.timeline.append((release_s, split))
+        if self.outstanding and self.outstanding[0][2] is context:
+            self.outstanding.popleft()
+        path, reason = getattr(frame, "path", "cloud"), getattr(frame, "reason", None)
+        # a request answered on the edge: its edge time is the head and the rest run here, its round trip the
+        # time it waited for the link (0 when never sent)
+        times = {"edge_ms": context.edge_ms + getattr(frame, "local_ms", 0.0), "roundtrip_ms": roundtrip_ms,
+                 "cloud_ms": frame.compute_ms, "queue_ms": frame.queue_ms, "wait_ms": context.wait_ms}
+        predictions, labels = self.recorder.add(times, frame.array, self.data.targets(context.indices), sent,
+                                                received, context.bundle_id, path, reason)
+        self.recorder.timeline.append((context.release_s, context.split))
         if self.settings.verbose:
             for pred, label in zip(predictions, labels):
                 self.out.write(self.recorder.scorer.describe(pred, label) + "\n")
         if self.bar is not None:
-            self.bar.update(len(indices))
+            self.bar.update(len(context.indices))
         active = frame.meta.get("active")
-        if self.switch is None and not self.settings.no_follow and active and \
+        if self.switch is None and self.settings.follows_active() and active and \
                 active != self.session.manifest.bundle_id:
             self.switch = ("bundle {} activated on the cloud".format(active), None, active)
-        elif self.switch is None and self.adaptive is not None:
-            self.adaptive.observe(sent, received, roundtrip_ms - cloud_ms - queue_ms, cloud_ms=cloud_ms + queue_ms,
-                                  edge_ms=edge_ms, split=split)
+        elif self.switch is None and self.adaptive is not None and path == "cloud":
+            if self.hedge is None:  # a hedged pipe tells adaptive mode of every reply as it arrives (_observe)
+                self._observe(frame, roundtrip_ms, sent, received, context)
             self._probe()
             new_split, reason = self.adaptive.decide(self.session.manifest.split_index)
             if reason:
                 self.switch = (reason, new_split, None)
+
+    def _observe(self, frame, roundtrip_ms, sent, received, context):
+        """Adaptive mode learns from a reply (a late one too: its wait is the link's)."""
+        cloud_ms = frame.compute_ms + frame.queue_ms
+        self.adaptive.observe(sent, received, roundtrip_ms - cloud_ms, cloud_ms=cloud_ms, edge_ms=context.edge_ms,
+                              split=context.split)
 
     def _probe(self):
         """Adaptive mode's bandwidth probe, when it wants one, in the time before the next release."""
@@ -288,6 +341,8 @@ class _Loop(object):
         self.pipe.close()
         old = session.manifest
         session.switch_to(bundle_id=active, split=new_split, chain_ok=new_split is not None)
+        if self.local is not None:
+            session.add_local_tail(self.local, fetch=False)  # a fetch now would cross the link that is slow
         self.pipe = self._make_pipe()
         self.recorder.switches.append({"after_samples": self.recorder.samples,
                                        "time_s": time.perf_counter() - self.started,

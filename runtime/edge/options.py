@@ -39,9 +39,11 @@ class PlanOptions(ClientOptions):
 
 
 class RunOptions(ClientOptions):
-    split = None        # a split index, "auto", or None: the bundle active on the cloud
+    split = None        # a split index, "auto", "local" (the whole model here, no cloud), or None: the bundle
+    #                     active on the cloud
     triton_model = None  # with a Triton --cloud (grpc:// or http://): the model's name (default <model>-s<split>)
-    no_follow = False   # do not switch when the cloud activates another bundle
+    follow = False      # switch when the cloud activates another bundle even with an explicit --split
+    no_follow = False   # never switch when the cloud activates another bundle
     adaptive = False
     dataset = "cifar100"
     data_dir = "data"
@@ -57,9 +59,17 @@ class RunOptions(ClientOptions):
     busy_poll = True
     reconnect_timeout = 60.0
     fallback = "none"
+    deadline_ms = None  # hedge: finish a request on the edge when its reply would miss this budget from release
+    max_age_ms = None   # no frame waits behind the link longer than this (at a cadence)
+    stale = "local"     # a frame that did: answered on the edge ("local") or dropped ("drop")
     start_at = None
     power = "auto"      # the edge's power source (edge/power.py): auto, ina3221, jtop, rapl, none
     sysfs_root = "/"    # where the power sources' sys/ is (a container's mount of the host's)
+
+    def follows_active(self):
+        """Whether the run switches to a bundle the cloud activates: only when it did not choose its split
+        (no --split) or asked to (--follow); never with --no-follow.  An explicit --split K or auto is kept."""
+        return not self.no_follow and (self.split is None or self.follow)
 
 
 class SweepOptions(ClientOptions):

@@ -51,12 +51,17 @@ class RunRecorder(object):
         self.predictions = []
         self.labels = []
         self.bundles = []   # per sample: the bundle id that served it
-        self.served_by = []  # per sample: "cloud", or "local" (--fallback local, the cloud unreachable)
-        self.local_ms = []   # per request run on the edge alone (not in the figures above)
+        self.served_by = []  # per sample: "cloud", or "local" (answered on the edge)
+        self.paths = []      # per request in the figures: "cloud", "hedged" (finished on the edge after waiting for
+        #                      the cloud) or "local" (answered on the edge, never sent), and why (None for the cloud)
+        self.late_replies = 0  # replies that came after their request was answered on the edge (discarded)
+        self.dropped = []    # samples dropped as stale (--max-age-ms with --stale drop), with their release (s)
+        self.local_ms = []   # per request run on the edge alone by --fallback local (not in the figures above)
+        self.fallback_samples = 0
         self.reconnects = []
         self.fallback = None
         self.switches = []
-        self.timeline = []  # per request answered by the cloud: (release time in s from the start, split)
+        self.timeline = []  # per request in the figures: (release time in s from the start, split)
         self.interval_ms = 0.0
         self.started_unix = None  # wall clock at the first release
         self.bytes_sent = 0
@@ -76,10 +81,10 @@ class RunRecorder(object):
             records["transmission_ms"][i] = max(roundtrip_ms - compute_ms - queue_ms, 0.0)
         self.cloud_counted = counted
 
-    def add(self, times, output, labels, bytes_sent, bytes_received, bundle_id=None):
+    def add(self, times, output, labels, bytes_sent, bytes_received, bundle_id=None, path="cloud", reason=None):
         """One answered request: ``times`` holds its edge_ms, roundtrip_ms, cloud_ms, queue_ms and wait_ms,
-        ``output`` is the model's output for its batch, ``labels`` its samples' labels.  Returns the per-sample
-        (predictions, labels) kept."""
+        ``output`` is the model's output for its batch, ``labels`` its samples' labels; ``path`` and ``reason``
+        say who answered it and why (edge/hedge.py).  Returns the per-sample (predictions, labels) kept."""
         edge_ms, roundtrip_ms, cloud_ms = times["edge_ms"], times["roundtrip_ms"], times["cloud_ms"]
         queue_ms, wait_ms = times.get("queue_ms", 0.0), times.get("wait_ms", 0.0)
         self.records["edge_ms"].append(edge_ms)
@@ -91,12 +96,37 @@ class RunRecorder(object):
         self.records["end_to_end_ms"].append(edge_ms + roundtrip_ms)
         self.bytes_sent += bytes_sent
         self.bytes_received += bytes_received
-        return self._score(output, labels, bundle_id, "cloud")
+        self.paths.append((path, reason))
+        return self._score(output, labels, bundle_id, "cloud" if path == "cloud" else "local")
+
+    def drop(self, indices, release_s):
+        """Samples dropped unanswered: stale frames under --stale drop."""
+        self.dropped.extend((int(i), release_s) for i in indices)
 
     def add_local(self, ms, output, labels, bundle_id):
-        """A request the edge ran alone with the full model: counted in accuracy, kept out of the latencies."""
+        """A request run by --fallback local once the cloud was given up on: counted in accuracy, kept out of the
+        latencies."""
         self.local_ms.append(ms)
-        return self._score(output, labels, bundle_id, "local")
+        predictions, kept = self._score(output, labels, bundle_id, "local")
+        self.fallback_samples += len(kept)
+        return predictions, kept
+
+    def path_summary(self):
+        """Per path that answered requests in the figures: requests, why (counts), latency from release."""
+        out = {}
+        released = self.records["from_release_ms"]
+        for name in ("cloud", "hedged", "local"):
+            chosen = [ms for (p, _), ms in zip(self.paths, released) if p == name]
+            if not chosen:
+                continue
+            why = {}
+            for p, reason in self.paths:
+                if p == name and reason is not None:
+                    why[reason] = why.get(reason, 0) + 1
+            values = np.asarray(chosen, dtype=np.float64)
+            out[name] = {"requests": len(chosen), "reasons": why, "mean_ms": float(values.mean()),
+                         "p50_ms": float(np.percentile(values, 50)), "p99_ms": float(np.percentile(values, 99))}
+        return out
 
     def _score(self, output, labels, bundle_id, served_by):
         # a model of several outputs is scored on its first (a segmentation model's "out", not its "aux"), a
@@ -127,7 +157,10 @@ class RunRecorder(object):
         out["bytes_sent_per_sample"] = self.bytes_sent / float(n) if n else 0.0
         out["bytes_received_per_sample"] = self.bytes_received / float(n) if n else 0.0
         out["edge_cpu_ms_per_sample"] = 1000.0 * self.cpu_s / n if n else 0.0
-        out["local_samples"] = self.served_by.count("local")
+        out["local_samples"] = self.fallback_samples
+        out["paths"] = self.path_summary()
+        out["late_replies"] = self.late_replies
+        out["dropped"] = len(self.dropped)
         local = np.asarray(self.local_ms, dtype=np.float64)
         out["local_ms"] = {"mean": float(local.mean()) if local.size else 0.0,
                            "p50": float(np.percentile(local, 50)) if local.size else 0.0}
@@ -179,12 +212,37 @@ def format_report(summary, samples, requests, warmup):
                          counted["requests"], counted["executions"]))
     for r in summary.get("reconnects") or ():
         lines.append("Reconnected after {:.2f} s ({} attempts): {}".format(r["down_s"], r["attempts"], r["lost"]))
+    lines += format_paths(summary)
     if summary.get("local_samples"):
         lines.append("Local fallback: {} samples ran on the edge alone, cloud unreachable (p50 {:.3f} ms each; "
                      "not in the figures above)".format(summary["local_samples"], summary["local_ms"]["p50"]))
     if summary.get("energy"):
         lines.append(format_energy(summary["energy"]))
     return "\n".join(lines)
+
+
+PATH_WORDS = {"cloud": "by the cloud", "hedged": "finished on the edge after waiting for the cloud",
+              "local": "on the edge, not sent"}
+
+
+def format_paths(summary):
+    """Who answered the requests, where any was answered on the edge: per path, how many, why, and their latency
+    from release; late replies discarded and frames dropped."""
+    paths = summary.get("paths") or {}
+    if set(paths) <= {"cloud"} and not summary.get("dropped"):
+        return []
+    lines = []
+    for name in ("cloud", "hedged", "local"):
+        p = paths.get(name)
+        if p:
+            why = ", ".join("{} {}".format(r, n) for r, n in sorted(p["reasons"].items()))
+            lines.append("Answered {}: {} requests{}, from release p50 {:.3f} ms, p99 {:.3f} ms".format(
+                PATH_WORDS[name], p["requests"], " ({})".format(why) if why else "", p["p50_ms"], p["p99_ms"]))
+    if summary.get("late_replies"):
+        lines.append("Late replies discarded: {}".format(summary["late_replies"]))
+    if summary.get("dropped"):
+        lines.append("Dropped as stale: {} samples (--stale drop)".format(summary["dropped"]))
+    return lines
 
 
 def format_energy(energy):
@@ -206,7 +264,9 @@ def write_report(path, info, recorder):
     data["bundles"] = recorder.bundles
     data["served_by"] = recorder.served_by
     data["started_unix"] = recorder.started_unix
+    data["dropped_samples"] = [i for i, _ in recorder.dropped]
     data["timeline"] = {"release_s": [t for t, _ in recorder.timeline], "split": [k for _, k in recorder.timeline],
+                        "path": [p for p, _ in recorder.paths], "reason": [r for _, r in recorder.paths],
                         "from_release_ms": recorder.records["from_release_ms"],
                         "wait_ms": recorder.records["wait_ms"]}
     tmp = path + ".tmp"

@@ -14,7 +14,9 @@ import sys
 from runtime.backends import load_part
 from runtime.edge.client import CloudConnection
 from runtime.edge.data import batches, check_source, open_dataset
+from runtime.edge.hedge import hedging
 from runtime.edge.kserve import is_kserve
+from runtime.edge.local import LOCAL, LocalModel, LocalSession, full_model
 from runtime.edge.measure import measure
 from runtime.edge.models import resolve as resolve_model
 from runtime.edge.power import open_meter
@@ -42,10 +44,16 @@ def run_edge(options, out=None):
     check_source(o.dataset)  # a missing local dataset is said before a cloud that is down
     resolve_model(o)
     full = _full_model(o)
-    session = EdgeSession(o, o.compress, o.codec, busy_poll=o.busy_poll and o.inflight == 1)
+    session = LocalSession(o) if o.split == LOCAL else \
+        EdgeSession(o, o.compress, o.codec, busy_poll=o.busy_poll and o.inflight == 1 and not hedging(o))
     try:
         planned, adapter, split = _plan(session, o)
-        manifest = session.switch_to(split=split)
+        if split == LOCAL and not isinstance(session, LocalSession):
+            session.close()  # planned: the whole model here is predicted fastest
+            session = LocalSession(o)
+        manifest = session.switch_to(split=split) if split != LOCAL else session.manifest
+        if hedging(o) and split != LOCAL:
+            session.local = _local_model(session, o)
         if adapter is not None:
             alternates = adapter.alternates(manifest.split_index)
             if alternates:
@@ -59,8 +67,8 @@ def run_edge(options, out=None):
         plan = batches(data, o.batch_size, o.limit, o.shuffle, o.seed)
         if not plan:
             raise UserError("the dataset {} is empty".format(o.dataset))
-        local = (lambda: (load_part(full, "head", o.backend, o.device, o.threads), full.bundle_id)) if full else None
-        recorder = measure(session, data, plan, o, adapter, local, out, meter)
+        fallback = (lambda: (load_part(full, "head", o.backend, o.device, o.threads), full.bundle_id)) if full else None
+        recorder = measure(session, data, plan, o, adapter, fallback, out, meter)
     finally:
         session.close()
         meter.close()
@@ -91,6 +99,13 @@ def _energy_outcome(o, meter, energy):
 
 def _check(o):
     """Refuse option combinations that cannot work, before anything connects."""
+    if o.split == LOCAL:
+        _check_local(o)
+    elif not o.cloud:
+        raise UserError("give --cloud HOST:PORT (serve-cloud) or grpc:// / http:// (Triton), or run the whole model "
+                        "on this device with --split local")
+    if o.deadline_ms is not None or o.max_age_ms is not None:
+        _check_hedging(o)
     if o.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
     if o.inflight < 1:
@@ -105,10 +120,51 @@ def _check(o):
         raise UserError("--adaptive switches among single-tensor points (it can run their heads from the cached "
                         "segments), not cuts of several tensors such as {}: start it at --split K or auto".format(
                             o.split))
+    if o.follow and o.no_follow:
+        raise UserError("--follow and --no-follow contradict each other; give one")
     if o.fallback not in ("none", "local"):
         raise UserError("--fallback must be none or local")
     if is_kserve(o.cloud):
         _check_kserve(o)
+
+
+def _check_local(o):
+    """What --split local (the whole model here, no cloud on the request path) cannot be combined with."""
+    if o.adaptive:
+        raise UserError("--adaptive switches between splits over a link; --split local uses none (give --split auto "
+                        "--adaptive to let it choose)")
+    if o.deadline_ms is not None or o.max_age_ms is not None:
+        raise UserError("--deadline-ms and --max-age-ms hedge requests sent to the cloud; --split local sends none")
+
+
+def _check_hedging(o):
+    """What deadline hedging needs: one request on the link at a time, serve-cloud's connection."""
+    for name, value in (("--deadline-ms", o.deadline_ms), ("--max-age-ms", o.max_age_ms)):
+        if value is not None and value <= 0:
+            raise UserError("{} must be positive (a budget in ms)".format(name))
+    if o.max_age_ms is not None and not o.interval_ms:
+        raise UserError("--max-age-ms is how long a frame may wait behind the link at a cadence: give --interval-ms")
+    if o.stale not in ("local", "drop"):
+        raise UserError("--stale must be local or drop")
+    if o.inflight > 1:
+        raise UserError("--deadline-ms and --max-age-ms keep one request on the link at a time: drop --inflight")
+    if is_kserve(o.cloud):
+        raise UserError("--deadline-ms and --max-age-ms need serve-cloud (a connection that outlives a late reply); "
+                        "with a Triton --cloud give neither")
+
+
+def _local_model(session, o):
+    """What a hedged run finishes late requests with: the tail of its bundle (fetched now if not cached) and the
+    whole model, where the cache has it."""
+    full = find_full_model(o.cache, session.manifest.model_id, o.backend)
+    local = LocalModel(load_part(full, "head", o.backend, o.device, o.threads) if full is not None else None)
+    session.add_local_tail(local)
+    if not local.can_finish(session.manifest.bundle_id):
+        raise UserError("--deadline-ms needs a way to finish a request on the edge: the tail of split {} (only in "
+                        "{} here) or the whole model in {} (`run-edge --split 22` once fetches it)".format(
+                            session.manifest.split_index, ", ".join(sorted(session.manifest.part("tail")["files"])),
+                            o.cache))
+    return local
 
 
 def _check_kserve(o):
@@ -123,14 +179,7 @@ def _check_kserve(o):
 
 def _full_model(o):
     """The full model's bundle for ``--fallback local`` (None without it)."""
-    if o.fallback != "local":
-        return None
-    full = find_full_model(o.cache, o.model, o.backend)
-    if full is None:
-        raise UserError("--fallback local needs the full model of {} in {}: a bundle of its last split point, whose "
-                        "tail is empty (resnet50: split 22; `cli.py layers` lists them); fetch it with one "
-                        "`run-edge --split 22` or copy it there with `push --to`".format(o.model, o.cache))
-    return full
+    return full_model(o.cache, o.model, o.backend, "--fallback local") if o.fallback == "local" else None
 
 
 def _check_frame_size(manifest, welcome, o):
@@ -175,7 +224,7 @@ def _run_info(o, session, manifest, data, recorder, planned, adapter):
     """The report's description of the run: what ran where, and what adaptive mode and the busy poll did."""
     welcome = session.welcome
     spin = session.conn.spin
-    return {"model": manifest.model_id, "split": manifest.split_index, "bundle_id": manifest.bundle_id,
+    return {"model": manifest.model_id, "split": session.split_label, "bundle_id": manifest.bundle_id,
             "backend": session.head.name, "provider": session.head.provider,
             "cloud_backend": welcome.get("backend"), "cloud_provider": welcome.get("provider"),
             "dataset": data.name, "batch_size": o.batch_size, "inflight": o.inflight,

@@ -60,6 +60,7 @@ class EdgeSession(object):
         self.fetches = []
         self.segments = None  # a SegmentLoader once the segments bundle is here (adaptive mode)
         self.chained = []     # switches served by a chain of cached segments instead of a fetch
+        self.local = None     # with hedging (edge/hedge.py): the LocalModel that finishes late requests here
         self._runners = collections.OrderedDict()  # bundle id -> its loaded head, the last LOADED_HEADS used
 
     def _connect(self):
@@ -133,6 +134,35 @@ class EdgeSession(object):
         if self.run_statistics is not None:
             self.run_statistics.begin(self.conn)
         return manifest
+
+    @property
+    def split_label(self):
+        """The split requests are sent at (the report's timeline)."""
+        return self.manifest.split_index
+
+    def add_local_tail(self, local, fetch=True):
+        """Give ``local`` (edge.local.LocalModel) the tail of the bundle in use, to finish its late requests here:
+        from the cache, fetched from the cloud where ``fetch`` (before the run: a bundle's tail is fetched once and
+        kept beside its head), or a chain of the cached segments; without one they are finished by the whole
+        model, if ``local`` has it."""
+        manifest = self.manifest
+        if manifest.bundle_id in local.tails:
+            return
+        if manifest.part("tail") is None:
+            from runtime.backends import PassThrough
+            local.add_tail(manifest.bundle_id, PassThrough())  # the head ran the whole model
+            return
+        fmt = self.formats[0]
+        if fmt not in manifest.part("tail")["files"]:
+            return  # a tail in another format only (a detector's NMS is TorchScript): the whole model it is
+        if manifest.directory is not None and (self.cache.has_part(manifest.data, self.formats, "tail") or fetch):
+            if fetch and not self.cache.has_part(manifest.data, self.formats, "tail"):
+                _say("fetching the tail of {} (split {}) to finish late requests here".format(
+                    manifest.bundle_id, split_id(manifest.data)))
+                manifest = self.cache.add_part(self.conn, manifest.data, self.formats, "tail")
+            local.add_tail(manifest.bundle_id, load_part(manifest, "tail", self.backend, self.device, self.threads))
+        elif self._segments_match(manifest.data):
+            local.add_tail(manifest.bundle_id, self.segments.tail(manifest.split_index))
 
     def preload(self, splits):
         """Load the heads of ``splits`` now (fetching or chaining as a switch would), then come back to the

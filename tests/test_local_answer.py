@@ -1,0 +1,262 @@
+"""A local answer as a first-class choice (issue 31): ``run-edge --split local``, deadline hedging
+(``--deadline-ms``), stale frames (``--max-age-ms``, ``--stale``), and an explicit ``--split`` that is never
+switched away from.
+
+The policy's decisions are tested with the times given to it; the runs are real ``run-edge`` processes against
+a real ``serve-cloud``, on the tests' tiny model.  The stalled link is a proxy that holds the cloud's replies
+while its gate is shut, and the test shuts it and opens it on what the edge has done (the predictions it has
+printed), not on the clock: so "every frame answered while no reply could come" is causal.
+"""
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+from cloud_server import ServerProcess
+from conftest import REPO, SEED_REPORT, TINY_ID, run_cli, tiny_bundle
+from slow_proxy import GateProxy
+
+from runtime.edge.hedge import HedgePolicy
+from runtime.edge.local import LocalModel
+from runtime.edge.report import RunRecorder, format_paths
+
+
+# ---------------------------------------------------------------- the policy, with its times given
+
+def test_without_a_round_trip_the_deadline_alone_bounds_the_wait():
+    policy = HedgePolicy(deadline_ms=150)
+    # released at t=10 s, sent at 10.02 s, finishing here takes 30 ms: give up at 10 + 0.150 - 0.030
+    at, why = policy.give_up_at(10.0, 10.02, 30.0)
+    assert why == "deadline" and at == pytest.approx(10.12)
+
+
+def test_an_overdue_reply_is_given_up_on_before_the_deadline():
+    policy = HedgePolicy(deadline_ms=500)
+    for rtt in (40.0, 42.0, 38.0, 40.0, 41.0, 39.0, 40.0, 40.0):
+        policy.observe(rtt)
+    bound = policy.overdue_ms()
+    assert bound == pytest.approx(policy.srtt_ms + max(4 * policy.rttvar_ms, 20.0)) and 59.0 < bound < 100.0
+    at, why = policy.give_up_at(0.0, 0.005, 1.0)
+    assert why == "overdue" and at == pytest.approx(0.005 + bound / 1000.0)
+
+
+def test_a_jittery_link_has_a_wider_bound_than_a_quiet_one():
+    quiet, jittery = HedgePolicy(deadline_ms=1000), HedgePolicy(deadline_ms=1000)
+    for i in range(20):
+        quiet.observe(50.0)
+        jittery.observe(20.0 if i % 2 else 80.0)
+    assert quiet.overdue_ms() == pytest.approx(quiet.srtt_ms + 20.0)
+    assert jittery.overdue_ms() > quiet.overdue_ms() + 50.0
+
+
+def test_max_age_gives_up_so_that_the_next_frame_waits_no_longer_than_it():
+    policy = HedgePolicy(max_age_ms=50)
+    # no deadline: without a next frame, wait as long as the connection allows
+    assert policy.give_up_at(1.0, 1.001, 5.0) == (None, None)
+    at, why = policy.give_up_at(1.0, 1.001, 5.0, next_release=1.1)
+    assert why == "max_age" and at == pytest.approx(1.1 + 0.050 - 0.005)
+
+
+def test_a_frame_is_stale_once_it_has_waited_past_max_age():
+    policy = HedgePolicy(max_age_ms=50, drop_stale=True)
+    assert not policy.stale(2.0, 2.05) and policy.stale(2.0, 2.0501) and policy.drop_stale
+    assert not HedgePolicy(deadline_ms=10).stale(2.0, 99.0)
+
+
+class _Runner(object):
+    def __init__(self, clock, ms, out):
+        self.clock, self.ms, self.out = clock, ms, out
+
+    def run(self, x):
+        self.clock.now += self.ms / 1000.0
+        return self.out
+
+
+class _Clock(object):
+    now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_a_request_is_finished_by_the_faster_route_once_both_are_timed():
+    clock = _Clock()
+    local = LocalModel(_Runner(clock, 40.0, "whole"), clock=clock)
+    local.add_tail("b1", _Runner(clock, 3.0, "tail"))
+    assert local.remaining_ms("b1") == 0.0  # nothing timed yet
+    local.warm("b1", "activation", "x")
+    assert local.remaining_ms("b1") == pytest.approx(3.0) and local.remaining_ms("b2") == pytest.approx(40.0)
+    assert local.finish("b1", "activation", "x") == ("tail", pytest.approx(3.0))
+    assert local.finish("b2", "activation", "x") == ("whole", pytest.approx(40.0))  # no tail of b2: the whole
+    assert not LocalModel().can_finish("b1")
+
+
+def test_the_report_says_who_answered_and_why():
+    rec = RunRecorder()
+    out = np.eye(10, dtype=np.float32)[[3]]
+    times = {"edge_ms": 1.0, "roundtrip_ms": 2.0, "cloud_ms": 0.5, "queue_ms": 0.0, "wait_ms": 0.0}
+    rec.add(times, out, [3], 100, 50, "b")
+    rec.add(dict(times, roundtrip_ms=149.0, cloud_ms=0.0), out, [3], 100, 0, "b", "hedged", "deadline")
+    rec.add(dict(times, roundtrip_ms=0.0, cloud_ms=0.0), out, [3], 0, 0, "b", "local", "link_busy")
+    rec.late_replies = 1
+    summary = rec.summary()
+    assert summary["paths"]["hedged"] == dict(requests=1, reasons={"deadline": 1}, mean_ms=150.0, p50_ms=150.0,
+                                              p99_ms=150.0)
+    assert rec.served_by == ["cloud", "local", "local"] and summary["local_samples"] == 0
+    text = "\n".join(format_paths(summary))
+    assert "finished on the edge after waiting for the cloud: 1 requests (deadline 1)" in text
+    assert "on the edge, not sent: 1 requests (link_busy 1)" in text and "Late replies discarded: 1" in text
+
+
+# ---------------------------------------------------------------- real runs
+
+N = 300
+
+
+def _edge(*args):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, os.path.join(REPO, "cli.py"), "run-edge", "--model", TINY_ID]
+                            + [str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=REPO)
+
+
+def _full_model_cache(tiny_bundles, tmp_path):
+    """An edge cache holding only the whole model (split 7 of the tiny model: its tail is empty)."""
+    import shutil
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    shutil.copytree(str(tiny_bundle(tiny_bundles, 7)), str(cache / tiny_bundle(tiny_bundles, 7).name))
+    return cache
+
+
+def test_split_local_runs_with_no_cloud_at_all_and_reports_the_seeds_figures(tiny_bundles, tiny_labelled_npz,
+                                                                              tmp_path):
+    data, labels = tiny_labelled_npz
+    report = tmp_path / "r.json"
+    proc = run_cli("run-edge", "--split", "local", "--model", TINY_ID, "--cache",
+                   _full_model_cache(tiny_bundles, tmp_path), "--dataset", "npz:" + data, "--limit", 50,
+                   "--report", report)
+    assert proc.returncode == 0, proc.stderr
+    assert SEED_REPORT.match(proc.stdout) and proc.stdout.startswith("Accuracy: 100.00%\n")
+    assert "Avg transmission latency: 0.000 ms\nAvg cloud inference latency: 0.000 ms" in proc.stdout
+    r = json.loads(report.read_text())
+    assert r["split"] == "local" and r["predictions"] == labels[:50].tolist()
+    assert set(r["timeline"]["split"]) == {"local"} and r["paths"]["local"]["requests"] == 50
+    assert r["bytes_sent_per_sample"] == 0
+
+
+def test_split_local_without_the_whole_model_says_how_to_get_it(tmp_path):
+    proc = run_cli("run-edge", "--split", "local", "--model", TINY_ID, "--cache", tmp_path / "empty",
+                   "--dataset", "synthetic")
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode != 0 and "--split local needs the full model" in last and "run-edge --split" in last
+    assert not (tmp_path / "empty").exists() or os.listdir(str(tmp_path / "empty")) == []
+
+
+def test_without_split_local_a_cloud_is_needed(tmp_path):
+    proc = run_cli("run-edge", "--split", "4", "--model", TINY_ID, "--dataset", "synthetic")
+    assert proc.returncode != 0 and "give --cloud" in proc.stderr and "--split local" in proc.stderr
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--split", "local", "--deadline-ms", "50"], "--split local sends none"),
+    (["--split", "4", "--cloud", "127.0.0.1:9", "--max-age-ms", "50"], "give --interval-ms"),
+    (["--split", "4", "--cloud", "127.0.0.1:9", "--deadline-ms", "50", "--inflight", "2"], "drop --inflight"),
+    (["--split", "4", "--cloud", "grpc://127.0.0.1:9", "--deadline-ms", "50"], "need serve-cloud"),
+    (["--split", "4", "--cloud", "127.0.0.1:9", "--follow", "--no-follow"], "contradict"),
+])
+def test_hedging_refuses_what_it_cannot_do_before_connecting(extra, words):
+    proc = run_cli("run-edge", "--model", TINY_ID, "--dataset", "synthetic", *extra)
+    assert proc.returncode != 0 and words in proc.stderr.strip().splitlines()[-1]
+
+
+@pytest.fixture()
+def gated_cloud(tiny_bundles):
+    srv = ServerProcess(tiny_bundles)
+    host, port = srv.address.rsplit(":", 1)
+    proxy = GateProxy(host, int(port))
+    yield srv, proxy
+    proxy.open()
+    proxy.close()
+    assert srv.stop() == 0
+
+
+def test_while_the_link_holds_every_reply_every_frame_is_still_answered_on_the_edge(gated_cloud, tiny_bundles,
+                                                                                   tiny_labelled_npz, tmp_path):
+    """The gate shuts after 50 answers; while it is shut the edge must go on answering (it prints each
+    prediction with --verbose), so the test opens it only after 40 more: without hedging it would wait forever.
+    Then the late reply comes through, is discarded, and the rest go to the cloud again."""
+    srv, proxy = gated_cloud
+    data, labels = tiny_labelled_npz
+    report = tmp_path / "r.json"
+    edge = _edge("--cloud", proxy.address, "--split", 4, "--cache", _full_model_cache(tiny_bundles, tmp_path),
+                 "--interval-ms", 10, "--deadline-ms", 100, "--dataset", "npz:" + data, "--limit", N,
+                 "--verbose", "--report", report, "--timeout", 60)
+    printed, stderr = [], []
+    reader = threading.Thread(target=lambda: stderr.extend(edge.stderr), daemon=True)
+    reader.start()
+    for line in edge.stdout:
+        printed.append(line)
+        answered = sum(1 for p in printed if p.startswith("Prediction"))
+        if answered == 50:
+            proxy.shut()
+        elif answered == 90:
+            assert proxy.replies_held >= 1  # a reply did come to the shut gate, and waited there
+            proxy.open()
+    edge.wait(timeout=300)
+    reader.join(10)
+    assert edge.returncode == 0, "".join(stderr)
+    r = json.loads(report.read_text())
+    assert r["n"] == N and r["predictions"] == labels[:N].tolist()  # every frame once, the unsplit model's answer
+    paths = r["paths"]
+    # the 40 frames answered while the gate was shut came from the edge: one request finished here after waiting,
+    # the rest never sent while the link owed its reply (a reply already past the gate may have made it one more)
+    assert paths["hedged"]["requests"] >= 1 and paths["local"]["reasons"].get("link_busy", 0) >= 38
+    assert r["late_replies"] >= 1  # the held reply, read once the gate opened, and discarded
+    assert paths["cloud"]["requests"] > 50  # after it, the cloud answered again on the same connection
+    assert r["reconnects"] == []
+    assert "Late replies discarded: {}\n".format(r["late_replies"]) in "".join(printed)
+
+
+def test_stale_frames_are_dropped_and_counted(tiny_bundles, tiny_labelled_npz, tmp_path):
+    """A max age of 1 us: a frame that starts any later than its release (a sleep always overshoots by more) is
+    stale, and with --stale drop it is dropped; every frame is accounted for as answered or dropped."""
+    srv = ServerProcess(tiny_bundles)
+    data, labels = tiny_labelled_npz
+    report = tmp_path / "r.json"
+    try:
+        proc = run_cli("run-edge", "--cloud", srv.address, "--model", TINY_ID, "--split", 4, "--cache",
+                       tmp_path / "cache", "--interval-ms", 2, "--max-age-ms", 0.001, "--stale", "drop",
+                       "--dataset", "npz:" + data, "--limit", 100, "--report", report)
+    finally:
+        assert srv.stop() == 0
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(report.read_text())
+    assert r["dropped"] >= 1 and r["n"] + r["dropped"] == 100
+    kept = [i for i in range(100) if i not in set(r["dropped_samples"])]
+    assert r["predictions"] == labels[kept].tolist()
+    assert "Dropped as stale: {} samples".format(r["dropped"]) in proc.stdout
+
+
+def test_an_explicit_split_is_kept_when_the_cloud_activates_another(tiny_bundles, tiny_labelled_npz, tmp_path):
+    """The cloud's active bundle is split 4; --split 1 runs split 1 (no switch), --follow switches to 4."""
+    srv = ServerProcess(tmp_path / "store", "--allow-push", "--admin-token", "t" * 32)
+    data, _ = tiny_labelled_npz
+    try:
+        for split, extra in ((1, []), (4, ["--activate"])):
+            assert run_cli("push", tiny_bundle(tiny_bundles, split), "--cloud", srv.address, "--admin-token",
+                           "t" * 32, *extra).returncode == 0
+        runs = {}
+        for name, extra in (("kept", []), ("followed", ["--follow"])):
+            report = tmp_path / "{}.json".format(name)
+            proc = run_cli("run-edge", "--cloud", srv.address, "--model", TINY_ID, "--split", 1, "--cache",
+                           tmp_path / "cache", "--dataset", "npz:" + data, "--limit", 20, "--report", report, *extra)
+            assert proc.returncode == 0, proc.stderr
+            runs[name] = json.loads(report.read_text())
+    finally:
+        assert srv.stop() == 0
+    assert runs["kept"]["switches"] == [] and set(runs["kept"]["timeline"]["split"]) == {1}
+    assert [(s["from_split"], s["to_split"]) for s in runs["followed"]["switches"]] == [(1, 4)]
