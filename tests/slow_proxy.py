@@ -105,3 +105,24 @@ class GateProxy(LoopbackProxy):
             pass
         finally:
             self._close(src, dst)
+
+
+def answer_through_a_stall(edge, proxy, shut_after, open_after):
+    """Read a ``run-edge --verbose`` process's stdout, shutting ``proxy``'s gate once it has printed
+    ``shut_after`` predictions and opening it after ``open_after``: the edge must answer the frames between
+    on its own, since no reply can reach it meanwhile.  Returns (stdout lines, stderr lines, replies held at
+    the gate when it opened); the process has ended."""
+    printed, stderr, held = [], [], []
+    reader = threading.Thread(target=lambda: stderr.extend(edge.stderr), daemon=True)
+    reader.start()
+    for line in edge.stdout:
+        printed.append(line)
+        answered = sum(1 for p in printed if p.startswith("Prediction"))
+        if answered == shut_after:
+            proxy.shut()
+        elif answered == open_after and not held:
+            held.append(proxy.replies_held)
+            proxy.open()
+    edge.wait(timeout=300)
+    reader.join(10)
+    return printed, stderr, held[0] if held else 0

@@ -249,6 +249,35 @@ def test_fallback_local_finishes_on_the_edge_when_the_cloud_stays_down(tiny_bund
     assert "Local fallback: {} samples".format(local) in out
 
 
+def test_a_stalled_link_is_answered_on_the_edge_and_split_local_needs_no_cloud(tiny_bundles, tiny_labelled_npz,
+                                                                              tmp_path):
+    """As tests/test_local_answer.py's, with the edge on Python 3.6: --deadline-ms through a link that holds
+    every reply for 30 frames, then --split local with no cloud at all."""
+    from slow_proxy import GateProxy, answer_through_a_stall
+    srv = ServerProcess(tiny_bundles)
+    proxy = GateProxy(srv.host, srv.port)
+    report = tmp_path / "r.json"
+    data, labels = tiny_labelled_npz
+    try:
+        edge = start_edge36("--cloud", proxy.address, "--artifacts", tmp_path / "cache", "--model", TINY_ID,
+                            "--split", 4, "--interval-ms", 10, "--deadline-ms", 100, "--dataset", "npz:" + data,
+                            "--limit", 150, "--verbose", "--report", report)
+        printed, err, held = answer_through_a_stall(edge, proxy, 30, 60)
+    finally:
+        proxy.open()
+        proxy.close()
+        assert srv.stop() == 0
+    assert edge.returncode == 0, "".join(err)
+    r = json.loads(report.read_text())
+    assert held >= 1 and r["predictions"] == labels[:150].tolist()
+    assert r["paths"]["hedged"]["requests"] >= 1 and r["paths"]["local"]["requests"] >= 28 and r["late_replies"] >= 1
+    import shutil
+    shutil.copytree(str(tiny_bundle(tiny_bundles, 7)), str(tmp_path / "cache" / tiny_bundle(tiny_bundles, 7).name))
+    local = report_of(run_edge36("--split", "local", "--artifacts", tmp_path / "cache", "--model", TINY_ID,
+                                 "--dataset", "npz:" + data, "--limit", 20, "--report", report), report)
+    assert local["split"] == "local" and local["predictions"] == labels[:20].tolist()
+
+
 def test_the_kserve_edge_against_a_real_triton_server(tiny_bundles, tiny_labelled_npz, tmp_path):
     """tritonclient 2.41.1 and grpcio 1.48.2 on Python 3.6 against Triton; http:// needs geventhttpclient, which
     the Jetson's tier leaves out: one line saying so."""

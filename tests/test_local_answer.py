@@ -11,13 +11,12 @@ import json
 import os
 import subprocess
 import sys
-import threading
 
 import numpy as np
 import pytest
 from cloud_server import ServerProcess
 from conftest import REPO, SEED_REPORT, TINY_ID, run_cli, tiny_bundle
-from slow_proxy import GateProxy
+from slow_proxy import GateProxy, answer_through_a_stall
 
 from runtime.edge.hedge import HedgePolicy
 from runtime.edge.local import LocalModel
@@ -195,19 +194,8 @@ def test_while_the_link_holds_every_reply_every_frame_is_still_answered_on_the_e
     edge = _edge("--cloud", proxy.address, "--split", 4, "--cache", _full_model_cache(tiny_bundles, tmp_path),
                  "--interval-ms", 10, "--deadline-ms", 100, "--dataset", "npz:" + data, "--limit", N,
                  "--verbose", "--report", report, "--timeout", 60)
-    printed, stderr = [], []
-    reader = threading.Thread(target=lambda: stderr.extend(edge.stderr), daemon=True)
-    reader.start()
-    for line in edge.stdout:
-        printed.append(line)
-        answered = sum(1 for p in printed if p.startswith("Prediction"))
-        if answered == 50:
-            proxy.shut()
-        elif answered == 90:
-            assert proxy.replies_held >= 1  # a reply did come to the shut gate, and waited there
-            proxy.open()
-    edge.wait(timeout=300)
-    reader.join(10)
+    printed, stderr, held = answer_through_a_stall(edge, proxy, 50, 90)
+    assert held >= 1  # a reply did come to the shut gate, and waited there
     assert edge.returncode == 0, "".join(stderr)
     r = json.loads(report.read_text())
     assert r["n"] == N and r["predictions"] == labels[:N].tolist()  # every frame once, the unsplit model's answer
