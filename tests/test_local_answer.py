@@ -22,7 +22,6 @@ from runtime.edge.hedge import HedgePolicy
 from runtime.edge.local import LocalModel
 from runtime.edge.report import RunRecorder, format_paths
 
-
 # ---------------------------------------------------------------- the policy, with its times given
 
 def test_without_a_round_trip_the_deadline_alone_bounds_the_wait():

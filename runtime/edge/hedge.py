@@ -116,14 +116,16 @@ class HedgedPipe(object):
     """The measured loop's pipe (``--inflight 1``) under a HedgePolicy: each request answered by the cloud or,
     when its reply is late, finished here by ``local`` (a LocalModel); at most one request on the link.
 
-    ``next_release()``: the clock time the next frame is released, or None; ``observe(frame, roundtrip_ms,
-    sent, received, context)``: told of every reply that arrives, late ones included (adaptive mode learns the
-    link from them); ``reconnect_s``: how long a lost connection is retried in the background."""
+    ``next_release()``: the clock time the next frame is released, or None; ``adaptive`` (adaptive mode's
+    listener, or None): ``reply(frame, roundtrip_ms, sent, received, context)`` for every reply that arrives,
+    late ones included, ``overdue(sent, waited_ms)`` for one given up on, ``lost()`` when the connection broke
+    (adaptive mode learns the link from all three); ``reconnect_s``: how long a lost connection is retried in
+    the background."""
 
-    def __init__(self, session, policy, local, next_release=lambda: None, observe=None, reconnect_s=60.0,
+    def __init__(self, session, policy, local, next_release=lambda: None, adaptive=None, reconnect_s=60.0,
                  clock=time.perf_counter):
         self.session, self.policy, self.local = session, policy, local
-        self.next_release, self.observe, self.reconnect_s = next_release, observe, reconnect_s
+        self.next_release, self.adaptive, self.reconnect_s = next_release, adaptive, reconnect_s
         self._clock = clock
         self.pending = collections.deque()  # answers ready here, or _OnLink requests, in the order sent
         self.late = None          # the _OnLink answered here whose reply the link still owes
@@ -189,6 +191,8 @@ class HedgedPipe(object):
             self._lose(exc)
             return self._answer_here(context, HEDGED, "outage", item.sent, waited_since=item.sent_at)
         self.late = item
+        if self.adaptive is not None:
+            self.adaptive.overdue(item.sent, (self._clock() - item.sent_at) * 1000.0)
         return self._answer_here(context, HEDGED, reason, item.sent, waited_since=item.sent_at)
 
     def _readable(self, timeout_s):
@@ -219,8 +223,8 @@ class HedgedPipe(object):
         roundtrip_ms = (self._clock() - item.sent_at) * 1000.0
         self.policy.observe(roundtrip_ms)
         reply = (frame, roundtrip_ms, item.sent, conn.reader.bytes_received - item.bytes_before, item.context)
-        if self.observe is not None:
-            self.observe(*reply)
+        if self.adaptive is not None:
+            self.adaptive.reply(*reply)
         return reply
 
     def _collect_late(self):
@@ -251,6 +255,8 @@ class HedgedPipe(object):
     def _lose(self, exc):
         """The connection broke: nothing is owed on it any more; reconnect in the background."""
         self.late = None
+        if self.adaptive is not None:
+            self.adaptive.lost()
         if self.outage is not None or self.gone is not None:
             return
         _say("{}; answering on the edge while reconnecting (up to {:.0f} s)".format(exc, self.reconnect_s))

@@ -192,7 +192,7 @@ class _Loop(object):
         if self.hedge is not None:  # one for the whole run: what the link still owes outlives a switch
             if not isinstance(self.pipe, HedgedPipe):
                 self.pipe = HedgedPipe(self.session, self.hedge, self.local, self._next_release,
-                                       self._observe if self.adaptive is not None else None,
+                                       _AdaptiveListener(self) if self.adaptive is not None else None,
                                        self.settings.reconnect_timeout)
             return self.pipe
         if self.settings.inflight > 1:
@@ -310,7 +310,7 @@ class _Loop(object):
                 active != self.session.manifest.bundle_id:
             self.switch = ("bundle {} activated on the cloud".format(active), None, active)
         elif self.switch is None and self.adaptive is not None and path == "cloud":
-            if self.hedge is None:  # a hedged pipe tells adaptive mode of every reply as it arrives (_observe)
+            if self.hedge is None:  # a hedged pipe tells adaptive mode of every reply as it arrives
                 self._observe(frame, roundtrip_ms, sent, received, context)
             self._probe()
             new_split, reason = self.adaptive.decide(self.session.manifest.split_index)
@@ -378,6 +378,23 @@ class _Loop(object):
         self.pipe = self._make_pipe()
         self.resend = collections.deque(self.outstanding)
         return True
+
+
+class _AdaptiveListener(object):
+    """What a hedged pipe tells adaptive mode: each reply as it arrives (late ones too: their wait is the link's),
+    each request given up on (a censored sample: the link took at least that long), a lost connection."""
+
+    def __init__(self, loop):
+        self.loop = loop
+
+    def reply(self, frame, roundtrip_ms, sent, received, context):
+        self.loop._observe(frame, roundtrip_ms, sent, received, context)
+
+    def overdue(self, sent, waited_ms):
+        self.loop.adaptive.watch().overdue(sent, waited_ms)
+
+    def lost(self):
+        self.loop.adaptive.lost()
 
 
 def _run_locally(model, data, batches_left, preprocess, recorder, bar):
