@@ -4,8 +4,11 @@
 A trace is a delivery schedule in Mahimahi's mm-link format: one integer per line, a time in
 milliseconds from the start of the trace, each line one opportunity for a 1500-byte packet to
 leave the bottleneck queue (several in one millisecond repeat the time); the schedule repeats
-with a period of its last time.  A ``seconds,mbit`` CSV (a rate per step) is turned into the same
-schedule: an opportunity each time another 1500 bytes of capacity has accrued.
+with a period of its last time.  A ``seconds,mbit`` CSV (a rate per step, the last step as long
+as the one before; fractional seconds and zero rates allowed, a header line skipped) is turned
+into the same schedule: an opportunity each time another 1500 bytes of capacity has accrued.
+Either may have CRLF line ends, blank lines and ``#`` comments; a Mahimahi file's lines may be
+out of order (they are sorted).  A run longer than the trace wraps around.
 
 ``TraceLink`` listens on loopback and forwards each connection to one target.  Per direction
 there is ONE FIFO bottleneck queue shared by every connection, as in mm-link: bytes read from a
@@ -194,10 +197,11 @@ def _schedule(starts_s, rates_mbit, period_ms):
 
 
 def _data_lines(name, data):
-    """(line number, stripped text) of each non-blank line."""
+    """(line number, text) of each line that holds data: a byte-order mark, CR or CRLF line ends, surrounding
+    blanks and comments (from ``#`` to the end of the line) are not data; blank lines count in the numbering."""
     rows = []
-    for lineno, raw in enumerate(data.split(b"\n"), 1):
-        text = raw.decode("utf-8", errors="replace").strip()
+    for lineno, raw in enumerate(data.splitlines(), 1):
+        text = raw.decode("utf-8", errors="replace").lstrip("\ufeff").split("#", 1)[0].strip()
         if text:
             rows.append((lineno, text))
     if not rows:
@@ -207,7 +211,9 @@ def _data_lines(name, data):
 
 
 def _parse_mahimahi(name, rows):
-    times, prev = [], None
+    """The opportunities in time order: a schedule's lines name opportunities, so lines out of order (which
+    mm-link itself refuses) are sorted rather than refused."""
+    times = []
     for lineno, text in rows:
         t = int(text) if _INTEGER.match(text) else None
         if t is None:
@@ -215,11 +221,8 @@ def _parse_mahimahi(name, rows):
                                 "per line".format(_shown(text)))
         if t < 0:
             _fail(name, lineno, "{} is negative; times are milliseconds from the start of the trace".format(t))
-        if prev is not None and t < prev[1]:
-            _fail(name, lineno, "{} is smaller than {} on line {}; a Mahimahi trace's times must not "
-                                "decrease".format(t, prev[1], prev[0]))
         times.append(t)
-        prev = (lineno, t)
+    times.sort()
     if times[-1] == 0:
         _fail(name, rows[-1][0], "every time is 0, so the trace lasts no time (its last time is its period); "
                                  "give times in milliseconds from the start")
@@ -236,8 +239,21 @@ def _csv_number(name, lineno, token, what):
     return value
 
 
+def _is_number(text):
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_header(text):
+    """A CSV's first line is a header when none of its fields is a number (``seconds,mbit``, ``time_s,rate``)."""
+    return not any(_is_number(f.strip()) for f in text.split(","))
+
+
 def _parse_csv(name, rows):
-    if rows[0][1].replace(" ", "").lower() == "seconds,mbit":
+    if _is_header(rows[0][1]):
         rows = rows[1:]
         if not rows:
             _fail(name, None, "a header and no rows; add one seconds,mbit row per step")
