@@ -504,7 +504,7 @@ def figures_of(mode, r, labels, start_at, deadline_ms):
     figures = summarize(r["timeline"]["from_release_ms"], deadline_ms, r["n"], lost=n - r["n"],
                         switches=len(r.get("switches") or ()))
     figures.update({"wrong": sum(1 for a, b in zip(r["predictions"], labels) if a != b),
-                    "late_start_s": r["started_unix"] - start_at, "local": r.get("local_samples", 0)})
+                    "late_start_s": r["started_unix"] - start_at, "local": r["served_by"].count("local")})
     if mode.startswith("hedged:"):
         figures.update({key: r[key] for key in ("paths", "late_replies", "hedge_reasons") if key in r})
     return figures
