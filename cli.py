@@ -322,6 +322,9 @@ OBJECTIVE_HELP = ("latency, throughput, or energy: the least edge energy per sam
 PLANNING_OPTIONS = (
     click.option("--max-latency-ms", default=None, type=click.FloatRange(0.001, None),
                  help="Choose only among splits predicted within this latency (ms); none within it is an error."),
+    click.option("--reprofile", is_flag=True,
+                 help="Measure this edge's profile again (ignore and replace the cached one), e.g. after it was "
+                      "measured on a busy machine."),
     click.option("--radio-nj-per-byte", default=None, type=click.FloatRange(0, None),
                  help="The radio's energy per byte sent or received (nJ), for the energy objective [default: 2318.5, "
                       "Wi-Fi at 20 Mbit/s up; LTE about 4000-14000; see docs/PLANNING.md]."),
@@ -500,7 +503,7 @@ def plan(**options):
 @click.option("--csv", "csv_path", default=None, help="Write the table as CSV here.")
 @click.option("--png", "png_path", default=None, help="Write the chart (stacked bars + predictions) here.")
 @with_options(BANDWIDTH_OPTION, RTT_OPTION, timeout_option(600.0), threads_option())
-@with_options(PLANNING_OPTIONS[1], *POWER_OPTIONS)
+@with_options(*PLANNING_OPTIONS[1:], *POWER_OPTIONS)
 @handle_errors
 @client_security()
 def sweep(**options):

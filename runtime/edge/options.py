@@ -28,6 +28,7 @@ class ClientOptions(Options):
     cloud_profile = None
     interval_ms = 0.0   # plan for a batch released every this many ms (0: back to back)
     max_latency_ms = None  # only splits predicted within this many ms are candidates (None: no cap)
+    reprofile = False   # measure the edge's profile again, replacing the cached one
     radio_nj_per_byte = None  # --objective energy: the radio's cost per byte (None: planner.DEFAULT_RADIO_NJ_PER_BYTE)
 
 
