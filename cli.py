@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from runtime.bundle.schema import parse_split
+from runtime.bundle.schema import LOCAL, parse_split
 from runtime.edge import power
 from runtime.errors import UserError
 from runtime.wire import auth
@@ -228,6 +228,13 @@ def split_option(ctx, param, value):
     except ValueError:
         raise click.BadParameter("expected a split index (0, 1, ...), a cut of several tensors (4.1, from `layers "
                                  "--max-tensors K`) or 'auto'", param=param)
+
+
+def sweep_split(value):
+    """A split sweep measures: parse_split's, or ``local``."""
+    return LOCAL if value.strip() == LOCAL else parse_split(value)
+
+
 DEVICE_CHOICE = click.Choice(["auto", "cpu", "cuda"])
 INFERENCE_TOKEN_ENV = auth.TOKEN_ENV[auth.INFERENCE]
 ADMIN_TOKEN_ENV = auth.TOKEN_ENV[auth.ADMIN]
@@ -315,6 +322,9 @@ OBJECTIVE_HELP = ("latency, throughput, or energy: the least edge energy per sam
 PLANNING_OPTIONS = (
     click.option("--max-latency-ms", default=None, type=click.FloatRange(0.001, None),
                  help="Choose only among splits predicted within this latency (ms); none within it is an error."),
+    click.option("--reprofile", is_flag=True,
+                 help="Measure this edge's profile again (ignore and replace the cached one), e.g. after it was "
+                      "measured on a busy machine."),
     click.option("--radio-nj-per-byte", default=None, type=click.FloatRange(0, None),
                  help="The radio's energy per byte sent or received (nJ), for the energy objective [default: 2318.5, "
                       "Wi-Fi at 20 Mbit/s up; LTE about 4000-14000; see docs/PLANNING.md]."),
@@ -495,8 +505,9 @@ def plan(**options):
 
 @main.command()
 @cloud_option()
-@click.option("--splits", default="0,3,10,16,20,22", show_default=True, help="Comma-separated split points.",
-              callback=lambda ctx, param, value: _split_values(value, parse_split, "0,3,10,16,20,22", param))
+@click.option("--splits", default=None, show_default="0,3,10,16,20,22,local",
+              help="Comma-separated split points; local: the whole model on the edge, from its cache.",
+              callback=lambda ctx, param, value: _split_values(value, sweep_split, "0,3,10,16,20,22,local", param))
 @with_options(MODEL_ID_OPTION, CACHE_OPTION, BACKEND_OPTION, DEVICE_OPTION, *DATASET_OPTIONS)
 @batch_size_option()
 @click.option("--seed", default=0, show_default=True, type=int)
@@ -504,7 +515,7 @@ def plan(**options):
 @click.option("--csv", "csv_path", default=None, help="Write the table as CSV here.")
 @click.option("--png", "png_path", default=None, help="Write the chart (stacked bars + predictions) here.")
 @with_options(BANDWIDTH_OPTION, RTT_OPTION, timeout_option(600.0), threads_option())
-@with_options(PLANNING_OPTIONS[1], *POWER_OPTIONS)
+@with_options(*PLANNING_OPTIONS[1:], *POWER_OPTIONS)
 @handle_errors
 @client_security()
 def sweep(**options):

@@ -1,7 +1,19 @@
 """The planner (runtime/edge/planner.py): predicted latency and throughput per split, pure (no torch, no sockets)."""
 import pytest
 
-from runtime.edge.planner import choose, predict, with_cuts
+from runtime.bundle.schema import LOCAL, split_order
+from runtime.edge.planner import (
+    at_cadence,
+    best_baseline,
+    choose,
+    format_plan,
+    mark_served,
+    predict,
+    ratio_to,
+    served_rows,
+    with_cuts,
+    with_energy,
+)
 from runtime.errors import UserError
 
 # 5 points: the activation shrinks along the model, the edge is 10x slower than the cloud.
@@ -64,3 +76,63 @@ def test_a_cut_in_a_segment_of_no_flops_takes_half_of_it():
     flat = [dict(p, head_flops=0) for p in POINTS]
     row = predict(flat, EDGE_MS, CLOUD_MS, 1.0, 8.0, splits=with_cuts(flat, [dict(CUT, head_flops=0)]))[2]
     assert row["share"] == 0.5 and row["edge_ms"] == pytest.approx(3.0)
+
+
+def test_local_is_the_whole_model_on_the_edge_with_nothing_on_the_request_path():
+    rows = predict(POINTS, EDGE_MS, CLOUD_MS, 1.0, 8.0, batch_size=2, output_bytes=40, splits=[0, 4, LOCAL])
+    assert [r["split"] for r in rows] == [0, 4, LOCAL]
+    last, local = rows[1], rows[2]
+    assert local["edge_ms"] == sum(EDGE_MS) == local["latency_ms"]
+    assert local["network_ms"] == local["cloud_ms"] == local["bytes_per_sample"] == 0
+    assert local["throughput_samples_per_s"] == pytest.approx(2 * 1000.0 / sum(EDGE_MS))
+    # the last point is the whole model on the edge too, but with the round trip to the cloud
+    assert last["edge_ms"] == local["edge_ms"] and last["network_ms"] > 1.0
+    assert choose(predict(POINTS, EDGE_MS, CLOUD_MS, 1.0, 1.0, output_bytes=40, splits=[0, 4, LOCAL]))["split"] == LOCAL
+
+
+def test_local_spends_no_radio_energy_and_does_not_queue_on_the_link():
+    rows = predict(POINTS, EDGE_MS, CLOUD_MS, 1.0, 8.0, output_bytes=40, splits=[4, LOCAL])
+    last, local = with_energy(rows, [1.0, 2.0, 3.0, 4.0], radio_nj_per_byte=1000.0, output_bytes=40)
+    assert local["edge_mj"] == 10.0 and local["radio_mj"] == 0 and local["mj_per_sample"] == 10.0
+    assert last["edge_mj"] == 10.0 and last["radio_mj"] > 0
+    calm, jittery = (at_cadence(rows, 20.0, dev, output_bytes=40) for dev in (0.0, 5.0))
+    assert jittery[1]["released_ms"] == calm[1]["released_ms"]  # no network term for local
+    assert jittery[0]["released_ms"] > calm[0]["released_ms"]
+
+
+def test_local_sorts_after_every_point_and_cut():
+    assert sorted([LOCAL, 4, "1.1", 0], key=split_order) == [0, "1.1", 4, LOCAL]
+    rows = predict(POINTS_F, EDGE_MS, CLOUD_MS, 1.0, 8.0, splits=[LOCAL] + with_cuts(POINTS_F, [CUT]))
+    assert rows[-1]["split"] == LOCAL and rows[-2]["split"] == 4
+
+
+def test_choose_takes_only_the_splits_that_can_run():
+    rows = predict(POINTS, EDGE_MS, CLOUD_MS, 1.0, 1.0, output_bytes=40, splits=[0, 1, 2, 3, 4, LOCAL])
+    assert choose(mark_served(rows, held=[0, 2], local=True))["split"] == LOCAL
+    assert choose(mark_served(rows, held=[0, 2], local=False))["split"] == 2
+    assert choose(mark_served(rows, held=[], on_demand=True))["split"] == 4
+    assert choose(mark_served(rows, held=None))["split"] == 4  # a cloud that does not say: any point
+    with pytest.raises(UserError) as err:
+        choose(mark_served(rows, held=[]))
+    assert "cli.py export --model the model --split 4" in str(err.value)  # the fastest the cloud could serve
+    with pytest.raises(UserError) as err:
+        served_rows(mark_served(rows, held=[]), "m")
+    assert "--model m --split 4" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_plan_compares_every_split_with_the_better_baseline():
+    rows = mark_served(predict(POINTS, EDGE_MS, CLOUD_MS, 1.0, 10000.0, output_bytes=40, splits=[0, 2, 4, LOCAL]),
+                       held=[0, 4], local=True)
+    baseline = best_baseline(rows)
+    assert baseline["split"] == 0 and baseline["latency_ms"] < rows[-1]["latency_ms"]
+    assert ratio_to(rows[2], baseline) == pytest.approx(rows[2]["latency_ms"] / rows[0]["latency_ms"])
+    network = {"rtt_ms": 1.0, "bandwidth_mbps": 10000.0}
+    table = format_plan(rows, choose(rows), network, "latency").splitlines()
+    assert "vs best baseline" in table[1]
+    assert table[3].startswith("| 0 |") and "| 1.00x |" in table[3] and "**<-**" in table[3]
+    assert "not served" in table[4] and "not served" not in table[5]
+    assert table[6].startswith("| local |")
+    assert "it is the better baseline (split 0" in table[-1]
+    other = rows[2]  # split 4, as another objective might choose
+    line = format_plan(rows, other, network, "energy").splitlines()[-1]
+    assert "{:.2f}x the better baseline (split 0".format(other["latency_ms"] / baseline["latency_ms"]) in line

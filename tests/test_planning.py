@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import shutil
 
 import pytest
 from cloud_server import ServerProcess
@@ -11,6 +12,7 @@ from exporter.bundle import export_bundle
 from exporter.options import ExportOptions
 from runtime.backends.profiling import ProfileCache, profile_segments
 from runtime.bundle.manifest import load_manifest
+from runtime.bundle.schema import split_order
 from runtime.edge.planner import predict
 
 MODEL, MODEL_ID = TINY, TINY_ID
@@ -48,11 +50,18 @@ def test_plan_measures_both_sides_and_the_network(server, tmp_path):
     assert proc.returncode == 0, proc.stderr
     plan = json.loads(proc.stdout)
     assert plan["network"]["source"] == "probe" and plan["network"]["bandwidth_mbps"] > 10
-    assert plan["choice"] == min(plan["rows"], key=lambda r: (r["latency_ms"], r["split"]))
+    served = [r for r in plan["rows"] if r["served"]]
+    assert plan["choice"]["split"] == min(served, key=lambda r: (r["latency_ms"], split_order(r["split"])))["split"]
+    local = plan["rows"][-1]  # the edge's cache holds no whole model yet: planned, shown, not chosen
+    assert local["split"] == "local" and not local["served"] and local["network_ms"] == 0
+    baseline = min(local["latency_ms"], plan["rows"][0]["latency_ms"])
+    assert plan["best_baseline"]["latency_ms"] == baseline
+    assert all(r["vs_best_baseline"] == pytest.approx(r["latency_ms"] / baseline) for r in plan["rows"])
     slow = json.loads(run_cli("plan", "--cloud", server.address, "--model", MODEL_ID, "--cache", tmp_path,
                               "--bandwidth", "0.01", "--rtt", "5", "--json").stdout)
     assert slow["network"]["source"] == "given"
-    assert slow["choice"]["split"] == len(slow["rows"]) - 1  # 10 kbit/s: send the 10 logits, not a feature map
+    last = len(slow["rows"]) - 2  # the last point, before local
+    assert slow["choice"]["split"] == last  # 10 kbit/s: send the 10 logits, not a feature map
     assert "profiling" not in run_cli("plan", "--cloud", server.address, "--model", MODEL_ID, "--cache",
                                       tmp_path).stderr  # the edge profile came from the cache
 
@@ -151,3 +160,61 @@ def test_adaptive_mode_moves_to_a_later_split_when_the_bandwidth_drops(seed_segm
     assert [f["split"] for f in r["fetches"]] == [3]  # only the starting head; later ones are segment chains
     assert switches[-1]["head"] == "segment-chain"
     assert time.time() - dropped < 120
+
+
+def test_sweep_measures_local_beside_the_splits_and_compares_with_the_better_baseline(server, store, tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    last = len(store[1]["points"]) - 1
+    refused = run_cli("sweep", "--cloud", server.address, "--model", MODEL_ID, "--cache", cache, "--splits",
+                      "0,local", "--dataset", "synthetic", "--limit", 4)
+    assert refused.returncode != 0 and "--splits local: " in refused.stderr and "Traceback" not in refused.stderr
+    shutil.copytree(str(store[0] / "{}-s{}".format(MODEL_ID, last)), str(cache / "{}-s{}".format(MODEL_ID, last)))
+    proc = run_cli("sweep", "--cloud", server.address, "--model", MODEL_ID, "--cache", cache, "--splits",
+                   "0,{},local".format(last), "--dataset", "synthetic", "--limit", 8, "--csv", tmp_path / "s.csv",
+                   "--png", tmp_path / "s.png")
+    assert proc.returncode == 0, proc.stderr
+    assert "vs best baseline" in proc.stdout and any(l.startswith("| local |") for l in proc.stdout.splitlines())
+    rows = list(csv.DictReader(open(str(tmp_path / "s.csv"))))
+    assert [r["split"] for r in rows] == ["0", str(last), "local"]
+    local = rows[-1]
+    assert float(local["edge_ms_mean"]) > 0 and float(local["transmission_ms_mean"]) == 0
+    assert float(local["cloud_ms_mean"]) == 0 and float(local["bytes_per_sample"]) == 0
+    assert local["predicted_ms"] not in ("", None) and len({r["accuracy"] for r in rows}) == 1
+    baseline = min(float(rows[0]["end_to_end_ms_mean"]), float(local["end_to_end_ms_mean"]))
+    for r in rows:
+        assert float(r["vs_best_baseline"]) == pytest.approx(float(r["end_to_end_ms_mean"]) / baseline)
+    assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    plan = json.loads(run_cli("plan", "--cloud", server.address, "--model", MODEL_ID, "--cache", cache,
+                              "--bandwidth", "0.01", "--rtt", "5", "--json").stdout)
+    assert plan["rows"][-1]["served"] and plan["choice"]["split"] == "local"  # the whole model is here now
+
+
+def test_split_auto_chooses_only_among_the_splits_the_cloud_serves(tmp_path):
+    from exporter.segments import export_segments
+    root = tmp_path / "store"
+    export_segments(MODEL, ExportOptions(random_init=True, out_dir=str(root)))
+    srv = ServerProcess(root)  # segments only: no split to run, none exported on demand
+    try:
+        proc = run_cli("plan", "--cloud", srv.address, "--model", MODEL_ID, "--cache", tmp_path / "c")
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr
+        error = proc.stderr.strip().splitlines()[-1]  # one line, after the profiling's progress
+        assert "the cloud serves no split of {}".format(MODEL_ID) in error and "cli.py export --model" in error
+    finally:
+        assert srv.stop() == 0
+    export_bundle(MODEL, "1", ExportOptions(random_init=True, out_dir=str(root)))
+    srv = ServerProcess(root)
+    try:
+        # 10 kbit/s would choose the last point (test_plan_measures_both_sides_and_the_network); only 1 is held
+        proc = run_cli("plan", "--cloud", srv.address, "--model", MODEL_ID, "--cache", tmp_path / "c",
+                       "--bandwidth", "0.01", "--rtt", "5")
+        assert proc.returncode == 0, proc.stderr
+        assert "choice (latency): split 1 " in proc.stdout
+        table = [l for l in proc.stdout.splitlines() if l.startswith("| ") and not l.startswith("| split")]
+        assert [l.endswith(" not served") for l in table] == [True, False] + [True] * (len(table) - 2)
+        auto = run_cli("run-edge", "--cloud", srv.address, "--model", MODEL_ID, "--cache", tmp_path / "c",
+                       "--split", "auto", "--bandwidth", "0.01", "--rtt", "5", "--dataset", "synthetic",
+                       "--limit", 3)
+        assert auto.returncode == 0 and "planned split 1 " in auto.stderr, auto.stderr
+    finally:
+        assert srv.stop() == 0

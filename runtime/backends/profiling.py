@@ -18,6 +18,11 @@ device spends above idle while the segment runs), with the meter's source, rail 
 idle power under ``energy``.  A profile without ``segment_mj`` was measured without a
 meter (or its reading failed, ``energy.reason`` says why): absent means not measured.
 
+Every profile says when and under what load it was measured (``measured_unix``;
+``load_1min``, the 1-minute load average, and ``cpu_count``, each None where the
+system does not say), so a profile measured while the machine was busy can be told
+apart.  Profiles written before these fields load as before.
+
 Python 3.6 syntax: this module runs on the Jetson.
 """
 import hashlib
@@ -92,10 +97,21 @@ def profile_segments(manifest, backend="onnx", device="auto", batch_size=1, thre
                "chain_ms": {"mean": float(np.mean(totals)), "median": float(np.median(totals))},
                "points": manifest["points"], "cuts": manifest.data.get("cuts", []),
                "output_bytes_per_sample": manifest["output"]["bytes_per_sample"],
-               "runs": runs, "warmup": warmup, "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
+               "runs": runs, "warmup": warmup, "measured": time.strftime("%Y-%m-%dT%H:%M:%S"),
+               "measured_unix": time.time()}
+    profile.update(machine_load())
     if power is not None:
         profile.update(segment_energy(runners, inputs, power))
     return profile
+
+
+def machine_load():
+    """``{"load_1min": the 1-minute load average, "cpu_count": CPUs}``, each None where the system does not say."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # not on every system
+        load = None
+    return {"load_1min": load, "cpu_count": os.cpu_count()}
 
 
 def segment_energy(runners, inputs, power, window_s=ENERGY_WINDOW_S):
@@ -136,6 +152,18 @@ class ProfileCache(object):
             profile = read_profile(path)
             if profile.get("key") == key:
                 return profile
+        return None
+
+    def find(self, **fields):
+        """A cached profile whose key has these ``fields`` (model, backend, provider, ...), or None."""
+        if not os.path.isdir(self.root):
+            return None
+        for name in sorted(os.listdir(self.root)):
+            if name.endswith(".json"):
+                profile = read_profile(os.path.join(self.root, name))
+                key = profile.get("key") or {}
+                if all(key.get(f) == v for f, v in fields.items()):
+                    return profile
         return None
 
     def put(self, profile):

@@ -173,8 +173,13 @@ def parse_split(value):
     return "{}.{}".format(int(point), int(number)) if dot else int(point)
 
 
+LOCAL = "local"  # the whole model on the edge, nothing on the request path: a split the planner and sweep consider
+
+
 def split_order(split):
-    """A sort key that puts ``"K.J"`` cuts after point K, in order."""
+    """A sort key that puts ``"K.J"`` cuts after point K, in order, and ``"local"`` after every point."""
+    if split == LOCAL:
+        return float("inf"), 0
     point, _, number = str(split).partition(".")
     return int(point), int(number or 0)
 

@@ -28,6 +28,7 @@ class ClientOptions(Options):
     cloud_profile = None
     interval_ms = 0.0   # plan for a batch released every this many ms (0: back to back)
     max_latency_ms = None  # only splits predicted within this many ms are candidates (None: no cap)
+    reprofile = False   # measure the edge's profile again, replacing the cached one
     radio_nj_per_byte = None  # --objective energy: the radio's cost per byte (None: planner.DEFAULT_RADIO_NJ_PER_BYTE)
 
 
@@ -74,7 +75,7 @@ class RunOptions(ClientOptions):
 
 class SweepOptions(ClientOptions):
     timeout = 600.0
-    splits = (0, 3, 10, 16, 20, 22)
+    splits = None       # the splits to measure (None: sweep.DEFAULT_SPLITS, local left out where it cannot run)
     dataset = "cifar100"
     data_dir = "data"
     limit = 100

@@ -8,13 +8,18 @@ import sys
 from runtime.backends import format_of, load_file
 from runtime.backends.profiling import ProfileCache, profile_key, profile_segments, read_profile, write_profile
 from runtime.bundle.manifest import load_manifest, validate
+from runtime.bundle.schema import LOCAL
 from runtime.edge.planner import (
     DEFAULT_RADIO_NJ_PER_BYTE,
     at_cadence,
+    best_baseline,
     check_profiles,
     choose,
     format_plan,
+    mark_served,
     predict,
+    ratio_to,
+    served_rows,
     with_cuts,
     with_energy,
 )
@@ -83,15 +88,21 @@ def _has_energy(profile, power=None):
                                         (power.source, power.rail))
 
 
-def edge_profile(session, segments_data, batch_size, power=None, required=None):
+def profile_cache(cache_root):
+    """The edge's cached profiles: ``<cache>/.profiles/``."""
+    return ProfileCache(os.path.join(cache_root, ".profiles"))
+
+
+def edge_profile(session, segments_data, batch_size, power=None, required=None, fresh=False):
     """This side's profile of the segments: from the profile cache, or measured now (fetching the segments).
 
     ``power`` (SegmentPower): measure each segment's energy too, unless the cached profile has it from the same
     meter; ``required`` (a message): the energy is needed and cannot be measured here, so a cached profile without
-    it is refused with this message instead of profiling."""
+    it is refused with this message instead of profiling; ``fresh`` (``--reprofile``): measure it now whatever is
+    cached, and replace it."""
     cache = session.cache
     formats = session.formats
-    profiles = ProfileCache(os.path.join(cache.root, ".profiles"))
+    profiles = profile_cache(cache.root)
     manifest = cache.lookup(segments_data, formats, part="segments")
     if manifest is None and required is not None:
         raise UserError(required)  # no segments here, so no profile of them either
@@ -103,7 +114,7 @@ def edge_profile(session, segments_data, batch_size, power=None, required=None):
     provider = load_file(os.path.join(manifest.directory, first), session.backend, session.device, session.threads,
                          manifest.directory).provider
     hit = profiles.get(profile_key(manifest, session.backend, provider, session.device, batch_size, session.threads))
-    if hit and (power is None or _has_energy(hit, power)) and (required is None or _has_energy(hit)):
+    if hit and not fresh and (power is None or _has_energy(hit, power)) and (required is None or _has_energy(hit)):
         return hit
     if required is not None:
         raise UserError(required)
@@ -154,6 +165,10 @@ def _edge(session, options, segments_data, measure_energy=False):
     """The edge's profile for ``make_plan``: a file, or the cache, or measured now (with its energy where the
     energy objective, or ``measure_energy``, asks for it and a meter is there)."""
     o = options
+    fresh = getattr(o, "reprofile", False)
+    if o.edge_profile and fresh:
+        raise UserError("--reprofile measures this edge's profile again, --edge-profile {} reads one: give one of "
+                        "them".format(o.edge_profile))
     if o.edge_profile:
         edge = read_profile(o.edge_profile)
         if o.objective == "energy" and not _has_energy(edge):
@@ -164,7 +179,7 @@ def _edge(session, options, segments_data, measure_energy=False):
         power, why = open_power(getattr(o, "power", "auto"), getattr(o, "sysfs_root", "/"))
     required = no_energy("this edge's profile", why) if o.objective == "energy" and power is None else None
     try:
-        edge = edge_profile(session, segments_data, o.batch_size, power, required)
+        edge = edge_profile(session, segments_data, o.batch_size, power, required, fresh)
     finally:
         if power is not None:
             power.meter.close()
@@ -182,7 +197,8 @@ def make_plan(session, options, profiles=None, measure_energy=False, cuts=True):
     energy`` or ``measure_energy``).  With ``interval_ms`` (run-edge --interval-ms) the latency objective is the
     latency from release (planner.at_cadence), the link's deviation taken as a quarter of its time per bit until
     measured.  Where the edge's profile has its energy per segment, the rows have it too (planner.with_energy).
-    With ``cuts`` the segments bundle's cuts of several tensors are planned too (planner.predict)."""
+    With ``cuts`` the segments bundle's cuts of several tensors are planned too (planner.predict).  Split
+    ``"local"`` is planned too; the choice is among the splits that can run (``servable``)."""
     batch_size, cloud_file = options.batch_size, options.cloud_profile
     segments_data, cloud = cloud_profile(session.conn, session.model, batch_size)
     if cloud_file:
@@ -194,13 +210,28 @@ def make_plan(session, options, profiles=None, measure_energy=False, cuts=True):
         profiles.update(edge=edge, cloud=cloud)
     network = measure_network(session.conn, options.bandwidth, options.rtt)
     output_bytes = edge.get("output_bytes_per_sample", 0)
+    splits = with_cuts(edge["points"], edge.get("cuts", ()) if cuts else ()) + [LOCAL]
     rows = predict(edge["points"], edge["segment_ms"], cloud["segment_ms"], network["rtt_ms"],
-                   network["bandwidth_mbps"], batch_size, output_bytes, with_cuts(edge["points"], edge.get("cuts", ()) if cuts else ()))
+                   network["bandwidth_mbps"], batch_size, output_bytes, splits)
+    rows = mark_served(rows, *servable(session))
+    served_rows(rows, session.model)  # none: say what to export, whatever the objective
     if options.interval_ms:
         rows = at_cadence(rows, options.interval_ms, 0.25 / network["bandwidth_mbps"], batch_size, output_bytes)
     if _has_energy(edge):
         rows = with_energy(rows, edge["segment_mj"], radio_cost(options), batch_size, output_bytes)
     return rows, choose(rows, options.objective, options.max_latency_ms), network
+
+
+def servable(session):
+    """What the plan may choose for ``session.model``: (the splits the cloud holds, None where its STATUS does not
+    say; whether it exports splits on demand; whether the edge's cache holds the whole model, for ``"local"``)."""
+    from runtime.edge.session import find_full_model
+    local = find_full_model(session.cache.root, session.model, session.backend) is not None
+    models = session.conn.status().get("models")
+    if not isinstance(models, dict):
+        return None, False, local
+    held = models.get(session.model) or {}
+    return held.get("splits") or [], bool(held.get("on_demand")), local
 
 
 def radio_cost(options):
@@ -226,8 +257,12 @@ def run_plan(options, out=None):
         session.close()
     energy = profiles["edge"].get("energy") if "segment_mj" in profiles["edge"] else None
     if o.as_json:
+        baseline = best_baseline(rows)
         plan = {"network": network, "objective": o.objective, "batch_size": o.batch_size,
-                "max_latency_ms": o.max_latency_ms, "choice": choice, "rows": rows}
+                "max_latency_ms": o.max_latency_ms, "choice": choice,
+                "best_baseline": None if baseline is None else {"split": baseline["split"],
+                                                                "latency_ms": baseline["latency_ms"]},
+                "rows": [dict(r, vs_best_baseline=ratio_to(r, baseline)) for r in rows]}
         if energy is not None:
             plan["energy"] = {"source": energy["source"], "rail": energy["rail"],
                               "idle_power_mw": energy["idle_power_mw"], "radio_nj_per_byte": radio_cost(o)}

@@ -22,6 +22,17 @@ of no FLOPs), and their bytes are those of all their tensors:
 
 Such rows say ``estimated``; ``sweep`` measures them for real.
 
+Split ``"local"`` is the whole model on the edge with nothing on the request path
+(no round trip, no cloud): edge = every segment's time, network = cloud = 0, no
+bytes.  The last point is not that: its tail is empty, but the seed measures it
+with the round trip to the cloud, and so does the planner.  The plan's two
+baselines are split 0 (the whole model on the cloud) and local; ``best_baseline``
+is the faster of them, and every ratio is also given against it.
+
+Which splits can run (``mark_served``): those the cloud holds a bundle of, every
+split where it exports on demand, and local where the edge holds the whole model;
+``choose`` takes only those, and none is an error (``served_rows``).
+
 At a cadence (``run-edge --interval-ms T``: a request released every T ms, one in
 flight) a request also waits for the one before it, and that wait grows without
 bound as the service time S = latency(k) approaches T.  ``at_cadence`` adds the
@@ -56,7 +67,7 @@ the fastest split's prediction.
 
 Python 3.6 syntax.
 """
-from runtime.bundle.schema import split_order
+from runtime.bundle.schema import LOCAL, split_order
 from runtime.errors import UserError
 from runtime.wire.codec import HEADER_SIZE
 
@@ -86,17 +97,20 @@ def check_profiles(edge, cloud):
 
 
 def predict(points, edge_ms, cloud_ms, rtt_ms, bandwidth_mbps, batch_size=1, output_bytes=0, splits=None):
-    """Predicted figures for each of ``splits`` (default: every point), in split order: point indices, and cuts of
-    several tensors (entries of a segments bundle's ``cuts``, see ``with_cuts``)."""
+    """Predicted figures for each of ``splits`` (default: every point), in split order: point indices, cuts of
+    several tensors (entries of a segments bundle's ``cuts``, see ``with_cuts``) and ``"local"``."""
     if len(edge_ms) != len(points) - 1 or len(cloud_ms) != len(points) - 1:
         raise UserError("profiles must have one time per segment ({} points)".format(len(points)))
     if bandwidth_mbps <= 0:
         raise UserError("bandwidth must be positive")
     ms_per_byte = 8.0 / (bandwidth_mbps * 1e6) * 1000.0
     rows = []
-    wanted = [(k, None) if isinstance(k, int) else (k["after"], k)
+    wanted = [(k, None) if isinstance(k, int) or k == LOCAL else (k["after"], k)
               for k in (range(len(points)) if splits is None else splits)]
     for k, cut in wanted:
+        if k == LOCAL:
+            rows.append(local_row(edge_ms, batch_size))
+            continue
         share = 0.0 if cut is None else head_share(cut, points)
         edge = float(sum(edge_ms[:k])) + (share * edge_ms[k] if share else 0.0)
         cloud = float(sum(cloud_ms[k:])) - (share * cloud_ms[k] if share else 0.0)
@@ -113,6 +127,14 @@ def predict(points, edge_ms, cloud_ms, rtt_ms, bandwidth_mbps, batch_size=1, out
             row.update(after=k, share=share, estimated="compute: {:.0%} of segment {} by FLOPs".format(share, k))
         rows.append(row)
     return sorted(rows, key=lambda r: split_order(r["split"]))
+
+
+def local_row(edge_ms, batch_size=1):
+    """Split ``"local"``: every segment on the edge, nothing sent, no cloud."""
+    edge = float(sum(edge_ms))
+    return {"split": LOCAL, "name": "the whole model on the edge", "bytes_per_sample": 0, "edge_ms": edge,
+            "network_ms": 0.0, "cloud_ms": 0.0, "latency_ms": edge,
+            "throughput_samples_per_s": batch_size * 1000.0 / edge if edge > 0 else float("inf")}
 
 
 def with_cuts(points, cuts):
@@ -136,12 +158,18 @@ def at_cadence(rows, interval_ms, dev_us_per_bit=0.0, batch_size=1, output_bytes
     for r in rows:
         service = r["latency_ms"]
         rho = service / interval_ms
-        wire_bits = 8.0 * (batch_size * (r["bytes_per_sample"] + output_bytes) + 2 * FRAME_BYTES)
-        sd_ms = wire_bits * dev_us_per_bit / 1000.0
+        sd_ms = _wire_bytes(r, batch_size, output_bytes) * 8.0 * dev_us_per_bit / 1000.0
         cv2 = (sd_ms / service) ** 2 + CV_COMPUTE ** 2 if service > 0 else 0.0
         released = service + rho / (1.0 - rho) * cv2 / 2.0 * service if rho < 1.0 else None  # cannot keep up
         out.append(dict(r, released_ms=released, utilisation=rho))
     return out
+
+
+def _wire_bytes(row, batch_size, output_bytes):
+    """The bytes a request at ``row``'s split puts on the link, both ways (none for local)."""
+    if row["split"] == LOCAL:
+        return 0
+    return batch_size * (row["bytes_per_sample"] + output_bytes) + 2 * FRAME_BYTES
 
 
 def latency_key(row):
@@ -164,10 +192,9 @@ def with_energy(rows, segment_mj, radio_nj_per_byte=DEFAULT_RADIO_NJ_PER_BYTE, b
         raise UserError("the radio's cost per byte cannot be negative")
     out = []
     for r in rows:
-        k = r.get("after", r["split"])
+        k = len(segment_mj) if r["split"] == LOCAL else r.get("after", r["split"])
         edge = float(sum(segment_mj[:k])) + r.get("share", 0.0) * (segment_mj[k] if k < len(segment_mj) else 0.0)
-        wire = batch_size * (r["bytes_per_sample"] + output_bytes) + 2 * FRAME_BYTES
-        radio = radio_nj_per_byte * wire * 1e-6
+        radio = radio_nj_per_byte * _wire_bytes(r, batch_size, output_bytes) * 1e-6
         out.append(dict(r, edge_mj=edge, radio_mj=radio, energy_mj=edge + radio,
                         mj_per_sample=(edge + radio) / batch_size))
     return out
@@ -188,14 +215,47 @@ def within_latency(rows, max_latency_ms=None):
     return allowed
 
 
+def mark_served(rows, held=None, on_demand=False, local=False):
+    """``rows`` with ``served``: the cloud holds a bundle of the split (``held``, its STATUS's list; None where it
+    does not say, so any split), or exports any on demand; ``"local"`` where the edge holds the whole model."""
+    return [dict(r, served=local if r["split"] == LOCAL else (on_demand or held is None or r["split"] in held))
+            for r in rows]
+
+
+def served_rows(rows, model="the model"):
+    """The rows that can run (all without ``served`` marks); none is an error saying what to export."""
+    served = [r for r in rows if r.get("served", True)]
+    if not served:
+        fastest = min((r for r in rows if r["split"] != LOCAL), key=lambda r: (latency_key(r), split_order(r["split"])))
+        raise UserError("the cloud serves no split of {0} (it holds none the plan considers and exports none on "
+                        "demand) and the edge holds no whole model of it; export one on the cloud, e.g. the fastest "
+                        "predicted: `cli.py export --model {0} --split {1}`, or start serve-cloud with --model {0} to "
+                        "export them on demand".format(model, fastest["split"]))
+    return served
+
+
+def best_baseline(rows, figure="latency_ms"):
+    """The better baseline among ``rows``: split 0 (the whole model on the cloud) or ``"local"`` (the whole model on
+    the edge), whichever has the least ``figure``; None where neither is there."""
+    baselines = [r for r in rows if r["split"] in (0, LOCAL) and r.get(figure) is not None]
+    return min(baselines, key=lambda r: r[figure]) if baselines else None
+
+
+def ratio_to(row, baseline, figure="latency_ms"):
+    """``row``'s ``figure`` over the baseline's (None without a baseline, or one of 0)."""
+    if baseline is None or not baseline[figure] or row.get(figure) is None:
+        return None
+    return row[figure] / baseline[figure]
+
+
 def choose(rows, objective="latency", max_latency_ms=None):
-    """The split ``objective`` picks among ``rows`` (those within ``max_latency_ms``, if given)."""
+    """The split ``objective`` picks among the served ``rows`` (those within ``max_latency_ms``, if given)."""
     if objective not in OBJECTIVES:
         raise UserError("unknown objective {!r}; choose from {}".format(objective, ", ".join(OBJECTIVES)))
     if objective == "energy" and not has_energy(rows):
         raise UserError("--objective energy needs the edge's energy per segment (an edge profile made with "
                         "`cli.py profile --power ...`)")
-    rows = within_latency(rows, max_latency_ms)
+    rows = within_latency(served_rows(rows), max_latency_ms)
     if objective == "latency":
         return min(rows, key=lambda r: (latency_key(r), split_order(r["split"])))
     if objective == "energy":
@@ -204,25 +264,48 @@ def choose(rows, objective="latency", max_latency_ms=None):
 
 
 def format_plan(rows, choice, network, objective, radio_nj_per_byte=None):
-    """The plan as a Markdown table (an mJ/sample column where the edge's energy is known) and the choice."""
+    """The plan as a Markdown table (an mJ/sample column where the edge's energy is known, each latency against the
+    better baseline, splits that cannot run marked) and the choice."""
     energy = has_energy(rows)
+    baseline = best_baseline(rows)
     lines = ["network: rtt {:.3f} ms, bandwidth {:.1f} Mbit/s ({})".format(
         network["rtt_ms"], network["bandwidth_mbps"], network.get("source", "given"))]
     if energy and radio_nj_per_byte is not None:
         lines.append("energy: the edge's measured energy per segment, radio {:g} nJ/byte".format(radio_nj_per_byte))
-    lines += ["| split | after | bytes/sample | edge ms | network ms | cloud ms | latency ms | samples/s |"
-              + (" mJ/sample |" if energy else ""),
-              "|---:|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if energy else "")]
+    lines += ["| split | after | bytes/sample | edge ms | network ms | cloud ms | latency ms | vs best baseline "
+              "| samples/s |" + (" mJ/sample |" if energy else ""),
+              "|---:|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if energy else "")]
     for r in rows:
-        mark = " **<-**" if r["split"] == choice["split"] else ""
-        lines.append("| {} | {} | {} | {:.3f} | {:.3f} | {:.3f} | {:.3f} | {:.1f} |{}{}".format(
+        mark = " **<-**" if r["split"] == choice["split"] else (" not served" if not r.get("served", True) else "")
+        lines.append("| {} | {} | {} | {:.3f} | {:.3f} | {:.3f} | {:.3f} | {} | {:.1f} |{}{}".format(
             r["split"], r["name"], r["bytes_per_sample"], r["edge_ms"], r["network_ms"], r["cloud_ms"],
-            r["latency_ms"], r["throughput_samples_per_s"], " {:.3f} |".format(r["mj_per_sample"]) if energy else "",
-            mark))
+            r["latency_ms"], _times(ratio_to(r, baseline)), r["throughput_samples_per_s"],
+            " {:.3f} |".format(r["mj_per_sample"]) if energy else "", mark))
     if any(r.get("estimated") for r in rows):
         lines.append("splits K.J: cuts of several tensors, their compute estimated from the FLOPs share of the "
                      "segment they lie in (`sweep --splits` measures them)")
-    lines.append("choice ({}): split {} ({}), predicted latency {:.3f} ms, {:.1f} samples/s{}".format(
+    if not all(r.get("served", True) for r in rows):
+        lines.append("not served: the cloud holds no bundle of that split and exports none on demand (local: the "
+                     "edge's cache holds no whole model), so it is not chosen")
+    lines.append("choice ({}): split {} ({}), predicted latency {:.3f} ms, {:.1f} samples/s{}{}".format(
         objective, choice["split"], choice["name"], choice["latency_ms"], choice["throughput_samples_per_s"],
-        ", {:.3f} mJ/sample".format(choice["mj_per_sample"]) if energy else ""))
+        ", {:.3f} mJ/sample".format(choice["mj_per_sample"]) if energy else "", _against(choice, baseline)))
     return "\n".join(lines)
+
+
+def _times(ratio):
+    return "-" if ratio is None else "{:.2f}x".format(ratio)
+
+
+def _against(choice, baseline):
+    """How the choice's latency compares with the better baseline's, for the choice line."""
+    if baseline is None:
+        return ""
+    if baseline["split"] == choice["split"]:
+        return "; it is the better baseline ({})".format(_baseline_name(baseline))
+    return "; {} the better baseline ({}, {:.3f} ms)".format(_times(ratio_to(choice, baseline)),
+                                                            _baseline_name(baseline), baseline["latency_ms"])
+
+
+def _baseline_name(row):
+    return "local: the whole model on the edge" if row["split"] == LOCAL else "split 0: the whole model on the cloud"

@@ -22,6 +22,7 @@ from runtime.edge.models import resolve as resolve_model
 from runtime.edge.power import open_meter
 from runtime.edge.report import _say, format_report, write_report
 from runtime.edge.session import EdgeSession, find_full_model
+from runtime.edge.staleness import refresh_stale_profile
 from runtime.errors import UserError
 
 
@@ -78,6 +79,7 @@ def run_edge(options, out=None):
     if recorder.switches:
         out.write("Switches: {}\n".format(", ".join("split {} -> {} after {} samples ({:.2f} s)".format(
             s["from_split"], s["to_split"], s["after_samples"], s["time_s"]) for s in recorder.switches)))
+    refresh_stale_profile(session, o, recorder)
     info = _run_info(o, session, manifest, data, recorder, planned, adapter)
     if o.report:
         info = write_report(o.report, info, recorder)

@@ -15,6 +15,13 @@ with the same meter, plus ``--radio-nj-per-byte`` for the bytes).  On a wired or
 loopback link the measured figure has no radio in it, so the two differ by the model's
 radio share.
 
+Split ``local`` (in the default ``--splits``) is the whole model run on the edge from
+its cache (``session.find_full_model``: a bundle whose tail is empty), nothing sent:
+its edge figure is the whole forward pass, transmission and cloud 0.  Where the cache
+holds no whole model, the default sweep says how to get one and leaves the row out,
+and ``--splits ...,local`` is refused.  Every row's end-to-end latency is also given
+against the better baseline measured, split 0 or local (``vs best baseline``).
+
 Output: a Markdown table on stdout, ``--csv``, and ``--png`` (matplotlib, optional
 on the edge; a second panel of mJ/sample where energy was measured or predicted).
 
@@ -22,17 +29,25 @@ Python 3.6 syntax.
 """
 import csv
 import sys
+import time
 
-from runtime.edge.data import batches, check_source, open_dataset
+from runtime.backends import load_part
+from runtime.bundle.schema import LOCAL
+from runtime.edge import scoring
+from runtime.edge.data import batches, check_source, open_dataset, preprocess_batch
 from runtime.edge.measure import measure
 from runtime.edge.models import held as model_held
 from runtime.edge.models import resolve as resolve_model
 from runtime.edge.options import RunOptions
-from runtime.edge.session import EdgeSession
+from runtime.edge.planner import best_baseline, ratio_to
+from runtime.edge.power import RunEnergy
+from runtime.edge.report import RunRecorder
+from runtime.edge.session import EdgeSession, find_full_model
 from runtime.errors import UserError
 from runtime.wire.codec import RemoteError
 
 COLUMNS = ("split", "edge_ms", "transmission_ms", "cloud_ms", "end_to_end_ms")
+DEFAULT_SPLITS = (0, 3, 10, 16, 20, 22, LOCAL)  # the seed's, and the whole model on the edge
 
 
 def _say(message):
@@ -40,35 +55,81 @@ def _say(message):
     sys.stderr.flush()
 
 
-def sweep(session, options, predictions=None, meter=None):
-    """Rows of measured (and predicted) figures, one per split in ``options.splits`` (SweepOptions); with
-    ``meter`` (edge.power.open_meter, measured), each split's energy per sample above idle too."""
+def sweep(session, options, splits, predictions=None, meter=None, full=None):
+    """Rows of measured (and predicted) figures, one per split in ``splits`` (``options``: SweepOptions), in that
+    order; with ``meter`` (edge.power.open_meter, measured), each split's energy per sample above idle too;
+    ``full``: the whole model's bundle in the edge's cache, which split ``local`` runs."""
     o = options
-    dataset, data_dir, limit, batch_size, seed, warmup = o.dataset, o.data_dir, o.limit, o.batch_size, o.seed, o.warmup
     rows, data, plan = [], None, None
-    for split in o.splits:
-        manifest = session.switch_to(split=split)
+    for split in splits:
+        manifest = full if split == LOCAL else session.switch_to(split=split)
         if data is None:
-            scored = manifest.outputs[0]["shape"]
-            data = open_dataset(dataset, manifest["input"], scored[-1], limit=limit, seed=seed,
-                                data_dir=data_dir, output_shape=scored)
-            plan = batches(data, batch_size, limit)
+            data = _open_data(manifest, o)
+            plan = batches(data, o.batch_size, o.limit)
         _say("split {}: {} samples".format(split, sum(len(b) for b in plan)))
-        recorder = measure(session, data, plan, RunOptions(warmup=warmup, no_follow=True), meter=meter)
-        summary = recorder.summary()
-        row = {"split": split, "name": manifest["split"]["name"], "bundle_id": manifest.bundle_id,
-               "accuracy": summary["accuracy"], "throughput_samples_per_s": summary["throughput_samples_per_s"],
-               "bytes_per_sample": summary["bytes_sent_per_sample"]}
-        for figure in COLUMNS[1:]:
-            for stat in ("mean", "p50", "p99"):
-                row["{}_{}".format(figure, stat)] = summary[figure][stat]
-        predicted = (predictions or {}).get(split)
-        row["predicted_ms"] = predicted["latency_ms"] if predicted else None
-        energy = getattr(recorder, "energy", None) or {}
-        row["mj_per_sample"] = energy.get("mj_per_sample")
-        row["predicted_mj"] = predicted.get("mj_per_sample") if predicted else None
-        rows.append(row)
-    return rows, data
+        if split == LOCAL:
+            recorder = measure_local(full, load_part(full, "head", o.backend, o.device, o.threads), data, plan,
+                                     o.warmup, meter)
+        else:
+            recorder = measure(session, data, plan, RunOptions(warmup=o.warmup, no_follow=True), meter=meter)
+        rows.append(_row(split, manifest, recorder.summary(), recorder, (predictions or {}).get(split)))
+    return with_ratios(rows), data
+
+
+def _open_data(manifest, o):
+    scored = manifest.outputs[0]["shape"]
+    return open_dataset(o.dataset, manifest["input"], scored[-1], limit=o.limit, seed=o.seed, data_dir=o.data_dir,
+                        output_shape=scored)
+
+
+def _row(split, manifest, summary, recorder, predicted):
+    """One split's row: what was measured, and the planner's prediction beside it."""
+    row = {"split": split, "name": "the whole model on the edge" if split == LOCAL else manifest["split"]["name"],
+           "bundle_id": manifest.bundle_id, "accuracy": summary["accuracy"],
+           "throughput_samples_per_s": summary["throughput_samples_per_s"],
+           "bytes_per_sample": summary["bytes_sent_per_sample"]}
+    for figure in COLUMNS[1:]:
+        for stat in ("mean", "p50", "p99"):
+            row["{}_{}".format(figure, stat)] = summary[figure][stat]
+    row["predicted_ms"] = predicted["latency_ms"] if predicted else None
+    energy = getattr(recorder, "energy", None) or {}
+    row["mj_per_sample"] = energy.get("mj_per_sample")
+    row["predicted_mj"] = predicted.get("mj_per_sample") if predicted else None
+    return row
+
+
+def measure_local(full, runner, data, plan, warmup, meter=None):
+    """Split ``local``: every batch of ``plan`` through the whole model (``runner``, loaded from the bundle ``full``)
+    here, after ``warmup`` runs of the first; the RunRecorder, with nothing sent (transmission and cloud 0)."""
+    preprocess = full["input"].get("preprocess") or {}
+    recorder = RunRecorder(scoring.for_run(full.outputs[0]["shape"], data.labels, full["output"].get("postprocess"),
+                                           data.boxes))
+    first = preprocess_batch(data.images(plan[0]), preprocess)
+    for _ in range(warmup):
+        runner.run(first)
+        recorder.warmup_requests += 1
+    energy = RunEnergy(meter) if meter is not None else None
+    if energy is not None:
+        energy.before()
+        energy.start()
+    started = time.perf_counter()
+    for indices in plan:
+        x = preprocess_batch(data.images(indices), preprocess)
+        t0 = time.perf_counter()
+        y = runner.run(x)
+        times = {"edge_ms": (time.perf_counter() - t0) * 1000.0, "roundtrip_ms": 0.0, "cloud_ms": 0.0}
+        recorder.add(times, y, data.targets(indices), 0, 0, full.bundle_id)
+    recorder.wall_s = time.perf_counter() - started
+    if energy is not None:
+        energy.stop()
+        recorder.energy = energy.summary(recorder.samples)
+    return recorder
+
+
+def with_ratios(rows):
+    """``rows`` with ``vs_best_baseline``: the mean end-to-end latency over the better measured baseline's."""
+    baseline = best_baseline(rows, "end_to_end_ms_mean")
+    return [dict(r, vs_best_baseline=ratio_to(r, baseline, "end_to_end_ms_mean")) for r in rows]
 
 
 def _has_energy(rows):
@@ -84,13 +145,16 @@ def format_table(rows):
     predicted, where either is known)."""
     energy = _has_energy(rows)
     lines = ["| split | avg edge ms | avg transmission ms | avg cloud ms | accuracy | end-to-end ms (p50 / p99) "
-             "| predicted ms | bytes/sample | samples/s |" + (" mJ/sample (predicted) |" if energy else ""),
-             "|:---:|:---:|:---:|:---:|:---:|:---:|:---:|:---:|:---:|" + (":---:|" if energy else "")]
+             "| predicted ms | vs best baseline | bytes/sample | samples/s |" +
+             (" mJ/sample (predicted) |" if energy else ""),
+             "|:---:|:---:|:---:|:---:|:---:|:---:|:---:|:---:|:---:|:---:|" + (":---:|" if energy else "")]
     for r in rows:
-        lines.append("| {} | {:.3f} | {:.3f} | {:.3f} | {:.2f}% | {:.3f} ({:.3f} / {:.3f}) | {} | {:.0f} | {:.1f} |{}"
+        ratio = r.get("vs_best_baseline")
+        lines.append("| {} | {:.3f} | {:.3f} | {:.3f} | {:.2f}% | {:.3f} ({:.3f} / {:.3f}) | {} | {} | {:.0f} | {:.1f} |{}"
                      .format(r["split"], r["edge_ms_mean"], r["transmission_ms_mean"], r["cloud_ms_mean"],
                              100 * r["accuracy"], r["end_to_end_ms_mean"], r["end_to_end_ms_p50"],
-                             r["end_to_end_ms_p99"], _figure(r["predicted_ms"]), r["bytes_per_sample"],
+                             r["end_to_end_ms_p99"], _figure(r["predicted_ms"]),
+                             "-" if ratio is None else "{:.2f}x".format(ratio), r["bytes_per_sample"],
                              r["throughput_samples_per_s"],
                              " {} ({}) |".format(_figure(r.get("mj_per_sample")), _figure(r.get("predicted_mj")))
                              if energy else ""))
@@ -174,15 +238,36 @@ def _meter(options):
     return meter
 
 
+def _local(o, model, splits):
+    """The whole model's bundle in the edge's cache, for split ``local`` (None where it is not swept): where it is
+    missing, a sweep that names local is refused and the default one goes on without it, both saying how to get
+    it."""
+    if LOCAL not in splits:
+        return None
+    full = find_full_model(o.cache, model, o.backend)
+    if full is not None:
+        return full
+    how = ("the edge's cache {} holds no whole model of {} (a bundle of its last split point, whose tail is empty: "
+           "resnet50's split 22; `cli.py layers` lists them): fetch it with one `run-edge --split LAST` or copy it "
+           "there with `push --to`".format(o.cache, model))
+    if o.splits:
+        raise UserError("--splits local: " + how)
+    _say("no local row: " + how)
+    return None
+
+
 def run_sweep(options, out=None):
     """The sweep command (``SweepOptions``)."""
     o = options
     out = out or sys.stdout
-    splits, limit, batch_size = list(o.splits), o.limit, o.batch_size
+    splits, limit, batch_size = list(o.splits or DEFAULT_SPLITS), o.limit, o.batch_size
     if not splits:
-        raise UserError("--splits needs at least one split, e.g. 0,3,10,16,20,22")
+        raise UserError("--splits needs at least one split, e.g. 0,3,10,16,20,22,local")
     check_source(o.dataset)
     model = resolve_model(o)
+    full = _local(o, model, splits)
+    if full is None and LOCAL in splits:
+        splits.remove(LOCAL)
     meter = _meter(o)
     session = EdgeSession(o, busy_poll=True)
     try:
@@ -199,7 +284,7 @@ def run_sweep(options, out=None):
             _say("no predictions: {}".format(exc))
             session.conn.close()  # the cloud closes a connection once it refused a request on it
             session.conn = session._connect()
-        rows, data = sweep(session, o, predictions, meter)
+        rows, data = sweep(session, o, splits, predictions, meter, full)
     finally:
         session.close()
         if meter is not None:

@@ -1,0 +1,95 @@
+"""Profiles that go stale: a run's measured head time against what the cached edge profile predicts for it.
+
+A cached profile is kept until it is replaced; one measured while the machine was
+busy (or before a change of clocks or power mode) keeps ``plan`` and ``sweep``
+predicting the wrong figures.  At the end of a run, ``refresh_stale_profile`` compares
+the run's median head time at its split with the profile's prediction, and where it
+differs by more than ``STALE_SHARE`` measures the profile again and replaces it.
+
+Python 3.6 syntax: this module runs on the Jetson.
+"""
+import sys
+
+import numpy as np
+
+from runtime.backends.profiling import METHOD, profile_segments
+from runtime.bundle.manifest import KIND_SEGMENTS
+from runtime.bundle.store import BundleStore
+
+STALE_SHARE = 0.25  # a measured figure this far (as a share) from the profile's prediction makes it stale
+
+
+def drift(predicted_ms, measured_ms):
+    """The measured figure's change from the predicted one, as a share of it (+0.5: 50% slower than predicted);
+    None where nothing is predicted (0 ms)."""
+    if not predicted_ms:
+        return None
+    return (measured_ms - predicted_ms) / float(predicted_ms)
+
+
+def stale(edge, split, head_ms, cloud=None, tail_ms=None):
+    """The figures of point ``split`` that differ from their profile's prediction by more than STALE_SHARE:
+    ``{"edge": (predicted, measured, drift)}`` for the head against the ``edge`` profile, and ``"cloud"`` for the
+    tail (``tail_ms``) against the ``cloud`` profile where both are given; empty where both are fresh."""
+    figures = {"edge": (sum(edge["segment_ms"][:split]), head_ms)}
+    if cloud is not None and tail_ms is not None:
+        figures["cloud"] = (sum(cloud["segment_ms"][split:]), tail_ms)
+    out = {}
+    for side, (predicted, measured) in figures.items():
+        change = drift(predicted, measured)
+        if change is not None and abs(change) > STALE_SHARE:
+            out[side] = (float(predicted), float(measured), change)
+    return out
+
+
+def head_times(recorder, split):
+    """The run's head times (ms) at ``split``: every request's edge figure, those at other splits left out where
+    the run switched."""
+    times = recorder.records["edge_ms"]
+    if not recorder.switches:
+        return list(times)
+    return [ms for ms, (_, at) in zip(times, recorder.timeline) if at == split]
+
+
+def refresh_stale_profile(session, options, recorder, say=None):
+    """After a run: where this model's edge profile for the run's backend, provider, device, batch size and threads
+    is cached and predicts the run's median head time at its split (a point with a head) more than STALE_SHARE
+    off, say so in one line, measure the profile again from the cached segments and replace it.  Returns the new
+    profile, or None where nothing was done.  Not after a run whose head time includes compression."""
+    from runtime.edge.plan import profile_cache
+    manifest, o = session.manifest, options
+    split = manifest.split_index if manifest is not None else None
+    if not isinstance(split, int) or split == 0 or manifest.part("head") is None or \
+            (getattr(o, "compress", "none"), getattr(o, "codec", "none")) != ("none", "none"):
+        return None
+    times = head_times(recorder, split)
+    profiles = profile_cache(session.cache.root)
+    cached = profiles.find(method=METHOD, model=manifest.model_id, backend=session.backend,
+                           provider=session.head.provider, device=session.device, batch_size=o.batch_size,
+                           threads=session.threads)
+    if not times or cached is None:
+        return None
+    found = stale(cached, split, float(np.median(times))).get("edge")
+    segments = _segments(session.cache.root, cached["key"]["segments"])
+    if found is None or segments is None:
+        return None
+    predicted, measured, change = found
+    (say or _say)("the edge's profile predicts {:.3f} ms for the head of split {}, this run measured {:.3f} ms "
+                  "({:+.0%}); re-profiling ({} segments)".format(predicted, split, measured, change,
+                                                                 len(segments["segments"])))
+    profile = profile_segments(segments, session.backend, session.device, o.batch_size, session.threads)
+    profiles.put(profile)
+    return profile
+
+
+def _segments(cache_root, bundle_id):
+    """The segments bundle ``bundle_id`` in the edge's cache, or None."""
+    for manifest in BundleStore(cache_root).scan(KIND_SEGMENTS)[0]:
+        if manifest.bundle_id == bundle_id:
+            return manifest
+    return None
+
+
+def _say(message):
+    sys.stderr.write("run-edge: {}\n".format(message))
+    sys.stderr.flush()
