@@ -35,6 +35,24 @@ def test_a_fast_link_keeps_the_input_on_the_cloud_and_a_slow_one_moves_the_work_
     assert split == 2 and "bandwidth now" in reason and abs(a.bandwidth_mbps - 1.0) < 0.2
 
 
+def test_with_the_whole_model_here_a_slow_link_moves_to_local_and_a_fast_one_back():
+    """EDGE's whole model is 80 ms here; at 1 Mbit/s split 2 costs 80 ms + the round trip, so local wins; at
+    1000 Mbit/s split 0 (20 ms of cloud) does."""
+    a = planner(hold=0)
+    a.local = True
+    for _ in range(10):
+        a.observe(12400, 470, 0.5 + 12870 * 8 / 1e3, cloud_ms=20)  # 1 Mbit/s
+    split, reason = a.decide(0)
+    assert split == "local" and "split local predicted" in reason
+    assert "local" not in a.alternates(0)  # nothing to load for it
+    a.observe_local(80.0)  # a frame answered here: the edge is as fast as its profile says
+    assert a.edge_scale == pytest.approx(1.0)
+    a.observe(65536, 64, 0.5 + 65600 * 8 / 1000e3, probe=True)  # a probe: 1000 Mbit/s
+    for _ in range(5):
+        a.observe(65536, 64, 0.5 + 65600 * 8 / 1000e3, probe=True)
+    assert a.decide("local")[0] == 0
+
+
 def test_an_overdue_reply_raises_the_estimate_to_its_bound_at_once_and_the_real_sample_replaces_it():
     a = planner(hold=5)
     for _ in range(6):

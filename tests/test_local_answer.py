@@ -247,3 +247,24 @@ def test_an_explicit_split_is_kept_when_the_cloud_activates_another(tiny_bundles
         assert srv.stop() == 0
     assert runs["kept"]["switches"] == [] and set(runs["kept"]["timeline"]["split"]) == {1}
     assert [(s["from_split"], s["to_split"]) for s in runs["followed"]["switches"]] == [(1, 4)]
+
+
+def test_adaptive_mode_starts_local_where_the_whole_model_here_is_fastest(tiny_bundles, tiny_labelled_npz, tmp_path):
+    """The tiny model's whole forward pass is tens of microseconds here, less than any round trip: the plan
+    chooses local, adaptive mode starts there (its connection kept for probes and the way back) and every frame
+    is answered here, correctly."""
+    srv = ServerProcess(tiny_bundles)
+    data, labels = tiny_labelled_npz
+    report = tmp_path / "r.json"
+    try:
+        proc = run_cli("run-edge", "--cloud", srv.address, "--model", TINY_ID, "--split", "auto", "--adaptive",
+                       "--cache", _full_model_cache(tiny_bundles, tmp_path), "--interval-ms", 5, "--dataset",
+                       "npz:" + data, "--limit", 100, "--report", report)
+    finally:
+        assert srv.stop() == 0
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(report.read_text())
+    assert r["plan"]["choice"]["split"] == "local" and r["predictions"] == labels[:100].tolist()
+    # nothing was sent, so no link sample could make another split look better: it stayed
+    assert r["paths"] == {"local": dict(r["paths"]["local"], requests=100, reasons={"adaptive": 100})}
+    assert set(r["timeline"]["split"]) == {"local"} and r["switches"] == [] and r["bytes_sent_per_sample"] == 0

@@ -29,13 +29,13 @@ def test_a_figure_more_than_a_quarter_off_its_prediction_is_stale():
     assert stale(EDGE, 2, 3.0, CLOUD, 0.75) == {}
 
 
-def test_head_times_keep_the_final_split_after_switches():
+def test_head_times_keep_the_final_split_and_the_clouds_answers():
     recorder = RunRecorder()
-    recorder.records["edge_ms"] = [1.0, 2.0, 5.0, 6.0]
-    assert head_times(recorder, 3) == [1.0, 2.0, 5.0, 6.0]
-    recorder.switches = [{"to_split": 3}]
-    recorder.timeline = [(0.0, 1), (0.1, 1), (0.2, 3), (0.3, 3)]
+    recorder.records["edge_ms"] = [1.0, 2.0, 5.0, 6.0, 40.0]
+    recorder.timeline = [(0.0, 1), (0.1, 1), (0.2, 3), (0.3, 3), (0.4, 3)]
+    recorder.paths = [("cloud", None)] * 4 + [("hedged", "deadline")]  # the last was finished on the edge
     assert head_times(recorder, 3) == [5.0, 6.0]
+    assert head_times(recorder, 1) == [1.0, 2.0]
 
 
 def test_profiles_say_when_and_under_what_load_and_old_ones_still_load(tmp_path):

@@ -57,6 +57,7 @@ Python 3.6 syntax.
 """
 import time
 
+from runtime.bundle.schema import LOCAL
 from runtime.edge.planner import at_cadence, choose, latency_key, predict
 
 ALPHA = 0.3        # weight of a new bandwidth sample
@@ -85,6 +86,8 @@ class AdaptivePlanner(object):
     def __init__(self, edge, cloud, network, batch_size=1, objective="latency", margin=MARGIN, hold=HOLD,
                  interval_ms=0.0):
         self.edge, self.cloud = edge, cloud
+        self.local = False  # set where the edge can run the whole model: "local" is a split it may choose too
+        self.start_local = False  # the plan chose local: the run starts there
         self.interval_ms = interval_ms  # run-edge --interval-ms: plan for the latency from release
         self.rtt_ms = network["rtt_ms"]
         self._us_per_bit = 1.0 / network["bandwidth_mbps"]  # 1 / Mbit/s = microseconds per bit
@@ -139,8 +142,13 @@ class AdaptivePlanner(object):
         alpha = 1.0 if stalled else PROBE_ALPHA if probe else ALPHA
         self._fold(wire_ms * 1000.0 / ((bytes_sent + bytes_received) * 8.0), alpha)
 
+    def observe_local(self, edge_ms):
+        """A request answered here by the whole model (adaptive mode at ``local``): it tells the edge's speed."""
+        self._since_switch += 1
+        self._scale(LOCAL, edge_ms, None)
+
     def _scale(self, split, edge_ms, cloud_ms):
-        k = split
+        k = len(self.edge["segment_ms"]) if split == LOCAL else split
         predicted_edge = sum(self.edge["segment_ms"][:k]) * self.batch_size
         predicted_cloud = sum(self.cloud["segment_ms"][k:]) * self.batch_size
         if edge_ms is not None and predicted_edge >= MIN_SCALE_MS:
@@ -201,9 +209,10 @@ class AdaptivePlanner(object):
 
     def rows(self):
         output_bytes = self.edge.get("output_bytes_per_sample", 0)
+        splits = list(range(len(self.edge["points"]))) + ([LOCAL] if self.local else [])
         rows = predict(self.edge["points"], [t * self.edge_scale for t in self.edge["segment_ms"]],
                        [t * self.cloud_scale for t in self.cloud["segment_ms"]], self.rtt_ms,
-                       self.bandwidth_mbps, self.batch_size, output_bytes)
+                       self.bandwidth_mbps, self.batch_size, output_bytes, splits)
         if self.interval_ms:
             rows = at_cadence(rows, self.interval_ms, self._dev_us_per_bit, self.batch_size, output_bytes)
         return rows
@@ -216,7 +225,7 @@ class AdaptivePlanner(object):
             for f in factors:
                 self._us_per_bit = us_per_bit / f
                 k = choose(self.rows(), self.objective)["split"]
-                if k != current_split and k not in chosen:
+                if k != current_split and k not in chosen and k != LOCAL:  # local has no head to load
                     chosen.append(k)
         finally:
             self._us_per_bit = us_per_bit
@@ -229,7 +238,7 @@ class AdaptivePlanner(object):
             return None, None
         rows = self.rows()
         best = choose(rows, self.objective)
-        current = rows[current_split]
+        current = next(r for r in rows if r["split"] == current_split)
         if best["split"] == current_split:
             return None, None
         if self.objective == "latency":

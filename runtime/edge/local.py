@@ -136,9 +136,11 @@ class LocalSession(object):
 
 
 class LocalPipe(object):
-    """Every request answered on the spot: the "head" already ran the whole model."""
+    """Every request answered on the spot: the "head" already ran the whole model (``reason``: why it runs here,
+    ``split_local`` for --split local, ``adaptive`` where adaptive mode chose local)."""
 
-    def __init__(self):
+    def __init__(self, reason="split_local"):
+        self.reason = reason
         self.pending = []
 
     def full(self):
@@ -148,7 +150,7 @@ class LocalPipe(object):
         return not self.pending
 
     def send(self, array, meta, context):
-        self.pending.append((LocalAnswer(array, 0.0, LOCAL, "split_local"), 0.0, 0, 0, context))
+        self.pending.append((LocalAnswer(array, 0.0, LOCAL, self.reason), 0.0, 0, 0, context))
 
     def next(self):
         return self.pending.pop(0)

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 
+from runtime.bundle.schema import LOCAL
 from runtime.edge import scoring
 from runtime.edge.adaptive import PROBE_CAP_MS, PROBE_REPLY_BYTES
 from runtime.edge.cadence import Cadence
@@ -171,7 +172,10 @@ class _Loop(object):
     def __init__(self, session, data, plan, settings, adaptive, fallback, out, meter=None):
         self.session, self.data, self.plan, self.settings = session, data, plan, settings
         self.hedge = policy_for(settings)
-        self.local = session.local if self.hedge is not None else None
+        self.local = session.local  # the edge's own answer (edge.local.LocalModel): hedging, adaptive's local
+        # adaptive mode chose "local": the whole model here, nothing sent
+        self.local_mode = adaptive is not None and adaptive.start_local and adaptive.local
+        self._hedged = None         # the one HedgedPipe of the run, when hedging
         self.energy = RunEnergy(meter) if meter is not None else None
         self.adaptive, self.fallback, self.out = adaptive, fallback, out
         self.preprocess = session.manifest["input"].get("preprocess") or {}
@@ -189,12 +193,14 @@ class _Loop(object):
     def _make_pipe(self):
         if isinstance(self.session, LocalSession):
             return LocalPipe()
+        if self.local_mode:
+            return LocalPipe("adaptive")
         if self.hedge is not None:  # one for the whole run: what the link still owes outlives a switch
-            if not isinstance(self.pipe, HedgedPipe):
-                self.pipe = HedgedPipe(self.session, self.hedge, self.local, self._next_release,
-                                       _AdaptiveListener(self) if self.adaptive is not None else None,
-                                       self.settings.reconnect_timeout)
-            return self.pipe
+            if self._hedged is None:
+                self._hedged = HedgedPipe(self.session, self.hedge, self.local, self._next_release,
+                                          _AdaptiveListener(self) if self.adaptive is not None else None,
+                                          self.settings.reconnect_timeout)
+            return self._hedged
         if self.settings.inflight > 1:
             if hasattr(self.session.conn, "pipeline"):  # Triton: tritonclient's asynchronous requests
                 return self.session.conn.pipeline(self.settings.inflight)
@@ -228,7 +234,7 @@ class _Loop(object):
                     if not self._recover(exc):
                         break
             recorder.reconnects = self.session.reconnects
-            recorder.late_replies = getattr(self.pipe, "late_replies", 0)
+            recorder.late_replies = self._hedged.late_replies if self._hedged is not None else 0
         finally:
             if self.energy is not None:
                 self.energy.stop()
@@ -276,10 +282,15 @@ class _Loop(object):
             return
         x = preprocess_batch(self.data.images(indices), self.preprocess)
         t0 = time.perf_counter()
-        boundary = session.head.run(x)
-        meta, payload = session.encode(boundary)  # edge time: head and compression
+        if self.local_mode:  # the whole model here: its output is the answer, nothing is sent
+            boundary = self.local.whole.run(x)
+            meta, payload = {}, boundary
+        else:
+            boundary = session.head.run(x)
+            meta, payload = session.encode(boundary)  # edge time: head and compression
         context = Sent(indices, (time.perf_counter() - t0) * 1000.0, session.manifest.bundle_id,
-                       released - self.started, (t0 - released) * 1000.0, session.split_label, released, x, boundary)
+                       released - self.started, (t0 - released) * 1000.0,
+                       LOCAL if self.local_mode else session.split_label, released, x, boundary)
         if self.hedge is not None and self.hedge.stale(released, t0):
             self.pipe.pending.append(self.pipe.answer_here(context, "stale"))  # not sent: it waited too long
             return
@@ -309,11 +320,13 @@ class _Loop(object):
         if self.switch is None and self.settings.follows_active() and active and \
                 active != self.session.manifest.bundle_id:
             self.switch = ("bundle {} activated on the cloud".format(active), None, active)
-        elif self.switch is None and self.adaptive is not None and path == "cloud":
-            if self.hedge is None:  # a hedged pipe tells adaptive mode of every reply as it arrives
+        elif self.switch is None and self.adaptive is not None and (path == "cloud" or self.local_mode):
+            if self.local_mode:
+                self.adaptive.observe_local(context.edge_ms)
+            elif self.hedge is None:  # a hedged pipe tells adaptive mode of every reply as it arrives
                 self._observe(frame, roundtrip_ms, sent, received, context)
             self._probe()
-            new_split, reason = self.adaptive.decide(self.session.manifest.split_index)
+            new_split, reason = self.adaptive.decide(LOCAL if self.local_mode else self.session.manifest.split_index)
             if reason:
                 self.switch = (reason, new_split, None)
 
@@ -334,22 +347,27 @@ class _Loop(object):
             self.adaptive.observe(sent_b, back_b, probe_ms, probe=True)
 
     def _switch(self):
-        """Hot swap to the decided bundle or split, nothing being in flight."""
+        """Hot swap to the decided bundle or split, nothing being in flight (or to and from adaptive mode's
+        ``local``, where the connection stays bound to the last bundle, for probes and the way back)."""
         session = self.session
         reason, new_split, active = self.switch
         self.switch = None
         self.pipe.close()
-        old = session.manifest
-        session.switch_to(bundle_id=active, split=new_split, chain_ok=new_split is not None)
-        if self.local is not None:
-            session.add_local_tail(self.local, fetch=False)  # a fetch now would cross the link that is slow
+        old = LOCAL if self.local_mode else session.manifest.split_index
+        old_id = session.manifest.bundle_id
+        self.local_mode = new_split == LOCAL
+        if not self.local_mode:
+            session.switch_to(bundle_id=active, split=new_split, chain_ok=new_split is not None)
+            if self.local is not None:
+                session.add_local_tail(self.local, fetch=False)  # a fetch now would cross the link that is slow
         self.pipe = self._make_pipe()
+        new = LOCAL if self.local_mode else session.manifest.split_index
         self.recorder.switches.append({"after_samples": self.recorder.samples,
                                        "time_s": time.perf_counter() - self.started,
-                                       "from": old.bundle_id, "from_split": old.split_index,
-                                       "to": session.manifest.bundle_id, "to_split": session.manifest.split_index,
-                                       "head": session.head.name, "reason": reason})
-        _say("switched from split {} to split {} ({})".format(old.split_index, session.manifest.split_index, reason))
+                                       "from": old_id, "from_split": old, "to": session.manifest.bundle_id,
+                                       "to_split": new, "head": "whole model" if self.local_mode else
+                                       session.head.name, "reason": reason})
+        _say("switched from split {} to split {} ({})".format(old, new, reason))
 
     def _recover(self, exc):
         """After a lost connection: reconnect and resend (True), or finish locally / give up (False / raise)."""

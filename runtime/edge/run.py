@@ -21,7 +21,7 @@ from runtime.edge.measure import measure
 from runtime.edge.models import resolve as resolve_model
 from runtime.edge.power import open_meter
 from runtime.edge.report import _say, format_report, write_report
-from runtime.edge.session import EdgeSession, find_full_model
+from runtime.edge.session import EdgeSession
 from runtime.edge.staleness import refresh_stale_profile
 from runtime.errors import UserError
 
@@ -53,9 +53,10 @@ def run_edge(options, out=None):
             session.close()  # planned: the whole model here is predicted fastest
             session = LocalSession(o)
         manifest = session.switch_to(split=split) if split != LOCAL else session.manifest
-        if hedging(o) and split != LOCAL:
+        if (hedging(o) or adapter is not None) and split != LOCAL:
             session.local = _local_model(session, o)
         if adapter is not None:
+            adapter.local = session.local.whole is not None
             alternates = adapter.alternates(manifest.split_index)
             if alternates:
                 _say("preloading the heads of split {} (the plan for a link 4x slower or faster)".format(
@@ -156,10 +157,12 @@ def _check_hedging(o):
 
 
 def _local_model(session, o):
-    """What a hedged run finishes late requests with: the tail of its bundle (fetched now if not cached) and the
-    whole model, where the cache has it."""
-    full = find_full_model(o.cache, session.manifest.model_id, o.backend)
-    local = LocalModel(load_part(full, "head", o.backend, o.device, o.threads) if full is not None else None)
+    """The edge's own answer: for a hedged run, the tail of its bundle (fetched now if not cached) to finish late
+    requests with, and for it and adaptive mode the whole model (the cache's, or the chain of every segment)."""
+    whole = session.whole_model()
+    local = LocalModel(whole[0] if whole is not None else None)
+    if not hedging(o):
+        return local
     session.add_local_tail(local)
     if not local.can_finish(session.manifest.bundle_id):
         raise UserError("--deadline-ms needs a way to finish a request on the edge: the tail of split {} (only in "
@@ -207,7 +210,7 @@ def _plan(session, o):
     from runtime.edge.plan import make_plan
     profiles = {}
     # adaptive mode switches among single-tensor points (the segments' chain can run any of their heads)
-    _rows, choice, network = make_plan(session, o, profiles=profiles, cuts=not o.adaptive)
+    rows, choice, network = make_plan(session, o, profiles=profiles, cuts=not o.adaptive)
     planned = {"choice": choice, "network": network, "objective": o.objective}
     split = o.split
     if split == "auto":
@@ -219,6 +222,10 @@ def _plan(session, o):
     if o.adaptive:
         adapter = AdaptivePlanner(profiles["edge"], profiles["cloud"], network, o.batch_size, o.objective,
                                   interval_ms=o.interval_ms)
+        if split == LOCAL:  # adaptive mode starts at local, its connection bound to the best split for the way back
+            from runtime.edge.planner import choose
+            adapter.start_local = True
+            split = choose([r for r in rows if r["split"] != LOCAL], o.objective, o.max_latency_ms)["split"]
     return planned, adapter, split
 
 

@@ -164,6 +164,17 @@ class EdgeSession(object):
         elif self._segments_match(manifest.data):
             local.add_tail(manifest.bundle_id, self.segments.tail(manifest.split_index))
 
+    def whole_model(self):
+        """(a loaded runner of the whole model, its bundle id): the cached bundle that holds it (see
+        ``find_full_model``), else the chain of every cached segment; None where neither is here."""
+        full = find_full_model(self.cache.root, self.manifest.model_id, self.backend)
+        if full is not None:
+            return load_part(full, "head", self.backend, self.device, self.threads), full.bundle_id
+        if self.segments is not None and self._segments_match(self.manifest.data):
+            segments = self.segments.manifest
+            return self.segments.head(len(segments["segments"])), segments.bundle_id
+        return None
+
     def preload(self, splits):
         """Load the heads of ``splits`` now (fetching or chaining as a switch would), then come back to the
         current bundle: a later switch to one of them costs no load (adaptive mode, before measuring)."""

@@ -43,12 +43,11 @@ def stale(edge, split, head_ms, cloud=None, tail_ms=None):
 
 
 def head_times(recorder, split):
-    """The run's head times (ms) at ``split``: every request's edge figure, those at other splits left out where
-    the run switched."""
-    times = recorder.records["edge_ms"]
-    if not recorder.switches:
-        return list(times)
-    return [ms for ms, (_, at) in zip(times, recorder.timeline) if at == split]
+    """The run's head times (ms) at ``split``: the edge figure of every request the cloud answered (one answered
+    on the edge also counts what ran there after the head), those at other splits left out where the run
+    switched."""
+    return [ms for ms, (_, at), (path, _) in zip(recorder.records["edge_ms"], recorder.timeline, recorder.paths)
+            if at == split and path == "cloud"]
 
 
 def refresh_stale_profile(session, options, recorder, say=None):
