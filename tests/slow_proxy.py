@@ -35,6 +35,20 @@ class LoopbackProxy(object):
         threading.Thread(target=self._pipe, args=(upstream, client, True), daemon=True).start()
 
     def _pipe(self, src, dst, downstream):
+        """Move bytes from ``src`` to ``dst`` (``downstream``: cloud to edge), a chunk at a time through
+        ``_forward``, until either side closes."""
+        try:
+            while not self._stop.is_set():
+                data = src.recv(16384)
+                if not data:
+                    break
+                self._forward(data, dst, downstream)
+        except OSError:
+            pass
+        finally:
+            self._close(src, dst)
+
+    def _forward(self, data, dst, downstream):
         raise NotImplementedError
 
     @staticmethod
@@ -56,22 +70,13 @@ class SlowProxy(LoopbackProxy):
         self.forwarded = 0  # cloud -> edge bytes so far
         LoopbackProxy.__init__(self, target_host, target_port)
 
-    def _pipe(self, src, dst, downstream):
-        try:
-            while not self._stop.is_set():
-                data = src.recv(16384)
-                if not data:
-                    break
-                dst.sendall(data)
-                if downstream:
-                    self.forwarded += len(data)
-                rate = self.rate
-                if rate:
-                    time.sleep(len(data) / float(rate))
-        except OSError:
-            pass
-        finally:
-            self._close(src, dst)
+    def _forward(self, data, dst, downstream):
+        dst.sendall(data)
+        if downstream:
+            self.forwarded += len(data)
+        rate = self.rate
+        if rate:
+            time.sleep(len(data) / float(rate))
 
 
 class GateProxy(LoopbackProxy):
@@ -91,20 +96,11 @@ class GateProxy(LoopbackProxy):
     def open(self):
         self.gate.set()
 
-    def _pipe(self, src, dst, downstream):
-        try:
-            while not self._stop.is_set():
-                data = src.recv(16384)
-                if not data:
-                    break
-                if downstream and not self.gate.is_set():
-                    self.replies_held += 1
-                    self.gate.wait()
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            self._close(src, dst)
+    def _forward(self, data, dst, downstream):
+        if downstream and not self.gate.is_set():
+            self.replies_held += 1
+            self.gate.wait()
+        dst.sendall(data)
 
 
 def answer_through_a_stall(edge, proxy, shut_after, open_after):
