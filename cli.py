@@ -181,7 +181,7 @@ def export(model, split, segments, out, **options):
 
 
 BACKEND_CHOICE = click.Choice(["onnx", "torchscript"])
-OBJECTIVE_CHOICE = click.Choice(["latency", "throughput", "energy"])
+OBJECTIVE_CHOICE = click.Choice(["latency", "p95", "throughput", "energy"])
 
 
 def ints_option(ctx, param, value):
@@ -317,8 +317,13 @@ BANDWIDTH_OPTION = click.option("--bandwidth", default=None, type=click.FloatRan
                                 help="Plan for this bandwidth (Mbit/s) instead of the measured one.")
 RTT_OPTION = click.option("--rtt", default=None, type=click.FloatRange(0, None),
                           help="Plan for this round-trip time (ms).")
-OBJECTIVE_HELP = ("latency, throughput, or energy: the least edge energy per sample (compute, from an edge profile "
-                  "made with --power, plus the radio's per byte).")
+OBJECTIVE_HELP = ("latency (the expected, over the link's samples), p95 (their 95th percentile), throughput, or "
+                  "energy: the least edge energy per sample (compute, from an edge profile made with --power, plus "
+                  "the radio's per byte).")
+LINK_PROFILE_OPTION = click.option("--link-profile", default=None, metavar="FILE",
+                                   help="Plan over this link trace's throughput, one sample per second (a Mahimahi "
+                                        "file or a seconds,mbit CSV) instead of the probe's one rate; --bandwidth "
+                                        "overrides it.")
 PLANNING_OPTIONS = (
     click.option("--max-latency-ms", default=None, type=click.FloatRange(0.001, None),
                  help="Choose only among splits predicted within this latency (ms); none within it is an error."),
@@ -422,7 +427,7 @@ def serve_cloud(**options):
 @click.option("--objective", default="latency", show_default=True, type=OBJECTIVE_CHOICE,
               help="What --split auto optimises: " + OBJECTIVE_HELP)
 @with_options(*PLANNING_OPTIONS)
-@with_options(BANDWIDTH_OPTION, RTT_OPTION, CACHE_OPTION)
+@with_options(BANDWIDTH_OPTION, RTT_OPTION, LINK_PROFILE_OPTION, CACHE_OPTION)
 @click.option("--cache-keep", default=8, show_default=True, type=click.IntRange(1, None),
               help="Bundles kept in the cache (least recently used go first).")
 @click.option("--follow", is_flag=True, help="Switch to a bundle the cloud activates even with --split given "
@@ -484,7 +489,7 @@ def run_edge(**options):
 @main.command()
 @cloud_option()
 @with_options(MODEL_ID_OPTION, CACHE_OPTION, BACKEND_OPTION, DEVICE_OPTION, batch_size_option(1024), BANDWIDTH_OPTION,
-              RTT_OPTION)
+              RTT_OPTION, LINK_PROFILE_OPTION)
 @click.option("--objective", default="latency", show_default=True, type=OBJECTIVE_CHOICE, help=OBJECTIVE_HELP)
 @with_options(*PLANNING_OPTIONS)
 @click.option("--edge-profile", default=None, help="Use this edge profile (from `profile --out`).")

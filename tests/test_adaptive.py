@@ -283,3 +283,74 @@ def test_the_heads_to_preload_are_the_plans_for_a_link_four_times_slower_or_fast
     assert planner(mbps=4.0).alternates(0) == [2]  # a quarter of 4 Mbit/s: the edge does it all
     assert planner(mbps=0.5).alternates(2) == [0]  # four times 0.5 Mbit/s: the input goes to the cloud
     assert planner(mbps=1000.0).alternates(0) == []  # even a quarter of 1000 Mbit/s keeps split 0
+
+
+class Clock(object):
+    """An injected clock: seconds that pass only when a test says so."""
+
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_the_hold_and_the_window_are_counted_in_seconds_of_the_injected_clock():
+    from runtime.edge.adaptive import HOLD_S, WINDOW_S
+    clock = Clock()
+    a = AdaptivePlanner(EDGE, CLOUD, {"rtt_ms": 0.5, "bandwidth_mbps": 1000.0}, hold=HOLD_S, clock=clock)
+    for _ in range(20):  # 1 Mbit/s, a request every 50 ms: however many requests, the hold is a second
+        a.observe(12400, 470, 0.5 + 12870 * 8 / 1e3, cloud_ms=20)
+    assert a.decide(0) == (None, None)
+    clock.t += HOLD_S
+    assert a.decide(0)[0] == 2
+    for _ in range(3):  # back at 20 Mbit/s at once: a switch back within the hold is not made
+        a.observe(65536, 64, 0.5 + 65600 * 8 / 20e3, probe=True)
+    assert a.decide(2) == (None, None)
+    clock.t += WINDOW_S + 1  # the window now holds only its newest sample, the probe's 20 Mbit/s
+    assert a.bandwidth_mbps == pytest.approx(20.0, rel=0.01) and len(a._window) == 1
+    assert a.decide(2)[0] == 0
+
+
+def test_the_forecast_weighs_the_last_half_second_most_and_keeps_the_spread():
+    clock = Clock()
+    a = AdaptivePlanner(EDGE, CLOUD, {"rtt_ms": 0.5, "bandwidth_mbps": 100.0}, hold=0, clock=clock)
+    for _ in range(30):  # three seconds at 10 Mbit/s ...
+        a.observe(12400, 470, 0.5 + 12870 * 8 / 10e3, cloud_ms=20)
+        clock.t += 0.1
+    for _ in range(10):  # ... then one at 1 Mbit/s
+        a.observe(12400, 470, 0.5 + 12870 * 8 / 1e3, cloud_ms=20)
+        clock.t += 0.1
+    assert 1.0 < a.bandwidth_mbps < 1.3  # the last second is nearly all of the forecast (a plain mean: 3.1)
+    assert a.pessimistic_mbps() < a.bandwidth_mbps  # the older, faster samples still make a spread
+
+
+def test_a_link_profile_seeds_the_forecast_until_transfers_come():
+    # nine seconds at 100 Mbit/s and one at 0.5: expected latency keeps split 0, p95 moves to split 2
+    network = {"rtt_ms": 0.5, "bandwidth_mbps": 5.0, "samples_mbps": [100.0] * 9 + [0.5]}
+    latency = AdaptivePlanner(EDGE, CLOUD, network, hold=0, clock=Clock())
+    p95 = AdaptivePlanner(EDGE, CLOUD, network, objective="p95", hold=0, clock=Clock())
+    assert latency.decide(0) == (None, None)
+    split, reason = p95.decide(0)
+    assert split == 2 and "p95" in reason
+    latency.observe(12400, 470, 0.5 + 12870 * 8 / 100e3, cloud_ms=20)  # a transfer: the window replaces the seed
+    assert latency.bandwidth_mbps == pytest.approx(100.0, rel=0.01)
+
+
+def test_a_switch_to_a_head_not_loaded_must_pay_for_its_load_within_the_hold():
+    points = [{"name": "input", "bytes_per_sample": 12288}, {"name": "mid", "bytes_per_sample": 2048},
+              {"name": "out", "bytes_per_sample": 400}]
+    edge = {"points": points, "segment_ms": [30.0, 60.0], "output_bytes_per_sample": 0}
+    cloud = {"points": points, "segment_ms": [30.0, 10.0]}
+    # at 8 Mbit/s split 1 is 43 ms, split 0 53.5: 19% better, 10 ms a request, 240 ms over a second's hold
+    cold = AdaptivePlanner(edge, cloud, {"rtt_ms": 1.0, "bandwidth_mbps": 8.0}, hold=0, clock=Clock())
+    warm = AdaptivePlanner(edge, cloud, {"rtt_ms": 1.0, "bandwidth_mbps": 8.0}, hold=0, clock=Clock())
+    warm.loaded.add(1)  # preloaded
+    assert cold.decide(0) == (None, None)  # loading it (LOAD_MS) costs more than the hold would gain
+    assert warm.decide(0)[0] == 1
+
+
+def test_adaptive_mode_hedges_its_predictions_at_the_deadline():
+    a = AdaptivePlanner(EDGE, CLOUD, {"rtt_ms": 0.5, "bandwidth_mbps": 0.1}, hold=0, clock=Clock())
+    a.deadline_ms = 100.0  # split 0 gives up at 100 - 80 = 20 ms and finishes here: the budget
+    assert {r["split"]: r["expected_ms"] for r in a.rows()}[0] == pytest.approx(100.0)

@@ -24,6 +24,7 @@ class ClientOptions(Options):
     objective = "latency"
     bandwidth = None    # plan for this Mbit/s instead of the measured one
     rtt = None          # ... and this round trip (ms)
+    link_profile = None  # a link trace (edge/link.py): plan over its throughput samples (--bandwidth overrides)
     edge_profile = None  # a profile file instead of measuring the edge
     cloud_profile = None
     interval_ms = 0.0   # plan for a batch released every this many ms (0: back to back)

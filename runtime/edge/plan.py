@@ -9,12 +9,13 @@ from runtime.backends import format_of, load_file
 from runtime.backends.profiling import ProfileCache, profile_key, profile_segments, read_profile, write_profile
 from runtime.bundle.manifest import load_manifest, validate
 from runtime.bundle.schema import LOCAL
+from runtime.edge.link import SAMPLE_S, read_link_profile
 from runtime.edge.planner import (
     DEFAULT_RADIO_NJ_PER_BYTE,
-    at_cadence,
     best_baseline,
     check_profiles,
     choose,
+    distribution,
     format_plan,
     mark_served,
     predict,
@@ -150,14 +151,27 @@ def with_encoded_sizes(profile, encoder):
     return dict(profile, points=points, cuts=cuts)
 
 
-def measure_network(conn, bandwidth=None, rtt=None):
+def measure_network(conn, bandwidth=None, rtt=None, samples=None):
+    """The network the plan is made for: ``--bandwidth`` / ``--rtt`` where given, else probed; ``samples`` (a link
+    profile's throughput samples, Mbit/s) are the link's rate unless ``--bandwidth`` overrides them, with their
+    harmonic mean as its one rate (the rate of their mean time per bit).  A link known by one rate carries the
+    deviation the plan assumes at a cadence until measured: a quarter of its time per bit."""
     if bandwidth is not None and rtt is not None:
-        return {"rtt_ms": rtt, "bandwidth_mbps": bandwidth, "source": "given"}
-    net = probe_network(conn)
-    if bandwidth is not None:
-        net["bandwidth_mbps"], net["source"] = bandwidth, "bandwidth given, rtt probed"
-    if rtt is not None:
-        net["rtt_ms"], net["source"] = rtt, "rtt given, bandwidth probed"
+        net = {"rtt_ms": rtt, "bandwidth_mbps": bandwidth, "source": "given"}
+    elif samples and bandwidth is None and rtt is not None:
+        net = {"rtt_ms": rtt, "source": "rtt given"}
+    else:
+        net = probe_network(conn)
+        if bandwidth is not None:
+            net["bandwidth_mbps"], net["source"] = bandwidth, "bandwidth given, rtt probed"
+        if rtt is not None:
+            net["rtt_ms"], net["source"] = rtt, "rtt given, bandwidth probed"
+    if samples and bandwidth is None:
+        net.update(bandwidth_mbps=len(samples) / sum(1.0 / s for s in samples), samples_mbps=list(samples),
+                   source="link profile: {} samples of {:g} s; {}".format(len(samples), SAMPLE_S, "rtt given" if
+                                                                       rtt is not None else "rtt probed"))
+    else:
+        net["dev_us_per_bit"] = 0.25 / net["bandwidth_mbps"]
     return net
 
 
@@ -193,13 +207,16 @@ def make_plan(session, options, profiles=None, measure_energy=False, cuts=True):
 
     ``options`` (ClientOptions): ``batch_size``, ``bandwidth`` and ``rtt`` (None: measured), ``objective``,
     ``max_latency_ms``, ``radio_nj_per_byte``, ``edge_profile`` / ``cloud_profile`` (files instead of measuring),
-    ``interval_ms``, ``power`` / ``sysfs_root`` (the meter the edge's energy is profiled with, for ``--objective
-    energy`` or ``measure_energy``).  With ``interval_ms`` (run-edge --interval-ms) the latency objective is the
-    latency from release (planner.at_cadence), the link's deviation taken as a quarter of its time per bit until
-    measured.  Where the edge's profile has its energy per segment, the rows have it too (planner.with_energy).
+    ``interval_ms``, ``link_profile`` (a link trace: the link's samples), ``deadline_ms`` (run-edge's hedging),
+    ``power`` / ``sysfs_root`` (the meter the edge's energy is profiled with, for ``--objective energy`` or
+    ``measure_energy``).  Every split's latency is taken over the link's samples (planner.distribution: expected
+    and p95, hedged at the deadline, from release at a cadence; one sample, the probe's or --bandwidth's, without
+    a link profile).  Where the edge's profile has its energy per segment, the rows have it too (planner.with_energy).
     With ``cuts`` the segments bundle's cuts of several tensors are planned too (planner.predict).  Split
     ``"local"`` is planned too; the choice is among the splits that can run (``servable``)."""
     batch_size, cloud_file = options.batch_size, options.cloud_profile
+    link = options.link_profile
+    samples = read_link_profile(link) if link and options.bandwidth is None else None  # a bad file: said first
     segments_data, cloud = cloud_profile(session.conn, session.model, batch_size)
     if cloud_file:
         cloud = read_profile(cloud_file)
@@ -208,15 +225,16 @@ def make_plan(session, options, profiles=None, measure_energy=False, cuts=True):
     edge = with_encoded_sizes(edge, getattr(session, "encoder", None))
     if profiles is not None:
         profiles.update(edge=edge, cloud=cloud)
-    network = measure_network(session.conn, options.bandwidth, options.rtt)
+    network = measure_network(session.conn, options.bandwidth, options.rtt, samples)
     output_bytes = edge.get("output_bytes_per_sample", 0)
     splits = with_cuts(edge["points"], edge.get("cuts", ()) if cuts else ()) + [LOCAL]
     rows = predict(edge["points"], edge["segment_ms"], cloud["segment_ms"], network["rtt_ms"],
                    network["bandwidth_mbps"], batch_size, output_bytes, splits)
     rows = mark_served(rows, *servable(session))
     served_rows(rows, session.model)  # none: say what to export, whatever the objective
-    if options.interval_ms:
-        rows = at_cadence(rows, options.interval_ms, 0.25 / network["bandwidth_mbps"], batch_size, output_bytes)
+    deadline = getattr(options, "deadline_ms", None)
+    rows = distribution(rows, network, batch_size, output_bytes, options.interval_ms,
+                        None if deadline is None else (deadline, float(sum(edge["segment_ms"]))))
     if _has_energy(edge):
         rows = with_energy(rows, edge["segment_mj"], radio_cost(options), batch_size, output_bytes)
     return rows, choose(rows, options.objective, options.max_latency_ms), network

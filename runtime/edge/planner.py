@@ -46,6 +46,33 @@ estimator's deviation of time per bit): a split that sends 12 KiB over a jittery
 link queues, one that sends 400 bytes hardly does; and rho >= 1 is unstable
 (``released_ms`` None).  ``choose`` then minimises the latency from release.
 
+The link's distribution (``distribution``): the link is known by samples of its
+throughput, s_1 .. s_n Mbit/s (a ``--link-profile`` trace's windows, adaptive mode's
+recent transfers; one probe's rate is one sample), with weights w_i (equal, or
+adaptive mode's forecast).  Each split's latency on sample i is
+
+    L_i(k)      = edge(k) + cloud(k) + rtt + bits(k) / s_i       (bits both ways; local: edge only)
+
+and under a deadline (``run-edge --deadline-ms D``: hedging gives up waiting when
+finishing on the edge would only just meet D, and finishes there) a sample that
+would come later costs the give-up time plus the edge's remaining compute,
+
+    tail(k)     = whole(k) - edge(k)        (the edge profile's segments after the split)
+    give_up(k)  = D - tail(k)
+    L_i(k)      = max(give_up(k), edge(k)) + tail(k)    where L_i(k) > give_up(k)
+
+    expected(k) = sum w_i L_i(k) / sum w_i
+    p95(k)      = the least L_i(k) whose cumulative weight (in order of L) reaches 95%
+
+At a cadence both are from release: Kingman's wait as above, with the service time's
+variance the samples' own, var(k) = sum w_i (L_i(k) - expected(k))^2 / sum w_i
+(so cv(k)^2 = var(k) / expected(k)^2 + CV_COMPUTE^2), is added to each.  Kingman
+rather than a queue simulated over the sample sequence because adaptive mode's
+samples are weighted and irregular in time (a transfer's, a probe's), so they have
+no sequence to replay, and so that one sample with a prior deviation reduces to
+``at_cadence`` exactly.  ``--objective latency`` minimises ``expected_ms``,
+``--objective p95`` ``p95_ms``.
+
 Energy (``--objective energy``; ``with_energy``): what the edge spends per sample,
 from an edge profile that measured each segment's energy above idle (``segment_mj``,
 ``profile --power``) and a cost per byte on the radio:
@@ -72,7 +99,8 @@ from runtime.errors import UserError
 from runtime.wire.codec import HEADER_SIZE
 
 FRAME_BYTES = HEADER_SIZE + 48  # header and typical metadata of an INFER or RESULT frame
-OBJECTIVES = ("latency", "throughput", "energy")
+OBJECTIVES = ("latency", "p95", "throughput", "energy")
+P95 = 0.95  # the percentile of --objective p95
 CV_COMPUTE = 0.1  # the compute's own variation (a CPU quota's throttling, other work), as a coefficient
 
 # Huang et al., "A close examination of performance and power characteristics of 4G LTE networks" (MobiSys 2012):
@@ -157,11 +185,87 @@ def at_cadence(rows, interval_ms, dev_us_per_bit=0.0, batch_size=1, output_bytes
     out = []
     for r in rows:
         service = r["latency_ms"]
-        rho = service / interval_ms
         sd_ms = _wire_bytes(r, batch_size, output_bytes) * 8.0 * dev_us_per_bit / 1000.0
-        cv2 = (sd_ms / service) ** 2 + CV_COMPUTE ** 2 if service > 0 else 0.0
-        released = service + rho / (1.0 - rho) * cv2 / 2.0 * service if rho < 1.0 else None  # cannot keep up
-        out.append(dict(r, released_ms=released, utilisation=rho))
+        wait, rho = queue_wait(service, sd_ms ** 2, interval_ms)
+        out.append(dict(r, released_ms=None if wait is None else service + wait, utilisation=rho))
+    return out
+
+
+def queue_wait(service_ms, network_var, interval_ms):
+    """(Kingman's expected wait for deterministic arrivals every ``interval_ms``, or None where the queue only
+    grows; the utilisation) for a mean service time ``service_ms`` whose network part varies by ``network_var``
+    (ms squared) and whose compute by CV_COMPUTE."""
+    rho = service_ms / interval_ms
+    if rho >= 1.0:
+        return None, rho
+    cv2 = network_var / service_ms ** 2 + CV_COMPUTE ** 2 if service_ms > 0 else 0.0
+    return rho / (1.0 - rho) * cv2 / 2.0 * service_ms, rho
+
+
+def sample_latencies(row, samples_mbps, rtt_ms, wire_bytes):
+    """``row``'s latency (ms) on each link sample: its edge and cloud time plus the round trip and its
+    ``wire_bytes`` (both ways) at that sample's Mbit/s; local has no network term."""
+    if row["split"] == LOCAL:
+        return [row["latency_ms"]] * len(samples_mbps)
+    compute = row["edge_ms"] + row["cloud_ms"]
+    return [compute + rtt_ms + wire_bytes * 8.0 / (mbps * 1000.0) for mbps in samples_mbps]
+
+
+def hedged(latencies, row, deadline_ms, whole_edge_ms):
+    """``latencies`` under deadline hedging (hedge.py): the edge stops waiting at ``deadline_ms`` minus what
+    finishing here takes (the split's tail on the edge, ``whole_edge_ms - edge_ms``), and a sample that would
+    come later costs that give-up time (no sooner than the head is done) plus the tail.  Local is never hedged."""
+    if row["split"] == LOCAL:
+        return latencies
+    remaining = max(whole_edge_ms - row["edge_ms"], 0.0)
+    give_up = deadline_ms - remaining
+    late = max(give_up, row["edge_ms"]) + remaining
+    return [t if t <= give_up else late for t in latencies]
+
+
+def weighted_summary(values, weights=None, share=P95):
+    """(mean, ``share`` percentile, variance) of ``values`` under ``weights`` (default equal); the percentile is
+    the nearest rank: the least value whose cumulative weight reaches ``share`` of the whole."""
+    weights = [1.0] * len(values) if weights is None else weights
+    total = float(sum(weights))
+    mean = sum(v * w for v, w in zip(values, weights)) / total
+    var = sum(w * (v - mean) ** 2 for v, w in zip(values, weights)) / total
+    cumulative = 0.0
+    for v, w in sorted(zip(values, weights)):
+        cumulative += w
+        if cumulative >= share * total - 1e-9:
+            return mean, v, var
+    return mean, max(values), var
+
+
+def link_samples(network):
+    """The link's throughput samples (Mbit/s) in a ``network`` dict: its ``samples_mbps``, else its one rate."""
+    return network.get("samples_mbps") or [network["bandwidth_mbps"]]
+
+
+def distribution(rows, network, batch_size=1, output_bytes=0, interval_ms=0.0, deadline=None):
+    """``rows`` with ``expected_ms`` and ``p95_ms``: the mean and 95th percentile of each split's latency over the
+    link's samples (``network``: ``rtt_ms``, ``samples_mbps`` or one ``bandwidth_mbps``, optional ``weights``,
+    default equal; see the module's docstring), hedged under ``deadline`` (deadline_ms, the whole model's time on
+    the edge), if given.  At a cadence (``interval_ms``) both are from release: Kingman's wait, from the
+    samples' variance (plus that of ``network``'s ``dev_us_per_bit``, a prior for a link known by one sample),
+    is added to each; ``released_ms`` is the expected figure, None (with both) where the queue only grows."""
+    samples, weights = link_samples(network), network.get("weights")
+    out = []
+    for r in rows:
+        wire = _wire_bytes(r, batch_size, output_bytes)
+        latencies = sample_latencies(r, samples, network["rtt_ms"], wire)
+        if deadline is not None:
+            latencies = hedged(latencies, r, *deadline)
+        mean, p95, var = weighted_summary(latencies, weights)
+        row = dict(r, expected_ms=mean, p95_ms=p95)
+        if interval_ms:
+            var += (wire * 8.0 * network.get("dev_us_per_bit", 0.0) / 1000.0) ** 2
+            wait, rho = queue_wait(mean, var, interval_ms)
+            row.update(expected_ms=None if wait is None else mean + wait, p95_ms=None if wait is None else p95 + wait,
+                       utilisation=rho)
+            row["released_ms"] = row["expected_ms"]
+        out.append(row)
     return out
 
 
@@ -172,13 +276,15 @@ def _wire_bytes(row, batch_size, output_bytes):
     return batch_size * (row["bytes_per_sample"] + output_bytes) + 2 * FRAME_BYTES
 
 
-def latency_key(row):
-    """What the latency objective minimises: the latency from release where a cadence is known, the request's
-    own latency otherwise (and among rows that cannot keep up with the cadence, the fastest)."""
-    if "released_ms" not in row:
-        return row["latency_ms"], row["latency_ms"]
-    released = row["released_ms"]
-    return (float("inf") if released is None else released), row["latency_ms"]
+def latency_key(row, objective="latency"):
+    """What the latency objectives minimise: ``p95_ms`` for ``"p95"`` and ``expected_ms`` otherwise where the
+    link's distribution is known, else the latency from release where a cadence is known, else the request's
+    own latency; a queue that only grows is infinite (and among such rows, the fastest)."""
+    for figure in (("p95_ms",) if objective == "p95" else ()) + ("expected_ms", "released_ms"):
+        if figure in row:
+            value = row[figure]
+            return (float("inf") if value is None else value), row["latency_ms"]
+    return row["latency_ms"], row["latency_ms"]
 
 
 def has_energy(rows):
@@ -256,30 +362,39 @@ def choose(rows, objective="latency", max_latency_ms=None):
         raise UserError("--objective energy needs the edge's energy per segment (an edge profile made with "
                         "`cli.py profile --power ...`)")
     rows = within_latency(served_rows(rows), max_latency_ms)
-    if objective == "latency":
-        return min(rows, key=lambda r: (latency_key(r), split_order(r["split"])))
+    if objective in ("latency", "p95"):
+        return min(rows, key=lambda r: (latency_key(r, objective), split_order(r["split"])))
     if objective == "energy":
         return min(rows, key=lambda r: (r["mj_per_sample"], latency_key(r), split_order(r["split"])))
     return max(rows, key=lambda r: (r["throughput_samples_per_s"], tuple(-v for v in split_order(r["split"]))))
 
 
 def format_plan(rows, choice, network, objective, radio_nj_per_byte=None):
-    """The plan as a Markdown table (an mJ/sample column where the edge's energy is known, each latency against the
-    better baseline, splits that cannot run marked) and the choice."""
+    """The plan as a Markdown table (expected and p95 columns where the link is known by several samples, an
+    mJ/sample column where the edge's energy is known, each latency against the better baseline, splits that
+    cannot run marked) and the choice."""
     energy = has_energy(rows)
+    spread = len(network.get("samples_mbps") or ()) > 1
     baseline = best_baseline(rows)
     lines = ["network: rtt {:.3f} ms, bandwidth {:.1f} Mbit/s ({})".format(
         network["rtt_ms"], network["bandwidth_mbps"], network.get("source", "given"))]
+    if spread:
+        lines.append("link: {} samples, {:.2f} to {:.2f} Mbit/s; latency ms at their mean rate, expected ms and p95 "
+                     "ms over them".format(len(network["samples_mbps"]), min(network["samples_mbps"]),
+                                           max(network["samples_mbps"])))
     if energy and radio_nj_per_byte is not None:
         lines.append("energy: the edge's measured energy per segment, radio {:g} nJ/byte".format(radio_nj_per_byte))
-    lines += ["| split | after | bytes/sample | edge ms | network ms | cloud ms | latency ms | vs best baseline "
-              "| samples/s |" + (" mJ/sample |" if energy else ""),
-              "|---:|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if energy else "")]
+    lines += ["| split | after | bytes/sample | edge ms | network ms | cloud ms | latency ms |" +
+              (" expected ms | p95 ms |" if spread else "") + " vs best baseline | samples/s |" +
+              (" mJ/sample |" if energy else ""),
+              "|---:|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if spread else "") + "---:|---:|" +
+              ("---:|" if energy else "")]
     for r in rows:
         mark = " **<-**" if r["split"] == choice["split"] else (" not served" if not r.get("served", True) else "")
-        lines.append("| {} | {} | {} | {:.3f} | {:.3f} | {:.3f} | {:.3f} | {} | {:.1f} |{}{}".format(
+        lines.append("| {} | {} | {} | {:.3f} | {:.3f} | {:.3f} | {:.3f} |{} {} | {:.1f} |{}{}".format(
             r["split"], r["name"], r["bytes_per_sample"], r["edge_ms"], r["network_ms"], r["cloud_ms"],
-            r["latency_ms"], _times(ratio_to(r, baseline)), r["throughput_samples_per_s"],
+            r["latency_ms"], " {} | {} |".format(_ms(r["expected_ms"]), _ms(r["p95_ms"])) if spread else "",
+            _times(ratio_to(r, baseline)), r["throughput_samples_per_s"],
             " {:.3f} |".format(r["mj_per_sample"]) if energy else "", mark))
     if any(r.get("estimated") for r in rows):
         lines.append("splits K.J: cuts of several tensors, their compute estimated from the FLOPs share of the "
@@ -287,10 +402,16 @@ def format_plan(rows, choice, network, objective, radio_nj_per_byte=None):
     if not all(r.get("served", True) for r in rows):
         lines.append("not served: the cloud holds no bundle of that split and exports none on demand (local: the "
                      "edge's cache holds no whole model), so it is not chosen")
-    lines.append("choice ({}): split {} ({}), predicted latency {:.3f} ms, {:.1f} samples/s{}{}".format(
-        objective, choice["split"], choice["name"], choice["latency_ms"], choice["throughput_samples_per_s"],
-        ", {:.3f} mJ/sample".format(choice["mj_per_sample"]) if energy else "", _against(choice, baseline)))
+    lines.append("choice ({}): split {} ({}), predicted latency {:.3f} ms{}, {:.1f} samples/s{}{}".format(
+        objective, choice["split"], choice["name"], choice["latency_ms"],
+        ", expected {}, p95 {}".format(_ms(choice["expected_ms"]), _ms(choice["p95_ms"])) if spread else "",
+        choice["throughput_samples_per_s"], ", {:.3f} mJ/sample".format(choice["mj_per_sample"]) if energy else "",
+        _against(choice, baseline)))
     return "\n".join(lines)
+
+
+def _ms(value):
+    return "-" if value is None else "{:.3f}".format(value)
 
 
 def _times(ratio):

@@ -58,6 +58,7 @@ def run_edge(options, out=None):
         if adapter is not None:
             adapter.local = session.local.whole is not None
             alternates = adapter.alternates(manifest.split_index)
+            adapter.loaded.update([manifest.split_index] + alternates)
             if alternates:
                 _say("preloading the heads of split {} (the plan for a link 4x slower or faster)".format(
                     " and ".join(str(k) for k in alternates)))
@@ -215,18 +216,28 @@ def _plan(session, o):
     split = o.split
     if split == "auto":
         split = choice["split"]
-        _say("planned split {} ({}): predicted {:.3f} ms{} at {:.1f} Mbit/s, rtt {:.3f} ms".format(
-            split, choice["name"], choice["latency_ms"], "" if choice.get("mj_per_sample") is None else
-            ", {:.3f} mJ/sample".format(choice["mj_per_sample"]), network["bandwidth_mbps"], network["rtt_ms"]))
+        _say("planned split {} ({}): predicted {:.3f} ms{}{} at {:.1f} Mbit/s, rtt {:.3f} ms".format(
+            split, choice["name"], choice["latency_ms"], _spread(choice, network), "" if choice.get("mj_per_sample")
+            is None else ", {:.3f} mJ/sample".format(choice["mj_per_sample"]), network["bandwidth_mbps"],
+            network["rtt_ms"]))
     adapter = None
     if o.adaptive:
         adapter = AdaptivePlanner(profiles["edge"], profiles["cloud"], network, o.batch_size, o.objective,
                                   interval_ms=o.interval_ms)
+        adapter.deadline_ms = o.deadline_ms
         if split == LOCAL:  # adaptive mode starts at local, its connection bound to the best split for the way back
             from runtime.edge.planner import choose
             adapter.start_local = True
             split = choose([r for r in rows if r["split"] != LOCAL], o.objective, o.max_latency_ms)["split"]
     return planned, adapter, split
+
+
+def _spread(choice, network):
+    """The choice's expected and p95 latency where the link is known by several samples (--link-profile)."""
+    if len(network.get("samples_mbps") or ()) < 2 or choice.get("expected_ms") is None:
+        return ""
+    return " (expected {:.3f} ms, p95 {:.3f} ms over {} samples)".format(choice["expected_ms"], choice["p95_ms"],
+                                                                       len(network["samples_mbps"]))
 
 
 def _run_info(o, session, manifest, data, recorder, planned, adapter):
