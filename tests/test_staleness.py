@@ -10,23 +10,25 @@ from conftest import run_cli
 
 from runtime.backends.profiling import ProfileCache, machine_load, read_profile
 from runtime.edge.report import RunRecorder
-from runtime.edge.staleness import STALE_SHARE, drift, head_times, stale
+from runtime.edge.staleness import STALE_MIN_MS, STALE_SHARE, drift, head_times, stale
 
-EDGE = {"segment_ms": [1.0, 2.0, 3.0, 4.0]}
-CLOUD = {"segment_ms": [0.1, 0.2, 0.3, 0.4]}
+EDGE = {"segment_ms": [10.0, 20.0, 30.0, 40.0]}
+CLOUD = {"segment_ms": [1.0, 2.0, 3.0, 4.0]}
 
 
-def test_a_figure_more_than_a_quarter_off_its_prediction_is_stale():
-    assert STALE_SHARE == 0.25
+def test_a_figure_more_than_a_quarter_and_a_millisecond_off_its_prediction_is_stale():
+    assert STALE_SHARE == 0.25 and STALE_MIN_MS == 1.0
     assert drift(3.0, 4.5) == pytest.approx(0.5) and drift(3.0, 1.5) == pytest.approx(-0.5)
     assert drift(0.0, 1.0) is None  # nothing predicted (split 0's head)
-    assert stale(EDGE, 2, 3.0) == {} and stale(EDGE, 2, 3.7) == {}  # +23%: within
-    assert stale(EDGE, 2, 3.9) == {"edge": (3.0, 3.9, pytest.approx(0.3))}
-    assert stale(EDGE, 2, 1.0)["edge"][2] == pytest.approx(-2.0 / 3)  # a profile made on a busy machine: too slow
+    assert stale(EDGE, 2, 30.0) == {} and stale(EDGE, 2, 37.0) == {}  # +23%: within
+    assert stale(EDGE, 2, 39.0) == {"edge": (30.0, 39.0, pytest.approx(0.3))}
+    assert stale(EDGE, 2, 10.0)["edge"][2] == pytest.approx(-2.0 / 3)  # a profile made on a busy machine: too slow
     assert stale(EDGE, 0, 5.0) == {}
-    both = stale(EDGE, 2, 3.0, CLOUD, 1.4)  # the tail from point 2: 0.7 ms predicted
-    assert list(both) == ["cloud"] and both["cloud"][:2] == (pytest.approx(0.7), 1.4)
-    assert stale(EDGE, 2, 3.0, CLOUD, 0.75) == {}
+    both = stale(EDGE, 2, 30.0, CLOUD, 14.0)  # the tail from point 2: 7 ms predicted
+    assert list(both) == ["cloud"] and both["cloud"][:2] == (pytest.approx(7.0), 14.0)
+    assert stale(EDGE, 2, 30.0, CLOUD, 7.5) == {}
+    tiny = {"segment_ms": [0.017, 0.01]}  # a tiny head: its run's fixed costs per request triple it
+    assert stale(tiny, 1, 0.052) == {}
 
 
 def test_head_times_keep_the_final_split_and_the_clouds_answers():

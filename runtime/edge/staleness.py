@@ -16,7 +16,11 @@ from runtime.backends.profiling import METHOD, profile_segments
 from runtime.bundle.manifest import KIND_SEGMENTS
 from runtime.bundle.store import BundleStore
 
-STALE_SHARE = 0.25  # a measured figure this far (as a share) from the profile's prediction makes it stale
+STALE_SHARE = 0.25  # a measured figure this far (as a share) from the profile's prediction makes it stale ...
+# ... and at least this far in ms: a run's head time has fixed costs per request (the call into the backend, the
+# preprocessing's copy) that a profile of the bare segments leaves out, tens of microseconds that are a large share
+# of a tiny head and say nothing about the machine's state
+STALE_MIN_MS = 1.0
 
 
 def drift(predicted_ms, measured_ms):
@@ -37,7 +41,7 @@ def stale(edge, split, head_ms, cloud=None, tail_ms=None):
     out = {}
     for side, (predicted, measured) in figures.items():
         change = drift(predicted, measured)
-        if change is not None and abs(change) > STALE_SHARE:
+        if change is not None and abs(change) > STALE_SHARE and abs(measured - predicted) > STALE_MIN_MS:
             out[side] = (float(predicted), float(measured), change)
     return out
 
@@ -57,7 +61,7 @@ def refresh_stale_profile(session, options, recorder, say=None):
     profile, or None where nothing was done.  Not after a run whose head time includes compression."""
     from runtime.edge.plan import profile_cache
     manifest, o = session.manifest, options
-    split = manifest.split_index if manifest is not None else None
+    split = session.split_label if manifest is not None else None  # "local" (--split local): no profile to check
     if not isinstance(split, int) or split == 0 or manifest.part("head") is None or \
             (getattr(o, "compress", "none"), getattr(o, "codec", "none")) != ("none", "none"):
         return None
