@@ -29,6 +29,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from runtime import launch  # noqa: E402
+from runtime.bundle.schema import split_order  # noqa: E402
 
 CGROUP_CPU = "/sys/fs/cgroup/cpu"
 
@@ -169,7 +170,7 @@ def check_planner(rate, edge_cpu, store, cache, splits, limit, dataset="syntheti
         planned = json.loads(plan_out)
         sweep_csv = os.path.join(out_dir, "sweep-{}mbit.csv".format(rate))
         choice = planned["choice"]["split"]
-        sweep_splits = sorted(set(splits) | {choice})
+        sweep_splits = sorted(set(splits) | {choice}, key=split_order)  # the choice may be "local"
         sweep = link.edge([sys.executable, CLI, "sweep", "--cloud", address, "--model", model, "--cache", cache,
                            "--threads", str(threads), "--splits", ",".join(map(str, sweep_splits)), "--limit",
                            str(limit), "--dataset", dataset, "--csv", sweep_csv, "--warmup", "2"],
@@ -180,7 +181,7 @@ def check_planner(rate, edge_cpu, store, cache, splits, limit, dataset="syntheti
         server.terminate()
         server.wait(60)
     rows = list(csv.DictReader(open(sweep_csv)))
-    measured = {int(r["split"]): float(r["end_to_end_ms_mean"]) for r in rows}
+    measured = {int(r["split"]) if r["split"].isdigit() else r["split"]: float(r["end_to_end_ms_mean"]) for r in rows}
     best = min(measured, key=measured.get)
     return {"rate_mbit": rate, "edge_cpu": edge_cpu, "planned": choice,
             "planned_predicted_ms": planned["choice"]["latency_ms"], "planned_measured_ms": measured[choice],

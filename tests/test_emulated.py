@@ -14,23 +14,25 @@ pytestmark = pytest.mark.skipif(not OK, reason=WHY)
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory, seed_bundles):
-    """A cloud store holding the seed model's splits 0, 20, 22 (segments are exported on demand)."""
+    """A cloud store holding the seed model's splits 0, 20, 22 (segments are exported on demand), and an edge
+    cache holding the whole model (split 22), so that local is a choice at every rate."""
     import shutil
     root = tmp_path_factory.mktemp("emulated")
     for split in (0, 20, 22):
         shutil.copytree(str(seed_bundles[0] / "resnet50-s{}".format(split)),
                         str(root / "store" / "resnet50-s{}".format(split)))
+    shutil.copytree(str(seed_bundles[0] / "resnet50-s22"), str(root / "edge" / "resnet50-s22"))
     return root
 
 
-@pytest.mark.parametrize("rate,best", [(1000, 0), (20, 0), (1, 22)])
+# at 1 Mbit/s the whole model on the edge: local, which split 22 trails by its round trip
+@pytest.mark.parametrize("rate,best", [(1000, 0), (20, 0), (1, "local")])
 def test_planner_choice_is_within_10_percent_of_the_measured_best(rate, best, work, seed_weights):
     row = emulate.check_planner(rate, 0.5, str(work / "store"), str(work / "edge"), [0, 20, 22], limit=8,
                                 export_args=("--model", "resnet50", "--weights", seed_weights),
                                 out_dir=str(work))
     assert row["ratio"] <= 1.10, emulate.format_rows([row]) + "\n" + str(row["measured"])
-    # a fast network ships the input to the cloud (12 KiB); at 1 Mbit/s the edge (half a core) does it all, or
-    # nearly (split 20 sends 8 KiB and can measure within a few percent of it on a busy machine)
+    # a fast network ships the input to the cloud (12 KiB); at 1 Mbit/s the edge (half a core) does it all
     measured = row["measured"]
     assert measured[best] <= 1.10 * min(measured.values()), measured
 
