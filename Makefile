@@ -106,7 +106,8 @@ test: $(VENV)/.installed $(TRITON_ENV)/.installed $(JP46_ENV)/.installed
 test-fast: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q tests/test_wire_golden.py tests/test_states.py tests/test_layout.py tests/test_schema.py \
-		tests/test_compression.py tests/test_spin.py tests/test_planner.py tests/test_cadence.py -k "not run_edge"
+		tests/test_compression.py tests/test_spin.py tests/test_planner.py tests/test_cadence.py \
+		tests/test_distribution.py tests/test_link.py tests/test_hedge_policy.py -k "not run_edge"
 
 clean:
 	rm -rf $(VENV) $(TRITON_ENV) $(JP46_ENV) artifacts/*/ artifacts/.tmp-* artifacts/.old-*
