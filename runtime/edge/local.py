@@ -114,8 +114,9 @@ class LocalSession(object):
     chained = ()
     local = None
 
-    def __init__(self, options):
-        self.manifest = full_model(options.cache, options.model, options.backend, "--split local")
+    def __init__(self, options, manifest=None):
+        """``manifest``: the whole model's bundle, where the caller found it (else the cache's, or a UserError)."""
+        self.manifest = manifest or full_model(options.cache, options.model, options.backend, "--split local")
         self.head = load_part(self.manifest, "head", options.backend, options.device, options.threads)
         self.conn = _NoConnection()
 

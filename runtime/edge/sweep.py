@@ -29,19 +29,15 @@ Python 3.6 syntax.
 """
 import csv
 import sys
-import time
 
-from runtime.backends import load_part
 from runtime.bundle.schema import LOCAL
-from runtime.edge import scoring
-from runtime.edge.data import batches, check_source, open_dataset, preprocess_batch
+from runtime.edge.data import batches, check_source, open_dataset
+from runtime.edge.local import LocalSession
 from runtime.edge.measure import measure
 from runtime.edge.models import held as model_held
 from runtime.edge.models import resolve as resolve_model
 from runtime.edge.options import RunOptions
 from runtime.edge.planner import best_baseline, ratio_to
-from runtime.edge.power import RunEnergy
-from runtime.edge.report import RunRecorder
 from runtime.edge.session import EdgeSession, find_full_model
 from runtime.errors import UserError
 from runtime.wire.codec import RemoteError
@@ -67,11 +63,8 @@ def sweep(session, options, splits, predictions=None, meter=None, full=None):
             data = _open_data(manifest, o)
             plan = batches(data, o.batch_size, o.limit)
         _say("split {}: {} samples".format(split, sum(len(b) for b in plan)))
-        if split == LOCAL:
-            recorder = measure_local(full, load_part(full, "head", o.backend, o.device, o.threads), data, plan,
-                                     o.warmup, meter)
-        else:
-            recorder = measure(session, data, plan, RunOptions(warmup=o.warmup, no_follow=True), meter=meter)
+        recorder = measure(LocalSession(o, full) if split == LOCAL else session, data, plan,
+                           RunOptions(warmup=o.warmup, no_follow=True), meter=meter)
         rows.append(_row(split, manifest, recorder.summary(), recorder, (predictions or {}).get(split)))
     return with_ratios(rows), data
 
@@ -96,34 +89,6 @@ def _row(split, manifest, summary, recorder, predicted):
     row["mj_per_sample"] = energy.get("mj_per_sample")
     row["predicted_mj"] = predicted.get("mj_per_sample") if predicted else None
     return row
-
-
-def measure_local(full, runner, data, plan, warmup, meter=None):
-    """Split ``local``: every batch of ``plan`` through the whole model (``runner``, loaded from the bundle ``full``)
-    here, after ``warmup`` runs of the first; the RunRecorder, with nothing sent (transmission and cloud 0)."""
-    preprocess = full["input"].get("preprocess") or {}
-    recorder = RunRecorder(scoring.for_run(full.outputs[0]["shape"], data.labels, full["output"].get("postprocess"),
-                                           data.boxes))
-    first = preprocess_batch(data.images(plan[0]), preprocess)
-    for _ in range(warmup):
-        runner.run(first)
-        recorder.warmup_requests += 1
-    energy = RunEnergy(meter) if meter is not None else None
-    if energy is not None:
-        energy.before()
-        energy.start()
-    started = time.perf_counter()
-    for indices in plan:
-        x = preprocess_batch(data.images(indices), preprocess)
-        t0 = time.perf_counter()
-        y = runner.run(x)
-        times = {"edge_ms": (time.perf_counter() - t0) * 1000.0, "roundtrip_ms": 0.0, "cloud_ms": 0.0}
-        recorder.add(times, y, data.targets(indices), 0, 0, full.bundle_id)
-    recorder.wall_s = time.perf_counter() - started
-    if energy is not None:
-        energy.stop()
-        recorder.energy = energy.summary(recorder.samples)
-    return recorder
 
 
 def with_ratios(rows):
