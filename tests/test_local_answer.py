@@ -72,6 +72,7 @@ def test_without_split_local_a_cloud_is_needed(tmp_path):
     (["--split", "4", "--cloud", "127.0.0.1:9", "--deadline-ms", "50", "--inflight", "2"], "drop --inflight"),
     (["--split", "4", "--cloud", "grpc://127.0.0.1:9", "--deadline-ms", "50"], "need serve-cloud"),
     (["--split", "4", "--cloud", "127.0.0.1:9", "--follow", "--no-follow"], "contradict"),
+    (["--split", "4", "--cloud", "127.0.0.1:9", "--reprofile"], "by itself when the run shows it stale"),
 ])
 def test_hedging_refuses_what_it_cannot_do_before_connecting(extra, words):
     proc = run_cli("run-edge", "--model", TINY_ID, "--dataset", "synthetic", *extra)

@@ -124,6 +124,9 @@ def _check(o):
         raise UserError("--adaptive switches among single-tensor points (it can run their heads from the cached "
                         "segments), not cuts of several tensors such as {}: start it at --split K or auto".format(
                             o.split))
+    if o.reprofile and o.split != "auto" and not o.adaptive:
+        raise UserError("--reprofile measures again the profile that --split auto and --adaptive plan from; a run at "
+                        "--split K re-measures a cached profile by itself when the run shows it stale")
     if o.follow and o.no_follow:
         raise UserError("--follow and --no-follow contradict each other; give one")
     if o.fallback not in ("none", "local"):
