@@ -134,6 +134,9 @@ def test_stale_frames_are_dropped_and_counted(tiny_bundles, tiny_labelled_npz, t
     kept = [i for i in range(100) if i not in set(r["dropped_samples"])]
     assert r["predictions"] == labels[kept].tolist()
     assert "Dropped as stale: {} samples".format(r["dropped"]) in proc.stdout
+    # no whole model in the edge's cache: the tail of split 4 was fetched beside its head, to finish late requests
+    assert {"head.onnx", "tail.onnx"} <= set(os.listdir(str(tmp_path / "cache" / tiny_bundle(tiny_bundles, 4).name)))
+    assert "fetching the tail of" in proc.stderr
 
 
 def test_an_explicit_split_is_kept_when_the_cloud_activates_another(tiny_bundles, tiny_labelled_npz, tmp_path):

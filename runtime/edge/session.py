@@ -142,9 +142,9 @@ class EdgeSession(object):
 
     def add_local_tail(self, local, fetch=True):
         """Give ``local`` (edge.local.LocalModel) the tail of the bundle in use, to finish its late requests here:
-        from the cache, fetched from the cloud where ``fetch`` (before the run: a bundle's tail is fetched once and
-        kept beside its head), or a chain of the cached segments; without one they are finished by the whole
-        model, if ``local`` has it."""
+        from the cache, or a chain of the cached segments, or, where ``local`` has no whole model to finish them
+        with and ``fetch`` allows (before the run), fetched from the cloud and kept beside the head (a tail can be
+        most of the model: not fetched over the link when the edge can do without it)."""
         manifest = self.manifest
         if manifest.bundle_id in local.tails:
             return
@@ -155,14 +155,17 @@ class EdgeSession(object):
         fmt = self.formats[0]
         if fmt not in manifest.part("tail")["files"]:
             return  # a tail in another format only (a detector's NMS is TorchScript): the whole model it is
-        if manifest.directory is not None and (self.cache.has_part(manifest.data, self.formats, "tail") or fetch):
-            if fetch and not self.cache.has_part(manifest.data, self.formats, "tail"):
-                _say("fetching the tail of {} (split {}) to finish late requests here".format(
-                    manifest.bundle_id, split_id(manifest.data)))
-                manifest = self.cache.add_part(self.conn, manifest.data, self.formats, "tail")
-            local.add_tail(manifest.bundle_id, load_part(manifest, "tail", self.backend, self.device, self.threads))
-        elif self._segments_match(manifest.data):
+        cached = manifest.directory is not None and self.cache.has_part(manifest.data, self.formats, "tail")
+        if not cached and self._segments_match(manifest.data):
             local.add_tail(manifest.bundle_id, self.segments.tail(manifest.split_index))
+            return
+        if not cached and (not fetch or local.whole is not None or manifest.directory is None):
+            return  # finished by the whole model
+        if not cached:
+            _say("fetching the tail of {} (split {}) to finish late requests here".format(
+                manifest.bundle_id, split_id(manifest.data)))
+            manifest = self.cache.add_part(self.conn, manifest.data, self.formats, "tail")
+        local.add_tail(manifest.bundle_id, load_part(manifest, "tail", self.backend, self.device, self.threads))
 
     def whole_model(self):
         """(a loaded runner of the whole model, its bundle id): the cached bundle that holds it (see
