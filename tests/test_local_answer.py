@@ -179,3 +179,21 @@ def test_adaptive_mode_starts_local_where_the_whole_model_here_is_fastest(tiny_b
     # nothing was sent, so no link sample could make another split look better: it stayed
     assert r["paths"] == {"local": dict(r["paths"]["local"], requests=100, reasons={"adaptive": 100})}
     assert set(r["timeline"]["split"]) == {"local"} and r["switches"] == [] and r["bytes_sent_per_sample"] == 0
+
+
+def test_at_local_a_probe_that_meets_a_stalled_link_holds_up_no_frame(gated_cloud, tiny_bundles, tiny_labelled_npz,
+                                                                        tmp_path):
+    """Adaptive mode at local probes the link now and then (every 2 s without a sample).  The gate shuts after
+    20 answers and opens only once all 400 are printed: a probe sent meanwhile cannot come back before the run
+    has answered every frame, so the run ends only if the frames never waited for it."""
+    srv, proxy = gated_cloud
+    data, labels = tiny_labelled_npz
+    report = tmp_path / "r.json"
+    edge = _edge("--cloud", proxy.address, "--split", "auto", "--adaptive", "--cache",
+                 _full_model_cache(tiny_bundles, tmp_path), "--interval-ms", 10, "--dataset", "npz:" + data,
+                 "--limit", 400, "--verbose", "--report", report)
+    _, stderr, _ = answer_through_a_stall(edge, proxy, 20, 400)
+    assert edge.returncode == 0, "".join(stderr)
+    r = json.loads(report.read_text())
+    assert r["predictions"] == labels[:400].tolist() and set(r["timeline"]["split"]) == {"local"}
+    assert r["probes"] >= 1  # sent while the gate was shut (the run lasts 4 s; the first probe comes after 2)

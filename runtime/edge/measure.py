@@ -176,6 +176,7 @@ class _Loop(object):
         # adaptive mode chose "local": the whole model here, nothing sent
         self.local_mode = adaptive is not None and adaptive.start_local and adaptive.local
         self._hedged = None         # the one HedgedPipe of the run, when hedging
+        self._aside = _ProbeAside(session, settings.reconnect_timeout) if adaptive is not None else None
         self.energy = RunEnergy(meter) if meter is not None else None
         self.adaptive, self.fallback, self.out = adaptive, fallback, out
         self.preprocess = session.manifest["input"].get("preprocess") or {}
@@ -239,6 +240,8 @@ class _Loop(object):
             if self.energy is not None:
                 self.energy.stop()
             self.pipe.close()
+            if self._aside is not None:
+                self._aside.stopping = True
         recorder.wall_s = time.perf_counter() - self.started
         recorder.cpu_s = time.process_time() - cpu_started
         if self.energy is not None:
@@ -323,9 +326,11 @@ class _Loop(object):
         elif self.switch is None and self.adaptive is not None and (path == "cloud" or self.local_mode):
             if self.local_mode:
                 self.adaptive.observe_local(context.edge_ms)
-            elif self.hedge is None:  # a hedged pipe tells adaptive mode of every reply as it arrives
-                self._observe(frame, roundtrip_ms, sent, received, context)
-            self._probe()
+                self._probe_aside()
+            else:
+                if self.hedge is None:  # a hedged pipe tells adaptive mode of every reply as it arrives
+                    self._observe(frame, roundtrip_ms, sent, received, context)
+                self._probe()
             new_split, reason = self.adaptive.decide(LOCAL if self.local_mode else self.session.manifest.split_index)
             if reason:
                 self.switch = (reason, new_split, None)
@@ -346,6 +351,16 @@ class _Loop(object):
             sent_b, back_b, probe_ms = echo_train(self.session.conn, probe, cap_ms, reply_bytes=PROBE_REPLY_BYTES)
             self.adaptive.observe(sent_b, back_b, probe_ms, probe=True)
 
+    def _probe_aside(self):
+        """At local, adaptive mode's probes go on a thread of their own (the link carries nothing else, and a probe
+        that meets an outage must not hold up the frames answered here); their samples are folded in here."""
+        for sent_b, back_b, probe_ms in self._aside.done():
+            self.adaptive.observe(sent_b, back_b, probe_ms, probe=True)
+        if not self._aside.busy():
+            size = self.adaptive.probe_size()
+            if size:
+                self._aside.start(size, PROBE_CAP_MS)
+
     def _switch(self):
         """Hot swap to the decided bundle or split, nothing being in flight (or to and from adaptive mode's
         ``local``, where the connection stays bound to the last bundle, for probes and the way back)."""
@@ -357,6 +372,7 @@ class _Loop(object):
         old_id = session.manifest.bundle_id
         self.local_mode = new_split == LOCAL
         if not self.local_mode:
+            self._aside.wait()  # the connection is the probes' until the last is back
             session.switch_to(bundle_id=active, split=new_split, chain_ok=new_split is not None)
             if self.local is not None:
                 session.add_local_tail(self.local, fetch=False)  # a fetch now would cross the link that is slow
@@ -396,6 +412,46 @@ class _Loop(object):
         self.pipe = self._make_pipe()
         self.resend = collections.deque(self.outstanding)
         return True
+
+
+class _ProbeAside(object):
+    """Adaptive mode's probes at local, each on a thread of its own over the session's connection (nothing else
+    uses it then); a probe that loses the connection reconnects it (unless the run is over)."""
+
+    def __init__(self, session, reconnect_s):
+        self.session, self.reconnect_s = session, reconnect_s
+        self.thread = None
+        self.stopping = False
+        self._results = queue.Queue()
+
+    def busy(self):
+        return self.thread is not None and self.thread.is_alive()
+
+    def start(self, size, cap_ms):
+        self.thread = threading.Thread(target=self._probe, args=(size, cap_ms), name="edge-probe", daemon=True)
+        self.thread.start()
+
+    def _probe(self, size, cap_ms):
+        try:
+            self._results.put(echo_train(self.session.conn, size, cap_ms, reply_bytes=PROBE_REPLY_BYTES))
+        except CloudLost as exc:
+            if self.stopping:
+                return
+            try:
+                self.session.reconnect(time.monotonic() + self.reconnect_s, str(exc))
+            except CloudLost:
+                pass  # still gone: the next probe tries again
+
+    def done(self):
+        """(bytes sent, bytes back, ms) of each probe finished since the last call."""
+        out = []
+        while not self._results.empty():
+            out.append(self._results.get_nowait())
+        return out
+
+    def wait(self):
+        if self.thread is not None:
+            self.thread.join()
 
 
 class _AdaptiveListener(object):
