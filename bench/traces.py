@@ -316,8 +316,9 @@ def parse_modes(text, splits):
 
 
 def serves_locally(mode):
-    """Whether the mode answers frames on the edge by design (elsewhere a local answer is the cloud lost)."""
-    return mode == LOCAL or mode.startswith("hedged:")
+    """Whether the mode answers frames on the edge by design: local, hedged, and the planned ones, which may choose
+    local (a static split's local answer is the cloud lost)."""
+    return not mode.startswith("static:")
 
 
 def prepare(out, weights, n, modes):
