@@ -146,7 +146,8 @@ def test_modes_and_what_they_run():
     assert traces.needed_splits(["static:3", "hedged:10"]) == [3, 10, 22]
     assert traces.needed_splits(["static:3", "hedged:auto"]) == list(range(23))
     assert traces.serves_locally("hedged:3") and traces.serves_locally("local")
-    assert not traces.serves_locally("adaptive")
+    assert traces.serves_locally("adaptive") and traces.serves_locally("auto")  # they may choose local
+    assert not traces.serves_locally("static:22")
 
 
 def test_local_costs_come_from_the_local_run_else_split_22():
