@@ -372,7 +372,8 @@ class _Loop(object):
         old_id = session.manifest.bundle_id
         self.local_mode = new_split == LOCAL
         if not self.local_mode:
-            self._aside.wait()  # the connection is the probes' until the last is back
+            if self._aside is not None:
+                self._aside.wait()  # the connection is the probes' until the last is back
             session.switch_to(bundle_id=active, split=new_split, chain_ok=new_split is not None)
             if self.local is not None:
                 session.add_local_tail(self.local, fetch=False)  # a fetch now would cross the link that is slow
