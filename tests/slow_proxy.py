@@ -82,24 +82,28 @@ class SlowProxy(LoopbackProxy):
 class GateProxy(LoopbackProxy):
     """Forwards both directions as they come, but holds the cloud's replies while the gate is shut (``shut()``,
     ``open()``): a link that stalls and recovers, with nothing lost.  ``replies_held`` counts the chunks that
-    waited at the gate."""
+    waited at the gate.  ``shut(upstream=True)`` holds the edge's bytes instead (the proxy stops reading them, so
+    the edge's sends fill the socket buffers and then block)."""
 
     def __init__(self, target_host, target_port):
-        self.gate = threading.Event()
-        self.gate.set()
+        self.gates = {True: threading.Event(), False: threading.Event()}  # downstream? -> open
+        for gate in self.gates.values():
+            gate.set()
         self.replies_held = 0
         LoopbackProxy.__init__(self, target_host, target_port)
 
-    def shut(self):
-        self.gate.clear()
+    def shut(self, upstream=False):
+        self.gates[not upstream].clear()
 
     def open(self):
-        self.gate.set()
+        for gate in self.gates.values():
+            gate.set()
 
     def _forward(self, data, dst, downstream):
-        if downstream and not self.gate.is_set():
-            self.replies_held += 1
-            self.gate.wait()
+        gate = self.gates[downstream]
+        if not gate.is_set():
+            self.replies_held += downstream
+            gate.wait()
         dst.sendall(data)
 
 

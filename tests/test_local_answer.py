@@ -197,3 +197,54 @@ def test_at_local_a_probe_that_meets_a_stalled_link_holds_up_no_frame(gated_clou
     r = json.loads(report.read_text())
     assert r["predictions"] == labels[:400].tolist() and set(r["timeline"]["split"]) == {"local"}
     assert r["probes"] >= 1  # sent while the gate was shut (the run lasts 4 s; the first probe comes after 2)
+
+
+class _OneConnection(object):
+    """What a HedgedPipe asks of its session, around one real connection; a reconnect fails (the link stays
+    stalled), so the pipe's background reconnect gives the cloud up."""
+
+    def __init__(self, conn):
+        self.conn, self.cloud = conn, conn.address
+
+    def reconnect(self, give_up_at, reason):
+        from runtime.edge.client import CloudLost
+        self.conn.close()
+        raise CloudLost("still stalled: " + reason)
+
+
+def test_a_send_into_a_stalled_link_ends_at_its_give_up_not_the_connections_timeout(gated_cloud, tiny_bundles):
+    """A request larger than every socket buffer on the way (64 MiB less a header, against a few MiB of kernel
+    buffers on loopback) cannot be sent while the proxy reads none of it: without a bound the send would block
+    for the connection's timeout (60 s here).  The hedged pipe bounds it by the request's give-up (200 ms from
+    release, at least SEND_STALL_S), drops the connection (part of a frame is on it) and answers here."""
+    import time
+
+    import numpy as np
+
+    from runtime.backends import load_part
+    from runtime.bundle.manifest import load_manifest
+    from runtime.edge.client import CloudConnection
+    from runtime.edge.hedge import HedgedPipe, HedgePolicy
+    from runtime.edge.local import LocalModel
+    from runtime.edge.measure import Sent
+    srv, proxy = gated_cloud
+    manifest = load_manifest(str(tiny_bundle(tiny_bundles, 4)))
+    conn = CloudConnection(proxy.address, timeout=60)
+    conn.hello({"role": "edge", "model": TINY_ID, "split": None, "bundle_id": manifest.bundle_id})
+    local = LocalModel()
+    local.add_tail(manifest.bundle_id, load_part(manifest, "tail", threads=1))
+    x = np.random.RandomState(0).rand(1, 3, 16, 16).astype(np.float32)
+    boundary = load_part(manifest, "head", threads=1).run(x)
+    pipe = HedgedPipe(_OneConnection(conn), HedgePolicy(deadline_ms=200), local)
+    proxy.shut(upstream=True)
+    released = time.perf_counter()
+    context = Sent([0], 0.0, manifest.bundle_id, 0.0, 0.0, 4, released, x, boundary)
+    pipe.send(np.zeros(16 * 1024 * 1024 - 1024, dtype=np.float32), {}, context)
+    took_s = time.perf_counter() - released
+    answer = pipe.next()[0]
+    assert (answer.path, answer.reason) == ("local", "outage")
+    np.testing.assert_allclose(answer.array, local.tails[manifest.bundle_id].run(boundary))
+    # the give-up is 0.2 s after release; 30 s is half the connection's timeout, room for a loaded machine
+    assert took_s < 30.0
+    pipe.outage.join(timeout=60)
+    assert pipe.gone and "still stalled" in pipe.gone

@@ -81,6 +81,7 @@ class CloudConnection(object):
         self._expected_s = None  # smoothed round trip of infer()
         self.spin = SpinPolicy()
         self._next_id = 1
+        self.broken = False  # a send failed
         # what this connection may send (wire/states.py): without a token the edge takes the cloud to need none
         # (a cloud that does answers auth_required); with one, it proves it before anything else
         self.state = states.Connection(authenticated=not security.token)
@@ -108,6 +109,7 @@ class CloudConnection(object):
         try:
             sent = sockets.send_frame(self.sock, type_, request_id, meta, array)
         except OSError as exc:  # reset, broken pipe, send timeout
+            self.broken = True  # part of a frame may be on the connection: nothing more goes on it
             raise self._lost(exc)
         return request_id, sent
 
@@ -257,10 +259,11 @@ class CloudConnection(object):
         return receive_files(self.reader, directory, entries, what="fetch of {}".format(bundle_id))
 
     def close(self):
-        try:
-            sockets.send_frame(self.sock, codec.BYE, 0, {})
-        except OSError:
-            pass
+        if not self.broken:  # (after a failed send a BYE would be read as the rest of that frame, or block)
+            try:
+                sockets.send_frame(self.sock, codec.BYE, 0, {})
+            except OSError:
+                pass
         try:
             self.sock.shutdown(socket.SHUT_RDWR)  # wakes a receiver thread blocked on this socket
         except OSError:

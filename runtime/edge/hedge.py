@@ -36,13 +36,16 @@ from runtime.edge.client import CloudLost
 from runtime.edge.local import LOCAL, LocalAnswer
 from runtime.edge.report import _say
 from runtime.errors import UserError
-from runtime.wire import codec
+from runtime.wire import codec, sockets
 
 LINK_ALPHA = 0.125     # RFC 6298: weight of a new round trip in the smoothed mean ...
 LINK_BETA = 0.25       # ... and of its deviation in the mean deviation
 LINK_K = 4.0           # the bound is the mean plus this many deviations ...
 OVERDUE_MIN_MS = 20.0  # ... and at least this much above the mean (a quiet link's deviation tends to 0; as adaptive.py)
 HEDGED = "hedged"      # a request finished here after waiting for the cloud
+# a send that no byte of leaves for this long (or until the request's give-up, if later) met a stalled link, not a
+# slow one: a link that carries anything frees send buffer every round trip (40 ms in bench/traces.py's runs)
+SEND_STALL_S = 0.1
 
 
 class HedgePolicy(object):
@@ -155,28 +158,37 @@ class HedgedPipe(object):
         if not self.link_free():
             self.pending.append(self._answer_here(context, LOCAL, "link_busy" if self.link_up() else "outage"))
             return
-        if self._too_late(context):
+        sent_at = self._clock()
+        give_up, _ = self._give_up(context, sent_at)
+        if give_up is not None and give_up < sent_at + (self.policy.srtt_ms or 0.0) / 1000.0:
+            # a reply expected one mean round trip from now would come after the request is given up on
             self.pending.append(self._answer_here(context, LOCAL, "deadline"))
             return
         conn = self.session.conn
-        sent_at = self._clock()
         try:
-            request_id, sent = conn.request(codec.INFER, meta, array)
+            request_id, sent = self._request_within(conn, meta, array, give_up, sent_at)
         except CloudLost as exc:
             self._lose(exc)
             self.pending.append(self._answer_here(context, LOCAL, "outage"))
             return
         self.pending.append(_OnLink(request_id, meta, sent_at, sent, context, conn.reader.bytes_received))
 
+    @staticmethod
+    def _request_within(conn, meta, array, give_up, now):
+        """Send the request; a link that takes no byte of it until ``give_up`` (at least ``SEND_STALL_S``) ends
+        the send with CloudLost (part of a frame is on the connection then: it must be reconnected).  Without
+        this a large activation sent into a stalled link would block the frame for the connection's timeout."""
+        if give_up is None:
+            return conn.request(codec.INFER, meta, array)
+        sockets.set_timeouts(conn.sock, conn.timeout, send_seconds=max(give_up - now, SEND_STALL_S))
+        try:
+            return conn.request(codec.INFER, meta, array)
+        finally:
+            sockets.set_timeouts(conn.sock, conn.timeout)
+
     def _give_up(self, context, sent_at):
         return self.policy.give_up_at(context.released, sent_at, self.local.remaining_ms(context.bundle_id),
                                       self.next_release())
-
-    def _too_late(self, context):
-        """A reply expected (one mean round trip from now) after the request would be given up on: not sent."""
-        now = self._clock()
-        give_up, _ = self._give_up(context, now)
-        return give_up is not None and give_up < now + (self.policy.srtt_ms or 0.0) / 1000.0
 
     def next(self):
         item = self.pending.popleft()
