@@ -7,10 +7,13 @@ from runtime.edge.planner import (
     FRAME_BYTES,
     OBJECTIVES,
     at_cadence,
+    best_baseline,
     choose,
     distribution,
     format_plan,
+    objective_figure,
     predict,
+    ratio_to,
 )
 
 # the 12 KiB input, a mid point, the logits; the edge does 40 + 40 ms, the cloud 10 + 10
@@ -104,3 +107,21 @@ def test_the_plan_shows_expected_and_p95_where_the_link_has_several_samples():
     assert "| expected ms | p95 ms |" in text and "10 samples" in text and "choice (p95): split 2" in text
     one = distribution(rows(), {"rtt_ms": 1.0, "bandwidth_mbps": 10.0})
     assert "p95 ms" not in format_plan(one, choose(one), {"rtt_ms": 1.0, "bandwidth_mbps": 10.0}, "latency")
+
+
+def test_splits_are_compared_with_the_baselines_on_the_figure_the_objective_decides_on():
+    """Over a link that is fast half the time and nearly down the other half, split 0's latency at the samples'
+    mean rate beats local's, but its expected latency and p95 do not: the baseline and the ratios follow the
+    objective's figure."""
+    network = {"rtt_ms": 1.0, "bandwidth_mbps": 50.15, "samples_mbps": [100.0] * 5 + [0.3] * 5, "source": "x.csv"}
+    planned = by_split(distribution(rows(), network))
+    assert planned[0]["latency_ms"] < WHOLE < planned[0]["expected_ms"]
+    assert best_baseline(list(planned.values()))["split"] == 0  # on the one rate
+    for objective, figure in (("latency", "expected_ms"), ("p95", "p95_ms")):
+        assert objective_figure(list(planned.values()), objective) == figure
+        baseline = best_baseline(list(planned.values()), figure)
+        assert baseline["split"] == "local"
+        assert ratio_to(planned[1], baseline, figure) == pytest.approx(planned[1][figure] / WHOLE)
+        text = format_plan(list(planned.values()), choose(list(planned.values()), objective), network, objective)
+        assert "better baseline (local" in text.splitlines()[-1]
+    assert objective_figure(rows()) == "latency_ms"  # one rate, no cadence: the request's own latency

@@ -18,6 +18,7 @@ from runtime.edge.planner import (
     distribution,
     format_plan,
     mark_served,
+    objective_figure,
     predict,
     ratio_to,
     served_rows,
@@ -275,12 +276,14 @@ def run_plan(options, out=None):
         session.close()
     energy = profiles["edge"].get("energy") if "segment_mj" in profiles["edge"] else None
     if o.as_json:
-        baseline = best_baseline(rows)
+        figure = objective_figure(rows, o.objective)
+        baseline = best_baseline(rows, figure)
         plan = {"network": network, "objective": o.objective, "batch_size": o.batch_size,
                 "max_latency_ms": o.max_latency_ms, "choice": choice,
-                "best_baseline": None if baseline is None else {"split": baseline["split"],
+                "best_baseline": None if baseline is None else {"split": baseline["split"], "figure": figure,
+                                                                figure: baseline[figure],
                                                                 "latency_ms": baseline["latency_ms"]},
-                "rows": [dict(r, vs_best_baseline=ratio_to(r, baseline)) for r in rows]}
+                "rows": [dict(r, vs_best_baseline=ratio_to(r, baseline, figure)) for r in rows]}
         if energy is not None:
             plan["energy"] = {"source": energy["source"], "rail": energy["rail"],
                               "idle_power_mw": energy["idle_power_mw"], "radio_nj_per_byte": radio_cost(o)}

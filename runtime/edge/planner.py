@@ -340,6 +340,14 @@ def served_rows(rows, model="the model"):
     return served
 
 
+def objective_figure(rows, objective="latency"):
+    """The figure of ``rows`` that ``objective`` is decided on (as ``latency_key``), for comparing rows with it."""
+    for figure in (("p95_ms",) if objective == "p95" else ()) + ("expected_ms", "released_ms"):
+        if rows and all(figure in r for r in rows):
+            return figure
+    return "latency_ms"
+
+
 def best_baseline(rows, figure="latency_ms"):
     """The better baseline among ``rows``: split 0 (the whole model on the cloud) or ``"local"`` (the whole model on
     the edge), whichever has the least ``figure``; None where neither is there."""
@@ -375,7 +383,8 @@ def format_plan(rows, choice, network, objective, radio_nj_per_byte=None):
     cannot run marked) and the choice."""
     energy = has_energy(rows)
     spread = len(network.get("samples_mbps") or ()) > 1
-    baseline = best_baseline(rows)
+    figure = objective_figure(rows, objective)
+    baseline = best_baseline(rows, figure)
     lines = ["network: rtt {:.3f} ms, bandwidth {:.1f} Mbit/s ({})".format(
         network["rtt_ms"], network["bandwidth_mbps"], network.get("source", "given"))]
     if spread:
@@ -394,7 +403,7 @@ def format_plan(rows, choice, network, objective, radio_nj_per_byte=None):
         lines.append("| {} | {} | {} | {:.3f} | {:.3f} | {:.3f} | {:.3f} |{} {} | {:.1f} |{}{}".format(
             r["split"], r["name"], r["bytes_per_sample"], r["edge_ms"], r["network_ms"], r["cloud_ms"],
             r["latency_ms"], " {} | {} |".format(_ms(r["expected_ms"]), _ms(r["p95_ms"])) if spread else "",
-            _times(ratio_to(r, baseline)), r["throughput_samples_per_s"],
+            _times(ratio_to(r, baseline, figure)), r["throughput_samples_per_s"],
             " {:.3f} |".format(r["mj_per_sample"]) if energy else "", mark))
     if any(r.get("estimated") for r in rows):
         lines.append("splits K.J: cuts of several tensors, their compute estimated from the FLOPs share of the "
@@ -406,7 +415,7 @@ def format_plan(rows, choice, network, objective, radio_nj_per_byte=None):
         objective, choice["split"], choice["name"], choice["latency_ms"],
         ", expected {}, p95 {}".format(_ms(choice["expected_ms"]), _ms(choice["p95_ms"])) if spread else "",
         choice["throughput_samples_per_s"], ", {:.3f} mJ/sample".format(choice["mj_per_sample"]) if energy else "",
-        _against(choice, baseline)))
+        _against(choice, baseline, figure)))
     return "\n".join(lines)
 
 
@@ -418,14 +427,15 @@ def _times(ratio):
     return "-" if ratio is None else "{:.2f}x".format(ratio)
 
 
-def _against(choice, baseline):
-    """How the choice's latency compares with the better baseline's, for the choice line."""
+def _against(choice, baseline, figure):
+    """How the choice's ``figure`` compares with the better baseline's, for the choice line."""
     if baseline is None:
         return ""
     if baseline["split"] == choice["split"]:
         return "; it is the better baseline ({})".format(_baseline_name(baseline))
-    return "; {} the better baseline ({}, {:.3f} ms)".format(_times(ratio_to(choice, baseline)),
-                                                            _baseline_name(baseline), baseline["latency_ms"])
+    return "; {} the better baseline ({}, {:.3f} ms{})".format(
+        _times(ratio_to(choice, baseline, figure)), _baseline_name(baseline), baseline[figure],
+        "" if figure == "latency_ms" else " " + figure[:-3].replace("_", " "))
 
 
 def _baseline_name(row):
