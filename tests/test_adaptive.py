@@ -348,6 +348,8 @@ def test_a_switch_to_a_head_not_loaded_must_pay_for_its_load_within_the_hold():
     warm.loaded.add(1)  # preloaded
     assert cold.decide(0) == (None, None)  # loading it (LOAD_MS) costs more than the hold would gain
     assert warm.decide(0)[0] == 1
+    cold.load_ms = 50.0  # this run timed its own loads: a head loads in 50 ms here, less than the hold's gain
+    assert cold.decide(0)[0] == 1
 
 
 def test_adaptive_mode_hedges_its_predictions_at_the_deadline():

@@ -16,6 +16,8 @@ from cloud_server import ServerProcess
 from conftest import REPO, SEED_REPORT, TINY_ID, run_cli, tiny_bundle
 from slow_proxy import GateProxy, answer_through_a_stall
 
+from runtime.edge.adaptive import LOAD_MS
+
 # ---------------------------------------------------------------- real runs
 
 N = 300
@@ -179,6 +181,9 @@ def test_adaptive_mode_starts_local_where_the_whole_model_here_is_fastest(tiny_b
     # nothing was sent, so no link sample could make another split look better: it stayed
     assert r["paths"] == {"local": dict(r["paths"]["local"], requests=100, reasons={"adaptive": 100})}
     assert set(r["timeline"]["split"]) == {"local"} and r["switches"] == [] and r["bytes_sent_per_sample"] == 0
+    # the head of the split its connection is bound to was loaded and timed: a switch's cost is this edge's own
+    # figure, not the assumed one (a real load never takes exactly LOAD_MS)
+    assert r["head_load_ms"] > 0 and r["head_load_ms"] != LOAD_MS
 
 
 def test_at_local_a_probe_that_meets_a_stalled_link_holds_up_no_frame(gated_cloud, tiny_bundles, tiny_labelled_npz,

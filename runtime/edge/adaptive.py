@@ -22,7 +22,8 @@ The edge switches (with EdgeSession.switch_to, the hot-swap mechanism) only when
 another split is predicted better than the current one by ``margin``, at least
 ``hold`` seconds (``HOLD_S``) have passed since the last switch, and the switch pays
 for itself: a head that is not loaded (not the start's, not preloaded, not switched
-to before) costs ``LOAD_MS`` to load or chain, and the gain per request over the
+to before) costs ``load_ms`` to load or chain (the median of the loads this run has
+timed, ``EdgeSession.load_ms``; ``LOAD_MS`` before any), and the gain per request over the
 requests of one hold (``HOLD_S`` at the cadence, or back to back at the new split's
 latency) must exceed it.  A switch back within the hold is never made (the hold),
 so a small gain cannot make the edge flap.
@@ -79,7 +80,7 @@ WINDOW_S = 5.0     # the samples of the last this many seconds ...
 HALF_LIFE_S = 0.5  # ... each weighing half as much every this many seconds of age
 MARGIN = 0.15      # switch only for a predicted gain of 15% or more ...
 HOLD_S = 1.0       # ... at least this many seconds after the last switch ...
-LOAD_MS = 300.0    # ... and paying for loading a head not loaded (an assumed figure, not measured on a Jetson)
+LOAD_MS = 300.0    # ... and paying for loading a head not loaded (until this run has timed its own loads)
 MIN_WIRE_MS = 0.2  # transfers shorter than this say too little about bandwidth
 MIN_SAMPLE_BYTES = 4096  # nor do tiny ones: a token bucket or a socket buffer lets them through at line rate
 PROBE_AFTER_S = 2.0     # seconds without a sample before an ECHO probe ...
@@ -105,6 +106,7 @@ class AdaptivePlanner(object):
         self.local = False  # set where the edge can run the whole model: "local" is a split it may choose too
         self.start_local = False  # the plan chose local: the run starts there
         self.loaded = set()  # splits whose heads are loaded (the start's, the preloaded): a switch there costs none
+        self.load_ms = LOAD_MS  # what loading another costs (the run's own loads, once timed)
         self.deadline_ms = None  # run-edge --deadline-ms: predictions count the hedge
         self.interval_ms = interval_ms  # run-edge --interval-ms: plan for the latency from release
         self.rtt_ms = network["rtt_ms"]
@@ -266,7 +268,7 @@ class AdaptivePlanner(object):
 
     def switch_cost_ms(self, split):
         """What switching to ``split`` costs once: loading its head (or chain), unless it is loaded or has none."""
-        return 0.0 if split in self.loaded or split in (0, LOCAL) else LOAD_MS
+        return 0.0 if split in self.loaded or split in (0, LOCAL) else self.load_ms
 
     def decide(self, current_split):
         """A better split and the reason, or (None, None)."""

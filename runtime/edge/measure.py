@@ -375,6 +375,8 @@ class _Loop(object):
             if self._aside is not None:
                 self._aside.wait()  # the connection is the probes' until the last is back
             session.switch_to(bundle_id=active, split=new_split, chain_ok=new_split is not None)
+            if self.adaptive is not None:
+                self.adaptive.load_ms = session.load_ms(self.adaptive.load_ms)
             if self.local is not None:
                 session.add_local_tail(self.local, fetch=False)  # a fetch now would cross the link that is slow
         self.pipe = self._make_pipe()

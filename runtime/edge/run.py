@@ -63,6 +63,7 @@ def run_edge(options, out=None):
                 _say("preloading the heads of split {} (the plan for a link 4x slower or faster)".format(
                     " and ".join(str(k) for k in alternates)))
                 session.preload(alternates)
+            adapter.load_ms = session.load_ms(adapter.load_ms)  # this edge's own figure for a head's load
         _check_frame_size(manifest, session.welcome, o)
         scored = manifest.outputs[0]  # a model of several outputs is scored on its first
         data = open_dataset(o.dataset, manifest["input"], scored["shape"][-1], limit=o.limit, seed=o.seed,
@@ -257,4 +258,5 @@ def _run_info(o, session, manifest, data, recorder, planned, adapter):
             "plan": planned, "probes": adapter.probes if adapter is not None else 0,
             "stalls": adapter.stalls if adapter is not None else 0,
             "compute_scales": {"edge": adapter.edge_scale, "cloud": adapter.cloud_scale} if adapter else None,
+            "head_load_ms": adapter.load_ms if adapter is not None else None,
             "busy_poll_spins": spin.spins, "busy_poll_starved": spin.starved, "busy_poll_missed": spin.missed}

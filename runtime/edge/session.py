@@ -61,6 +61,7 @@ class EdgeSession(object):
         self.segments = None  # a SegmentLoader once the segments bundle is here (adaptive mode)
         self.chained = []     # switches served by a chain of cached segments instead of a fetch
         self.local = None     # with hedging (edge/hedge.py): the LocalModel that finishes late requests here
+        self.loads_ms = []    # each head loaded from the cache, its ms
         self._runners = collections.OrderedDict()  # bundle id -> its loaded head, the last LOADED_HEADS used
 
     def _connect(self):
@@ -125,8 +126,7 @@ class EdgeSession(object):
             self.fetches.append({"bundle_id": data["bundle_id"], "split": split_id(data),
                                  "bytes": received, "seconds": seconds})
             _say("fetched and verified {} in {:.2f} s".format(data["bundle_id"], seconds))
-        self.head = self._runners.pop(manifest.bundle_id, None) or \
-            load_part(manifest, "head", self.backend, self.device, self.threads)
+        self.head = self._runners.pop(manifest.bundle_id, None) or self._load_head(manifest)
         self._runners[manifest.bundle_id] = self.head  # kept loaded: switching back costs no load
         while len(self._runners) > LOADED_HEADS:
             self._runners.popitem(last=False)
@@ -134,6 +134,20 @@ class EdgeSession(object):
         if self.run_statistics is not None:
             self.run_statistics.begin(self.conn)
         return manifest
+
+    def _load_head(self, manifest):
+        t0 = time.perf_counter()
+        head = load_part(manifest, "head", self.backend, self.device, self.threads)
+        self.loads_ms.append((time.perf_counter() - t0) * 1000.0)
+        return head
+
+    def load_ms(self, default):
+        """The median ms a head took to load in this run (what a switch to a head not loaded costs), or
+        ``default`` before any was timed."""
+        if not self.loads_ms:
+            return default
+        ordered = sorted(self.loads_ms)
+        return ordered[len(ordered) // 2]
 
     @property
     def split_label(self):
