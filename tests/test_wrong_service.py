@@ -12,6 +12,7 @@ import threading
 import time
 
 import pytest
+from cloud_server import ServerProcess
 from conftest import run_cli, tiny_bundle
 
 from runtime.edge.client import GREETING_TIMEOUT_S
@@ -195,3 +196,17 @@ def test_a_tls_handshake_with_a_silent_service_is_bounded_by_the_greeting_too(tm
     assert "is not an edgesplit serve-cloud with --tls-cert: it did not answer the TLS handshake within {:g} s".format(
         GREETING_TIMEOUT_S) in line and line.endswith(WHAT_TO_DO), line
     assert ended - service.accepted_at < FAILS_WITHIN_S, "it took {:.1f} s".format(ended - service.accepted_at)
+
+
+def test_status_without_the_token_a_cloud_needs_names_its_own_option(tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    srv = ServerProcess(store, "--token", "s3cret")
+    try:
+        proc = run_cli("status", "--cloud", srv.address, cwd=tmp_path, timeout=300)
+    finally:
+        assert srv.stop() == 0
+    assert proc.returncode == 1 and proc.stdout == "", proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: this cloud needs its inference token: pass it with --token TOKEN or $EDGESPLIT_TOKEN"]
+    assert "code=auth_required" not in srv.log_text()  # said by the client, from the greeting: nothing was refused
