@@ -1,12 +1,11 @@
 """Adaptive mode's estimator: censored samples from overdue replies, stalls, probes sized at the pessimistic
 estimate and cut off by time.  The planner is pure (synthetic profiles); the waits use real sockets."""
-import socket
 import threading
 import time
 
 import numpy as np
 import pytest
-from hand_cloud import welcome
+from hand_cloud import connect, welcome
 
 from runtime.edge.adaptive import PROBE_BYTES, PROBE_BYTES_PACED, AdaptivePlanner
 from runtime.edge.client import CloudConnection, CloudLost
@@ -98,12 +97,7 @@ class _Peer(object):
     """A real socket pair: the edge's CloudConnection on one end, frames read and answered here on the other."""
 
     def __init__(self):
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(1)
-        self.conn = CloudConnection("127.0.0.1:{}".format(self.listener.getsockname()[1]), 3.0)
-        self.sock, _ = self.listener.accept()
-        self.reader = sockets.FrameReader(self.sock, codec.DEFAULT_MAX_FRAME_BYTES)
+        self.conn, self.sock, self.reader = connect(3.0)
         welcome(self.conn, self.reader, self.sock)
 
     def answer(self, delay_s, count=1, rate_bytes_per_s=None):
@@ -126,7 +120,6 @@ class _Peer(object):
     def close(self):
         self.conn.close()
         self.sock.close()
-        self.listener.close()
 
 
 class _Recorder(object):

@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 from cloud_server import ServerProcess
 from conftest import REPO, TINY_ID
-from hand_cloud import welcome
+from hand_cloud import connect, welcome
 
 from runtime.edge.client import CloudConnection, CloudLost
-from runtime.wire import codec, sockets
+from runtime.wire import codec
 
 N = 300
 
@@ -174,14 +174,9 @@ def test_fallback_local_without_the_full_model_is_refused_before_starting(labell
 def test_a_reset_while_the_edge_spins_for_its_reply_is_a_lost_cloud_not_a_crash():
     """The busy-poll wait (select, then non-blocking receives) meets the peer's RST: CloudLost, which
     run-edge reconnects from.  CI once saw the bare ConnectionResetError end a run here."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-    conn = CloudConnection("127.0.0.1:{}".format(listener.getsockname()[1]), 10, busy_poll=True)
-    peer, _ = listener.accept()
+    conn, peer, reader = connect(10, busy_poll=True)
     try:
         conn._expected_s = 5.0  # a reply is due in 5 s: the edge sleeps in select, and the RST wakes it
-        reader = sockets.FrameReader(peer, codec.DEFAULT_MAX_FRAME_BYTES)
         welcome(conn, reader, peer)
 
         def reset_after_the_request():
@@ -198,4 +193,3 @@ def test_a_reset_while_the_edge_spins_for_its_reply_is_a_lost_cloud_not_a_crash(
         t.join(10)
     finally:
         conn.close()
-        listener.close()

@@ -60,15 +60,8 @@ def test_parse_address_rejects(text):
 
 
 def test_the_client_sends_nothing_the_state_table_refuses_and_takes_only_the_answers_it_names():
-    from hand_cloud import EDGE_HELLO, welcome
-
-    from runtime.edge.client import CloudConnection
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-    conn = CloudConnection("127.0.0.1:{}".format(listener.getsockname()[1]), 3.0)
-    sock, _ = listener.accept()
-    reader = sockets.FrameReader(sock)
+    from hand_cloud import EDGE_HELLO, connect, welcome
+    conn, sock, reader = connect(3.0)
     try:
         with pytest.raises(codec.ProtocolError) as before_hello:
             conn.infer(np.zeros((1, 8), np.float32))
@@ -89,4 +82,3 @@ def test_the_client_sends_nothing_the_state_table_refuses_and_takes_only_the_ans
     finally:
         conn.close()
         sock.close()
-        listener.close()

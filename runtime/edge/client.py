@@ -1,6 +1,8 @@
 """The edge's connection to serve-cloud: one class, every client verb.
 
-``CloudConnection`` authenticates (AUTH / CHALLENGE / AUTH), binds a bundle
+``CloudConnection`` greets the cloud (AUTH / CHALLENGE, within ``GREETING_TIMEOUT_S``: a
+service on that port that answers otherwise, or not at all, is not serve-cloud,
+said in one line), authenticates (AUTH / DONE), binds a bundle
 (HELLO / WELCOME), infers (INFER / RESULT, with an optional busy poll for the
 reply), echoes probes (ECHO / RESULT), asks for the cloud's profile (PROFILE /
 DONE), fetches files (FETCH / CHUNK / DONE), pushes a bundle (PUSH / READY /
@@ -27,14 +29,31 @@ BUSY_POLL_LEAD_S = 0.0005  # start spinning this long before the reply is expect
 
 BUSY_POLL_MAX_S = 0.002    # ... and spin at most this long before sleeping in recv
 
+# serve-cloud answers the greeting at once (docs/PROTOCOL.md): a peer silent this long is not serve-cloud, or not a
+# working one, whatever --timeout allows each reply (minutes, for a plan's profiles)
+GREETING_TIMEOUT_S = 3.0
+
+WHAT_TO_DO = "give --cloud the HOST:PORT that serve-cloud listens on"  # where another service answers there
+
 
 class CannotConnect(UserError):
     """No connection could be opened to the cloud (refused, unreachable, timed out): worth trying again later."""
 
 
+class NotServeCloud(UserError):
+    """What answers at --cloud is not serve-cloud (another service on that port): no use trying again."""
+
+
 class CloudLost(UserError):
     """The connection to the cloud broke (closed, reset, timed out, or the server shut down): the
     requests in flight may be sent again on a new connection."""
+
+
+def _first_line(sent):
+    """The first line of what a peer sent, quoted, its bytes escaped where they are not text: "HTTP/1.1 400 Bad
+    Request"."""
+    line = sent.split(b"\n", 1)[0].rstrip(b"\r") or sent
+    return '"{}{}"'.format(repr(line[:60])[2:-1], "..." if len(line) > 60 else "")  # the bytes' repr without b''
 
 
 _THREAD_CLOCK = getattr(time, "CLOCK_THREAD_CPUTIME_ID", None)
@@ -62,35 +81,90 @@ class CloudConnection(object):
 
     def __init__(self, address, timeout=30.0, max_frame_bytes=codec.DEFAULT_MAX_FRAME_BYTES, busy_poll=False,
                  security=None):
-        host, port = sockets.parse_address(address)
         self.address = address
         self.timeout = timeout
         security = security or PLAIN
-        try:
-            sock = socket.create_connection((host, port), timeout=timeout)
-        except OSError as exc:
-            raise CannotConnect("cannot connect to the cloud at {} ({}); is `cli.py serve-cloud` running "
-                                "there?".format(address, exc.strerror or exc))
-        self.sock = security.wrap(sock, host, address)
+        greeting_s = min(timeout, GREETING_TIMEOUT_S)
+        self.sock = self._open(security, greeting_s)
         self.tls = sockets.is_tls(self.sock)
-        sockets.set_timeouts(self.sock, timeout)
+        sockets.set_timeouts(self.sock, greeting_s)  # receive() sets --timeout once the greeting is read
         sockets.tune_socket(self.sock)
         self.reader = sockets.FrameReader(self.sock, max_frame_bytes, allowed_types=codec.FROM_CLOUD)
-        self._waiting = timeout
+        self._waiting = greeting_s
         self.busy_poll = busy_poll and not self.tls  # TLS has no non-blocking peek to spin on
         self._expected_s = None  # smoothed round trip of infer()
         self.spin = SpinPolicy()
         self._next_id = 1
         self.broken = False  # a send failed
-        # what this connection may send (wire/states.py): without a token the edge takes the cloud to need none
-        # (a cloud that does answers auth_required); with one, it proves it before anything else
-        self.state = states.Connection(authenticated=not security.token)
-        if security.token:
-            self.authenticate(security.token)
+        self.state = states.Connection()  # what this connection may send (wire/states.py)
+        try:
+            challenge = self._greet(greeting_s)
+            self.state.authenticated = not challenge.get("required")  # a cloud without a token needs no proof
+            if security.token:
+                self.authenticate(security.token, challenge.get("nonce"))
+        except BaseException:
+            self._close_socket()
+            raise
 
-    def authenticate(self, token):
-        """Prove the inference token (docs/PROTOCOL.md, AUTH): the token itself never leaves."""
-        nonce = self.call(codec.AUTH, {}).meta.get("nonce")
+    def _open(self, security, greeting_s):
+        """The connection to ``self.address``: TCP within --timeout, then TLS where ``security`` asks for it, its
+        handshake within ``greeting_s``."""
+        host, port = sockets.parse_address(self.address)
+        try:
+            sock = socket.create_connection((host, port), timeout=self.timeout)
+        except OSError as exc:
+            if not sockets.names_port(self.address):
+                raise CannotConnect("cannot connect to the cloud at {} ({}): {}; give the port serve-cloud listens "
+                                    "on, as --cloud HOST:PORT".format(self.address, exc.strerror or exc,
+                                                                      self._port_left_out(port)))
+            raise CannotConnect("cannot connect to the cloud at {} ({}); is `cli.py serve-cloud` running "
+                                "there?".format(self.address, exc.strerror or exc))
+        sock.settimeout(greeting_s)
+        return security.wrap(sock, host, self.address)
+
+    def _port_left_out(self, port):
+        return "--cloud {} names no port, so serve-cloud's default {} was tried".format(self.address, port)
+
+    def _greet(self, seconds):
+        """The greeting (docs/PROTOCOL.md): AUTH without a proof, which serve-cloud answers at once with CHALLENGE,
+        token or none; its metadata.  A peer that does anything else within ``seconds`` is not serve-cloud:
+        NotServeCloud says what it sent, CannotConnect that it closed or sent nothing (worth trying again)."""
+        request_id, _ = self.request(codec.AUTH, {})
+        try:
+            self.reader.expect_frame()
+        except sockets.NotAFrame as exc:
+            raise self._not_serve_cloud(exc, seconds)
+        return self.answer(codec.AUTH, {}, request_id).meta
+
+    def _not_serve_cloud(self, exc, seconds):
+        """The error for a peer that answered the greeting with ``exc`` (sockets.NotAFrame)."""
+        if exc.sent[:1] in (b"\x15", b"\x16") and exc.sent[1:2] == b"\x03" and not self.tls:  # a TLS record
+            return NotServeCloud("the service at {} answered in TLS; if it is serve-cloud with --tls-cert, connect "
+                                 "with --tls-ca CA (or --tls)".format(self.address))
+        if exc.sent:
+            return NotServeCloud(self._wrong_service("it answered {}".format(_first_line(exc.sent))))
+        if not exc.closed:
+            return CannotConnect(self._wrong_service("it sent no greeting within {:g} s of connecting".format(
+                seconds)))
+        if self.tls:
+            return self._lost(exc.cause)  # a TLS session the cloud ended: mutual TLS
+        return CannotConnect("{} closed the connection without a greeting ({}): it is serve-cloud with --tls-cert "
+                             "(then connect with --tls-ca CA or --tls), or not an edgesplit serve-cloud (then {})".format(
+                                 self._service(), exc.cause, WHAT_TO_DO))
+
+    def _wrong_service(self, what):
+        """'the service at ... is not an edgesplit serve-cloud: ``what``; ' and what to do."""
+        return "{} is not an edgesplit serve-cloud: {}; {}".format(self._service(), what, WHAT_TO_DO)
+
+    def _service(self):
+        """'the service at HOST:PORT', and where --cloud names no port, which was tried."""
+        _, port = sockets.parse_address(self.address)
+        return "the service at {}{}".format(self.address, "" if sockets.names_port(self.address) else
+                                            " ({})".format(self._port_left_out(port)))
+
+    def authenticate(self, token, nonce):
+        """Prove the inference token (docs/PROTOCOL.md, AUTH) against the greeting's ``nonce``: the token itself
+        never leaves."""
         if not isinstance(nonce, str) or len(nonce) < 16:
             raise codec.ProtocolError("bad_reply", "the cloud's CHALLENGE carries no usable nonce")
         try:
@@ -264,6 +338,9 @@ class CloudConnection(object):
                 sockets.send_frame(self.sock, codec.BYE, 0, {})
             except OSError:
                 pass
+        self._close_socket()
+
+    def _close_socket(self):
         try:
             self.sock.shutdown(socket.SHUT_RDWR)  # wakes a receiver thread blocked on this socket
         except OSError:

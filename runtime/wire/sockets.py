@@ -4,6 +4,8 @@
 its own memory); ``FrameReader`` buffers receives, hands each header and metadata
 to ``codec`` to be checked, and receives a tensor straight into the numpy array
 that will hold it (``recv_into``).  Timeouts are the kernel's (``set_timeouts``).
+``FrameReader.expect_frame`` tells a peer that speaks another protocol, or none,
+from one that begins a frame (the client's greeting, docs/PROTOCOL.md).
 
 Python 3.6 syntax: this module runs on the Jetson.
 """
@@ -19,15 +21,26 @@ from runtime.wire import codec
 from runtime.wire.codec import DTYPES, ERROR, HEADER_SIZE, INFER, Frame, PeerClosed, ProtocolError
 
 
-def parse_address(text, default_port=9999):
-    """'host:port', '[v6]:port' or 'host' -> (host, port); raise UserError for anything else."""
-    host, port = text, default_port
+def _split_address(text):
+    """'host:port', '[v6]:port' or 'host' -> (host, the port as written, or None where it names none)."""
     if text.startswith("["):
         host, _, rest = text[1:].partition("]")
-        if rest:
-            port = rest.lstrip(":")
-    elif text.count(":") == 1:
-        host, port = text.split(":")
+        return host, (rest.lstrip(":") if rest else None)
+    if text.count(":") == 1:
+        return tuple(text.split(":"))
+    return text, None
+
+
+def names_port(text):
+    """Whether the address ``text`` names its port (else ``parse_address`` gives the default)."""
+    return _split_address(text)[1] is not None
+
+
+def parse_address(text, default_port=9999):
+    """'host:port', '[v6]:port' or 'host' -> (host, port); raise UserError for anything else."""
+    host, port = _split_address(text)
+    if port is None:
+        port = default_port
     try:
         port = int(port)
         if not 0 <= port <= 65535:
@@ -89,6 +102,16 @@ def send_error(sock, request_id, code, message):
 
 class NoFrameYet(Exception):
     """No byte of a next frame arrived within the socket's receive timeout (the peer is idle)."""
+
+
+class NotAFrame(Exception):
+    """What the peer did instead of beginning a frame (``FrameReader.expect_frame``): ``sent`` the bytes it sent
+    (empty: none) and ``closed`` whether it then closed or reset the connection (``cause``: the exception that
+    said so); neither: it said nothing within the socket's timeout."""
+
+    def __init__(self, sent, closed, cause=None):
+        Exception.__init__(self, "not a frame: {!r}".format(sent[:len(codec.MAGIC)]))
+        self.sent, self.closed, self.cause = sent, closed, cause
 
 
 def set_timeouts(sock, seconds, send_seconds=None):
@@ -195,6 +218,27 @@ class FrameReader(object):
             except BlockingIOError:
                 if time.perf_counter() > end:
                     return False
+
+    def expect_frame(self):
+        """Wait for the first bytes of a frame, each receive within the socket's timeout; raise NotAFrame where the
+        peer sends other bytes, closes, or says nothing in that time instead (a service that speaks another
+        protocol, or none).  The bytes stay buffered for ``read``."""
+        magic = len(codec.MAGIC)
+        while self._hi - self._lo < magic:
+            try:
+                n = self._recv(self._view[self._hi:], True)
+            except NoFrameYet:
+                raise NotAFrame(self._unread(), False)
+            except OSError as exc:  # reset by the peer; a TLS session it ended
+                raise NotAFrame(self._unread(), True, exc)
+            if n == 0:
+                raise NotAFrame(self._unread(), True, PeerClosed())
+            self._hi += n
+        if self._unread()[:magic] != codec.MAGIC:
+            raise NotAFrame(self._unread(), False)
+
+    def _unread(self):
+        return bytes(self._view[self._lo:self._hi])
 
     def _fill(self, need, starting=False, idle_ok=False):
         """Buffer at least ``need`` bytes; False if the peer closed before the first byte of a frame."""

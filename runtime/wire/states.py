@@ -3,7 +3,8 @@
 A connection to serve-cloud moves through these facts, each set by one frame:
 
 * authenticated: the edge proved the inference token (AUTH, CHALLENGE, AUTH), or
-  the cloud has no token (then every connection starts authenticated);
+  the cloud has no token (then every connection starts authenticated; the edge
+  learns which from its greeting's CHALLENGE, ``required``);
 * admin: it sent an admin's HELLO (``role: admin``), whose WELCOME carries the
   nonce that a PUSH's proof answers;
 * bound: a HELLO bound it to a bundle (WELCOME), so its INFERs have a tail.
@@ -63,8 +64,8 @@ RULES = {
     CHUNK: (False, TRANSFER, "bad_type", "CHUNK outside a push"),
     DONE: (True, TRANSFER, "bad_type", "DONE outside a transfer"),
 }
-AUTH_REQUIRED = ("auth_required", "this cloud needs its inference token: start the edge with --token TOKEN or "
-                 "${}".format(TOKEN_ENV[INFERENCE]))
+AUTH_REQUIRED = ("auth_required", "this cloud needs its inference token: pass it with --token TOKEN or "
+                 "${}".format(TOKEN_ENV[INFERENCE]))  # every command that may need it has --token
 
 
 # (frame, variant): the frames that answer it, in order.  A FETCH is answered by the files as CHUNKs, then

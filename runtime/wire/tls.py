@@ -10,6 +10,7 @@ docs/SECURITY.md.
 Python 3.6 syntax: this module runs on the Jetson.
 """
 import os
+import socket
 
 from runtime.errors import UserError
 
@@ -82,17 +83,27 @@ class ClientSecurity(object):
                 raise UserError("cannot load the client certificate {} with key {} ({})".format(cert, key, exc))
 
     def wrap(self, sock, host, address):
-        """``sock`` wrapped in TLS after a verified handshake (or as it is without TLS)."""
+        """``sock`` wrapped in TLS after a verified handshake, within ``sock``'s timeout (or as it is without TLS)."""
         if self.context is None:
             return sock
         ssl = _ssl()
+        seconds = sock.gettimeout()
         try:
             return self.context.wrap_socket(sock, server_hostname=host)
         except ssl.SSLError as exc:
             sock.close()
             reason = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or str(exc)
+            if reason == "WRONG_VERSION_NUMBER":  # what came back is not TLS
+                raise UserError("the service at {} answered the TLS handshake with something else than TLS: it is "
+                                "not serve-cloud with --tls-cert; give --cloud the HOST:PORT that serve-cloud listens "
+                                "on, without --tls/--tls-ca where it runs without --tls-cert".format(address))
             raise UserError("TLS handshake with the cloud at {} failed ({}); check --tls-ca (the CA that signed the "
                             "server's certificate) and, for mutual TLS, --tls-cert/--tls-key".format(address, reason))
+        except socket.timeout:
+            sock.close()
+            raise UserError("the service at {} is not an edgesplit serve-cloud with --tls-cert: it did not answer the "
+                            "TLS handshake within {:g} s of connecting; give --cloud the HOST:PORT that serve-cloud "
+                            "listens on".format(address, seconds))
         except OSError as exc:
             sock.close()
             raise UserError("TLS handshake with the cloud at {} failed ({}); is serve-cloud started with "
