@@ -237,7 +237,9 @@ def test_the_planner_and_the_sweep_consider_cuts_of_several_tensors(server, stor
                    100, "--rtt", 1)
     assert proc.returncode == 0, proc.stderr
     rows = [line.split("|") for line in proc.stdout.splitlines() if line.startswith("| ")][1:]
-    assert [r[1].strip() for r in rows] == ["0", "1", "2", "2.1", "2.2", "2.3", "2.4", "3", "4", "5", "6"]
+    # every point and cut, then local (the whole model on the edge: planned, not served by an empty cache)
+    assert [r[1].strip() for r in rows] == ["0", "1", "2", "2.1", "2.2", "2.3", "2.4", "3", "4", "5", "6", "local"]
+    assert "not served" in next(line for line in proc.stdout.splitlines() if line.startswith("| local |"))
     sizes = {r[1].strip(): int(r[3]) for r in rows}
     assert sizes["2.3"] == (8 + 8 + 4) * 16 * 16 * 4 and sizes["2.1"] == (8 + 8) * 16 * 16 * 4
     assert "splits K.J: cuts of several tensors, their compute estimated" in proc.stdout
