@@ -63,7 +63,7 @@ def prepare_model(config: ModelConfig, weights: Optional[str], random_init: bool
                           "untrained weights (accuracy will be at chance level)".format(config.model_id, looked))
     torch.manual_seed(RANDOM_INIT_SEED)  # random init is reproducible: same seed, same bundle id
     model = config.build()
-    sha = load_weights(model, path) if path else None
+    sha = load_weights(model, path, config.model_id) if path else None
     return model.eval(), path, sha
 
 
