@@ -56,7 +56,7 @@ def prepare_model(config: ModelConfig, weights: Optional[str], random_init: bool
     """Build the model and load its weights; return (model, weights path, weights sha256)."""
     if weights and random_init:
         raise ExportError("--weights and --random-init contradict each other; give one")
-    path = weights or find_default_weights(config.default_weights)
+    path = weights or (None if random_init else find_default_weights(config.default_weights))
     if path is None and not random_init:
         looked = " (looked for {})".format(config.default_weights) if config.default_weights else ""
         raise ExportError("no weights file for {}{}; pass --weights PATH, or --random-init to export "
