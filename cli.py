@@ -115,16 +115,19 @@ def names_option(ctx, param, value):
               help="Also list the cuts where up to this many tensors cross (numbered K.J after point K).")
 @click.option("--trace-module", default=None, help=TRACE_MODULE_HELP)
 @click.option("--leaf-module", "leaf_modules", default=None, callback=names_option, help=LEAF_MODULE_HELP)
+@click.option("--weights", default=None,
+              help="Also load this state-dict file as `export --weights` does: one that does not fit the model is "
+                   "refused (the points do not depend on weights).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @handle_errors
-def layers(model, input_shape, max_tensors, trace_module, leaf_modules, as_json):
+def layers(model, input_shape, max_tensors, trace_module, leaf_modules, weights, as_json):
     """List the valid split points of a model."""
     from exporter.bundle import describe_points
     from exporter.report import print_points
-    config, points = describe_points(model, input_shape, max_tensors, trace_module, leaf_modules)
+    config, points = describe_points(model, input_shape, max_tensors, trace_module, leaf_modules, weights)
     if as_json:
         click.echo(json.dumps({"model": config.model_id, "input_shape": list(config.input_shape),
-                               "points": points}, indent=2))
+                               "default_weights": config.default_weights, "points": points}, indent=2))
     else:
         print_points(config, points)
 

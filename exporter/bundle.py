@@ -237,10 +237,11 @@ def input_spec(config: ModelConfig) -> dict:
 
 
 def describe_points(model_spec: str, input_shape: Optional[Tuple[int, ...]] = None, max_tensors: int = 1,
-                    trace_module: Optional[str] = None, leaf_modules: Sequence[str] = ()):
+                    trace_module: Optional[str] = None, leaf_modules: Sequence[str] = (), weights: Optional[str] = None):
     """The valid split points of a model (random weights: they do not change the graph); with ``max_tensors`` > 1
-    also the cuts where up to that many tensors cross (numbered ``k.j`` after point k)."""
+    also the cuts where up to that many tensors cross (numbered ``k.j`` after point k).  ``weights``: a state-dict
+    file loaded as export loads it, so that one which does not fit the model is refused here."""
     config = resolve(model_spec, input_shape, trace_module, leaf_modules)
-    torch.manual_seed(RANDOM_INIT_SEED)
-    traced = TracedModel(config.build(), config.input_shape, config.leaf_modules)
+    model, _, _ = prepare_model(config, weights, random_init=weights is None)
+    traced = TracedModel(model, config.input_shape, config.leaf_modules)
     return config, [p.as_dict() for p in traced.cuts(max_tensors)]
