@@ -539,28 +539,56 @@ def serve_cloud(options):
 
 
 def _start(o):
-    """The server for ``o``, listening, with what it serves and how said in the log."""
+    """The server for ``o``, listening, with what it serves and how said in the log.  Everything an edge would
+    meet later is checked first (the flags, the exporter's model and weights, the store), and nothing is created
+    or bound until it has passed."""
+    _check_flags(o)
+    exporter = OnDemandExporter(o.export_model, o.export_weights, o.export_random_init, o.export_input_shape) \
+        if o.export_model else None
+    if exporter:
+        exporter.describe()
+    _check_store(o)
+    registry = TailRegistry(BundleStore(o.artifacts), o.backend, o.device, o.threads, exporter, o.cuda_graphs)
+    server = CloudServer(registry, o, server_context(o.tls_cert, o.tls_key, o.tls_client_ca))
+    if not os.path.isdir(o.artifacts):  # made only now: a refusal above (a busy port too) leaves nothing behind
+        os.makedirs(o.artifacts)
+        log.info("created the empty store %s", o.artifacts)
+    _log_setup(o, server)
+    return server
+
+
+def _check_flags(o):
+    """Refuse flags that need another, or contradict one, in one line that says which to add or drop."""
     if o.allow_push and not o.admin_token:
         raise UserError("--allow-push needs an admin token: --admin-token TOKEN or ${}".format(
             auth.TOKEN_ENV[auth.ADMIN]))
     if o.cuda_graphs and (o.backend != "torchscript" or o.device == "cpu"):
         raise UserError("--cuda-graphs needs --backend torchscript --device cuda")
-    if not os.path.isdir(o.artifacts):
-        if not (o.allow_push or o.export_model):  # a typo would give a server that refuses every edge
-            raise UserError("--artifacts {} is not a directory; export bundles into it first (`cli.py export "
-                            "--artifacts {}`), or start with --allow-push or --model to fill an empty store".format(
-                                o.artifacts, o.artifacts))
-        os.makedirs(o.artifacts)
-        log.info("created the empty store %s", o.artifacts)
-    exporter = OnDemandExporter(o.export_model, o.export_weights, o.export_random_init, o.export_input_shape) \
-        if o.export_model else None
-    if exporter:
-        exporter.describe()
-    registry = TailRegistry(BundleStore(o.artifacts), o.backend, o.device, o.threads, exporter, o.cuda_graphs)
-    good, bad = registry.store.scan()
+    if o.export_weights and o.export_random_init:
+        raise UserError("--weights {} and --random-init contradict each other: drop --random-init to export with "
+                        "those weights, or drop --weights to export untrained ones".format(o.export_weights))
+    given = "--weights {}".format(o.export_weights) if o.export_weights else \
+        "--random-init" if o.export_random_init else None
+    if given and not o.export_model:
+        raise UserError("{} is for the splits serve-cloud exports on demand, and it exports only with --model: add "
+                        "--model MODEL (the model to export), or drop {}".format(given, given.split()[0]))
+
+
+def _check_store(o):
+    """Refuse an ``--artifacts`` that is not there unless pushes or on-demand exports are to fill it (it is made
+    once the server listens)."""
+    if not os.path.isdir(o.artifacts) and not (o.allow_push or o.export_model):
+        # a typo would give a server that refuses every edge
+        raise UserError("--artifacts {} is not a directory; export bundles into it first (`cli.py export "
+                        "--artifacts {}`), or start with --allow-push or --model to fill an empty store".format(
+                            o.artifacts, o.artifacts))
+
+
+def _log_setup(o, server):
+    """What the server serves and how, in the log (the bundles, pushes, batching, exports, TLS, tokens)."""
+    good, bad = server.registry.store.scan()
     for directory, error in bad:
         log.warning("skipping %s: %s", directory, error)
-    server = CloudServer(registry, o, server_context(o.tls_cert, o.tls_key, o.tls_client_ca))
     log.info("%d bundles in %s: %s", len(good), o.artifacts,
              ", ".join("{}-s{} ({})".format(m.model_id, m.split_index, m.bundle_id) for m in good) or "none")
     if server.admin_token:
@@ -568,8 +596,10 @@ def _start(o):
     if o.max_batch > 1:
         log.info("dynamic batching: up to %d samples per tail run, waiting at most %.1f ms", o.max_batch,
                  o.max_delay_ms)
+    exporter = server.registry.exporter
     if exporter:
-        log.info("missing splits of %s (model id %s) are exported on demand", o.export_model, exporter.model_id)
+        log.info("missing splits of %s (model id %s) are exported on demand, %s", o.export_model, exporter.model_id,
+                 "with weights {}".format(exporter.weights) if exporter.weights else "with random weights")
     if server.tls_context is not None:
         log.info("TLS on%s", ", client certificates required (mutual TLS)" if o.tls_client_ca else "")
     if o.token:
@@ -577,4 +607,3 @@ def _start(o):
     if o.host not in ("127.0.0.1", "::1", "localhost") and server.tls_context is None and not o.token:
         log.warning("listening on %s without TLS or a token: anyone who reaches this port can use it; "
                     "use --tls-cert/--tls-key and --token off a trusted lab network", o.host)
-    return server
