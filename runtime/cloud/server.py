@@ -540,20 +540,20 @@ def serve_cloud(options):
 
 def _start(o):
     """The server for ``o``, listening, with what it serves and how said in the log.  Everything an edge would
-    meet later is checked first (the flags, the exporter's model and weights, the store), and nothing is created
+    meet later is checked first (the flags, the store's bundles, the exporter's model and weights), and nothing is created
     or bound until it has passed."""
     _check_flags(o)
+    scanned = _check_store(o)
     exporter = OnDemandExporter(o.export_model, o.export_weights, o.export_random_init, o.export_input_shape) \
         if o.export_model else None
     if exporter:
         exporter.describe()
-    _check_store(o)
     registry = TailRegistry(BundleStore(o.artifacts), o.backend, o.device, o.threads, exporter, o.cuda_graphs)
     server = CloudServer(registry, o, server_context(o.tls_cert, o.tls_key, o.tls_client_ca))
     if not os.path.isdir(o.artifacts):  # made only now: a refusal above (a busy port too) leaves nothing behind
         os.makedirs(o.artifacts)
         log.info("created the empty store %s", o.artifacts)
-    _log_setup(o, server)
+    _log_setup(o, server, scanned)
     return server
 
 
@@ -575,18 +575,42 @@ def _check_flags(o):
 
 
 def _check_store(o):
-    """Refuse an ``--artifacts`` that is not there unless pushes or on-demand exports are to fill it (it is made
-    once the server listens)."""
+    """The store's bundles and the directories it cannot read (``BundleStore.scan``), every bundle's files checked
+    against its manifest.  Refused: an ``--artifacts`` that is not there unless pushes or on-demand exports are to
+    fill it (it is made once the server listens), and a damaged bundle (a file missing, or of another size or
+    sha256), named with what to do, rather than served to none of the edges that ask for it."""
     if not os.path.isdir(o.artifacts) and not (o.allow_push or o.export_model):
         # a typo would give a server that refuses every edge
         raise UserError("--artifacts {} is not a directory; export bundles into it first (`cli.py export "
                         "--artifacts {}`), or start with --allow-push or --model to fill an empty store".format(
                             o.artifacts, o.artifacts))
+    started = time.monotonic()
+    good, bad = BundleStore(o.artifacts).scan()
+    damaged = [(m, what) for m, what in ((m, m.damage()) for m in good) if what]
+    if damaged:
+        raise _damaged(damaged, o.artifacts)
+    if good:
+        log.info("verified the files of %d bundles against their manifests in %.1f s", len(good),
+                 time.monotonic() - started)
+    return good, bad
 
 
-def _log_setup(o, server):
-    """What the server serves and how, in the log (the bundles, pushes, batching, exports, TLS, tokens)."""
-    good, bad = server.registry.store.scan()
+def _damaged(damaged, root):
+    """The one line that stops serve-cloud on damaged bundles ``[(manifest, what is wrong)]``: the first, what is
+    wrong with it and what to do, then the others' names."""
+    first, what = damaged[0]
+    part = "the segments" if first.split_index is None else "split {}".format(first.split_index)
+    others = ", ".join(os.path.basename(m.directory) for m, _ in damaged[1:])
+    return UserError("bundle {} is damaged: {}; re-export {} of {} into {} or remove the bundle, then start "
+                     "serve-cloud again{}".format(first.directory, what, part, first.model_id, root,
+                                                  " ({} more damaged: {})".format(len(damaged) - 1, others)
+                                                  if others else ""))
+
+
+def _log_setup(o, server, scanned):
+    """What the server serves and how, in the log (the bundles ``scanned``, pushes, batching, exports, TLS,
+    tokens)."""
+    good, bad = scanned
     for directory, error in bad:
         log.warning("skipping %s: %s", directory, error)
     log.info("%d bundles in %s: %s", len(good), o.artifacts,
