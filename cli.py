@@ -390,8 +390,11 @@ def serve_triton(**options):
     ADMIN_TOKEN_ENV))
 @click.option("--model", "export_model", default=None,
               help="Export splits of this model on demand when an edge asks for one not held (needs the exporter).")
-@click.option("--weights", "export_weights", default=None, help="Weights for on-demand exports.")
-@click.option("--random-init", "export_random_init", is_flag=True, help="On-demand exports with random weights.")
+@click.option("--weights", "export_weights", default=None,
+              help="With --model: the state-dict file its exports load, checked at start [default: the model's own "
+                   "file, resnet50's weights/resnet50-best.pth].")
+@click.option("--random-init", "export_random_init", is_flag=True,
+              help="With --model: its exports get random weights (chance-level accuracy).")
 @click.option("--max-batch", default=1, show_default=True, type=click.IntRange(1, 1024),
               help="Dynamic batching: run up to this many samples of one tail together, across edges (1: off).")
 @click.option("--max-delay-ms", default=2.0, show_default=True, type=click.FloatRange(0, 1000),
