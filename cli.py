@@ -115,16 +115,19 @@ def names_option(ctx, param, value):
               help="Also list the cuts where up to this many tensors cross (numbered K.J after point K).")
 @click.option("--trace-module", default=None, help=TRACE_MODULE_HELP)
 @click.option("--leaf-module", "leaf_modules", default=None, callback=names_option, help=LEAF_MODULE_HELP)
+@click.option("--weights", default=None,
+              help="Also load this state-dict file as `export --weights` does: one that does not fit the model is "
+                   "refused (the points do not depend on weights).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @handle_errors
-def layers(model, input_shape, max_tensors, trace_module, leaf_modules, as_json):
+def layers(model, input_shape, max_tensors, trace_module, leaf_modules, weights, as_json):
     """List the valid split points of a model."""
     from exporter.bundle import describe_points
     from exporter.report import print_points
-    config, points = describe_points(model, input_shape, max_tensors, trace_module, leaf_modules)
+    config, points = describe_points(model, input_shape, max_tensors, trace_module, leaf_modules, weights)
     if as_json:
         click.echo(json.dumps({"model": config.model_id, "input_shape": list(config.input_shape),
-                               "points": points}, indent=2))
+                               "default_weights": config.default_weights, "points": points}, indent=2))
     else:
         print_points(config, points)
 
@@ -387,8 +390,11 @@ def serve_triton(**options):
     ADMIN_TOKEN_ENV))
 @click.option("--model", "export_model", default=None,
               help="Export splits of this model on demand when an edge asks for one not held (needs the exporter).")
-@click.option("--weights", "export_weights", default=None, help="Weights for on-demand exports.")
-@click.option("--random-init", "export_random_init", is_flag=True, help="On-demand exports with random weights.")
+@click.option("--weights", "export_weights", default=None,
+              help="With --model: the state-dict file its exports load, checked at start [default: the model's own "
+                   "file, resnet50's weights/resnet50-best.pth].")
+@click.option("--random-init", "export_random_init", is_flag=True,
+              help="With --model: its exports get random weights (chance-level accuracy).")
 @click.option("--max-batch", default=1, show_default=True, type=click.IntRange(1, 1024),
               help="Dynamic batching: run up to this many samples of one tail together, across edges (1: off).")
 @click.option("--max-delay-ms", default=2.0, show_default=True, type=click.FloatRange(0, 1000),

@@ -56,14 +56,14 @@ def prepare_model(config: ModelConfig, weights: Optional[str], random_init: bool
     """Build the model and load its weights; return (model, weights path, weights sha256)."""
     if weights and random_init:
         raise ExportError("--weights and --random-init contradict each other; give one")
-    path = weights or find_default_weights(config.default_weights)
+    path = weights or (None if random_init else find_default_weights(config.default_weights))
     if path is None and not random_init:
         looked = " (looked for {})".format(config.default_weights) if config.default_weights else ""
         raise ExportError("no weights file for {}{}; pass --weights PATH, or --random-init to export "
                           "untrained weights (accuracy will be at chance level)".format(config.model_id, looked))
     torch.manual_seed(RANDOM_INIT_SEED)  # random init is reproducible: same seed, same bundle id
     model = config.build()
-    sha = load_weights(model, path) if path else None
+    sha = load_weights(model, path, config.model_id) if path else None
     return model.eval(), path, sha
 
 
@@ -237,10 +237,11 @@ def input_spec(config: ModelConfig) -> dict:
 
 
 def describe_points(model_spec: str, input_shape: Optional[Tuple[int, ...]] = None, max_tensors: int = 1,
-                    trace_module: Optional[str] = None, leaf_modules: Sequence[str] = ()):
+                    trace_module: Optional[str] = None, leaf_modules: Sequence[str] = (), weights: Optional[str] = None):
     """The valid split points of a model (random weights: they do not change the graph); with ``max_tensors`` > 1
-    also the cuts where up to that many tensors cross (numbered ``k.j`` after point k)."""
+    also the cuts where up to that many tensors cross (numbered ``k.j`` after point k).  ``weights``: a state-dict
+    file loaded as export loads it, so that one which does not fit the model is refused here."""
     config = resolve(model_spec, input_shape, trace_module, leaf_modules)
-    torch.manual_seed(RANDOM_INIT_SEED)
-    traced = TracedModel(config.build(), config.input_shape, config.leaf_modules)
+    model, _, _ = prepare_model(config, weights, random_init=weights is None)
+    traced = TracedModel(model, config.input_shape, config.leaf_modules)
     return config, [p.as_dict() for p in traced.cuts(max_tensors)]

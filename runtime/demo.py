@@ -43,8 +43,11 @@ def ensure_bundle(split, weights, artifacts):
 
 def run_demo(split="20", weights=None, dataset=None, artifacts="artifacts", data_dir="data", limit=100,
              backend="onnx"):
+    from runtime.edge.data import check_source
     from runtime.edge.options import RunOptions
     from runtime.edge.run import run_edge
+    if dataset is not None:
+        check_source(dataset)  # before the export and the server, which take a while
     if weights is None and os.path.isfile(DEFAULT_WEIGHTS):
         weights = DEFAULT_WEIGHTS
     if weights is not None and not os.path.isfile(weights):

@@ -4,7 +4,8 @@ Anything raised as a ``UserError`` is a problem the user can fix (a bad flag, a
 missing file, a corrupt artifact); its text names what is wrong and what to do.
 Everything else is a bug and shows a traceback under ``--debug``.  A ``CodedError``
 also carries a short machine-readable ``code`` (what an ERROR frame sends): code
-decides, the message explains.
+decides, the message explains.  ``file_start`` helps a message say what a user's file is
+instead of relaying a library's guess (numpy's and torch's suggest loading it unsafely).
 
 Python 3.6 syntax: this module runs on the Jetson.
 """
@@ -26,3 +27,11 @@ class CodedError(UserError):
 
 class ManifestError(UserError):
     """A bundle's manifest or files do not match the contract."""
+
+
+def file_start(path, count=16):
+    """How the file at ``path`` begins, for a message that says what a file is instead of what was expected:
+    ``it is empty``, or ``it begins b'...'`` (its first ``count`` bytes)."""
+    with open(path, "rb") as f:
+        head = f.read(count)
+    return "it begins {!r}".format(head) if head else "it is empty"

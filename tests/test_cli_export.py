@@ -109,6 +109,18 @@ def test_reexport_replaces_the_bundle_and_a_failed_export_leaves_the_old_one_int
     assert sorted(os.listdir(str(tmp_path))) == ["tiny_models-build-s2"]  # no temp dir left
 
 
+def test_random_init_never_reads_the_default_weights(tmp_path):
+    """--random-init exports untrained weights even where weights/resnet50-best.pth is present (here, one torch cannot
+    read: reading it at all would fail the export), and the manifest records no weights file."""
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "resnet50-best.pth").write_text("not a state dict")
+    proc = run_cli("export", "--split", "22", "--random-init", "--formats", "onnx", "--out", tmp_path / "out",
+                   cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    weights = json.loads((tmp_path / "out" / "resnet50-s22" / "manifest.json").read_text())["model"]["weights"]
+    assert weights["random_init"] is True and weights["path"] is None and weights["sha256"] is None
+
+
 def test_export_by_split_name(tmp_path):
     proc = run_cli("export", "--split", "fc", "--random-init", "--formats", "onnx", "--out", tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -141,8 +153,10 @@ def bad_weights(tmp_path_factory):
      ("not a valid split point", "20=avg_pool")),
     (("--split", "3"), ("no weights file", "weights/resnet50-best.pth", "--random-init")),
     (("--split", "3", "--weights", "missing.pth"), ("missing.pth not found",)),
-    (("--split", "3", "--weights", "{bad}/corrupt.pth"), ("cannot be read", "corrupt")),
-    (("--split", "3", "--weights", "{bad}/resnet18.pth"), ("does not fit the model", "missing conv1.0.weight")),
+    (("--split", "3", "--weights", "{bad}/corrupt.pth"), ("corrupt.pth is not a PyTorch state dict of resnet50",
+                                                         "torch.save(model.state_dict(), PATH)")),
+    (("--split", "3", "--weights", "{bad}/resnet18.pth"), ("is not a PyTorch state dict of resnet50",
+                                                          "missing conv1.0.weight", "another model")),
     (("--split", "3", "--weights", "{bad}/cifar10-head.pth"), ("wrong shape for fc.weight (10, 2048)",)),
     (("--split", "3", "--weights", "w.pth", "--random-init"), ("contradict",)),
     (("--split", "20", "--random-init", "--out", "{bad}/corrupt.pth/sub"), ("cannot write to output directory",)),

@@ -64,7 +64,7 @@ def test_npz_and_its_bad_forms(tmp_path):
     assert np.array_equal(data.images(np.array([4, 0])), x[[4, 0]])
     np.savez(str(tmp_path / "float.npz"), x=x.astype(np.float32), y=np.arange(5))
     np.savez(str(tmp_path / "nolabels.npz"), x=x)
-    for name, fragment in (("float.npz", "must be uint8"), ("nolabels.npz", "must hold arrays 'x'"),
+    for name, fragment in (("float.npz", "must be uint8"), ("nolabels.npz", "it holds x and no y"),
                            ("missing.npz", "not found")):
         with pytest.raises(UserError, match=fragment):
             open_dataset("npz:" + str(tmp_path / name), CIFAR_INPUT, 100)

@@ -143,19 +143,28 @@ class Manifest(object):
         return iter_file_entries(self.data)
 
     def verify_files(self, parts=PARTS, formats=FORMATS):
-        """Check every listed file of the given parts and formats against its sha256; raise on the first mismatch."""
+        """Check every listed file of the given parts and formats against its size and sha256; raise on the first
+        mismatch."""
+        damage = self.damage(parts, formats)
+        if damage:
+            raise ManifestError("bundle {}: {}; re-export or re-push the bundle".format(self.directory, damage))
+
+    def damage(self, parts=PARTS + ("segments",), formats=FORMATS):
+        """What is wrong with the first listed file of the given parts and formats that does not match the manifest
+        (missing, another size, another sha256), or None when they all match."""
         for part, fmt, entry in self.iter_files():
             if part not in parts or fmt not in formats:
                 continue
             path = os.path.join(self.directory, entry["file"])
             if not os.path.isfile(path):
-                raise ManifestError("bundle {}: {} is missing; re-export or re-push the bundle".format(
-                    self.directory, entry["file"]))
+                return "{} is missing".format(entry["file"])
+            size = os.path.getsize(path)
+            if size != entry["bytes"]:
+                return "{} is corrupt: {} bytes but the manifest says {}".format(entry["file"], size, entry["bytes"])
             actual = sha256_file(path)
             if actual != entry["sha256"]:
-                raise ManifestError("bundle {}: {} is corrupt: sha256 {} but the manifest says {}; "
-                                    "re-export or re-push the bundle".format(
-                                        self.directory, entry["file"], actual, entry["sha256"]))
+                return "{} is corrupt: sha256 {} but the manifest says {}".format(entry["file"], actual, entry["sha256"])
+        return None
 
 
 def load_manifest(directory):

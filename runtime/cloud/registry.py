@@ -44,12 +44,30 @@ class OnDemandExporter(object):
         self.input_shape = input_shape
 
     def describe(self):
-        """Learn the model's id from the exporter; raise UserError if it cannot build the model."""
-        out, failed = self._run("layers", "--json")
-        if failed:
-            raise UserError("serve-cloud --model {}: the exporter cannot build it ({})".format(self.model, failed))
-        self.model_id = json.loads(out)["model"]
+        """Learn the model's id from the exporter, which also loads the weights the exports will load (``--weights``,
+        else the model's default file, unless ``--random-init``); raise UserError if it cannot build the model or
+        the weights do not fit it, so that serve-cloud stops at start and not an edge's export later."""
+        described = self._layers()
+        if self.weights is None and not self.random_init:
+            default = described["default_weights"]
+            if not default or not os.path.isfile(default):
+                raise UserError("serve-cloud --model {} has no weights to export it with: no --weights, and {}; give "
+                                "--weights PATH (a state dict of the model), or --random-init for untrained weights "
+                                "(chance-level accuracy)".format(self.model, "no {} here".format(default) if default
+                                                                 else "the model has no default weights file"))
+            self.weights = default  # what its exports would load: checked now, and named in the log
+            described = self._layers()
+        self.model_id = described["model"]
         return self.model_id
+
+    def _layers(self):
+        """``cli.py layers --json`` of the model (with ``--weights``: loaded as its exports will load them)."""
+        out, failed = self._run("layers", "--json", *(["--weights", self.weights] if self.weights else []))
+        if failed:
+            why = "its exports would fail with weights {}".format(self.weights) if self.weights else \
+                "the exporter cannot build it"
+            raise UserError("serve-cloud --model {}: {} ({})".format(self.model, why, failed))
+        return json.loads(out)
 
     def export(self, split, out_dir):
         """Export one split (``split`` an int) or the profiling segments (``split`` None)."""
@@ -71,7 +89,12 @@ class OnDemandExporter(object):
         if proc.returncode == 0:
             return proc.stdout, None
         lines = [l for l in proc.stderr.splitlines() if l.strip()]
-        return proc.stdout, lines[-1] if lines else "exit {}".format(proc.returncode)
+        return proc.stdout, _without_prefix(lines[-1]) if lines else "exit {}".format(proc.returncode)
+
+
+def _without_prefix(line, prefix="error: "):
+    """A command's error line without the ``error: `` it starts with (the line is quoted inside another)."""
+    return line[len(prefix):] if line.startswith(prefix) else line
 
 
 def _why_one_format(manifest):

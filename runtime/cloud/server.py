@@ -539,28 +539,80 @@ def serve_cloud(options):
 
 
 def _start(o):
-    """The server for ``o``, listening, with what it serves and how said in the log."""
-    if o.allow_push and not o.admin_token:
-        raise UserError("--allow-push needs an admin token: --admin-token TOKEN or ${}".format(
-            auth.TOKEN_ENV[auth.ADMIN]))
-    if o.cuda_graphs and (o.backend != "torchscript" or o.device == "cpu"):
-        raise UserError("--cuda-graphs needs --backend torchscript --device cuda")
-    if not os.path.isdir(o.artifacts):
-        if not (o.allow_push or o.export_model):  # a typo would give a server that refuses every edge
-            raise UserError("--artifacts {} is not a directory; export bundles into it first (`cli.py export "
-                            "--artifacts {}`), or start with --allow-push or --model to fill an empty store".format(
-                                o.artifacts, o.artifacts))
-        os.makedirs(o.artifacts)
-        log.info("created the empty store %s", o.artifacts)
+    """The server for ``o``, listening, with what it serves and how said in the log.  Everything an edge would
+    meet later is checked first (the flags, the store's bundles, the exporter's model and weights), and nothing is created
+    or bound until it has passed."""
+    _check_flags(o)
+    scanned = _check_store(o)
     exporter = OnDemandExporter(o.export_model, o.export_weights, o.export_random_init, o.export_input_shape) \
         if o.export_model else None
     if exporter:
         exporter.describe()
     registry = TailRegistry(BundleStore(o.artifacts), o.backend, o.device, o.threads, exporter, o.cuda_graphs)
-    good, bad = registry.store.scan()
+    server = CloudServer(registry, o, server_context(o.tls_cert, o.tls_key, o.tls_client_ca))
+    if not os.path.isdir(o.artifacts):  # made only now: a refusal above (a busy port too) leaves nothing behind
+        os.makedirs(o.artifacts)
+        log.info("created the empty store %s", o.artifacts)
+    _log_setup(o, server, scanned)
+    return server
+
+
+def _check_flags(o):
+    """Refuse flags that need another, or contradict one, in one line that says which to add or drop."""
+    if o.allow_push and not o.admin_token:
+        raise UserError("--allow-push needs an admin token: --admin-token TOKEN or ${}".format(
+            auth.TOKEN_ENV[auth.ADMIN]))
+    if o.cuda_graphs and (o.backend != "torchscript" or o.device == "cpu"):
+        raise UserError("--cuda-graphs needs --backend torchscript --device cuda")
+    if o.export_weights and o.export_random_init:
+        raise UserError("--weights {} and --random-init contradict each other: drop --random-init to export with "
+                        "those weights, or drop --weights to export untrained ones".format(o.export_weights))
+    given = "--weights {}".format(o.export_weights) if o.export_weights else \
+        "--random-init" if o.export_random_init else None
+    if given and not o.export_model:
+        raise UserError("{} is for the splits serve-cloud exports on demand, and it exports only with --model: add "
+                        "--model MODEL (the model to export), or drop {}".format(given, given.split()[0]))
+
+
+def _check_store(o):
+    """The store's bundles and the directories it cannot read (``BundleStore.scan``), every bundle's files checked
+    against its manifest.  Refused: an ``--artifacts`` that is not there unless pushes or on-demand exports are to
+    fill it (it is made once the server listens), and a damaged bundle (a file missing, or of another size or
+    sha256), named with what to do, rather than served to none of the edges that ask for it."""
+    if not os.path.isdir(o.artifacts) and not (o.allow_push or o.export_model):
+        # a typo would give a server that refuses every edge
+        raise UserError("--artifacts {} is not a directory; export bundles into it first (`cli.py export "
+                        "--artifacts {}`), or start with --allow-push or --model to fill an empty store".format(
+                            o.artifacts, o.artifacts))
+    started = time.monotonic()
+    good, bad = BundleStore(o.artifacts).scan()
+    damaged = [(m, what) for m, what in ((m, m.damage()) for m in good) if what]
+    if damaged:
+        raise _damaged(damaged, o.artifacts)
+    if good:
+        log.info("verified the files of %d bundles against their manifests in %.1f s", len(good),
+                 time.monotonic() - started)
+    return good, bad
+
+
+def _damaged(damaged, root):
+    """The one line that stops serve-cloud on damaged bundles ``[(manifest, what is wrong)]``: the first, what is
+    wrong with it and what to do, then the others' names."""
+    first, what = damaged[0]
+    part = "the segments" if first.split_index is None else "split {}".format(first.split_index)
+    others = ", ".join(os.path.basename(m.directory) for m, _ in damaged[1:])
+    return UserError("bundle {} is damaged: {}; re-export {} of {} into {} or remove the bundle, then start "
+                     "serve-cloud again{}".format(first.directory, what, part, first.model_id, root,
+                                                  " ({} more damaged: {})".format(len(damaged) - 1, others)
+                                                  if others else ""))
+
+
+def _log_setup(o, server, scanned):
+    """What the server serves and how, in the log (the bundles ``scanned``, pushes, batching, exports, TLS,
+    tokens)."""
+    good, bad = scanned
     for directory, error in bad:
         log.warning("skipping %s: %s", directory, error)
-    server = CloudServer(registry, o, server_context(o.tls_cert, o.tls_key, o.tls_client_ca))
     log.info("%d bundles in %s: %s", len(good), o.artifacts,
              ", ".join("{}-s{} ({})".format(m.model_id, m.split_index, m.bundle_id) for m in good) or "none")
     if server.admin_token:
@@ -568,8 +620,10 @@ def _start(o):
     if o.max_batch > 1:
         log.info("dynamic batching: up to %d samples per tail run, waiting at most %.1f ms", o.max_batch,
                  o.max_delay_ms)
+    exporter = server.registry.exporter
     if exporter:
-        log.info("missing splits of %s (model id %s) are exported on demand", o.export_model, exporter.model_id)
+        log.info("missing splits of %s (model id %s) are exported on demand, %s", o.export_model, exporter.model_id,
+                 "with weights {}".format(exporter.weights) if exporter.weights else "with random weights")
     if server.tls_context is not None:
         log.info("TLS on%s", ", client certificates required (mutual TLS)" if o.tls_client_ca else "")
     if o.token:
@@ -577,4 +631,3 @@ def _start(o):
     if o.host not in ("127.0.0.1", "::1", "localhost") and server.tls_context is None and not o.token:
         log.warning("listening on %s without TLS or a token: anyone who reaches this port can use it; "
                     "use --tls-cert/--tls-key and --token off a trusted lab network", o.host)
-    return server

@@ -19,10 +19,11 @@ import hashlib
 import os
 import shutil
 import tarfile
+import zipfile
 
 import numpy as np
 
-from runtime.errors import UserError
+from runtime.errors import UserError, file_start
 
 CIFAR = {
     # name: (url, md5, member inside the archive, label bytes per record, label byte used)
@@ -170,17 +171,54 @@ def _cifar(name, data_dir, preprocess, hw):
     return _in_memory(name, images, labels, path, preprocess, hw)
 
 
-def _npz(path, preprocess, hw):
+def _not_npz(path, why):
+    return UserError("{} is not an .npz archive of arrays x and y: {}; make one with numpy.savez(PATH, x=images, "
+                     "y=labels) (uint8 N x H x W x C images, N integer labels)".format(path, why))
+
+
+def _npz_archive(path):
+    """The .npz archive at ``path``, opened (an array is read when it is taken), holding x and y; or the UserError
+    that says what the file is instead.  numpy's own message for a file that is not one suggests unpickling it."""
     if not os.path.isfile(path):
-        raise UserError("dataset file {} not found".format(path))
+        raise UserError("dataset file {} not found; pass --dataset npz:PATH of an existing .npz".format(path))
+    if not zipfile.is_zipfile(path):
+        raise _not_npz(path, _not_zip(path))
     try:
-        with np.load(path, allow_pickle=False) as data:
-            x, y = data["x"], data["y"]
-            boxes = data["boxes"] if "boxes" in data.files else None
-    except KeyError:
-        raise UserError("{} must hold arrays 'x' (uint8 N x H x W x C images) and 'y' (labels)".format(path))
-    except (ValueError, OSError) as exc:
-        raise UserError("{} is not a readable .npz file ({})".format(path, exc))
+        archive = np.load(path, allow_pickle=False)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise _not_npz(path, "it is a damaged zip archive ({})".format(exc))
+    missing = [name for name in ("x", "y") if name not in archive.files]
+    if missing:
+        archive.close()
+        raise _not_npz(path, "it holds {} and no {}".format(", ".join(archive.files) or "nothing", " or ".join(missing)))
+    return archive
+
+
+def _not_zip(path):
+    """What a file that is not a zip archive is, as far as its first bytes say."""
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if head.startswith(b"PK\x03\x04"):
+        return "it is a truncated or damaged zip archive (it has no zip directory at its end)"
+    if head == b"\x93NUMPY":
+        return "it is one array saved by numpy.save, not an archive of several"
+    return "it is not a zip archive ({})".format(file_start(path))
+
+
+def _npz_array(archive, name, path):
+    try:
+        return archive[name]
+    except (ValueError, zipfile.BadZipFile, OSError, EOFError) as exc:
+        if "bject arrays" in str(exc):  # numpy's message says allow_pickle=True would load it: it never is
+            raise _not_npz(path, "its array {} holds Python objects (dtype object), which are never unpickled".format(
+                name))
+        raise _not_npz(path, "its array {} cannot be read ({})".format(name, exc))
+
+
+def _npz(path, preprocess, hw):
+    with _npz_archive(path) as archive:
+        x, y = _npz_array(archive, "x", path), _npz_array(archive, "y", path)
+        boxes = _npz_array(archive, "boxes", path) if "boxes" in archive.files else None
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[3] != hw[2]:
         raise UserError("{}: 'x' must be uint8 N x H x W x {} raw images, got {} {}".format(
             path, hw[2], x.dtype, x.shape))
@@ -251,8 +289,7 @@ def check_source(spec):
         return
     kind, _, path = spec.partition(":")
     if kind == "npz" and path:
-        if not os.path.isfile(path):
-            raise UserError("dataset file {} not found; pass --dataset npz:PATH of an existing .npz".format(path))
+        _npz_archive(path).close()  # its listing only: the arrays are read once the bundle is known
         return
     if kind == "folder" and path:
         if not os.path.isdir(path):
