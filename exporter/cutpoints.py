@@ -39,6 +39,9 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 from torch.utils.flop_counter import FlopCounterMode
 
+from runtime.bundle.schema import resolve_split
+from runtime.errors import UserError
+
 from .errors import ExportError
 
 _DTYPE_BYTES = {torch.float32: 4, torch.float16: 2, torch.bfloat16: 2, torch.float64: 8,
@@ -75,9 +78,9 @@ class CutPoint:
         return numel * _DTYPE_BYTES.get(self.dtype, 4)
 
     def as_dict(self) -> dict:
-        out = {"index": self.index, "name": self.name, "of": self.of, "node": self.node, "shape": list(self.shape),
-               "dtype": str(self.dtype).replace("torch.", ""), "bytes_per_sample": self.bytes_per_sample,
-               "head_params": self.params, "head_flops": self.flops}
+        out = {"index": self.index, "name": self.name, "of": self.of, "node": self.node, "ends": list(self.ends),
+               "shape": list(self.shape), "dtype": str(self.dtype).replace("torch.", ""),
+               "bytes_per_sample": self.bytes_per_sample, "head_params": self.params, "head_flops": self.flops}
         if self.outputs:
             out["tensors"] = list(self.outputs)
         return out
@@ -456,10 +459,7 @@ class TracedModel:
         return count
 
     def point(self, index: int) -> CutPoint:
-        if not 0 <= index < len(self.points):
-            raise ExportError("split {} is out of range; valid split points are 0..{} (see `cli.py layers`)".format(
-                index, len(self.points) - 1))
-        return self.points[index]
+        return self.cut(str(index))
 
     def _node(self, name: str) -> fx.Node:
         return next(n for n in self.nodes if n.name == name)
@@ -506,20 +506,13 @@ class TracedModel:
         return fx.GraphModule(self.gm, graph).eval()
 
     def cut(self, split: str):
-        """The cut a ``--split`` value names: a point's index, a ``"K.J"`` cut's id, a point's name or graph node, or
-        any module whose call ends there (``conv1.2``, the ReLU that ends ``conv1``)."""
-        text = str(split).strip()
-        if text.lstrip("-").isdigit():
-            return self.point(int(text))
-        multi = next((c for c in self.multi if c.id == text), None)
-        if multi is not None:
-            return multi
-        matches = [p for p in self.points if text in (p.name, p.node) + tuple(p.ends)]
-        if not matches:
-            raise ExportError("{!r} is not a valid split point (inside a block, or more than one tensor crosses "
-                              "there); valid: {} (and the cuts of several tensors that `cli.py layers --max-tensors "
-                              "K` lists)".format(text, ", ".join("{}={}".format(p.index, p.name) for p in self.points)))
-        return matches[0]
+        """The cut a ``--split`` value names (``schema.resolve_split``, the rule the edge's commands share): a
+        CutPoint, or a MultiCut for a ``"K.J"`` id."""
+        try:
+            found = resolve_split(split, [p.as_dict() for p in self.points], [c.id for c in self.multi])
+        except UserError as exc:
+            raise ExportError(str(exc))
+        return self.points[found] if isinstance(found, int) else next(c for c in self.multi if c.id == found)
 
     def head(self, cut) -> Optional[fx.GraphModule]:
         """The part that runs on the edge: input -> the tensor(s) crossing ``cut`` (a point's index, a CutPoint or

@@ -37,7 +37,7 @@ Python 3.6 syntax: this module runs on the Jetson.
 """
 import hashlib
 
-from runtime.errors import ManifestError
+from runtime.errors import ManifestError, UserError
 
 SCHEMA_VERSION = 2  # the newest version this runtime reads and the exporter writes
 READABLE = (1, 2)
@@ -171,6 +171,37 @@ def parse_split(value):
     if not point.isdigit() or (dot and not number.isdigit()):
         raise ValueError("not a split: {!r}".format(value))
     return "{}.{}".format(int(point), int(number)) if dot else int(point)
+
+
+def resolve_split(value, points, cuts=None):
+    """The split a ``--split`` value names, as ``parse_split`` gives it (an int, or ``"K.J"``): a point's index, a
+    cut's id, or a point's name, its graph node, or any module whose call ends there (``ends``: ``conv1.2``, the
+    ReLU that ends ``conv1``).  ``points``: every point's spec in index order (``index``, ``name``, ``node``,
+    ``ends``), as a segments manifest's ``points`` and ``cli.py layers --json`` list them; ``cuts``: the ids of the
+    cuts of several tensors there are (None: not known, so any ``"K.J"`` after a valid point passes).  The one rule
+    for ``export``, ``run-edge`` and ``sweep``; anything else is a one-line UserError listing the valid points."""
+    text = str(value).strip()
+    try:
+        split = parse_split(text)
+    except ValueError:
+        split = None
+    if isinstance(split, int) and split >= len(points):
+        raise UserError("split {} is out of range; valid split points are 0..{} (see `cli.py layers`)".format(
+            split, len(points) - 1))
+    if isinstance(split, int) or (split is not None and int(split.split(".")[0]) < len(points) and
+                                  (cuts is None or split in cuts)):
+        return split
+    for p in points:
+        if text in (p.get("name"), p.get("node")) + tuple(p.get("ends") or ()):
+            return p["index"]
+    raise UserError("{!r} is not a valid split point (inside a block, or more than one tensor crosses there); "
+                    "valid: {} (and the cuts of several tensors that `cli.py layers --max-tensors K` lists)".format(
+                        text, point_names(points)))
+
+
+def point_names(points):
+    """``0=input, 1=conv1.0, ...``: the points as ``resolve_split`` takes them."""
+    return ", ".join("{}={}".format(p["index"], p["name"]) for p in points)
 
 
 LOCAL = "local"  # the whole model on the edge, nothing on the request path: a split the planner and sweep consider
