@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from runtime.bundle.schema import LOCAL, parse_split
+from runtime.bundle.schema import parse_split
 from runtime.edge import power
 from runtime.errors import UserError
 from runtime.wire import auth
@@ -223,19 +223,26 @@ def export_triton(bundle, **options):
     click.echo("triton model {} ({}) -> {}".format(os.path.basename(entry), options["platform"], entry))
 
 
-def split_option(ctx, param, value):
-    if value is None or value in ("auto", "local"):
-        return value
+def split_value(value):
+    """A --split value as parse_split gives it (an index, or "K.J"), or a point's name, left for the command to
+    resolve against the model's points (runtime/edge/points.py); "auto" and "local" as they are."""
+    text = value.strip()
+    if not text:
+        raise ValueError("an empty split")
     try:
-        return parse_split(value)
+        return parse_split(text)
     except ValueError:
-        raise click.BadParameter("expected a split index (0, 1, ...), a cut of several tensors (4.1, from `layers "
-                                 "--max-tensors K`) or 'auto'", param=param)
+        return text
 
 
-def sweep_split(value):
-    """A split sweep measures: parse_split's, or ``local``."""
-    return LOCAL if value.strip() == LOCAL else parse_split(value)
+def split_option(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return split_value(value)
+    except ValueError:
+        raise click.BadParameter("expected a split point (an index or a name from `layers`), auto or local",
+                                 param=param)
 
 
 DEVICE_CHOICE = click.Choice(["auto", "cpu", "cuda"])
@@ -428,8 +435,9 @@ def serve_cloud(**options):
               help="With a Triton --cloud: the repository's model to use [default: <model>-s<split>].")
 @MODEL_ID_OPTION
 @click.option("--split", default=None, callback=split_option,
-              help="Split point, 'auto' (planned from profiles, 'local' included), or 'local' (the whole model on "
-                   "this device from --cache, no cloud); default: the bundle active on the cloud.")
+              help="Split point (an index or a name from `layers`, or K.J), 'auto' (planned from profiles, 'local' "
+                   "included), or 'local' (the whole model on this device from --cache, no cloud); default: the "
+                   "bundle active on the cloud.")
 @click.option("--objective", default="latency", show_default=True, type=OBJECTIVE_CHOICE,
               help="What --split auto optimises: " + OBJECTIVE_HELP)
 @with_options(*PLANNING_OPTIONS)
@@ -517,8 +525,9 @@ def plan(**options):
 @main.command()
 @cloud_option()
 @click.option("--splits", default=None, show_default="0,3,10,16,20,22,local",
-              help="Comma-separated split points; local: the whole model on the edge, from its cache.",
-              callback=lambda ctx, param, value: _split_values(value, sweep_split, "0,3,10,16,20,22,local", param))
+              help="Comma-separated split points (indexes or names from `layers`); local: the whole model on the "
+                   "edge, from its cache.",
+              callback=lambda ctx, param, value: _split_values(value, split_value, "0,3,10,16,20,22,local", param))
 @with_options(MODEL_ID_OPTION, CACHE_OPTION, BACKEND_OPTION, DEVICE_OPTION, *DATASET_OPTIONS)
 @batch_size_option()
 @click.option("--seed", default=0, show_default=True, type=int)

@@ -221,9 +221,15 @@ def test_adaptive_mode_is_refused_at_a_cut_of_several_tensors_in_one_line():
         "not cuts of several tensors such as 4.4: start it at --split K or auto")
 
 
-def test_a_split_that_is_not_a_point_or_a_cut_is_a_bad_flag(tmp_path):
-    proc = run_cli("run-edge", "--cloud", "127.0.0.1:1", "--split", "4.x")
-    assert proc.returncode == 2 and "a cut of several tensors (4.1" in proc.stderr
+def test_a_split_that_is_not_a_point_or_a_cut_is_refused_before_connecting(store, tmp_path):
+    """A --split that is neither an index, a cut nor a name the model's points have (its segments in the cache
+    name them all) is one line listing them; no cloud is asked (nothing listens at port 1)."""
+    proc = run_cli("run-edge", "--cloud", "127.0.0.1:1", "--model", DENSE, "--cache", store, "--split", "4.x",
+                   "--dataset", "synthetic")
+    assert proc.returncode == 1 and "'4.x' is not a valid split point" in proc.stderr, proc.stderr
+    assert "valid: 0=input, 1=" in proc.stderr and "cannot connect" not in proc.stderr
+    proc = run_cli("run-edge", "--cloud", "127.0.0.1:1", "--split", " ")
+    assert proc.returncode == 2 and "expected a split point" in proc.stderr
     out = tmp_path / "never-written"
     proc = run_cli("export", "--split", "4.99", "--random-init", "--artifacts", out)
     assert proc.returncode == 1 and "'4.99' is not a valid split point" in proc.stderr

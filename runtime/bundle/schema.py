@@ -173,6 +173,14 @@ def parse_split(value):
     return "{}.{}".format(int(point), int(number)) if dot else int(point)
 
 
+def is_cut(value):
+    """Whether ``value`` is a ``"K.J"`` cut of several tensors (not a point's index or name)."""
+    try:
+        return isinstance(parse_split(value), str)
+    except ValueError:
+        return False
+
+
 def resolve_split(value, points, cuts=None):
     """The split a ``--split`` value names, as ``parse_split`` gives it (an int, or ``"K.J"``): a point's index, a
     cut's id, or a point's name, its graph node, or any module whose call ends there (``ends``: ``conv1.2``, the
@@ -185,23 +193,27 @@ def resolve_split(value, points, cuts=None):
         split = parse_split(text)
     except ValueError:
         split = None
-    if isinstance(split, int) and split >= len(points):
+    if split is not None and int(str(split).split(".")[0]) >= len(points):
         raise UserError("split {} is out of range; valid split points are 0..{} (see `cli.py layers`)".format(
             split, len(points) - 1))
-    if isinstance(split, int) or (split is not None and int(split.split(".")[0]) < len(points) and
-                                  (cuts is None or split in cuts)):
+    if isinstance(split, int) or (split is not None and (cuts is None or split in cuts)):
         return split
+    found = find_point(text, points)
+    if found is not None:
+        return found
+    raise UserError("{!r} is not a valid split point (inside a block, or more than one tensor crosses there); "
+                    "valid: {} (and the cuts of several tensors that `cli.py layers --max-tensors K` lists)".format(
+                        text, ", ".join("{}={}".format(p["index"], p["name"]) for p in points)))
+
+
+def find_point(name, points):
+    """The index of the point among ``points`` (specs) that ``name`` names: its name, its graph node, or a module
+    whose call ends there; None where none is."""
+    text = str(name).strip()
     for p in points:
         if text in (p.get("name"), p.get("node")) + tuple(p.get("ends") or ()):
             return p["index"]
-    raise UserError("{!r} is not a valid split point (inside a block, or more than one tensor crosses there); "
-                    "valid: {} (and the cuts of several tensors that `cli.py layers --max-tensors K` lists)".format(
-                        text, point_names(points)))
-
-
-def point_names(points):
-    """``0=input, 1=conv1.0, ...``: the points as ``resolve_split`` takes them."""
-    return ", ".join("{}={}".format(p["index"], p["name"]) for p in points)
+    return None
 
 
 LOCAL = "local"  # the whole model on the edge, nothing on the request path: a split the planner and sweep consider

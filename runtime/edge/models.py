@@ -43,18 +43,26 @@ def cache_models(root):
 def cloud_models(options):
     """The model ids the cloud at ``options.cloud`` holds bundles of or exports on demand (a set), or None where it
     does not say (a serve-cloud from before STATUS's ``models``)."""
+    listing = cloud_listing(options)
+    return None if listing is None else set(listing)
+
+
+def cloud_listing(options):
+    """What the cloud at ``options.cloud`` holds, per model id: serve-cloud's STATUS ``models`` (``{"splits": [the
+    splits it holds], "on_demand": whether it exports the others}``), a Triton cloud's model ids (each ``{}``:
+    Triton exports nothing), or None where it does not say (no cloud, or a serve-cloud from before ``models``)."""
     from runtime.edge.kserve import is_kserve
     if not options.cloud:
         return None
     if is_kserve(options.cloud):
-        return _triton_models(options)
+        return {found: {} for found in _triton_models(options)}
     from runtime.edge.client import CloudConnection
     conn = CloudConnection(options.cloud, options.timeout, security=options.security)
     try:
         models = conn.status().get("models")
     finally:
         conn.close()
-    return set(models) if isinstance(models, dict) else None
+    return models if isinstance(models, dict) else None
 
 
 def _triton_models(options):

@@ -12,6 +12,7 @@ Python 3.6 syntax: this module runs on the Jetson.
 import sys
 
 from runtime.backends import load_part
+from runtime.bundle.schema import is_cut
 from runtime.edge.client import CloudConnection
 from runtime.edge.data import batches, check_source, open_dataset
 from runtime.edge.hedge import hedging
@@ -19,6 +20,7 @@ from runtime.edge.kserve import is_kserve
 from runtime.edge.local import LOCAL, LocalModel, LocalSession, full_model
 from runtime.edge.measure import measure
 from runtime.edge.models import resolve as resolve_model
+from runtime.edge.points import resolve_splits
 from runtime.edge.power import open_meter
 from runtime.edge.report import _say, format_report, write_report
 from runtime.edge.session import EdgeSession
@@ -44,6 +46,7 @@ def run_edge(options, out=None):
     meter = open_meter(o.power, o.sysfs_root)  # a source named with --power that is not here stops the run now
     check_source(o.dataset)  # a missing local dataset is said before a cloud that is down
     resolve_model(o)
+    o.split = resolve_splits(o, [o.split])[0]  # an index, a K.J cut or a name, checked before anything is asked for
     full = _full_model(o)
     session = LocalSession(o) if o.split == LOCAL else \
         EdgeSession(o, o.compress, o.codec, busy_poll=o.busy_poll and o.inflight == 1 and not hedging(o))
@@ -121,7 +124,7 @@ def _check(o):
     if o.adaptive and (o.objective == "energy" or o.max_latency_ms is not None):
         raise UserError("--adaptive re-plans for latency or throughput only, without --max-latency-ms; drop "
                         "--adaptive to run the split that --split auto plans for them")
-    if o.adaptive and isinstance(o.split, str) and o.split != "auto":
+    if o.adaptive and is_cut(o.split):
         raise UserError("--adaptive switches among single-tensor points (it can run their heads from the cached "
                         "segments), not cuts of several tensors such as {}: start it at --split K or auto".format(
                             o.split))

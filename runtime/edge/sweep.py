@@ -38,6 +38,7 @@ from runtime.edge.models import held as model_held
 from runtime.edge.models import resolve as resolve_model
 from runtime.edge.options import RunOptions
 from runtime.edge.planner import best_baseline, ratio_to
+from runtime.edge.points import cached_points, resolve_splits
 from runtime.edge.session import EdgeSession, find_full_model
 from runtime.errors import UserError
 from runtime.wire.codec import RemoteError
@@ -221,15 +222,26 @@ def _local(o, model, splits):
     return None
 
 
+def _default_splits(o):
+    """The seed's splits (``DEFAULT_SPLITS``) that ``o.model`` has, where the edge's cache says how many points it
+    has (a model other than the seed's ResNet-50 may have fewer)."""
+    count = cached_points(o.cache, o.model).count
+    splits = [s for s in DEFAULT_SPLITS if s == LOCAL or count is None or s < count]
+    if len(splits) < len(DEFAULT_SPLITS):
+        _say("{} has split points 0..{}: sweeping {} (give --splits for others)".format(
+            o.model, count - 1, ",".join(map(str, splits))))
+    return splits
+
+
 def run_sweep(options, out=None):
     """The sweep command (``SweepOptions``)."""
     o = options
     out = out or sys.stdout
-    splits, limit, batch_size = list(o.splits or DEFAULT_SPLITS), o.limit, o.batch_size
-    if not splits:
-        raise UserError("--splits needs at least one split, e.g. 0,3,10,16,20,22,local")
+    limit, batch_size = o.limit, o.batch_size
     check_source(o.dataset)
     model = resolve_model(o)
+    # every split checked before anything is measured or exported
+    splits = resolve_splits(o, list(o.splits) if o.splits else _default_splits(o), "--splits")
     full = _local(o, model, splits)
     if full is None and LOCAL in splits:
         splits.remove(LOCAL)
