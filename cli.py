@@ -303,8 +303,8 @@ def cloud_option(required=True, help="HOST:PORT of serve-cloud."):
 MODEL_ID_OPTION = click.option("--model", default=None,
                                help="The model, as `export` takes it (resnet50, torchvision:NAME, "
                                     "package.module:function) or as its bundles' id (torchvision-NAME) [default: the "
-                                    "one model the cache and the cloud hold; resnet50 where it is among several or "
-                                    "nothing is held].")
+                                    "one model the cache and the cloud hold; resnet50 where nothing is held; several "
+                                    "held are an error listing them].")
 CACHE_OPTION = click.option("--cache", "--artifacts", "cache", default="artifacts", show_default=True,
                             help="The edge's bundle cache; heads missing here are fetched from the cloud.")
 BACKEND_OPTION = click.option("--backend", default="onnx", show_default=True, type=BACKEND_CHOICE)

@@ -64,7 +64,7 @@ def run_demo(split="20", weights=None, dataset=None, artifacts="artifacts", data
                                 log="inherit")
     print("demo: serve-cloud is up at {}; running the edge".format(server.address), flush=True)
     try:
-        return run_edge(RunOptions(cloud=server.address, split=int(split), cache=artifacts, backend=backend, dataset=dataset,
-                                   data_dir=data_dir, limit=limit))
+        return run_edge(RunOptions(cloud=server.address, model="resnet50", split=int(split), cache=artifacts,
+                                   backend=backend, dataset=dataset, data_dir=data_dir, limit=limit))
     finally:
         server.stop(30)

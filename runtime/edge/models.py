@@ -6,9 +6,10 @@ id its bundles carry (``torchvision-NAME``, ...): ``schema.model_id`` turns the 
 the exporter names its bundles with, and a cached bundle whose ``model.source`` is the value given matches too.
 
 Without ``--model``, the command uses the one model that the edge's cache and the cloud hold, and says so on
-stderr; where they hold several, resnet50 if it is one of them, where they hold none, resnet50 (the seed's
-usage, ``run-edge --split 20`` against a serve-cloud that exports resnet50 on demand); otherwise it stops with
-the list.  A model that neither holds is refused in one line that lists those they do hold.
+stderr; where they hold none, resnet50 (the seed's usage, ``run-edge --split 20`` against a serve-cloud that
+exports resnet50 on demand); where they hold several, it stops with the list (split 28 is another point in
+each model: which one is meant is the user's to say, not a guess of ours).  A model that neither holds is
+refused in one line that lists those they do hold.
 
 What serve-cloud holds comes from its STATUS reply's ``models`` (the models it holds bundles of, and the one it
 exports on demand with ``serve-cloud --model``), on a connection of its own; a cloud from before that field says
@@ -121,12 +122,6 @@ def resolve(options):
     if options.model:
         options.model = id_for(options.model, cached)
         return options.model
-    if DEFAULT_MODEL in cached:  # the default, and held: whatever else the cloud holds, resnet50 it is
-        others = sorted(m for m in cached if m != DEFAULT_MODEL)
-        _say("{} (no --model given: the default, in the edge's cache {}{})".format(
-            DEFAULT_MODEL, options.cache, " beside {}".format(", ".join(others)) if others else ""))
-        options.model = DEFAULT_MODEL
-        return options.model
     cloud = cloud_models(options)
     held = set(cached) | set(cloud or ())
     if len(held) == 1:
@@ -135,14 +130,13 @@ def resolve(options):
         _say("{}{} (no --model given: the only model that {} hold)".format(
             only, " = {}".format(hint) if hint else "", _holders(options)))
         options.model = only
-    elif not held or DEFAULT_MODEL in held:
-        _say("{} (no --model given: the default; {})".format(
-            DEFAULT_MODEL, "nothing is held yet in {}".format(_holders(options, "or")) if not held else
-            "held beside {}".format(", ".join(sorted(held - {DEFAULT_MODEL})))))
+    elif not held:
+        _say("{} (no --model given: the default; nothing is held yet in {})".format(DEFAULT_MODEL,
+                                                                                   _holders(options, "or")))
         options.model = DEFAULT_MODEL
     else:
-        raise UserError("no --model given, and {} hold several models, none of them {}: {}; pass one of them with "
-                        "--model".format(_holders(options), DEFAULT_MODEL, _listing(cached, cloud)))
+        raise UserError("no --model given, and {} hold several models: {}; pass one of them with --model".format(
+            _holders(options), _listing(cached, cloud)))
     return options.model
 
 
