@@ -623,7 +623,8 @@ def _push_triton(bundle, o):
 
 
 @main.command()
-@click.option("--split", default="20", show_default=True, help="Split point of the seed's ResNet-50.")
+@click.option("--split", default="20", show_default=True,
+              help="Split point of the seed's ResNet-50 (an index or a name from `layers`).")
 @click.option("--weights", default=None, help="Weights file (default: weights/resnet50-best.pth if present).")
 @click.option("--dataset", default=None, help="Default: cifar100 if it is in --data-dir, else synthetic.")
 @click.option("--data-dir", default="data", show_default=True)

@@ -5,11 +5,13 @@ was made from other weights), ``cli.py serve-cloud`` on a free local port in a
 subprocess, then ``run-edge`` against it, then SIGTERM to the server.
 Python 3.6 syntax; it imports no exporter code (export runs as a subprocess).
 """
+import json
 import os
 import subprocess
 
 from runtime import launch
 from runtime.bundle.manifest import ManifestError, bundle_dir_name, load_manifest, sha256_file
+from runtime.bundle.schema import parse_split, resolve_split
 from runtime.errors import UserError
 from runtime.launch import cli_command
 
@@ -41,6 +43,21 @@ def ensure_bundle(split, weights, artifacts):
         raise UserError("demo: the export failed (see above)")
 
 
+def split_index(split):
+    """The demo's ``--split`` as ``parse_split`` gives it: a name is looked up among the seed's points, as
+    ``cli.py layers --json`` lists them, by the rule export uses (``schema.resolve_split``)."""
+    try:
+        return parse_split(split)
+    except ValueError:
+        pass
+    proc = subprocess.run(cli_command("layers", "--model", "resnet50", "--json"), stdout=subprocess.PIPE,
+                          universal_newlines=True)
+    if proc.returncode != 0:
+        raise UserError("demo: `cli.py layers` failed (see above), so --split {} cannot be looked up; give its "
+                        "index".format(split))
+    return resolve_split(split, json.loads(proc.stdout)["points"])
+
+
 def run_demo(split="20", weights=None, dataset=None, artifacts="artifacts", data_dir="data", limit=100,
              backend="onnx"):
     from runtime.edge.data import check_source
@@ -54,6 +71,7 @@ def run_demo(split="20", weights=None, dataset=None, artifacts="artifacts", data
         raise UserError("weights file {} not found".format(weights))
     if weights is None:
         print("demo: no {} here, so the model gets RANDOM weights (accuracy at chance level)".format(DEFAULT_WEIGHTS))
+    split = split_index(str(split))
     ensure_bundle(str(split), weights, artifacts)
     if dataset is None:
         present = os.path.isfile(os.path.join(data_dir, "cifar-100-binary", "test.bin")) or os.path.isfile(
@@ -64,7 +82,7 @@ def run_demo(split="20", weights=None, dataset=None, artifacts="artifacts", data
                                 log="inherit")
     print("demo: serve-cloud is up at {}; running the edge".format(server.address), flush=True)
     try:
-        return run_edge(RunOptions(cloud=server.address, model="resnet50", split=int(split), cache=artifacts,
+        return run_edge(RunOptions(cloud=server.address, model="resnet50", split=split, cache=artifacts,
                                    backend=backend, dataset=dataset, data_dir=data_dir, limit=limit))
     finally:
         server.stop(30)
