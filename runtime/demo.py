@@ -64,7 +64,7 @@ def run_demo(split="20", weights=None, dataset=None, artifacts="artifacts", data
     from runtime.edge.options import RunOptions
     from runtime.edge.run import run_edge
     if dataset is not None:
-        check_source(dataset)  # before the export and the server, which take a while
+        check_source(dataset, data_dir)  # before the export and the server, which take a while
     if weights is None and os.path.isfile(DEFAULT_WEIGHTS):
         weights = DEFAULT_WEIGHTS
     if weights is not None and not os.path.isfile(weights):

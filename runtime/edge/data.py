@@ -135,14 +135,20 @@ def _fetch_cifar(name, data_dir):
         return target
     archive = os.path.join(data_dir, url.rsplit("/", 1)[1])
     if not os.path.isfile(archive):
+        made = _first_missing(data_dir)  # what a failed download removes again: nothing is left behind
+        partial = archive + ".part"
         try:
             from urllib.request import urlopen
-            os.makedirs(data_dir, exist_ok=True)
-            partial = archive + ".part"
-            with urlopen(url, timeout=30) as response, open(partial, "wb") as f:
-                shutil.copyfileobj(response, f, 1 << 20)
+            with urlopen(url, timeout=30) as response:  # nothing is created before the server answers
+                os.makedirs(data_dir, exist_ok=True)
+                with open(partial, "wb") as f:
+                    shutil.copyfileobj(response, f, 1 << 20)
             os.rename(partial, archive)
         except Exception as exc:
+            if made is not None:
+                shutil.rmtree(made, ignore_errors=True)
+            elif os.path.isfile(partial):
+                os.remove(partial)
             raise UserError("{} is not in {} and cannot be downloaded from {} ({}); download it elsewhere and put "
                             "the archive (or its {}) in {}".format(name, data_dir, url, str(exc)[:120], member,
                                                                   data_dir))
@@ -156,6 +162,15 @@ def _fetch_cifar(name, data_dir):
             shutil.copyfileobj(source, f)
     os.rename(target + ".part", target)
     return target
+
+
+def _first_missing(path):
+    """The outermost directory of ``path`` that does not exist yet (None where ``path`` does)."""
+    missing = None
+    path = os.path.abspath(path)
+    while not os.path.isdir(path):
+        missing, path = path, os.path.dirname(path)
+    return missing
 
 
 def _cifar(name, data_dir, preprocess, hw):
@@ -282,10 +297,14 @@ def _synthetic(n, num_classes, seed, hw, mask_hw=None):
     return Dataset("synthetic", y, lambda indices: x[indices], "seed {}".format(seed))
 
 
-def check_source(spec):
-    """Refuse a ``--dataset`` that names no dataset, or a local file or folder that is not there, before anything
-    connects (the bundle's input spec, which the rest of the checks need, comes from the cloud)."""
-    if spec in CIFAR or spec == "synthetic":
+def check_source(spec, data_dir="data"):
+    """Refuse a ``--dataset`` that names no dataset, or a local file or folder that is not there, and make a CIFAR
+    test set present in ``data_dir`` (downloaded if absent), before anything connects (the bundle's input spec, which
+    the rest of the checks need, comes from the cloud)."""
+    if spec in CIFAR:
+        _fetch_cifar(spec, data_dir)
+        return
+    if spec == "synthetic":
         return
     kind, _, path = spec.partition(":")
     if kind == "npz" and path:

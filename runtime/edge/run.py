@@ -44,7 +44,7 @@ def run_edge(options, out=None):
     out = out or sys.stdout
     _check(o)
     meter = open_meter(o.power, o.sysfs_root)  # a source named with --power that is not here stops the run now
-    check_source(o.dataset)  # a missing local dataset is said before a cloud that is down
+    check_source(o.dataset, o.data_dir)  # a dataset that is not here is said before anything connects
     resolve_model(o)
     o.split = resolve_splits(o, [o.split])[0]  # an index, a K.J cut or a name, checked before anything is asked for
     full = _full_model(o)

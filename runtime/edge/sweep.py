@@ -238,7 +238,7 @@ def run_sweep(options, out=None):
     o = options
     out = out or sys.stdout
     limit, batch_size = o.limit, o.batch_size
-    check_source(o.dataset)
+    check_source(o.dataset, o.data_dir)
     model = resolve_model(o)
     # every split checked before anything is measured or exported
     splits = resolve_splits(o, list(o.splits) if o.splits else _default_splits(o), "--splits")
