@@ -17,6 +17,12 @@ class UserError(Exception):
     exit_code = 1
 
 
+class Interrupted(UserError):
+    """The user stopped the command (SIGINT, Ctrl-C) after part of its work: exit 130, as a shell reports it."""
+
+    exit_code = 130
+
+
 class CodedError(UserError):
     """A UserError with a ``code`` that programs act on (an ERROR frame's code, e.g. ``bad_token``)."""
 

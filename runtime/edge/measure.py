@@ -6,7 +6,9 @@ or falling back to the local model when the cloud is lost.
 Python 3.6 syntax: this module runs on the Jetson.
 """
 import collections
+import contextlib
 import queue
+import signal
 import sys
 import threading
 import time
@@ -22,6 +24,7 @@ from runtime.edge.local import LocalPipe, LocalSession
 from runtime.edge.power import RunEnergy
 from runtime.edge.probe import echo_train
 from runtime.edge.report import RunRecorder, _say
+from runtime.errors import UserError
 from runtime.wire import codec
 
 # what the loop keeps of a request until it is answered: the samples, the edge's ms, the bundle and split that
@@ -162,6 +165,10 @@ def measure(session, data, plan, settings, adaptive=None, fallback=None, out=Non
     link still owes a late reply are answered there, and stale frames are answered there or dropped; a
     ``LocalSession`` (``--split local``) answers every request on the edge.  Every answer is recorded with its
     path.
+
+    A run stopped before its last sample, by SIGINT or by an error (a cloud that stayed away, a refusal), keeps
+    the samples done: the recorder is returned with the error in ``stopped`` (and the samples planned in
+    ``planned``), for the caller to report them, marked partial, before raising it.
     """
     return _Loop(session, data, plan, settings, adaptive, fallback, out or sys.stdout, meter).run()
 
@@ -190,6 +197,7 @@ class _Loop(object):
         self.outstanding = collections.deque()  # (payload, meta, context) sent and not answered yet, in order
         self.resend = collections.deque()       # of those, the ones to send again on a new connection
         self.started = None
+        self.interrupts = _Interrupts()
 
     def _make_pipe(self):
         if isinstance(self.session, LocalSession):
@@ -227,16 +235,21 @@ class _Loop(object):
             self.energy.start()
         recorder.started_unix = self.cadence.started_unix
         self.started, cpu_started = self.cadence.started, time.process_time()
+        recorder.planned = sum(len(b) for b in plan)
         try:
-            while self.position < len(plan) or self.outstanding:
-                try:
-                    self._step()
-                except CloudLost as exc:
-                    if not self._recover(exc):
-                        break
+            with self.interrupts:
+                while self.position < len(plan) or self.outstanding:
+                    try:
+                        self._step()
+                    except CloudLost as exc:
+                        if not self._recover(exc):
+                            break
+        except (KeyboardInterrupt, UserError) as exc:  # the samples done are kept: a partial report, then the error
+            recorder.stopped = exc
+            self.pipe.abandon()
+        finally:
             recorder.reconnects = self.session.reconnects
             recorder.late_replies = self._hedged.late_replies if self._hedged is not None else 0
-        finally:
             if self.energy is not None:
                 self.energy.stop()
             self.pipe.close()
@@ -281,7 +294,8 @@ class _Loop(object):
         t0 = time.perf_counter()
         released = t0 if release is None else min(release, t0)
         if self.hedge is not None and self.hedge.stale(released, t0) and self.hedge.drop_stale:
-            self.recorder.drop(indices, released - self.started)
+            with self.interrupts.held():
+                self.recorder.drop(indices, released - self.started)
             return
         x = preprocess_batch(self.data.images(indices), self.preprocess)
         t0 = time.perf_counter()
@@ -311,12 +325,13 @@ class _Loop(object):
         # time it waited for the link (0 when never sent)
         times = {"edge_ms": context.edge_ms + getattr(frame, "local_ms", 0.0), "roundtrip_ms": roundtrip_ms,
                  "cloud_ms": frame.compute_ms, "queue_ms": frame.queue_ms, "wait_ms": context.wait_ms}
-        predictions, labels = self.recorder.add(times, frame.array, self.data.targets(context.indices), sent,
-                                                received, context.bundle_id, path, reason)
-        self.recorder.timeline.append((context.release_s, context.split))
-        if self.settings.verbose:
-            for pred, label in zip(predictions, labels):
-                self.out.write(self.recorder.scorer.describe(pred, label) + "\n")
+        with self.interrupts.held():  # a request's record is whole, and each sample recorded is shown
+            predictions, labels = self.recorder.add(times, frame.array, self.data.targets(context.indices), sent,
+                                                    received, context.bundle_id, path, reason)
+            self.recorder.timeline.append((context.release_s, context.split))
+            if self.settings.verbose:
+                for pred, label in zip(predictions, labels):
+                    self.out.write(self.recorder.scorer.describe(pred, label) + "\n")
         if self.bar is not None:
             self.bar.update(len(context.indices))
         active = frame.meta.get("active")
@@ -406,7 +421,7 @@ class _Loop(object):
                                                                                        total))
             _say("{}: running the remaining samples on the edge alone (--fallback local)".format(gone))
             rest = [request[2][0] for request in self.outstanding] + self.plan[self.position:]
-            _run_locally(self.fallback(), self.data, rest, self.preprocess, self.recorder, self.bar)
+            _run_locally(self.fallback(), self.data, rest, self.preprocess, self.recorder, self.bar, self.interrupts)
             self.recorder.fallback = {"after_samples": self.recorder.samples - sum(len(b) for b in rest),
                                       "time_s": time.perf_counter() - self.started, "reason": str(gone)}
             self.outstanding.clear()
@@ -415,6 +430,47 @@ class _Loop(object):
         self.pipe = self._make_pipe()
         self.resend = collections.deque(self.outstanding)
         return True
+
+
+class _Interrupts(object):
+    """SIGINT (Ctrl-C) during the measured part: a KeyboardInterrupt at once, as Python's own handler raises it,
+    except while an answered request is being recorded (``held``), where it is raised as soon as the record is
+    whole, so that a partial report counts every sample done exactly once.  Installed only in the main thread, and
+    only over Python's default handler."""
+
+    def __init__(self):
+        self.recording = False
+        self.pending = False
+        self._installed = False
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, self._interrupt)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc_info):
+        if self._installed:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            self._installed = False
+
+    def _interrupt(self, signum, frame):
+        if self.recording:
+            self.pending = True
+            return
+        raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def held(self):
+        self.recording = True
+        try:
+            yield
+        finally:
+            self.recording = False
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
 
 
 class _ProbeAside(object):
@@ -474,13 +530,14 @@ class _AdaptiveListener(object):
         self.loop.adaptive.lost()
 
 
-def _run_locally(model, data, batches_left, preprocess, recorder, bar):
+def _run_locally(model, data, batches_left, preprocess, recorder, bar, interrupts):
     """The full model on the edge for the batches the cloud did not answer (``--fallback local``)."""
     runner, bundle_id = model
     for indices in batches_left:
         x = preprocess_batch(data.images(indices), preprocess)
         t0 = time.perf_counter()
         y = runner.run(x)
-        recorder.add_local((time.perf_counter() - t0) * 1000.0, y, data.targets(indices), bundle_id)
+        with interrupts.held():
+            recorder.add_local((time.perf_counter() - t0) * 1000.0, y, data.targets(indices), bundle_id)
         if bar is not None:
             bar.update(len(indices))

@@ -71,6 +71,15 @@ class RunRecorder(object):
         self.cpu_s = 0.0  # the edge process's CPU time (user + system, all threads) over the measured part
         self.cloud_counted = None  # against Triton: {"requests", "executions"} its statistics counted
         self.energy = None  # run-edge --power: edge.power's summary (None: not asked for)
+        self.planned = 0    # the samples the run was to answer
+        self.stopped = None  # what stopped it before the last of them (KeyboardInterrupt, a UserError), if anything
+
+    @property
+    def partial_reason(self):
+        """Why the run stopped before its last sample (None: it did not)."""
+        if self.stopped is None:
+            return None
+        return "interrupted (SIGINT)" if isinstance(self.stopped, KeyboardInterrupt) else str(self.stopped)
 
     def apportion_cloud(self, compute_ms, queue_ms, counted):
         """Against Triton, which times no request in its reply: every request's cloud and queue figures become
@@ -143,6 +152,11 @@ class RunRecorder(object):
     def samples(self):
         return len(self.predictions)
 
+    @property
+    def requests(self):
+        """The requests answered: in the figures, and by --fallback local."""
+        return len(self.paths) + len(self.local_ms)
+
     def summary(self):
         out = {}
         for f in FIGURES:
@@ -168,6 +182,9 @@ class RunRecorder(object):
         out["reconnects"] = list(self.reconnects)
         out["fallback"] = self.fallback
         out["cloud_counted"] = self.cloud_counted
+        out["partial"] = self.stopped is not None
+        out["partial_reason"] = self.partial_reason
+        out["samples_planned"] = self.planned
         if self.energy is not None:
             out["energy"] = self.energy
         return out
@@ -218,6 +235,9 @@ def format_report(summary, samples, requests, warmup):
                      "not in the figures above)".format(summary["local_samples"], summary["local_ms"]["p50"]))
     if summary.get("energy"):
         lines.append(format_energy(summary["energy"]))
+    if summary.get("partial"):
+        lines.append("Partial run: {} of {} samples, then {}".format(samples, summary["samples_planned"],
+                                                                      summary["partial_reason"]))
     return "\n".join(lines)
 
 

@@ -25,7 +25,7 @@ from runtime.edge.power import open_meter
 from runtime.edge.report import _say, format_report, write_report
 from runtime.edge.session import EdgeSession
 from runtime.edge.staleness import refresh_stale_profile
-from runtime.errors import UserError
+from runtime.errors import Interrupted, UserError
 
 
 def print_status(cloud, timeout=10.0, security=None, out=None):
@@ -46,8 +46,8 @@ def run_edge(options, out=None):
     meter = open_meter(o.power, o.sysfs_root)  # a source named with --power that is not here stops the run now
     check_source(o.dataset, o.data_dir)  # a dataset that is not here is said before anything connects
     resolve_model(o)
-    o.split = resolve_splits(o, [o.split])[0]  # an index, a K.J cut or a name, checked before anything is asked for
     full = _full_model(o)
+    o.split = resolve_splits(o, [o.split])[0]  # an index, a K.J cut or a name, checked before anything is asked for
     session = LocalSession(o) if o.split == LOCAL else \
         EdgeSession(o, o.compress, o.codec, busy_poll=o.busy_poll and o.inflight == 1 and not hedging(o))
     try:
@@ -81,18 +81,30 @@ def run_edge(options, out=None):
         meter.close()
 
     summary = recorder.summary()
-    out.write(format_report(summary, recorder.samples, len(plan), recorder.warmup_requests) + "\n")
+    requests = len(plan) if recorder.stopped is None else recorder.requests
+    out.write(format_report(summary, recorder.samples, requests, recorder.warmup_requests) + "\n")
     if recorder.switches:
         out.write("Switches: {}\n".format(", ".join("split {} -> {} after {} samples ({:.2f} s)".format(
             s["from_split"], s["to_split"], s["after_samples"], s["time_s"]) for s in recorder.switches)))
-    refresh_stale_profile(session, o, recorder)
+    if recorder.stopped is None:
+        refresh_stale_profile(session, o, recorder)
     info = _run_info(o, session, manifest, data, recorder, planned, adapter)
     if o.report:
         info = write_report(o.report, info, recorder)
     else:
         info.update(summary)
+    if recorder.stopped is not None:
+        raise _stopped(recorder, o)
     _energy_outcome(o, meter, summary.get("energy"))
     return info
+
+
+def _stopped(recorder, o):
+    """The error that ends a run stopped before its last sample, raised once the samples done are reported."""
+    if not isinstance(recorder.stopped, KeyboardInterrupt):
+        return recorder.stopped  # its own words (a cloud that stayed away says how many samples were done)
+    return Interrupted("interrupted after {} of {} samples{}".format(
+        recorder.samples, recorder.planned, "; {} holds them, marked partial".format(o.report) if o.report else ""))
 
 
 def _energy_outcome(o, meter, energy):
