@@ -8,25 +8,20 @@ Python 3.6 syntax: this file is on the edge path.
 import functools
 import json
 import os
-import re
 import sys
 
 import click
 
 from runtime.bundle.schema import parse_split
 from runtime.edge import power
-from runtime.errors import UserError
+from runtime.errors import UserError, relayed
 from runtime.wire import auth
 
 FORMATS = ("onnx", "torchscript")
 
 
-# a line another process printed as its error (`error: ...`), relayed inside ours: said once, by us
-RELAYED_ERROR = re.compile(r"(^|: )error: ")
-
-
 def _fail(message, code=1):
-    click.echo("error: {}".format(RELAYED_ERROR.sub(r"\1", message)), err=True)
+    click.echo("error: {}".format(relayed(message)), err=True)
     sys.exit(code)
 
 

@@ -9,6 +9,16 @@ instead of relaying a library's guess (numpy's and torch's suggest loading it un
 
 Python 3.6 syntax: this module runs on the Jetson.
 """
+import re
+
+# the prefix of a line another process printed as its error, relayed inside one of ours
+_RELAYED_ERROR = re.compile(r"(^|: )error: ")
+
+
+def relayed(message):
+    """``message`` without the ``error: `` that a line relayed from another process (a child's last line, the
+    cloud's words) began with: the line that shows it says ``error:`` once."""
+    return _RELAYED_ERROR.sub(r"\1", message)
 
 
 class UserError(Exception):

@@ -71,6 +71,11 @@ class EdgeSession(object):
                                            self.encoder.dtype_name, self.batch_size, self.inflight)
         return CloudConnection(self.cloud, self.timeout, busy_poll=self.busy_poll, security=self.security)
 
+    def reopen(self):
+        """A new connection in place of this one (the cloud closes a connection once it refused a request on it)."""
+        self.conn.close()
+        self.conn = self._connect()
+
     def begin_measure(self):
         """The measured part starts (after the warm-up): note Triton's counters (nothing for serve-cloud)."""
         if self.kserve:

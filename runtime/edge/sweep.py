@@ -27,6 +27,7 @@ on the edge; a second panel of mJ/sample where energy was measured or predicted)
 
 Python 3.6 syntax.
 """
+import collections
 import csv
 import sys
 
@@ -40,7 +41,7 @@ from runtime.edge.options import RunOptions
 from runtime.edge.planner import best_baseline, ratio_to
 from runtime.edge.points import cached_points, resolve_splits
 from runtime.edge.session import EdgeSession, find_full_model
-from runtime.errors import UserError
+from runtime.errors import Interrupted, UserError, relayed
 from runtime.wire.codec import RemoteError
 
 COLUMNS = ("split", "edge_ms", "transmission_ms", "cloud_ms", "end_to_end_ms")
@@ -52,22 +53,41 @@ def _say(message):
     sys.stderr.flush()
 
 
+Swept = collections.namedtuple("Swept", "rows data failed stopped")
+
+
 def sweep(session, options, splits, predictions=None, meter=None, full=None):
-    """Rows of measured (and predicted) figures, one per split in ``splits`` (``options``: SweepOptions), in that
-    order; with ``meter`` (edge.power.open_meter, measured), each split's energy per sample above idle too;
+    """Measure each split in ``splits`` (``options``: SweepOptions), in that order: a ``Swept`` of the rows of measured
+    (and predicted) figures, the dataset, the splits that failed with why (``failed``: (split, why) pairs) and what
+    stopped the sweep (``stopped``: None, KeyboardInterrupt or a UserError).  A split the cloud refuses is left out
+    and the sweep goes on; a split stopped mid-run (SIGINT, a cloud that stays away) ends it, the splits measured
+    before it kept.  With ``meter`` (edge.power.open_meter, measured), each split's energy per sample above idle too;
     ``full``: the whole model's bundle in the edge's cache, which split ``local`` runs."""
     o = options
-    rows, data, plan = [], None, None
+    rows, failed, data, plan = [], [], None, None
     for split in splits:
-        manifest = full if split == LOCAL else session.switch_to(split=split)
-        if data is None:
-            data = _open_data(manifest, o)
-            plan = batches(data, o.batch_size, o.limit)
-        _say("split {}: {} samples".format(split, sum(len(b) for b in plan)))
-        recorder = measure(LocalSession(o, full) if split == LOCAL else session, data, plan,
-                           RunOptions(warmup=o.warmup, no_follow=True), meter=meter)
+        try:
+            manifest = full if split == LOCAL else session.switch_to(split=split)
+            if data is None:
+                data = _open_data(manifest, o)
+                plan = batches(data, o.batch_size, o.limit)
+            _say("split {}: {} samples".format(split, sum(len(b) for b in plan)))
+            recorder = measure(LocalSession(o, full) if split == LOCAL else session, data, plan,
+                               RunOptions(warmup=o.warmup, no_follow=True), meter=meter)
+        except RemoteError as exc:  # this split's refusal (not held, its export failed): the others go on
+            failed.append((split, relayed(str(exc))))
+            _say("split {} failed: {}".format(split, failed[-1][1]))
+            session.reopen()  # the cloud closes a connection once it refused a request on it
+            continue
+        except (KeyboardInterrupt, UserError) as exc:
+            failed.append((split, "interrupted (SIGINT)" if isinstance(exc, KeyboardInterrupt) else str(exc)))
+            return Swept(with_ratios(rows), data, failed, exc)
+        if recorder.stopped is not None:
+            failed.append((split, "stopped after {} of {} samples: {}".format(recorder.samples, recorder.planned,
+                                                                              recorder.partial_reason)))
+            return Swept(with_ratios(rows), data, failed, recorder.stopped)
         rows.append(_row(split, manifest, recorder.summary(), recorder, (predictions or {}).get(split)))
-    return with_ratios(rows), data
+    return Swept(with_ratios(rows), data, failed, None)
 
 
 def _open_data(manifest, o):
@@ -234,10 +254,11 @@ def _default_splits(o):
 
 
 def run_sweep(options, out=None):
-    """The sweep command (``SweepOptions``)."""
+    """The sweep command (``SweepOptions``): every split checked first, then measured; the table of those measured
+    is printed (and written) even where some failed or the sweep was stopped, which then ends it with an error
+    naming them."""
     o = options
     out = out or sys.stdout
-    limit, batch_size = o.limit, o.batch_size
     check_source(o.dataset, o.data_dir)
     model = resolve_model(o)
     # every split checked before anything is measured or exported
@@ -248,28 +269,54 @@ def run_sweep(options, out=None):
     meter = _meter(o)
     session = EdgeSession(o, busy_poll=True)
     try:
-        predictions = None
-        try:
-            from runtime.edge.plan import make_plan
-            rows, _, network = make_plan(session, o, measure_energy=meter is not None)
-            predictions = {r["split"]: r for r in rows}
-            _say("planner: rtt {:.3f} ms, bandwidth {:.1f} Mbit/s".format(network["rtt_ms"],
-                                                                         network["bandwidth_mbps"]))
-        except RemoteError as exc:
-            if exc.code != "no_segments" or not model_held(o):
-                raise  # not even split bundles of the model anywhere: cli.py's models.refusals says which are
-            _say("no predictions: {}".format(exc))
-            session.conn.close()  # the cloud closes a connection once it refused a request on it
-            session.conn = session._connect()
-        rows, data = sweep(session, o, splits, predictions, meter, full)
+        swept = sweep(session, o, splits, _predictions(session, o, meter), meter, full)
     finally:
         session.close()
         if meter is not None:
             meter.close()
+    if swept.rows:
+        _write(swept, o, model, out)
+    if swept.failed:
+        raise _failure(swept, splits)
+    return swept.rows
+
+
+def _predictions(session, o, meter):
+    """The planner's rows by split, or None where the cloud has no segments of the model to plan from."""
+    from runtime.edge.plan import make_plan
+    try:
+        rows, _, network = make_plan(session, o, measure_energy=meter is not None)
+    except RemoteError as exc:
+        if exc.code != "no_segments" or not model_held(o):
+            raise  # not even split bundles of the model anywhere: cli.py's models.refusals says which are
+        _say("no predictions: {}".format(exc))
+        session.reopen()  # the cloud closes a connection once it refused a request on it
+        return None
+    _say("planner: rtt {:.3f} ms, bandwidth {:.1f} Mbit/s".format(network["rtt_ms"], network["bandwidth_mbps"]))
+    return {r["split"]: r for r in rows}
+
+
+def _write(swept, o, model, out):
+    """The table of the splits measured on ``out``, and in ``--csv`` and ``--png``."""
+    rows, data = swept.rows, swept.data
     out.write(format_table(rows) + "\n")
     if o.csv_path:
         write_csv(o.csv_path, rows)
     if o.png_path:
-        write_png(o.png_path, rows, "{}: {} ({} samples, batch {})".format(model, data.name, len(data) if limit is None
-                                                                          else min(limit, len(data)), batch_size))
-    return rows
+        write_png(o.png_path, rows, "{}: {} ({} samples, batch {})".format(
+            model, data.name, len(data) if o.limit is None else min(o.limit, len(data)), o.batch_size))
+
+
+def _failure(swept, splits):
+    """The one-line error of a sweep that did not measure every split: which failed and why, which were not reached,
+    and which the table has."""
+    failed = [split for split, _ in swept.failed]
+    measured = [r["split"] for r in swept.rows]
+    unreached = [s for s in splits if s not in failed and s not in measured]
+    message = "; ".join("split {} failed: {}".format(split, why) for split, why in swept.failed)
+    if unreached:
+        message += "; not measured: split{} {}".format("" if len(unreached) == 1 else "s",
+                                                      ", ".join(map(str, unreached)))
+    message += "; {}".format("the table above has split{} {}".format(
+        "" if len(measured) == 1 else "s", ", ".join(map(str, measured))) if measured else "no split was measured")
+    return (Interrupted if isinstance(swept.stopped, KeyboardInterrupt) else UserError)("sweep: " + message)
