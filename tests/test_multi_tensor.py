@@ -68,9 +68,9 @@ def test_every_prediction_at_a_cut_of_two_tensors_matches_the_unsplit_model(back
                                                                              labelled_npz):
     data, labels = labelled_npz[0], labelled_npz[1][:24]
     report = tmp_path / "r.json"
-    proc = run_cli("run-edge", "--cloud", server.address, "--cache", tmp_path / "cache", "--split", CUT, "--backend",
-                   backend, "--dataset", "npz:" + data, "--limit", 24, "--batch-size", batch, "--report", report,
-                   *args)
+    proc = run_cli("run-edge", "--cloud", server.address, "--model", "resnet50", "--cache", tmp_path / "cache",
+                   "--split", CUT, "--backend", backend, "--dataset", "npz:" + data, "--limit", 24, "--batch-size",
+                   batch, "--report", report, *args)
     assert proc.returncode == 0, proc.stderr
     assert_seed_report_first(proc.stdout)
     r = json.loads(report.read_text())
@@ -82,8 +82,8 @@ def test_every_prediction_at_a_cut_of_two_tensors_matches_the_unsplit_model(back
 def test_compression_works_tensor_by_tensor(server, tmp_path, labelled_npz):
     data, labels = labelled_npz[0], labelled_npz[1][:24]
     report = tmp_path / "r.json"
-    proc = run_cli("run-edge", "--cloud", server.address, "--cache", tmp_path / "cache", "--split", CUT,
-                   "--dataset", "npz:" + data, "--limit", 24, "--compress", "fp16", "--report", report)
+    proc = run_cli("run-edge", "--cloud", server.address, "--model", "resnet50", "--cache", tmp_path / "cache",
+                   "--split", CUT, "--dataset", "npz:" + data, "--limit", 24, "--compress", "fp16", "--report", report)
     assert proc.returncode == 0, proc.stderr
     r = json.loads(report.read_text())
     raw = (256 + 64) * 32 * 32 * 4
@@ -181,8 +181,8 @@ def test_a_version_3_frame_read_by_this_reader_is_checked_tensor_by_tensor():
 def test_a_cut_over_the_clouds_frame_limit_is_refused_in_one_line_before_any_request(store, tmp_path):
     srv = ServerProcess(store, "--max-frame-mb", 1)
     try:
-        proc = run_cli("run-edge", "--cloud", srv.address, "--cache", tmp_path / "cache", "--split", CUT,
-                       "--dataset", "synthetic", "--limit", 4)
+        proc = run_cli("run-edge", "--cloud", srv.address, "--model", "resnet50", "--cache", tmp_path / "cache",
+                       "--split", CUT, "--dataset", "synthetic", "--limit", 4)
     finally:
         assert srv.stop() == 0
     assert proc.returncode == 1
@@ -202,8 +202,8 @@ def test_triton_refuses_a_cut_of_several_tensors_in_one_line(store, tmp_path):
 
 def test_the_sweep_measures_a_cut_of_several_tensors_beside_single_points(server, tmp_path):
     csv = tmp_path / "sweep.csv"
-    proc = run_cli("sweep", "--cloud", server.address, "--cache", tmp_path / "cache", "--splits", "4.4,20",
-                   "--dataset", "synthetic", "--limit", 8, "--csv", csv, cwd=str(tmp_path))
+    proc = run_cli("sweep", "--cloud", server.address, "--model", "resnet50", "--cache", tmp_path / "cache",
+                   "--splits", "4.4,20", "--dataset", "synthetic", "--limit", 8, "--csv", csv, cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     rows = [line.split(",") for line in csv.read_text().splitlines()]
     header = rows[0]
