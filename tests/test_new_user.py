@@ -169,6 +169,24 @@ def test_run_edge_split_99_is_refused_before_the_cloud_exports_anything(tiny_bun
     assert took < QUICK_S, took
 
 
+def test_a_split_the_cloud_neither_holds_nor_exports_is_refused_before_any_request(tiny_bundles, tmp_path):
+    """A cloud that holds split 4 only and exports nothing: split 5 (the model has it) is refused with what the
+    cloud holds and how to get the rest, before the edge asks for it."""
+    store = copy_bundles(tiny_bundles, tmp_path / "store", 4)
+    srv = ServerProcess(store)
+    try:
+        proc, took = timed("run-edge", "--cloud", srv.address, "--model", TINY_ID, "--split", 5, "--cache",
+                           tmp_path / "cache", "--dataset", "synthetic")
+    finally:
+        log = stopped_log(srv)
+    assert the_error(proc) == (
+        "error: --split 5: the cloud {} holds {} at split 4 only and exports no others; export it on the cloud "
+        "(`cli.py export --model {} --split K`), or start serve-cloud there with --model {} to export splits on "
+        "demand".format(srv.address, TINY_ID, TINY_ID, TINY_ID))
+    assert took < QUICK_S, took
+    assert "split=5" not in log and not (tmp_path / "cache").exists()
+
+
 def test_where_nothing_knows_the_range_the_clouds_refusal_says_error_once(tmp_path):
     """An empty store exporting on demand and an empty cache: only the export can tell that split 99 does not
     exist, and its refusal, relayed from the exporter through the cloud, says "error:" once."""

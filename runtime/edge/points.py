@@ -6,10 +6,10 @@ of the model's points (``KnownPoints``), learnt in this order until it knows eno
 
 * its cache (``--cache``): a segments bundle of the model names every point; a split bundle says how many points
   the model has, and names its own;
-* the cloud's listing (STATUS's ``models``): the splits it holds and whether it exports others on demand, so a
-  split that it neither holds nor exports is refused here;
-* where the cloud would export a split on demand and the cache cannot say whether the model has that point, the
-  manifest in the cloud's WELCOME for a bundle of the model that it holds: how many points there are.
+* where the cache cannot say how many points the model has, the cloud: its listing (STATUS's ``models``) says
+  which splits it holds and whether it exports others on demand, and a split it does not hold is checked against
+  the manifest in its WELCOME for a bundle of the model that it holds (how many points there are), and refused
+  where it would not export it either, before any export is asked for.
 
 A split the model does not have is refused in one line (``split 99 is out of range; valid split points are
 0..22``), and so is a name the edge cannot resolve, with what it knows and how to learn the rest.  A Triton cloud
@@ -71,15 +71,13 @@ class KnownPoints(object):
         return resolve_split(split, [self.named.get(i, {"index": i}) for i in range(self.count)])
 
     def _unresolved(self, value, flag, options):
-        from runtime.edge.models import cache_models, spec_hint
         known = ", ".join("{}={}".format(i, self.named[i]["name"]) for i in sorted(self.named))
         return ("{} {}: not an index, and not a name among the points of {} that the edge knows ({}); give the "
                 "point's index (`cli.py layers --model {}` on the cloud lists them), or fetch the model's segments, "
                 "which name every point, into the cache once: `cli.py profile --cloud {} --model {} --cache {} --out "
                 "profile.json`".format(flag, value, self.model, "{} of {}, from {}".format(
                     known, self.count, ", ".join(self.sources)) if known else "none: its cache holds no bundle of it",
-                    spec_hint(self.model, cache_models(options.cache)) or self.model, options.cloud or "HOST:PORT",
-                    self.model, options.cache))
+                    _spec(options), options.cloud or "HOST:PORT", self.model, options.cache))
 
 
 def cached_points(cache, model):
@@ -98,15 +96,15 @@ def resolve_splits(options, values, flag="--split"):
     known = cached_points(options.cache, options.model)
     splits = [v if v in NOT_POINTS else known.resolve(v, flag, options) for v in values]
     wanted = [s for s in splits if s not in NOT_POINTS]
-    if wanted and options.cloud:
-        _check_cloud(options, known, wanted, flag)
+    if wanted and options.cloud and known.count is None:
+        _ask_cloud(options, known, wanted, flag)
     return splits
 
 
-def _check_cloud(options, known, splits, flag):
-    """What the cloud's listing says of ``splits``: a split that it does not hold and would not export is refused;
-    one it would export on demand, where the count of points is not known, is checked against the count in the
-    WELCOME of a bundle of the model that it holds, before any export is asked for."""
+def _ask_cloud(options, known, splits, flag):
+    """Where the edge's cache cannot say which points the model has, what the cloud says of ``splits``: those it does
+    not hold are checked against the count of points in the manifest of its WELCOME for a bundle of the model that it
+    holds, and where it would not export them either, refused; all before any export is asked for."""
     from runtime.edge.models import cloud_listing
     entry = (cloud_listing(options) or {}).get(options.model)
     if not isinstance(entry, dict) or "splits" not in entry:
@@ -115,18 +113,24 @@ def _check_cloud(options, known, splits, flag):
     missing = [s for s in splits if s not in held]
     if not missing:
         return
+    if held:
+        known.learn(_welcome_manifest(options, held[0]), "the cloud's bundle of split {}".format(held[0]))
+        for split in missing:
+            known.resolve(split, flag, options)
     if not entry.get("on_demand"):
         raise UserError("{} {}: the cloud {} holds {} at split{} {} only and exports no others; export {} on the "
                         "cloud (`cli.py export --model {} --split K`), or start serve-cloud there with --model {} to "
                         "export splits on demand".format(flag, ",".join(map(str, missing)), options.cloud,
                                                          options.model, "" if len(held) == 1 else "s",
                                                          ", ".join(map(str, held)) or "none",
-                                                         "it" if len(missing) == 1 else "them", options.model,
-                                                         options.model))
-    if known.count is None and held:
-        known.learn(_welcome_manifest(options, held[0]), "the cloud's bundle of split {}".format(held[0]))
-        for split in missing:
-            known.resolve(split, flag, options)
+                                                         "it" if len(missing) == 1 else "them", _spec(options),
+                                                         _spec(options)))
+
+
+def _spec(options):
+    """The model as `export` and `layers` take it (``torchvision:NAME``, ...), where the cache says; else its id."""
+    from runtime.edge.models import cache_models, spec_hint
+    return spec_hint(options.model, cache_models(options.cache)) or options.model
 
 
 def _welcome_manifest(options, split):
