@@ -52,7 +52,7 @@ class KnownPoints(object):
 
     @property
     def complete(self):
-        return self.count is not None and len(self.named) >= self.count
+        return self.count is not None and all(i in self.named for i in range(self.count))
 
     def resolve(self, value, flag, options):
         """``value`` (of option ``flag``) as ``parse_split`` gives it; a UserError where the model has no such point,
