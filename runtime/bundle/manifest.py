@@ -116,6 +116,13 @@ class Manifest(object):
         return schema.split_id(self.data) if self.kind == KIND_SPLIT else None
 
     @property
+    def label(self):
+        """How logs and messages name the bundle: ``<model>-s<split>``, or ``<model>-segments`` (no split)."""
+        if self.kind == KIND_SEGMENTS:
+            return self.model_id + SEGMENTS_DIR_SUFFIX
+        return "{}-s{}".format(self.model_id, self.split_index)
+
+    @property
     def boundaries(self):
         """The specs of the tensors that cross the cut, in order (one, but for a ``"K.J"`` cut)."""
         return schema.tensors(self.data["boundary"])

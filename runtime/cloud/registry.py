@@ -223,7 +223,7 @@ class TailRegistry(object):
             if found is not None:
                 return found
             if self.exporter is None or self.exporter.model_id != model:
-                held = ["{}-s{}".format(m.model_id, m.split_index) for m in self.bundles()]
+                held = [m.label for m in self.bundles()]
                 raise HandshakeError("unknown_bundle", "the cloud holds no bundle for {} split {} (it holds: {}); "
                                      "export it on the cloud, or start serve-cloud with --model {}".format(
                                          model, split, ", ".join(held) or "none", model))

@@ -478,8 +478,8 @@ class CloudServer(object):
                 receive_files(reader, tmp, file_entries(data), what="push of {}".format(data["bundle_id"]))
                 manifest = self.registry.install(tmp, data, activate)
         self.stats.add(pushes=1)
-        log.info("%s pushed %s (%s split %s)%s", session.peer, manifest.bundle_id, manifest.model_id,
-                 manifest.split_index, ", activated" if activate else "")
+        log.info("%s pushed %s (%s)%s", session.peer, manifest.bundle_id, manifest.label,
+                 ", activated" if activate else "")
         return sockets.send_frame(conn, codec.DONE, frame.request_id, {"bundle_id": manifest.bundle_id, "activated": activate,
                                                              "uploaded": held is None})
 
@@ -614,7 +614,7 @@ def _log_setup(o, server, scanned):
     for directory, error in bad:
         log.warning("skipping %s: %s", directory, error)
     log.info("%d bundles in %s: %s", len(good), o.artifacts,
-             ", ".join("{}-s{} ({})".format(m.model_id, m.split_index, m.bundle_id) for m in good) or "none")
+             ", ".join("{} ({})".format(m.label, m.bundle_id) for m in good) or "none")
     if server.admin_token:
         log.info("pushes accepted with the admin token")
     if o.max_batch > 1:

@@ -1,0 +1,37 @@
+"""Small things a user sees (issue 32, item 8): each test runs the user's command, with real `cli.py` and
+serve-cloud processes on the tiny model's bundles, and reads what it now prints."""
+
+import pytest
+from cloud_server import ServerProcess
+from conftest import TINY_ID, run_cli
+
+TOKEN = "test-admin-token"
+
+
+@pytest.fixture(scope="module")
+def server(tiny_bundles):
+    srv = ServerProcess(tiny_bundles)
+    yield srv
+    assert srv.stop() == 0, srv.log_text()
+
+
+def run_edge(srv, cache, *args):
+    return run_cli("run-edge", "--cloud", srv.address, "--cache", cache, "--model", TINY_ID, *args)
+
+
+def test_a_segments_bundle_is_logged_by_name_not_as_split_none(tiny_bundles, tmp_path):
+    segments = "{}-segments".format(TINY_ID)
+    srv = ServerProcess(tiny_bundles)
+    assert srv.stop() == 0, srv.log_text()
+    log = srv.log_text()
+    assert "sNone" not in log and "{} (".format(segments) in log, log  # the store's listing at start
+    (tmp_path / "store").mkdir()
+    pushed = ServerProcess(tmp_path / "store", "--allow-push", "--admin-token", TOKEN)
+    try:
+        proc = run_cli("push", tiny_bundles / segments, "--cloud", pushed.address, "--admin-token", TOKEN)
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        assert pushed.stop() == 0, pushed.log_text()
+    log = pushed.log_text()
+    assert "sNone" not in log and "({})".format(segments) in log, log  # the push's line
+
