@@ -13,7 +13,7 @@ import sys
 import click
 
 from runtime.bundle.schema import parse_split
-from runtime.edge import power
+from runtime.edge import console, power
 from runtime.errors import UserError, relayed
 from runtime.wire import auth
 
@@ -95,6 +95,7 @@ MODEL_HELP = ("resnet50 (the seed's CIFAR-100 ResNet-50), torchvision:NAME (or i
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
 def main(debug):
     """Cloud-edge split inference: export a model cut in two, serve its tail, run its head on the edge."""
+    console.set_command(click.get_current_context().invoked_subcommand)  # the prefix of the edge's lines
 
 
 TRACE_MODULE_HELP = ("Export only this submodule of the model (e.g. a detector's backbone, when torch.fx cannot trace "

@@ -103,13 +103,14 @@ def test_without_model_the_only_model_held_is_used_and_said(server, tmp_path):
     proc = run_edge(server, tmp_path / "cache", "--split", 4, "--report", report)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(report.read_text())["model"] == TINY_ID
-    said = [l for l in proc.stderr.splitlines() if l.startswith("model: ")]
-    assert len(said) == 1 and said[0].startswith("model: {} (no --model given: the only model".format(TINY_ID)), \
+    said = [l for l in proc.stderr.splitlines() if l.startswith("run-edge: model ")]
+    assert len(said) == 1 and said[0].startswith("run-edge: model {} (no --model given: the only model".format(
+        TINY_ID)), \
         proc.stderr
     proc = run_cli("profile", "--cloud", server.address, "--cache", tmp_path / "cache", "--out", tmp_path / "p.json",
                    "--power", "none", timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "model: {}".format(TINY_ID) in proc.stderr and "profile of {}".format(TINY_ID) in proc.stdout
+    assert "profile: model {}".format(TINY_ID) in proc.stderr and "profile of {}".format(TINY_ID) in proc.stdout
 
 
 def test_without_model_several_models_held_are_a_refusal_that_lists_them(two_models, server, tmp_path):
@@ -135,7 +136,7 @@ def test_without_model_and_nothing_held_it_is_resnet50_as_before(tmp_path):
         proc = run_edge(srv, tmp_path / "cache", "--split", 20)
     finally:
         assert srv.stop() == 0, srv.log_text()
-    assert proc.returncode != 0 and "model: resnet50 (no --model given: the default" in proc.stderr
+    assert proc.returncode != 0 and "run-edge: model resnet50 (no --model given: the default" in proc.stderr
     assert "holds no bundle for resnet50 split 20" in proc.stderr, proc.stderr
 
 
@@ -151,7 +152,7 @@ def test_without_model_the_model_exported_on_demand_is_used(tmp_path):
         report = tmp_path / "r.json"
         proc = run_edge(srv, tmp_path / "cache", "--split", 3, "--report", report)
         assert proc.returncode == 0, proc.stderr
-        assert "model: {} (no --model given: the only model".format(TINY_ID) in proc.stderr
+        assert "run-edge: model {} (no --model given: the only model".format(TINY_ID) in proc.stderr
         assert json.loads(report.read_text())["model"] == TINY_ID
         assert json.loads(run_cli("status", "--cloud", srv.address).stdout)["models"][TINY_ID]["splits"] == [3]
     finally:

@@ -35,3 +35,12 @@ def test_a_segments_bundle_is_logged_by_name_not_as_split_none(tiny_bundles, tmp
     log = pushed.log_text()
     assert "sNone" not in log and "({})".format(segments) in log, log  # the push's line
 
+
+def test_sweep_says_its_lines_as_sweep(server, tmp_path):
+    proc = run_cli("sweep", "--cloud", server.address, "--model", TINY_ID, "--cache", tmp_path / "cache",
+                   "--splits", "0,4", "--dataset", "synthetic", "--limit", 8, "--power", "none",
+                   "--csv", tmp_path / "s.csv")
+    assert proc.returncode == 0, proc.stderr
+    said = proc.stderr.splitlines()
+    assert any(l.startswith("sweep: fetching the head of ") for l in said), proc.stderr  # the session's line
+    assert not [l for l in said if l.split(":")[0] in ("run-edge", "plan", "model")], proc.stderr

@@ -19,7 +19,7 @@ import select
 import socket
 import time
 
-from runtime.edge.report import _say
+from runtime.edge.console import say
 from runtime.edge.spin import SpinPolicy
 from runtime.errors import UserError
 from runtime.wire import auth, codec, sockets, states
@@ -227,7 +227,7 @@ class CloudConnection(object):
                 raise codec.RemoteError(code, "cloud: {}".format(frame.meta.get("message", "")))
             if frame.type != codec.NOTICE:
                 return frame
-            _say("cloud: {}".format(frame.meta.get("message", "")))
+            say("cloud: {}".format(frame.meta.get("message", "")))
             self._waiting = max(self.timeout, float(frame.meta.get("wait_s", 0)))
             sockets.set_timeouts(self.sock, self._waiting)
 

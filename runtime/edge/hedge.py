@@ -33,8 +33,8 @@ import threading
 import time
 
 from runtime.edge.client import CloudLost
+from runtime.edge.console import say
 from runtime.edge.local import LOCAL, LocalAnswer
-from runtime.edge.report import _say
 from runtime.errors import UserError
 from runtime.wire import codec, sockets
 
@@ -271,7 +271,7 @@ class HedgedPipe(object):
             self.adaptive.lost()
         if self.outage is not None or self.gone is not None:
             return
-        _say("{}; answering on the edge while reconnecting (up to {:.0f} s)".format(exc, self.reconnect_s))
+        say("{}; answering on the edge while reconnecting (up to {:.0f} s)".format(exc, self.reconnect_s))
         self.outage = threading.Thread(target=self._reconnect, args=(str(exc),), name="edge-reconnect", daemon=True)
         self.outage.start()
 
@@ -280,7 +280,7 @@ class HedgedPipe(object):
             self.session.reconnect(time.monotonic() + self.reconnect_s, reason)
         except (CloudLost, UserError) as exc:
             self.gone = str(exc)
-            _say("{}: the rest is answered on the edge".format(exc))
+            say("{}: the rest is answered on the edge".format(exc))
 
     def close(self):
         pass

@@ -18,12 +18,13 @@ from runtime.edge import scoring
 from runtime.edge.adaptive import PROBE_CAP_MS, PROBE_REPLY_BYTES
 from runtime.edge.cadence import Cadence
 from runtime.edge.client import CloudLost
+from runtime.edge.console import say
 from runtime.edge.data import preprocess_batch
 from runtime.edge.hedge import HedgedPipe, policy_for
 from runtime.edge.local import LocalPipe, LocalSession
 from runtime.edge.power import RunEnergy
 from runtime.edge.probe import echo_train
-from runtime.edge.report import RunRecorder, _say
+from runtime.edge.report import RunRecorder
 from runtime.errors import UserError
 from runtime.wire import codec
 
@@ -401,12 +402,12 @@ class _Loop(object):
                                        "from": old_id, "from_split": old, "to": session.manifest.bundle_id,
                                        "to_split": new, "head": "whole model" if self.local_mode else
                                        session.head.name, "reason": reason})
-        _say("switched from split {} to split {} ({})".format(old, new, reason))
+        say("switched from split {} to split {} ({})".format(old, new, reason))
 
     def _recover(self, exc):
         """After a lost connection: reconnect and resend (True), or finish locally / give up (False / raise)."""
         reconnect_s = self.settings.reconnect_timeout
-        _say("{}; {} requests unanswered, reconnecting (up to {:.0f} s)".format(exc, len(self.outstanding),
+        say("{}; {} requests unanswered, reconnecting (up to {:.0f} s)".format(exc, len(self.outstanding),
                                                                                  reconnect_s))
         self.pipe.abandon()
         if self.adaptive is not None:
@@ -419,7 +420,7 @@ class _Loop(object):
                 raise CloudLost("{}; {} of {} samples done. Start the edge with --fallback local (and the "
                                 "full model in its cache) to finish on its own".format(gone, self.recorder.samples,
                                                                                        total))
-            _say("{}: running the remaining samples on the edge alone (--fallback local)".format(gone))
+            say("{}: running the remaining samples on the edge alone (--fallback local)".format(gone))
             rest = [request[2][0] for request in self.outstanding] + self.plan[self.position:]
             _run_locally(self.fallback(), self.data, rest, self.preprocess, self.recorder, self.bar, self.interrupts)
             self.recorder.fallback = {"after_samples": self.recorder.samples - sum(len(b) for b in rest),

@@ -19,21 +19,16 @@ nothing, and the command goes on as if it held nothing.  A Triton cloud's models
 Python 3.6 syntax: this module runs on the Jetson.
 """
 import contextlib
-import sys
 
 from runtime.bundle.schema import model_id
 from runtime.bundle.store import BundleStore
+from runtime.edge.console import say
 from runtime.errors import UserError
 from runtime.wire.codec import RemoteError
 
 DEFAULT_MODEL = "resnet50"
 # refusals that may mean the model is not there at all (the others are about a bundle of a model that is)
 MODEL_REFUSALS = ("unknown_bundle", "no_active", "no_segments")
-
-
-def _say(message):
-    sys.stderr.write("model: {}\n".format(message))
-    sys.stderr.flush()
 
 
 def cache_models(root):
@@ -127,11 +122,11 @@ def resolve(options):
     if len(held) == 1:
         only = held.pop()
         hint = spec_hint(only, cached)
-        _say("{}{} (no --model given: the only model that {} hold)".format(
+        say("model {}{} (no --model given: the only model that {} hold)".format(
             only, " = {}".format(hint) if hint else "", _holders(options)))
         options.model = only
     elif not held:
-        _say("{} (no --model given: the default; nothing is held yet in {})".format(DEFAULT_MODEL,
+        say("model {} (no --model given: the default; nothing is held yet in {})".format(DEFAULT_MODEL,
                                                                                    _holders(options, "or")))
         options.model = DEFAULT_MODEL
     else:

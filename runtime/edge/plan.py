@@ -9,6 +9,7 @@ from runtime.backends import format_of, load_file
 from runtime.backends.profiling import ProfileCache, profile_key, profile_segments, read_profile, write_profile
 from runtime.bundle.manifest import load_manifest, validate
 from runtime.bundle.schema import LOCAL
+from runtime.edge.console import say
 from runtime.edge.link import SAMPLE_S, read_link_profile
 from runtime.edge.planner import (
     DEFAULT_RADIO_NJ_PER_BYTE,
@@ -27,11 +28,6 @@ from runtime.edge.planner import (
 )
 from runtime.edge.probe import probe_network
 from runtime.errors import UserError
-
-
-def _say(message):
-    sys.stderr.write("plan: {}\n".format(message))
-    sys.stderr.flush()
 
 
 def cloud_profile(conn, model, batch_size):
@@ -109,7 +105,7 @@ def edge_profile(session, segments_data, batch_size, power=None, required=None, 
     if manifest is None and required is not None:
         raise UserError(required)  # no segments here, so no profile of them either
     if manifest is None:
-        _say("fetching the segments of {} for profiling".format(segments_data["model"]["id"]))
+        say("fetching the segments of {} for profiling".format(segments_data["model"]["id"]))
         manifest, _, _ = cache.fetch(session.conn, segments_data, formats, part="segments")
     session.use_segments(manifest)
     first = manifest["segments"][0]["files"][formats[0]]["file"]
@@ -120,7 +116,7 @@ def edge_profile(session, segments_data, batch_size, power=None, required=None, 
         return hit
     if required is not None:
         raise UserError(required)
-    _say("profiling {} segments here ({} backend{})".format(len(manifest["segments"]), session.backend, "" if power
+    say("profiling {} segments here ({} backend{})".format(len(manifest["segments"]), session.backend, "" if power
                                                             is None else ", energy on {} ({})".format(power.rail,
                                                                                                      power.source)))
     profile = profile_segments(manifest, session.backend, session.device, batch_size, session.threads, power=power)
@@ -301,7 +297,7 @@ def run_profile(options):
         raise UserError("give --cloud HOST:PORT (fetch the segments) or --segments DIR (a local segments bundle)")
     power, why = open_power(o.power, o.sysfs_root)
     if power is None and o.power != "none":
-        _say("energy not measured: {}".format(why))
+        say("energy not measured: {}".format(why))
     try:
         profile = _profile_here(o, power)
     finally:

@@ -28,7 +28,6 @@ Python 3.6 syntax.
 """
 import json
 import os
-import sys
 
 import numpy as np
 
@@ -295,8 +294,3 @@ def write_report(path, info, recorder):
         f.write("\n")
     os.replace(tmp, path)
     return data
-
-
-def _say(message):
-    sys.stderr.write("run-edge: {}\n".format(message))
-    sys.stderr.flush()

@@ -14,6 +14,7 @@ import sys
 from runtime.backends import load_part
 from runtime.bundle.schema import is_cut
 from runtime.edge.client import CloudConnection
+from runtime.edge.console import say
 from runtime.edge.data import batches, check_source, open_dataset
 from runtime.edge.hedge import hedging
 from runtime.edge.kserve import is_kserve
@@ -22,7 +23,7 @@ from runtime.edge.measure import measure
 from runtime.edge.models import resolve as resolve_model
 from runtime.edge.points import resolve_splits
 from runtime.edge.power import open_meter
-from runtime.edge.report import _say, format_report, write_report
+from runtime.edge.report import format_report, write_report
 from runtime.edge.session import EdgeSession
 from runtime.edge.staleness import refresh_stale_profile
 from runtime.errors import Interrupted, UserError
@@ -63,7 +64,7 @@ def run_edge(options, out=None):
             alternates = adapter.alternates(manifest.split_index)
             adapter.loaded.update([manifest.split_index] + alternates)
             if alternates:
-                _say("preloading the heads of split {} (the plan for a link 4x slower or faster)".format(
+                say("preloading the heads of split {} (the plan for a link 4x slower or faster)".format(
                     " and ".join(str(k) for k in alternates)))
                 session.preload(alternates)
             adapter.load_ms = session.load_ms(adapter.load_ms)  # this edge's own figure for a head's load
@@ -114,7 +115,7 @@ def _energy_outcome(o, meter, energy):
         return
     if meter.named:
         raise UserError("--power {}: the energy was not measured: {}".format(o.power, energy["reason"]))
-    _say("energy not measured: {}".format(energy["reason"]))
+    say("energy not measured: {}".format(energy["reason"]))
 
 
 def _check(o):
@@ -235,7 +236,7 @@ def _plan(session, o):
     split = o.split
     if split == "auto":
         split = choice["split"]
-        _say("planned split {} ({}): predicted {:.3f} ms{}{} at {:.1f} Mbit/s, rtt {:.3f} ms".format(
+        say("planned split {} ({}): predicted {:.3f} ms{}{} at {:.1f} Mbit/s, rtt {:.3f} ms".format(
             split, choice["name"], choice["latency_ms"], _spread(choice, network), "" if choice.get("mj_per_sample")
             is None else ", {:.3f} mJ/sample".format(choice["mj_per_sample"]), network["bandwidth_mbps"],
             network["rtt_ms"]))

@@ -14,7 +14,7 @@ from runtime.bundle.schema import split_id, split_order
 from runtime.edge import kserve
 from runtime.edge.cache import BundleCache
 from runtime.edge.client import CannotConnect, CloudConnection, CloudLost
-from runtime.edge.report import _say
+from runtime.edge.console import say
 from runtime.errors import UserError
 from runtime.wire.codec import ProtocolError
 
@@ -46,7 +46,7 @@ class EdgeSession(object):
         self.model = model
         self.backend, self.device, self.threads = backend, options.device, options.threads
         self.formats = (format_of(backend),)
-        self.cache = BundleCache(options.cache, options.cache_keep, log=_say)
+        self.cache = BundleCache(options.cache, options.cache_keep, log=say)
         self.cloud, self.timeout, self.busy_poll, self.security = cloud, timeout, busy_poll, security
         self.triton_model = getattr(options, "triton_model", None)
         self.batch_size = options.batch_size
@@ -120,17 +120,17 @@ class EdgeSession(object):
             self.head = self.segments.head(data["split"]["index"])
             self.manifest, self.welcome = Manifest(None, data), welcome  # no directory: the head is a chain
             self.chained.append({"bundle_id": data["bundle_id"], "split": data["split"]["index"]})
-            _say("split {}: head not cached, running it as a chain of {} cached segments (nothing fetched)".format(
+            say("split {}: head not cached, running it as a chain of {} cached segments (nothing fetched)".format(
                 data["split"]["index"], data["split"]["index"]))
             return self.manifest
         if manifest is None:
             size = sum(f["bytes"] for f in _head_files(data, self.formats))
-            _say("fetching the head of {} ({} split {}, {:.1f} MiB) from the cloud".format(
+            say("fetching the head of {} ({} split {}, {:.1f} MiB) from the cloud".format(
                 data["bundle_id"], data["model"]["id"], split_id(data), size / 1048576.0))
             manifest, received, seconds = self.cache.fetch(self.conn, data, self.formats)
             self.fetches.append({"bundle_id": data["bundle_id"], "split": split_id(data),
                                  "bytes": received, "seconds": seconds})
-            _say("fetched and verified {} in {:.2f} s".format(data["bundle_id"], seconds))
+            say("fetched and verified {} in {:.2f} s".format(data["bundle_id"], seconds))
         self.head = self._runners.pop(manifest.bundle_id, None) or self._load_head(manifest)
         self._runners[manifest.bundle_id] = self.head  # kept loaded: switching back costs no load
         while len(self._runners) > LOADED_HEADS:
@@ -181,7 +181,7 @@ class EdgeSession(object):
         if not cached and (not fetch or local.whole is not None or manifest.directory is None):
             return  # finished by the whole model
         if not cached:
-            _say("fetching the tail of {} (split {}) to finish late requests here".format(
+            say("fetching the tail of {} (split {}) to finish late requests here".format(
                 manifest.bundle_id, split_id(manifest.data)))
             manifest = self.cache.add_part(self.conn, manifest.data, self.formats, "tail")
         local.add_tail(manifest.bundle_id, load_part(manifest, "tail", self.backend, self.device, self.threads))
@@ -262,7 +262,7 @@ class EdgeSession(object):
                     self.run_statistics.lost(conn)  # a server that was lost took its counters with it
                 record = {"lost": reason, "attempts": attempts, "down_s": round(time.monotonic() - lost_at, 3)}
                 self.reconnects.append(record)
-                _say("reconnected to the cloud after {:.2f} s ({} attempts)".format(record["down_s"], attempts))
+                say("reconnected to the cloud after {:.2f} s ({} attempts)".format(record["down_s"], attempts))
                 return record
             except (CloudLost, CannotConnect):
                 pass  # not back yet; any other error (a refusal, another bundle) is final

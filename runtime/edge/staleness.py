@@ -8,13 +8,12 @@ differs by more than ``STALE_SHARE`` measures the profile again and replaces it.
 
 Python 3.6 syntax: this module runs on the Jetson.
 """
-import sys
-
 import numpy as np
 
 from runtime.backends.profiling import METHOD, profile_segments
 from runtime.bundle.manifest import KIND_SEGMENTS
 from runtime.bundle.store import BundleStore
+from runtime.edge import console
 
 STALE_SHARE = 0.25  # a measured figure this far (as a share) from the profile's prediction makes it stale ...
 # ... and at least this far in ms: a run's head time has fixed costs per request (the call into the backend, the
@@ -77,7 +76,7 @@ def refresh_stale_profile(session, options, recorder, say=None):
     if found is None or segments is None:
         return None
     predicted, measured, change = found
-    (say or _say)("the edge's profile predicts {:.3f} ms for the head of split {}, this run measured {:.3f} ms "
+    (say or console.say)("the edge's profile predicts {:.3f} ms for the head of split {}, this run measured {:.3f} ms "
                   "({:+.0%}); re-profiling ({} segments)".format(predicted, split, measured, change,
                                                                  len(segments["segments"])))
     profile = profile_segments(segments, session.backend, session.device, o.batch_size, session.threads)
@@ -91,8 +90,3 @@ def _segments(cache_root, bundle_id):
         if manifest.bundle_id == bundle_id:
             return manifest
     return None
-
-
-def _say(message):
-    sys.stderr.write("run-edge: {}\n".format(message))
-    sys.stderr.flush()

@@ -32,6 +32,7 @@ import csv
 import sys
 
 from runtime.bundle.schema import LOCAL
+from runtime.edge.console import say
 from runtime.edge.data import batches, check_source, open_dataset
 from runtime.edge.local import LocalSession
 from runtime.edge.measure import measure
@@ -46,11 +47,6 @@ from runtime.wire.codec import RemoteError
 
 COLUMNS = ("split", "edge_ms", "transmission_ms", "cloud_ms", "end_to_end_ms")
 DEFAULT_SPLITS = (0, 3, 10, 16, 20, 22, LOCAL)  # the seed's, and the whole model on the edge
-
-
-def _say(message):
-    sys.stderr.write("sweep: {}\n".format(message))
-    sys.stderr.flush()
 
 
 Swept = collections.namedtuple("Swept", "rows data failed stopped")
@@ -71,12 +67,12 @@ def sweep(session, options, splits, predictions=None, meter=None, full=None):
             if data is None:
                 data = _open_data(manifest, o)
                 plan = batches(data, o.batch_size, o.limit)
-            _say("split {}: {} samples".format(split, sum(len(b) for b in plan)))
+            say("split {}: {} samples".format(split, sum(len(b) for b in plan)))
             recorder = measure(LocalSession(o, full) if split == LOCAL else session, data, plan,
                                RunOptions(warmup=o.warmup, no_follow=True), meter=meter)
         except RemoteError as exc:  # this split's refusal (not held, its export failed): the others go on
             failed.append((split, relayed(str(exc))))
-            _say("split {} failed: {}".format(split, failed[-1][1]))
+            say("split {} failed: {}".format(split, failed[-1][1]))
             session.reopen()  # the cloud closes a connection once it refused a request on it
             continue
         except (KeyboardInterrupt, UserError) as exc:
@@ -160,7 +156,7 @@ def write_png(path, rows, title):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        _say("matplotlib is not installed here: no chart (pip install matplotlib)")
+        say("matplotlib is not installed here: no chart (pip install matplotlib)")
         return False
     energy = _has_energy(rows)
     width = max(6, 0.7 * len(rows) + 3)
@@ -218,9 +214,9 @@ def _meter(options):
     meter = open_meter(options.power, options.sysfs_root)
     if not meter.measured:
         if options.power != "none":
-            _say("energy not measured: {}".format(meter.reason))
+            say("energy not measured: {}".format(meter.reason))
         return None
-    _say("energy: {}".format(meter.describe()))
+    say("energy: {}".format(meter.describe()))
     return meter
 
 
@@ -238,7 +234,7 @@ def _local(o, model, splits):
            "there with `push --to`".format(o.cache, model))
     if o.splits:
         raise UserError("--splits local: " + how)
-    _say("no local row: " + how)
+    say("no local row: " + how)
     return None
 
 
@@ -248,7 +244,7 @@ def _default_splits(o):
     count = cached_points(o.cache, o.model).count
     splits = [s for s in DEFAULT_SPLITS if s == LOCAL or count is None or s < count]
     if len(splits) < len(DEFAULT_SPLITS):
-        _say("{} has split points 0..{}: sweeping {} (give --splits for others)".format(
+        say("{} has split points 0..{}: sweeping {} (give --splits for others)".format(
             o.model, count - 1, ",".join(map(str, splits))))
     return splits
 
@@ -289,10 +285,10 @@ def _predictions(session, o, meter):
     except RemoteError as exc:
         if exc.code != "no_segments" or not model_held(o):
             raise  # not even split bundles of the model anywhere: cli.py's models.refusals says which are
-        _say("no predictions: {}".format(exc))
+        say("no predictions: {}".format(exc))
         session.reopen()  # the cloud closes a connection once it refused a request on it
         return None
-    _say("planner: rtt {:.3f} ms, bandwidth {:.1f} Mbit/s".format(network["rtt_ms"], network["bandwidth_mbps"]))
+    say("planner: rtt {:.3f} ms, bandwidth {:.1f} Mbit/s".format(network["rtt_ms"], network["bandwidth_mbps"]))
     return {r["split"]: r for r in rows}
 
 
