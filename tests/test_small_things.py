@@ -36,6 +36,15 @@ def test_a_segments_bundle_is_logged_by_name_not_as_split_none(tiny_bundles, tmp
     assert "sNone" not in log and "({})".format(segments) in log, log  # the push's line
 
 
+def test_split_0_says_there_is_no_head_to_fetch(server, tiny_labelled_npz, tmp_path):
+    proc = run_edge(server, tmp_path / "cache", "--split", 0, "--dataset", "npz:" + tiny_labelled_npz[0],
+                    "--limit", 8)
+    assert proc.returncode == 0, proc.stderr
+    assert "MiB" not in proc.stderr and "fetched and verified" not in proc.stderr, proc.stderr
+    assert "run-edge: split 0 has no head (the whole model runs on the cloud): nothing to fetch" in proc.stderr
+    assert "Transmission includes queueing" not in proc.stdout  # --inflight 1: nothing queues
+
+
 def test_sweep_says_its_lines_as_sweep(server, tmp_path):
     proc = run_cli("sweep", "--cloud", server.address, "--model", TINY_ID, "--cache", tmp_path / "cache",
                    "--splits", "0,4", "--dataset", "synthetic", "--limit", 8, "--power", "none",

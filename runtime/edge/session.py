@@ -124,13 +124,19 @@ class EdgeSession(object):
                 data["split"]["index"], data["split"]["index"]))
             return self.manifest
         if manifest is None:
-            size = sum(f["bytes"] for f in _head_files(data, self.formats))
-            say("fetching the head of {} ({} split {}, {:.1f} MiB) from the cloud".format(
-                data["bundle_id"], data["model"]["id"], split_id(data), size / 1048576.0))
+            files = _head_files(data, self.formats)
+            if files:
+                say("fetching the head of {} ({} split {}, {:.1f} MiB) from the cloud".format(
+                    data["bundle_id"], data["model"]["id"], split_id(data),
+                    sum(f["bytes"] for f in files) / 1048576.0))
             manifest, received, seconds = self.cache.fetch(self.conn, data, self.formats)
             self.fetches.append({"bundle_id": data["bundle_id"], "split": split_id(data),
                                  "bytes": received, "seconds": seconds})
-            say("fetched and verified {} in {:.2f} s".format(data["bundle_id"], seconds))
+            if files:
+                say("fetched and verified {} in {:.2f} s".format(data["bundle_id"], seconds))
+            else:  # split 0: the whole model runs on the cloud, only the manifest is kept
+                say("split {} has no head (the whole model runs on the cloud): nothing to fetch".format(
+                    split_id(data)))
         self.head = self._runners.pop(manifest.bundle_id, None) or self._load_head(manifest)
         self._runners[manifest.bundle_id] = self.head  # kept loaded: switching back costs no load
         while len(self._runners) > LOADED_HEADS:
