@@ -1,5 +1,6 @@
 """Small things a user sees (issue 32, item 8): each test runs the user's command, with real `cli.py` and
 serve-cloud processes on the tiny model's bundles, and reads what it now prints."""
+import json
 
 import pytest
 from cloud_server import ServerProcess
@@ -43,6 +44,20 @@ def test_split_0_says_there_is_no_head_to_fetch(server, tiny_labelled_npz, tmp_p
     assert "MiB" not in proc.stderr and "fetched and verified" not in proc.stderr, proc.stderr
     assert "run-edge: split 0 has no head (the whole model runs on the cloud): nothing to fetch" in proc.stderr
     assert "Transmission includes queueing" not in proc.stdout  # --inflight 1: nothing queues
+
+
+def test_random_weights_and_inflight_queueing_are_said_on_the_console(server, tiny_labelled_npz, tmp_path):
+    report = tmp_path / "r.json"
+    proc = run_edge(server, tmp_path / "cache", "--split", 4, "--dataset", "npz:" + tiny_labelled_npz[0],
+                    "--limit", 16, "--inflight", 2, "--report", report)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(report.read_text())["random_init"] is True  # the tiny bundles are exported with --random-init
+    lines = proc.stdout.splitlines()
+    assert lines.count("Weights: random (the bundle was exported with --random-init): accuracy is at chance "
+                       "level") == 1, proc.stdout
+    assert ("Transmission includes queueing: with --inflight 2 a request also waits behind the 1 sent before it"
+            in lines), proc.stdout
+    assert lines[0].startswith("Accuracy: "), proc.stdout  # the seed's lines still come first
 
 
 def test_sweep_says_its_lines_as_sweep(server, tmp_path):

@@ -189,8 +189,9 @@ class RunRecorder(object):
         return out
 
 
-def format_report(summary, samples, requests, warmup):
-    """The seed's four lines, exactly, then the figures it did not have."""
+def format_report(summary, samples, requests, warmup, notes=()):
+    """The seed's four lines, exactly, then the figures it did not have, the ``notes`` (``format_notes``) and the
+    energy, last."""
     if summary.get("task") == "detection" and summary.get("map50") is None:
         lines = ["Accuracy: n/a (no ground-truth boxes in the dataset: give an npz with 'boxes' and 'y')"]
     else:
@@ -232,12 +233,25 @@ def format_report(summary, samples, requests, warmup):
     if summary.get("local_samples"):
         lines.append("Local fallback: {} samples ran on the edge alone, cloud unreachable (p50 {:.3f} ms each; "
                      "not in the figures above)".format(summary["local_samples"], summary["local_ms"]["p50"]))
+    lines += notes
     if summary.get("energy"):
         lines.append(format_energy(summary["energy"]))
     if summary.get("partial"):
         lines.append("Partial run: {} of {} samples, then {}".format(samples, summary["samples_planned"],
                                                                       summary["partial_reason"]))
     return "\n".join(lines)
+
+
+def format_notes(manifest, inflight):
+    """What the figures above do not say of themselves: weights that were never trained, and transmission that
+    counts the wait behind the requests sent before (``--inflight`` > 1)."""
+    lines = []
+    if manifest["model"]["weights"].get("random_init"):
+        lines.append("Weights: random (the bundle was exported with --random-init): accuracy is at chance level")
+    if inflight > 1:
+        lines.append("Transmission includes queueing: with --inflight {} a request also waits behind the {} sent "
+                     "before it".format(inflight, inflight - 1))
+    return lines
 
 
 PATH_WORDS = {"cloud": "by the cloud", "hedged": "finished on the edge after waiting for the cloud",

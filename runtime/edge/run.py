@@ -23,7 +23,7 @@ from runtime.edge.measure import measure
 from runtime.edge.models import resolve as resolve_model
 from runtime.edge.points import resolve_splits
 from runtime.edge.power import open_meter
-from runtime.edge.report import format_report, write_report
+from runtime.edge.report import format_notes, format_report, write_report
 from runtime.edge.session import EdgeSession
 from runtime.edge.staleness import refresh_stale_profile
 from runtime.errors import Interrupted, UserError
@@ -83,7 +83,8 @@ def run_edge(options, out=None):
 
     summary = recorder.summary()
     requests = len(plan) if recorder.stopped is None else recorder.requests
-    out.write(format_report(summary, recorder.samples, requests, recorder.warmup_requests) + "\n")
+    notes = format_notes(manifest, o.inflight if split != LOCAL else 1)
+    out.write(format_report(summary, recorder.samples, requests, recorder.warmup_requests, notes) + "\n")
     if recorder.switches:
         out.write("Switches: {}\n".format(", ".join("split {} -> {} after {} samples ({:.2f} s)".format(
             s["from_split"], s["to_split"], s["after_samples"], s["time_s"]) for s in recorder.switches)))
