@@ -1,6 +1,7 @@
 """Small things a user sees (issue 32, item 8): each test runs the user's command, with real `cli.py` and
 serve-cloud processes on the tiny model's bundles, and reads what it now prints."""
 import json
+import shutil
 
 import pytest
 from cloud_server import ServerProcess
@@ -68,3 +69,35 @@ def test_sweep_says_its_lines_as_sweep(server, tmp_path):
     said = proc.stderr.splitlines()
     assert any(l.startswith("sweep: fetching the head of ") for l in said), proc.stderr  # the session's line
     assert not [l for l in said if l.split(":")[0] in ("run-edge", "plan", "model")], proc.stderr
+
+
+def active_bundles(srv):
+    proc = run_cli("status", "--cloud", srv.address)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)["active_bundles"]
+
+
+def test_the_active_bundle_survives_a_restart_of_serve_cloud(tiny_bundles, tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    src = tiny_bundles / "{}-s4".format(TINY_ID)
+    wanted = json.loads((src / "manifest.json").read_text())["bundle_id"]
+    srv = ServerProcess(store, "--allow-push", "--admin-token", TOKEN)
+    try:
+        proc = run_cli("push", src, "--cloud", srv.address, "--admin-token", TOKEN, "--activate")
+        assert proc.returncode == 0, proc.stderr
+        assert active_bundles(srv) == {TINY_ID: wanted}
+    finally:
+        assert srv.stop() == 0, srv.log_text()
+    again = ServerProcess(store)  # the same store: the activation was recorded there
+    try:
+        assert active_bundles(again) == {TINY_ID: wanted}
+    finally:
+        assert again.stop() == 0, again.log_text()
+    shutil.rmtree(str(store / src.name))  # a bundle no longer there is not active after the next restart
+    third = ServerProcess(store)
+    try:
+        assert active_bundles(third) == {}
+    finally:
+        assert third.stop() == 0, third.log_text()
+    assert "which the store no longer holds: none is active" in third.log_text()

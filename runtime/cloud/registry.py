@@ -26,6 +26,7 @@ log = logging.getLogger("edgesplit.server")
 
 
 EXPORT_TIMEOUT_S = 1800
+ACTIVE_FILE = ".active.json"  # in the store: model id -> the bundle id `push --activate` made active (hidden: no bundle)
 
 
 class OnDemandExporter(object):
@@ -112,7 +113,7 @@ class TailRegistry(object):
         self.threads = threads
         self.cuda_graphs = cuda_graphs
         self.exporter = exporter
-        self.active = {}     # model id -> bundle id
+        self.active = self._restore_active()  # model id -> bundle id, as the last activation left it
         self._lock = threading.Lock()
         self._loaded = {}    # bundle id -> (manifest, runner)
         self._loading = {}   # bundle id -> lock, so each tail is loaded once
@@ -297,8 +298,49 @@ class TailRegistry(object):
     def activate(self, manifest):
         with self._lock:
             self.active[manifest.model_id] = manifest.bundle_id
+            self._save_active()
         log.info("active bundle for %s is now %s (split %s)", manifest.model_id, manifest.bundle_id,
                  manifest.split_index)
+
+    def _save_active(self):
+        """Write the active bundles into the store (under the lock), replacing the file in one rename, so that a
+        restarted serve-cloud serves the same ones."""
+        path = os.path.join(self.store.root, ACTIVE_FILE)
+        tmp = "{}.tmp-{}".format(path, os.getpid())
+        try:
+            with open(tmp, "w") as f:
+                json.dump(self.active, f, indent=1, sort_keys=True)
+                f.write("\n")
+            os.replace(tmp, path)
+        except OSError as exc:  # the activation stands; only a restart would forget it
+            log.warning("could not record the active bundles in %s (%s): a restart will forget them", path, exc)
+
+    def _restore_active(self):
+        """The active bundles the store's ACTIVE_FILE names, each kept only where the store still holds that bundle
+        of that model (one removed since is dropped, with a warning); {} without the file."""
+        path = os.path.join(self.store.root, ACTIVE_FILE)
+        try:
+            with open(path) as f:
+                named = json.load(f)
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring %s: %s", path, exc)
+            return {}
+        if not isinstance(named, dict):
+            log.warning("ignoring %s: not a JSON object", path)
+            return {}
+        held = {(m.model_id, m.bundle_id): m for m in self.bundles()}
+        active = {}
+        for model, bundle_id in sorted(named.items()):
+            manifest = held.get((model, bundle_id))
+            if manifest is None:
+                log.warning("the active bundle for %s was %s, which the store no longer holds: none is active",
+                            model, bundle_id)
+                continue
+            active[model] = bundle_id
+            log.info("active bundle for %s is %s (%s), as before the restart", model, bundle_id, manifest.label)
+        return active
 
     def active_for(self, model):
         with self._lock:
