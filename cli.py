@@ -343,6 +343,12 @@ def batch_size_option(most=None):
                         help="Samples per request (one head run, one frame, one tail run).")
 
 
+COMPRESS_OPTION = click.option("--compress", default="none", show_default=True,
+                               type=click.Choice(["none", "fp16", "int8"]),
+                               help="Lossy compression of the activation sent (int8: per-channel scale from its "
+                                    "range); plan predicts the bytes it sends.")
+CODEC_OPTION = click.option("--codec", default="none", show_default=True, type=click.Choice(["none", "zstd", "lz4"]),
+                            help="Lossless codec after --compress (needs the zstandard / lz4 package on both sides).")
 BANDWIDTH_OPTION = click.option("--bandwidth", default=None, type=click.FloatRange(0.001, None),
                                 help="Plan for this bandwidth (Mbit/s) instead of the measured one.")
 RTT_OPTION = click.option("--rtt", default=None, type=click.FloatRange(0, None),
@@ -484,10 +490,7 @@ def serve_cloud(**options):
 @click.option("--inflight", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Requests in flight at once: >1 overlaps the next head with the transfer and tail of earlier "
                    "ones (throughput); 1 keeps every latency figure free of waiting.")
-@click.option("--compress", default="none", show_default=True, type=click.Choice(["none", "fp16", "int8"]),
-              help="Lossy compression of the activation sent (int8: per-channel scale from its range).")
-@click.option("--codec", default="none", show_default=True, type=click.Choice(["none", "zstd", "lz4"]),
-              help="Lossless codec after --compress (needs the zstandard / lz4 package on both sides).")
+@with_options(COMPRESS_OPTION, CODEC_OPTION)
 @click.option("--busy-poll/--no-busy-poll", default=True, show_default=True,
               help="Spin (at most 2 ms a request) when a reply is due instead of sleeping: about 0.15 ms less "
                    "per request; --no-busy-poll saves the edge's CPU.")
@@ -531,6 +534,7 @@ def run_edge(**options):
 @click.option("--edge-profile", default=None, help="Use this edge profile (from `profile --out-json`).")
 @click.option("--cloud-profile", default=None, help="Use this cloud profile instead of asking the cloud.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON instead of a table.")
+@with_options(COMPRESS_OPTION, CODEC_OPTION)
 @timeout_option(600.0)
 @threads_option("Compute threads for the edge's profile.")
 @with_options(*POWER_OPTIONS)

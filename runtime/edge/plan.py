@@ -268,7 +268,7 @@ def run_plan(options, out=None):
     o = options
     out = out or sys.stdout
     resolve(o)
-    session = EdgeSession(o)
+    session = EdgeSession(o, o.compress, o.codec)
     profiles = {}
     try:
         rows, choice, network = make_plan(session, o, profiles)
