@@ -20,6 +20,18 @@ from runtime.wire import auth
 FORMATS = ("onnx", "torchscript")
 
 
+class AliasOption(click.Option):
+    """An option whose first name is the one --help shows; the others are old spellings, still accepted."""
+
+    def get_help_record(self, ctx):
+        names = self.opts
+        self.opts = names[:1]
+        try:
+            return super(AliasOption, self).get_help_record(ctx)
+        finally:
+            self.opts = names
+
+
 def _fail(message, code=1):
     click.echo("error: {}".format(relayed(message)), err=True)
     sys.exit(code)
@@ -98,7 +110,7 @@ def main(debug):
     console.set_command(click.get_current_context().invoked_subcommand)  # the prefix of the edge's lines
 
 
-TRACE_MODULE_HELP = ("Export only this submodule of the model (e.g. a detector's backbone, when torch.fx cannot trace "
+TRACE_MODULE_HELP = ("Use only this submodule of the model (e.g. a detector's backbone, when torch.fx cannot trace "
                      "the whole); its bundles' model id is <model id>-<module path>.")
 LEAF_MODULE_HELP = ("Comma-separated module classes torch.fx calls whole instead of tracing into (a block whose own "
                     "forward cannot be traced, such as YOLOv8's C2f); no split point falls inside them.")
@@ -155,8 +167,8 @@ def layers(model, input_shape, max_tensors, trace_module, leaf_modules, weights,
               help="C,H,W of one input (default: the model's own).")
 @click.option("--mean", default=None, callback=floats_option, help="Per-channel normalisation mean, e.g. 0.5,0.5,0.5.")
 @click.option("--std", default=None, callback=floats_option, help="Per-channel normalisation std.")
-@click.option("--artifacts", "--out", "out", default="artifacts", show_default=True,
-              help="Directory that receives the bundle (the store serve-cloud serves).")
+@click.option("--store", "--artifacts", "--out", "out", cls=AliasOption, default="artifacts", show_default=True,
+              help="The cloud's bundle store: the directory that receives the bundle (serve-cloud serves it).")
 @click.option("--atol", default=None, type=float, callback=positive_option,
               help="Verification: max |diff| may reach atol + rtol x max |reference| [default: 1e-4].")
 @click.option("--rtol", default=None, type=float, callback=positive_option,
@@ -200,14 +212,19 @@ def ints_option(ctx, param, value):
               type=click.Choice(["onnxruntime", "pytorch", "python"]),
               help="onnxruntime_onnx, pytorch_libtorch, or the python backend running this project's backends.")
 @click.option("--name", default=None, help="The model's name in the repository [default: <model id>-s<split>].")
-@click.option("--version", default=1, show_default=True, type=click.IntRange(1, None))
+@click.option("--version", default=1, show_default=True, type=click.IntRange(1, None),
+              help="The version directory the tail is written to.")
 @click.option("--max-batch", default=8, show_default=True, type=click.IntRange(0, None),
               help="Triton's max_batch_size (0: no batching).")
-@click.option("--max-queue-delay-us", default=100, show_default=True, type=click.IntRange(0, None),
-              help="Dynamic batching: how long a request may wait for others.")
+@click.option("--max-delay-us", "--max-queue-delay-us", "max_queue_delay_us", cls=AliasOption, default=100,
+              show_default=True, type=click.IntRange(0, None),
+              help="Dynamic batching: how long a request may wait for others (microseconds, as Triton's "
+                   "max_queue_delay_microseconds).")
 @click.option("--preferred-batch", default=None, callback=ints_option, help="Dynamic batching's preferred sizes, e.g. 4,8.")
-@click.option("--instances", default=1, show_default=True, type=click.IntRange(1, None))
-@click.option("--kind", default="cpu", show_default=True, type=click.Choice(["cpu", "gpu"]))
+@click.option("--instances", default=1, show_default=True, type=click.IntRange(1, None),
+              help="Copies of the model Triton runs at once (instance_group count).")
+@click.option("--kind", default="cpu", show_default=True, type=click.Choice(["cpu", "gpu"]),
+              help="Where Triton runs those instances (instance_group kind).")
 @click.option("--tensorrt", is_flag=True, help="onnxruntime: TensorRT as the GPU execution accelerator.")
 @click.option("--backend", default="onnx", show_default=True, type=BACKEND_CHOICE,
               help="python platform: this project's backend that runs the tail.")
@@ -306,10 +323,12 @@ MODEL_ID_OPTION = click.option("--model", default=None,
                                     "package.module:function) or as its bundles' id (torchvision-NAME) [default: the "
                                     "one model the cache and the cloud hold; resnet50 where nothing is held; several "
                                     "held are an error listing them].")
-CACHE_OPTION = click.option("--cache", "--artifacts", "cache", default="artifacts", show_default=True,
+CACHE_OPTION = click.option("--cache", "--artifacts", "cache", cls=AliasOption, default="artifacts", show_default=True,
                             help="The edge's bundle cache; heads missing here are fetched from the cloud.")
-BACKEND_OPTION = click.option("--backend", default="onnx", show_default=True, type=BACKEND_CHOICE)
-DEVICE_OPTION = click.option("--device", default="auto", show_default=True, type=DEVICE_CHOICE)
+BACKEND_HELP = "The inference library that runs the model here."
+DEVICE_HELP = "Where the backend runs (auto: CUDA where the backend has it, else the CPU)."
+BACKEND_OPTION = click.option("--backend", default="onnx", show_default=True, type=BACKEND_CHOICE, help=BACKEND_HELP)
+DEVICE_OPTION = click.option("--device", default="auto", show_default=True, type=DEVICE_CHOICE, help=DEVICE_HELP)
 
 
 def timeout_option(default, help="Seconds to wait for the cloud."):
@@ -321,9 +340,16 @@ def threads_option(help="Compute threads for the head (0: library default)."):
 
 
 def batch_size_option(most=None):
-    return click.option("--batch-size", default=1, show_default=True, type=click.IntRange(1, most))
+    return click.option("--batch-size", default=1, show_default=True, type=click.IntRange(1, most),
+                        help="Samples per request (one head run, one frame, one tail run).")
 
 
+COMPRESS_OPTION = click.option("--compress", default="none", show_default=True,
+                               type=click.Choice(["none", "fp16", "int8"]),
+                               help="Lossy compression of the activation sent (int8: per-channel scale from its "
+                                    "range); plan predicts the bytes it sends.")
+CODEC_OPTION = click.option("--codec", default="none", show_default=True, type=click.Choice(["none", "zstd", "lz4"]),
+                            help="Lossless codec after --compress (needs the zstandard / lz4 package on both sides).")
 BANDWIDTH_OPTION = click.option("--bandwidth", default=None, type=click.FloatRange(0.001, None),
                                 help="Plan for this bandwidth (Mbit/s) instead of the measured one.")
 RTT_OPTION = click.option("--rtt", default=None, type=click.FloatRange(0, None),
@@ -388,7 +414,8 @@ def serve_triton(**options):
 @main.command("serve-cloud")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: all).")
 @click.option("--port", default=9999, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port.")
-@click.option("--artifacts", default="artifacts", show_default=True, help="Directory of bundles to serve (the store).")
+@click.option("--store", "--artifacts", "artifacts", cls=AliasOption, default="artifacts", show_default=True,
+              help="The cloud's bundle store: the directory of bundles to serve.")
 @with_options(BACKEND_OPTION, DEVICE_OPTION)
 @click.option("--max-frame-mb", default=64.0, show_default=True, type=click.FloatRange(0.001, 4096),
               help="Largest tensor payload accepted.")
@@ -423,7 +450,7 @@ def serve_triton(**options):
               help="Replay each tail as a captured CUDA graph per batch shape (--backend torchscript --device cuda).")
 @handle_errors
 def serve_cloud(**options):
-    """Serve the tails of the bundles in --artifacts to edges (until SIGINT/SIGTERM)."""
+    """Serve the tails of the bundles in --store to edges (until SIGINT/SIGTERM)."""
     from runtime.cloud.options import ServeOptions
     from runtime.cloud.server import serve_cloud as serve
     serve(ServeOptions(**options))
@@ -453,20 +480,18 @@ def serve_cloud(**options):
 @with_options(BACKEND_OPTION, DEVICE_OPTION, *DATASET_OPTIONS)
 @batch_size_option()
 @click.option("--shuffle", is_flag=True, help="Shuffle the samples (with --seed).")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the samples' shuffle and synthetic data.")
 @click.option("--warmup", default=3, show_default=True, type=click.IntRange(0, None),
               help="Requests before measuring (excluded).")
 @click.option("--verbose", is_flag=True, help="Print Prediction / Ground Truth per sample.")
-@click.option("--report", default=None, help="Write the full report as JSON to this file.")
+@click.option("--out-json", "--report", "report", cls=AliasOption, default=None,
+              help="Write the full report as JSON to this file.")
 @timeout_option(30.0)
 @threads_option()
 @click.option("--inflight", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Requests in flight at once: >1 overlaps the next head with the transfer and tail of earlier "
                    "ones (throughput); 1 keeps every latency figure free of waiting.")
-@click.option("--compress", default="none", show_default=True, type=click.Choice(["none", "fp16", "int8"]),
-              help="Lossy compression of the activation sent (int8: per-channel scale from its range).")
-@click.option("--codec", default="none", show_default=True, type=click.Choice(["none", "zstd", "lz4"]),
-              help="Lossless codec after --compress (needs the zstandard / lz4 package on both sides).")
+@with_options(COMPRESS_OPTION, CODEC_OPTION)
 @click.option("--busy-poll/--no-busy-poll", default=True, show_default=True,
               help="Spin (at most 2 ms a request) when a reply is due instead of sleeping: about 0.15 ms less "
                    "per request; --no-busy-poll saves the edge's CPU.")
@@ -507,9 +532,10 @@ def run_edge(**options):
               RTT_OPTION, LINK_PROFILE_OPTION)
 @click.option("--objective", default="latency", show_default=True, type=OBJECTIVE_CHOICE, help=OBJECTIVE_HELP)
 @with_options(*PLANNING_OPTIONS)
-@click.option("--edge-profile", default=None, help="Use this edge profile (from `profile --out`).")
+@click.option("--edge-profile", default=None, help="Use this edge profile (from `profile --out-json`).")
 @click.option("--cloud-profile", default=None, help="Use this cloud profile instead of asking the cloud.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON instead of a table.")
+@with_options(COMPRESS_OPTION, CODEC_OPTION)
 @timeout_option(600.0)
 @threads_option("Compute threads for the edge's profile.")
 @with_options(*POWER_OPTIONS)
@@ -531,10 +557,12 @@ def plan(**options):
               callback=lambda ctx, param, value: _split_values(value, split_value, "0,3,10,16,20,22,local", param))
 @with_options(MODEL_ID_OPTION, CACHE_OPTION, BACKEND_OPTION, DEVICE_OPTION, *DATASET_OPTIONS)
 @batch_size_option()
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--warmup", default=3, show_default=True, type=click.IntRange(0, None))
-@click.option("--csv", "csv_path", default=None, help="Write the table as CSV here.")
-@click.option("--png", "png_path", default=None, help="Write the chart (stacked bars + predictions) here.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the samples' shuffle and synthetic data.")
+@click.option("--warmup", default=3, show_default=True, type=click.IntRange(0, None),
+              help="Requests before measuring (excluded).")
+@click.option("--out-csv", "--csv", "csv_path", cls=AliasOption, default=None, help="Write the table as CSV to this file.")
+@click.option("--out-png", "--png", "png_path", cls=AliasOption, default=None,
+              help="Write the chart (stacked bars + predictions) as PNG to this file.")
 @with_options(BANDWIDTH_OPTION, RTT_OPTION, timeout_option(600.0), threads_option())
 @with_options(*PLANNING_OPTIONS[1:], *POWER_OPTIONS)
 @handle_errors
@@ -548,9 +576,10 @@ def sweep(**options):
 
 
 @main.command()
-@click.option("--out", required=True, help="Write the profile (JSON) here.")
+@click.option("--out-json", "--out", "out", cls=AliasOption, required=True, help="Write the profile as JSON to this file.")
 @cloud_option(required=False, help="Fetch the segments from this serve-cloud.")
-@click.option("--segments", "segments_dir", default=None, help="...or profile this local segments bundle.")
+@click.option("--segments-dir", "--segments", "segments_dir", cls=AliasOption, default=None,
+              help="...or profile this local segments bundle (a directory `export --segments` wrote).")
 @with_options(MODEL_ID_OPTION, CACHE_OPTION, BACKEND_OPTION, DEVICE_OPTION, batch_size_option(1024),
               timeout_option(600.0), threads_option("Compute threads (0: library default)."))
 @with_options(*POWER_OPTIONS)
@@ -589,7 +618,8 @@ def status(cloud, timeout, security):
 @click.option("--activate", is_flag=True, help="Make it the bundle edges of this model use (they switch).")
 @click.option("--admin-token", default=None, envvar=ADMIN_TOKEN_ENV, help="The server's admin token [env {}].".format(
     ADMIN_TOKEN_ENV))
-@click.option("--timeout", default=120.0, show_default=True, type=float)
+@click.option("--timeout", default=120.0, show_default=True, type=float,
+              help="Seconds to wait for the cloud or the Triton servers.")
 @handle_errors
 @client_security(token=False)
 def push(bundle, **o):
@@ -628,10 +658,11 @@ def _push_triton(bundle, o):
               help="Split point of the seed's ResNet-50 (an index or a name from `layers`).")
 @click.option("--weights", default=None, help="Weights file (default: weights/resnet50-best.pth if present).")
 @click.option("--dataset", default=None, help="Default: cifar100 if it is in --data-dir, else synthetic.")
-@click.option("--data-dir", default="data", show_default=True)
-@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, None))
-@click.option("--backend", default="onnx", show_default=True, type=BACKEND_CHOICE)
-@click.option("--artifacts", default="artifacts", show_default=True, help="Directory of bundles.")
+@click.option("--data-dir", default="data", show_default=True, help="Where CIFAR archives are kept.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, None), help="Samples to run.")
+@click.option("--backend", default="onnx", show_default=True, type=BACKEND_CHOICE, help=BACKEND_HELP)
+@click.option("--store", "--artifacts", "artifacts", cls=AliasOption, default="artifacts", show_default=True,
+              help="The bundle store the demo exports to and serves from (also the edge's cache here).")
 @handle_errors
 def demo(split, weights, dataset, data_dir, limit, backend, artifacts):
     """Export the seed's ResNet-50 if needed, serve its tail locally, run the edge, print the report."""

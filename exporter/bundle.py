@@ -42,7 +42,7 @@ def staged(destination: str):
     try:
         tmp = staging.temp_dir(out_dir, "export")
     except OSError as exc:
-        raise ExportError("cannot write to output directory {} ({}); choose another with --artifacts".format(
+        raise ExportError("cannot write to output directory {} ({}); choose another with --store".format(
             out_dir, exc.strerror or exc))
     try:
         yield tmp

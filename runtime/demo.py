@@ -35,7 +35,7 @@ def ensure_bundle(split, weights, artifacts):
     if _bundle_is_current(directory, weights):
         print("demo: using {} ({})".format(directory, "random weights" if weights is None else weights))
         return
-    args = ["export", "--split", split, "--out", artifacts]
+    args = ["export", "--split", split, "--store", artifacts]
     args += ["--weights", weights] if weights else ["--random-init"]
     print("demo: exporting the seed's ResNet-50 at split {} ({})".format(
         split, "RANDOM weights: accuracy will be at chance level" if weights is None else weights), flush=True)
@@ -78,7 +78,7 @@ def run_demo(split="20", weights=None, dataset=None, artifacts="artifacts", data
             os.path.join(data_dir, "cifar-100-binary.tar.gz"))
         dataset = "cifar100" if present else "synthetic"
         print("demo: dataset {}{}".format(dataset, "" if present else " (CIFAR-100 not in {}/)".format(data_dir)))
-    server = launch.serve_cloud("--host", "127.0.0.1", "--port", 0, "--artifacts", artifacts, "--backend", backend,
+    server = launch.serve_cloud("--host", "127.0.0.1", "--port", 0, "--store", artifacts, "--backend", backend,
                                 log="inherit")
     print("demo: serve-cloud is up at {}; running the edge".format(server.address), flush=True)
     try:

@@ -373,7 +373,7 @@ def test_a_name_the_edge_cannot_resolve_says_what_it_knows_and_how_to_learn_the_
                              "pool", "--dataset", "synthetic"))
     assert "--split pool: not an index, and not a name among the points of {} that the edge knows (4=relu of 8, " \
            "from its cache {})".format(TINY_ID, cache) in line, line
-    assert "`cli.py profile --cloud {} --model {} --cache {} --out profile.json`".format(
+    assert "`cli.py profile --cloud {} --model {} --cache {} --out-json profile.json`".format(
         cloud.address, TINY_ID, cache) in line, line
     assert sorted(os.listdir(str(cache))) == [tiny_bundle(tiny_bundles, 4).name]
 

@@ -221,3 +221,16 @@ def test_split_auto_chooses_only_among_the_splits_the_cloud_serves(tmp_path):
         assert auto.returncode == 0 and "planned split 1 " in auto.stderr, auto.stderr
     finally:
         assert srv.stop() == 0
+
+
+def test_plan_predicts_the_bytes_compress_sends(server, tmp_path):
+    """plan --compress fp16 plans each point's activation at half the bytes of the plain plan (plus its header)."""
+    args = ("plan", "--cloud", server.address, "--model", MODEL_ID, "--cache", tmp_path, "--bandwidth", "100",
+            "--rtt", "1", "--json")
+    plain = json.loads(run_cli(*args).stdout)
+    proc = run_cli(*(args + ("--compress", "fp16")))
+    assert proc.returncode == 0, proc.stderr
+    half = json.loads(proc.stdout)
+    sent = [(a["bytes_per_sample"], b["bytes_per_sample"]) for a, b in zip(plain["rows"], half["rows"])
+            if a["split"] != "local"]
+    assert sent and all(a // 2 < b <= a // 2 + 100 for a, b in sent), sent

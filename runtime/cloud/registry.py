@@ -74,7 +74,7 @@ class OnDemandExporter(object):
         """Export one split (``split`` an int) or the profiling segments (``split`` None)."""
         where = ["--split", str(split)] if split is not None else ["--segments"]
         weights = ["--weights", self.weights] if self.weights else (["--random-init"] if self.random_init else [])
-        _, failed = self._run("export", *(where + ["--out", out_dir] + weights))
+        _, failed = self._run("export", *(where + ["--store", out_dir] + weights))
         if failed:
             raise HandshakeError("export_failed", "export of {} {} on the cloud failed: {}".format(
                 self.model, "split {}".format(split) if split is not None else "segments", failed))

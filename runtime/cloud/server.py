@@ -576,13 +576,13 @@ def _check_flags(o):
 
 def _check_store(o):
     """The store's bundles and the directories it cannot read (``BundleStore.scan``), every bundle's files checked
-    against its manifest.  Refused: an ``--artifacts`` that is not there unless pushes or on-demand exports are to
+    against its manifest.  Refused: a ``--store`` that is not there unless pushes or on-demand exports are to
     fill it (it is made once the server listens), and a damaged bundle (a file missing, or of another size or
     sha256), named with what to do, rather than served to none of the edges that ask for it."""
     if not os.path.isdir(o.artifacts) and not (o.allow_push or o.export_model):
         # a typo would give a server that refuses every edge
-        raise UserError("--artifacts {} is not a directory; export bundles into it first (`cli.py export "
-                        "--artifacts {}`), or start with --allow-push or --model to fill an empty store".format(
+        raise UserError("--store {} is not a directory; export bundles into it first (`cli.py export "
+                        "--store {}`), or start with --allow-push or --model to fill an empty store".format(
                             o.artifacts, o.artifacts))
     started = time.monotonic()
     good, bad = BundleStore(o.artifacts).scan()

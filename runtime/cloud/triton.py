@@ -159,7 +159,7 @@ def check_options(manifest, options):
     if o.tensorrt and o.platform != "onnxruntime":
         raise UserError("--tensorrt is an onnxruntime accelerator; use it with --platform onnxruntime")
     if o.max_batch < 0 or o.instances < 1 or o.version < 1 or o.max_queue_delay_us < 0:
-        raise UserError("--max-batch and --max-queue-delay-us must be 0 or more, --instances and --version 1 or "
+        raise UserError("--max-batch and --max-delay-us must be 0 or more, --instances and --version 1 or "
                         "more")
     if any(b < 1 or (o.max_batch and b > o.max_batch) for b in o.preferred_batch):
         raise UserError("--preferred-batch sizes must lie in 1..--max-batch ({})".format(o.max_batch))

@@ -36,6 +36,8 @@ class ClientOptions(Options):
 class PlanOptions(ClientOptions):
     timeout = 600.0
     as_json = False
+    compress = "none"   # plan the bytes sent as run-edge --compress / --codec sends them
+    codec = "none"
     power = "auto"      # the meter the edge's energy is profiled with, for --objective energy (edge/power.py)
     sysfs_root = "/"
 

@@ -127,7 +127,7 @@ def edge_profile(session, segments_data, batch_size, power=None, required=None, 
 def no_energy(where, why):
     """The one line that refuses ``--objective energy`` without the edge's energy, and says how to get it."""
     return ("--objective energy needs the edge's energy per segment, and {} has none ({}); measure it on the edge "
-            "with `cli.py profile --power auto --out edge.json` (or name the meter: --power ina3221, jtop or rapl) and "
+            "with `cli.py profile --power auto --out-json edge.json` (or name the meter: --power ina3221, jtop or rapl) and "
             "plan with --edge-profile edge.json, or give --power here".format(where, why))
 
 
@@ -264,7 +264,7 @@ def run_plan(options, out=None):
     o = options
     out = out or sys.stdout
     resolve(o)
-    session = EdgeSession(o)
+    session = EdgeSession(o, o.compress, o.codec)
     profiles = {}
     try:
         rows, choice, network = make_plan(session, o, profiles)
@@ -294,7 +294,7 @@ def run_profile(options):
     from the cloud; with ``--power`` (and a meter found), each segment's energy too."""
     o = options
     if bool(o.cloud) == bool(o.segments_dir):
-        raise UserError("give --cloud HOST:PORT (fetch the segments) or --segments DIR (a local segments bundle)")
+        raise UserError("give --cloud HOST:PORT (fetch the segments) or --segments-dir DIR (a local segments bundle)")
     power, why = open_power(o.power, o.sysfs_root)
     if power is None and o.power != "none":
         say("energy not measured: {}".format(why))

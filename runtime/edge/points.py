@@ -74,8 +74,8 @@ class KnownPoints(object):
         known = ", ".join("{}={}".format(i, self.named[i]["name"]) for i in sorted(self.named))
         return ("{} {}: not an index, and not a name among the points of {} that the edge knows ({}); give the "
                 "point's index (`cli.py layers --model {}` on the cloud lists them), or fetch the model's segments, "
-                "which name every point, into the cache once: `cli.py profile --cloud {} --model {} --cache {} --out "
-                "profile.json`".format(flag, value, self.model, "{} of {}, from {}".format(
+                "which name every point, into the cache once: `cli.py profile --cloud {} --model {} --cache {} "
+                "--out-json profile.json`".format(flag, value, self.model, "{} of {}, from {}".format(
                     known, self.count, ", ".join(self.sources)) if known else "none: its cache holds no bundle of it",
                     _spec(options), options.cloud or "HOST:PORT", self.model, options.cache))
 

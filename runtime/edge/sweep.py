@@ -22,7 +22,7 @@ holds no whole model, the default sweep says how to get one and leaves the row o
 and ``--splits ...,local`` is refused.  Every row's end-to-end latency is also given
 against the better baseline measured, split 0 or local (``vs best baseline``).
 
-Output: a Markdown table on stdout, ``--csv``, and ``--png`` (matplotlib, optional
+Output: a Markdown table on stdout, ``--out-csv``, and ``--out-png`` (matplotlib, optional
 on the edge; a second panel of mJ/sample where energy was measured or predicted).
 
 Python 3.6 syntax.
@@ -293,7 +293,7 @@ def _predictions(session, o, meter):
 
 
 def _write(swept, o, model, out):
-    """The table of the splits measured on ``out``, and in ``--csv`` and ``--png``."""
+    """The table of the splits measured on ``out``, and in ``--out-csv`` and ``--out-png``."""
     rows, data = swept.rows, swept.data
     out.write(format_table(rows) + "\n")
     if o.csv_path:
