@@ -283,6 +283,10 @@ class KServeConnection(object):
         except OSError as exc:
             raise CannotConnect("cannot reach Triton at {} ({}); is it running (`cli.py serve-triton`)?".format(
                 self.address, exc.strerror or exc))
+        except ValueError as exc:  # gRPC's "Cannot invoke RPC on closed channel!": this edge closed it (a lost server)
+            if not self._closed.is_set():
+                raise
+            raise CloudLost("the connection to Triton at {} is closed ({})".format(self.address, exc))
 
     def _translate(self, exc):
         status = str(exc.status() or "")
